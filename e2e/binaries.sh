@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# Provides the pinned binaries of the local control plane (etcd, kube-apiserver,
+# kube-controller-manager, kube-scheduler), kwok, helm and Kueue, cached outside
+# the repo so only the first run on a machine pays for them.
+#
+# Without internet (this project's CI) each one is built from its Go module via
+# the module proxy; with KUBEFORGE_DOWNLOAD=1 the official release archives are
+# downloaded instead.
+#
+# usage: e2e/binaries.sh [component ...]   (default: the cluster set + helm)
+#        prints the directory holding the binaries on its last line.
+set -euo pipefail
+
+K8S_VERSION=${K8S_VERSION:-v1.34.4}
+ETCD_VERSION=${ETCD_VERSION:-v3.6.16}
+KWOK_VERSION=${KWOK_VERSION:-v0.7.0}
+HELM_VERSION=${HELM_VERSION:-v3.19.5}
+KUEUE_VERSION=${KUEUE_VERSION:-v0.17.0}
+
+CACHE=${KUBEFORGE_CACHE:-$HOME/.cache/kubeforge}
+BIN="$CACHE/bin"
+WORK="$CACHE/build"
+mkdir -p "$BIN" "$WORK"
+export CGO_ENABLED=0 GOFLAGS=-buildvcs=false
+LDSTRIP="-s -w"
+
+log() { echo "[binaries] $*" >&2; }
+
+have() { [ -x "$BIN/$1" ] && [ "$(cat "$BIN/.$1.version" 2>/dev/null)" = "$2" ]; }
+stamp() { echo "$2" >"$BIN/.$1.version"; }
+
+build_kubernetes() {
+  if have kube-apiserver "$K8S_VERSION" && have kube-controller-manager "$K8S_VERSION" && have kube-scheduler "$K8S_VERSION"; then return; fi
+  log "building kube-apiserver, kube-controller-manager, kube-scheduler $K8S_VERSION from the k8s.io/kubernetes module"
+  local dir="$WORK/kubernetes-$K8S_VERSION" staging="v0.${K8S_VERSION#v1.}"
+  mkdir -p "$dir"
+  local gomod
+  gomod=$(go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')
+  {
+    echo "module kubeforge.local/k8s-build"
+    echo
+    echo "go $(awk '$1=="go"{print $2; exit}' "$gomod")"
+    echo
+    echo "require k8s.io/kubernetes $K8S_VERSION"
+    echo
+    # every staging module the release replaces with a local path gets its published version
+    awk -v v="$staging" '$2=="=>" && $3 ~ /^\.\/staging\// {print "replace " $1 " => " $1 " " v}' "$gomod"
+  } >"$dir/go.mod"
+  cat >"$dir/tools.go" <<'GO'
+//go:build tools
+
+package tools
+
+import (
+	_ "k8s.io/kubernetes/cmd/kube-apiserver"
+	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
+	_ "k8s.io/kubernetes/cmd/kube-scheduler"
+)
+GO
+  local minor=${K8S_VERSION#v1.}; minor=${minor%%.*}
+  local date; date=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+  local ld="$LDSTRIP"
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ld="$ld -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor -X $pkg.gitTreeState=clean -X $pkg.buildDate=$date"
+  done
+  (cd "$dir" && go mod tidy -e >/dev/null 2>&1 || true
+   cd "$dir" && go build -trimpath -ldflags "$ld" -o "$BIN/" \
+     k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kube-scheduler)
+  for b in kube-apiserver kube-controller-manager kube-scheduler; do stamp "$b" "$K8S_VERSION"; done
+}
+
+build_etcd() {
+  have etcd "$ETCD_VERSION" && return
+  log "building etcd $ETCD_VERSION from go.etcd.io/etcd/server/v3"
+  local dir="$WORK/etcd-$ETCD_VERSION"
+  mkdir -p "$dir"
+  cat >"$dir/go.mod" <<GO
+module kubeforge.local/etcd-build
+
+go 1.24
+
+require go.etcd.io/etcd/server/v3 $ETCD_VERSION
+GO
+  cat >"$dir/main.go" <<'GO'
+package main
+
+import (
+	"os"
+
+	"go.etcd.io/etcd/server/v3/etcdmain"
+)
+
+func main() { etcdmain.Main(os.Args) }
+GO
+  (cd "$dir" && go mod tidy >/dev/null && go build -trimpath -ldflags "$LDSTRIP" -o "$BIN/etcd" .)
+  stamp etcd "$ETCD_VERSION"
+}
+
+go_install() { # name module/cmd version [ldflags]
+  have "$1" "$3" && return
+  log "building $1 $3 from $2"
+  GOBIN="$BIN" go install -trimpath -ldflags "$LDSTRIP ${4:-}" "$2@$3"
+  stamp "$1" "$3"
+}
+
+download_release() { # for machines with internet: official binaries
+  local os=linux arch; arch=$(go env GOARCH 2>/dev/null || echo amd64)
+  local k8s="https://dl.k8s.io/release/$K8S_VERSION/bin/$os/$arch"
+  for b in kube-apiserver kube-controller-manager kube-scheduler; do
+    have "$b" "$K8S_VERSION" || { curl -fsSLo "$BIN/$b" "$k8s/$b" && chmod +x "$BIN/$b" && stamp "$b" "$K8S_VERSION"; }
+  done
+  have etcd "$ETCD_VERSION" || { curl -fsSL "https://github.com/etcd-io/etcd/releases/download/$ETCD_VERSION/etcd-$ETCD_VERSION-$os-$arch.tar.gz" | tar -xz -C "$BIN" --strip-components=1 "etcd-$ETCD_VERSION-$os-$arch/etcd" && stamp etcd "$ETCD_VERSION"; }
+  have kwok "$KWOK_VERSION" || { curl -fsSLo "$BIN/kwok" "https://github.com/kubernetes-sigs/kwok/releases/download/$KWOK_VERSION/kwok-$os-$arch" && chmod +x "$BIN/kwok" && stamp kwok "$KWOK_VERSION"; }
+  have helm "$HELM_VERSION" || { curl -fsSL "https://get.helm.sh/helm-$HELM_VERSION-$os-$arch.tar.gz" | tar -xz -C "$BIN" --strip-components=1 "$os-$arch/helm" && stamp helm "$HELM_VERSION"; }
+}
+
+components=("$@")
+[ ${#components[@]} -gt 0 ] || components=(etcd kubernetes kwok helm)
+[ "${KUBEFORGE_DOWNLOAD:-0}" = 1 ] && download_release
+for c in "${components[@]}"; do
+  case "$c" in
+    etcd) build_etcd ;;
+    kubernetes) build_kubernetes ;;
+    kwok) go_install kwok sigs.k8s.io/kwok/cmd/kwok "$KWOK_VERSION" "-X sigs.k8s.io/kwok/pkg/consts.Version=$KWOK_VERSION" ;;
+    helm) go_install helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION" "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" ;;
+    kueue) go_install kueue sigs.k8s.io/kueue/cmd/kueue "$KUEUE_VERSION" ;;
+    *) echo "unknown component: $c" >&2; exit 2 ;;
+  esac
+done
+echo "$BIN"

@@ -1,0 +1,5 @@
+import sys
+
+from kubeforge.cli import main
+
+sys.exit(main())

@@ -1,0 +1,94 @@
+"""Shared base classes and schema helpers for the API models.
+
+Every model is camelCase on the wire and snake_case in Python. Cross-field rules are
+declared once as `Rule`s: each becomes an `x-kubernetes-validations` CEL entry in the
+CRD and is checked by the same model in Python, so `kubectl apply` and the operator
+refuse the same specs with the same message.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Any, ClassVar
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
+from pydantic.alias_generators import to_camel
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A cross-field validation rule, in CEL for the API server and in Python for us."""
+
+    cel: str
+    message: str
+    check: Callable[[Any], bool]
+    field_path: str | None = None
+
+    def schema(self) -> dict[str, str]:
+        entry = {"rule": self.cel, "message": self.message}
+        if self.field_path:
+            entry["fieldPath"] = self.field_path
+        return entry
+
+
+class ApiModel(BaseModel):
+    """Base of every spec/status model: camelCase aliases, unknown fields refused."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        validate_default=False,
+    )
+    rules: ClassVar[tuple[Rule, ...]] = ()
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema: Any, handler: Any) -> dict[str, Any]:
+        schema: dict[str, Any] = handler(core_schema)
+        if cls.rules:
+            target = handler.resolve_ref_schema(schema)
+            target["x-kubernetes-validations"] = [r.schema() for r in cls.rules]
+        return schema
+
+    @model_validator(mode="after")
+    def _check_rules(self) -> ApiModel:
+        for rule in self.rules:
+            if not rule.check(self):
+                raise ValueError(rule.message)
+        return self
+
+    def wire(self) -> dict[str, Any]:
+        """The object as it is on the wire: camelCase, no unset optionals."""
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+# A Kubernetes resource quantity ("500m", "16Gi", 2): int-or-string in the schema.
+QUANTITY_PATTERN = r"^([+]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
+def _check_quantity(value: str | int) -> str | int:
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("must be a non-negative quantity")
+        return value
+    if not re.match(QUANTITY_PATTERN, value):
+        raise ValueError(f"{value!r} is not a Kubernetes quantity (e.g. 500m, 2, 16Gi)")
+    return value
+
+
+Quantity = Annotated[
+    str | int,
+    AfterValidator(_check_quantity),
+    WithJsonSchema({"x-kubernetes-int-or-string": True, "anyOf": [{"type": "integer"}, {"type": "string", "pattern": QUANTITY_PATTERN}]}),
+]
+
+# A free-form Kubernetes object (affinity, a toleration, ...) kept as the user wrote it.
+FreeForm = Annotated[
+    dict[str, Any],
+    WithJsonSchema({"type": "object", "x-kubernetes-preserve-unknown-fields": True}),
+]
+
+StringMap = Annotated[
+    dict[str, str],
+    WithJsonSchema({"type": "object", "additionalProperties": {"type": "string"}}),
+]

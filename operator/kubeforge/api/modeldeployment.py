@@ -1,0 +1,399 @@
+"""ModelDeployment: models served by NVIDIA Triton Inference Server behind a Service, with autoscaling."""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import Field
+
+from kubeforge import API_VERSION
+from kubeforge.api.base import ApiModel, Quantity, Rule, StringMap
+from kubeforge.api.common import (
+    GPU,
+    ConditionList,
+    EnvVar,
+    ObjectMeta,
+    Placement,
+    PodMetadata,
+    Resources,
+)
+
+KIND = "ModelDeployment"
+PLURAL = "modeldeployments"
+# Children are named after the ModelDeployment and the Service name must be a DNS-1035 label.
+MAX_NAME_LENGTH = 63
+MODEL_URI_PATTERN = r"^(s3://[a-z0-9][a-z0-9.-]{1,62}(/[^\s]*)?|gs://[a-z0-9][a-z0-9._-]{1,221}(/[^\s]*)?|https?://[^\s/]+(/[^\s]*)?|pvc://[a-z0-9]([-a-z0-9.]*[a-z0-9])?(/[^\s]*)?)$"
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
+
+
+class ModelFormat(StrEnum):
+    """The Triton backend that serves a model."""
+
+    PYTHON = "python"
+    PYTORCH = "pytorch"
+    ONNX = "onnx"
+    TENSORRT = "tensorrt"
+    TENSORFLOW = "tensorflow"
+    OPENVINO = "openvino"
+    VLLM = "vllm"
+    ENSEMBLE = "ensemble"
+
+    @property
+    def backend(self) -> str:
+        return {
+            "python": "python",
+            "pytorch": "pytorch",
+            "onnx": "onnxruntime",
+            "tensorrt": "tensorrt",
+            "tensorflow": "tensorflow",
+            "openvino": "openvino",
+            "vllm": "vllm",
+            "ensemble": "",
+        }[self.value]
+
+
+TRITON_DTYPES = (
+    "TYPE_BOOL", "TYPE_UINT8", "TYPE_UINT16", "TYPE_UINT32", "TYPE_UINT64", "TYPE_INT8", "TYPE_INT16",
+    "TYPE_INT32", "TYPE_INT64", "TYPE_FP16", "TYPE_FP32", "TYPE_FP64", "TYPE_STRING", "TYPE_BF16",
+)  # fmt: skip
+TritonDataType = Literal[
+    "TYPE_BOOL", "TYPE_UINT8", "TYPE_UINT16", "TYPE_UINT32", "TYPE_UINT64", "TYPE_INT8", "TYPE_INT16",
+    "TYPE_INT32", "TYPE_INT64", "TYPE_FP16", "TYPE_FP32", "TYPE_FP64", "TYPE_STRING", "TYPE_BF16",
+]  # fmt: skip
+
+
+class TensorSpec(ApiModel):
+    """A model input or output as Triton's model configuration declares it."""
+
+    name: str = Field(min_length=1, description="Tensor name as the model defines it.")
+    data_type: TritonDataType = Field(description="Triton data type, e.g. TYPE_FP32.")
+    dims: list[Annotated[int, Field(ge=-1)]] = Field(
+        min_length=1, description="Shape without the batch dimension; -1 for a variable size."
+    )
+
+
+class DynamicBatching(ApiModel):
+    """Triton dynamic batching: requests are combined server-side into larger batches."""
+
+    preferred_batch_sizes: list[Annotated[int, Field(ge=1)]] | None = Field(
+        default=None, description="Batch sizes the batcher tries to form."
+    )
+    max_queue_delay_microseconds: int = Field(
+        default=100, ge=0, description="How long a request may wait for a batch to fill."
+    )
+
+
+class InstanceGroupKind(StrEnum):
+    GPU = "KIND_GPU"
+    CPU = "KIND_CPU"
+    AUTO = "KIND_AUTO"
+
+
+class InstanceGroup(ApiModel):
+    """How many copies of the model run, and where."""
+
+    kind: InstanceGroupKind = Field(default=InstanceGroupKind.AUTO, description="KIND_GPU, KIND_CPU or KIND_AUTO.")
+    count: int = Field(default=1, ge=1, le=64, description="Model instances (per GPU for KIND_GPU).")
+    gpus: list[Annotated[int, Field(ge=0)]] | None = Field(
+        default=None, description="GPU indices for KIND_GPU; all visible GPUs when unset."
+    )
+
+
+class TritonModelConfig(ApiModel):
+    """The parts of Triton's config.pbtxt a team sets; rendered into the served repository."""
+
+    max_batch_size: int = Field(
+        default=0, ge=0, description="Largest batch the model accepts; 0 means the model does not batch."
+    )
+    dynamic_batching: DynamicBatching | None = Field(
+        default=None, description="Enable Triton's dynamic batcher (needs maxBatchSize > 0)."
+    )
+    instance_groups: list[InstanceGroup] | None = Field(default=None, description="Model instances and placement.")
+    inputs: list[TensorSpec] | None = Field(default=None, description="Model inputs (required by some backends).")
+    outputs: list[TensorSpec] | None = Field(default=None, description="Model outputs.")
+    parameters: StringMap | None = Field(default=None, description="Backend parameters (config.pbtxt `parameters`).")
+
+    rules = (
+        Rule(
+            cel="!has(self.dynamicBatching) || self.maxBatchSize > 0",
+            message="config.dynamicBatching needs config.maxBatchSize > 0",
+            check=lambda c: c.dynamic_batching is None or c.max_batch_size > 0,
+        ),
+        Rule(
+            cel="!has(self.dynamicBatching) || !has(self.dynamicBatching.preferredBatchSizes) || "
+            "self.dynamicBatching.preferredBatchSizes.all(b, b <= self.maxBatchSize)",
+            message="config.dynamicBatching.preferredBatchSizes must not exceed config.maxBatchSize",
+            check=lambda c: c.dynamic_batching is None
+            or not c.dynamic_batching.preferred_batch_sizes
+            or all(b <= c.max_batch_size for b in c.dynamic_batching.preferred_batch_sizes),
+        ),
+    )
+
+
+class ModelSpec(ApiModel):
+    """One model served by the Triton server."""
+
+    name: str = Field(pattern=MODEL_NAME_PATTERN, description="Model name in Triton (the URL path /v2/models/<name>).")
+    source: str = Field(
+        pattern=MODEL_URI_PATTERN,
+        max_length=2048,
+        description=(
+            "Where the model directory is (Triton layout: <version>/model files, optional config.pbtxt): "
+            "s3://bucket/path, gs://bucket/path, https://host/model.tar.gz (a .tar.gz, .tgz or .zip archive), "
+            "or pvc://<claim>/<path>."
+        ),
+    )
+    format: ModelFormat = Field(description="Model format, which picks the Triton backend.")
+    config: TritonModelConfig | None = Field(
+        default=None,
+        description="Triton model configuration. When set, it is rendered into config.pbtxt for the served model.",
+    )
+
+
+class ModelControlMode(StrEnum):
+    NONE = "none"
+    POLL = "poll"
+    EXPLICIT = "explicit"
+
+
+class Runtime(ApiModel):
+    """The Triton Inference Server container."""
+
+    image: str | None = Field(
+        default=None, min_length=1, description="Triton image; the operator's default when unset."
+    )
+    model_control_mode: ModelControlMode = Field(
+        default=ModelControlMode.NONE, description="Triton --model-control-mode: none, poll or explicit."
+    )
+    args: list[str] | None = Field(default=None, description="Extra tritonserver arguments.")
+    env: list[EnvVar] | None = Field(default=None, description="Extra environment variables.")
+    startup_timeout_seconds: int = Field(
+        default=1800, ge=30, le=86400, description="How long a pod may take to load its models before it is restarted."
+    )
+
+
+class StorageCredentials(ApiModel):
+    """Credentials for s3:// and gs:// sources."""
+
+    secret_name: str = Field(
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        max_length=253,
+        description=(
+            "Secret in the same namespace. For s3:// its keys AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY "
+            "(and optionally AWS_DEFAULT_REGION, AWS_SESSION_TOKEN) become the server's environment; for gs:// "
+            "its key gcs-credentials.json is mounted as GOOGLE_APPLICATION_CREDENTIALS."
+        ),
+    )
+
+
+class AutoscalingEngine(StrEnum):
+    HPA = "hpa"
+    KEDA = "keda"
+
+
+class AutoscalingTargets(ApiModel):
+    """What the autoscaler aims for, per replica, in the user's terms."""
+
+    queue_time_microseconds: int | None = Field(
+        default=None, ge=1, description="Average time a request waits in Triton's queue (µs) per replica."
+    )
+    inferences_per_second: int | None = Field(
+        default=None, ge=1, description="Successful inference requests per second per replica."
+    )
+    gpu_utilization: int | None = Field(
+        default=None, ge=1, le=100, description="Average GPU utilisation in percent (DCGM_FI_DEV_GPU_UTIL)."
+    )
+    cpu_utilization: int | None = Field(
+        default=None, ge=1, le=100, description="Average CPU utilisation in percent of the CPU request."
+    )
+
+    rules = (
+        Rule(
+            cel="has(self.queueTimeMicroseconds) || has(self.inferencesPerSecond) || has(self.gpuUtilization) "
+            "|| has(self.cpuUtilization)",
+            message="autoscaling.targets needs at least one target",
+            check=lambda t: any(
+                v is not None
+                for v in (t.queue_time_microseconds, t.inferences_per_second, t.gpu_utilization, t.cpu_utilization)
+            ),
+        ),
+    )
+
+
+class ScalingBehavior(ApiModel):
+    """How fast the autoscaler reacts."""
+
+    scale_up_stabilization_seconds: int = Field(
+        default=0, ge=0, le=3600, description="Look-back window before scaling up (HPA default 0)."
+    )
+    scale_down_stabilization_seconds: int = Field(
+        default=300, ge=0, le=3600, description="Look-back window before scaling down (HPA default 300)."
+    )
+
+
+class Autoscaling(ApiModel):
+    """Autoscaling rules: a HorizontalPodAutoscaler, or a KEDA ScaledObject (which can scale to zero)."""
+
+    engine: AutoscalingEngine = Field(default=AutoscalingEngine.HPA, description="hpa or keda.")
+    min_replicas: int = Field(default=1, ge=0, le=1000, description="Fewest replicas; 0 needs engine keda.")
+    max_replicas: int = Field(ge=1, le=1000, description="Most replicas.")
+    targets: AutoscalingTargets = Field(
+        default_factory=lambda: AutoscalingTargets(queue_time_microseconds=50000),
+        description="Per-replica targets; the autoscaler scales on the one that asks for most replicas.",
+    )
+    behavior: ScalingBehavior | None = Field(default=None, description="Stabilisation windows.")
+
+    rules = (
+        Rule(
+            cel="self.minReplicas <= self.maxReplicas",
+            message="autoscaling.minReplicas must be <= autoscaling.maxReplicas",
+            check=lambda a: a.min_replicas <= a.max_replicas,
+        ),
+        Rule(
+            cel="self.minReplicas > 0 || self.engine == 'keda'",
+            message="autoscaling.minReplicas: 0 (scale to zero) needs autoscaling.engine: keda",
+            check=lambda a: a.min_replicas > 0 or a.engine == AutoscalingEngine.KEDA,
+        ),
+    )
+
+
+class Monitoring(ApiModel):
+    """Prometheus scraping of Triton's metrics port."""
+
+    service_monitor: bool = Field(
+        default=True,
+        description="Create a ServiceMonitor when the Prometheus operator is installed "
+        "(prometheus.io/* annotations are always set).",
+    )
+
+
+class Rollout(ApiModel):
+    """Rolling update limits. With GPUs the default is maxSurge 0 so a rollout never waits for a spare GPU."""
+
+    max_surge: Quantity | None = Field(default=None, description="Extra pods during a rollout (default 0 with GPUs, 25% without).")
+    max_unavailable: Quantity | None = Field(default=None, description="Pods that may be down during a rollout (default 1 with GPUs, 25% without).")
+
+
+class ModelDeploymentSpec(ApiModel):
+    """The desired state of a ModelDeployment."""
+
+    models: list[ModelSpec] = Field(min_length=1, max_length=64, description="Models served together by one Triton server.")
+    replicas: int | None = Field(
+        default=None, ge=0, le=1000, description="Server pods. Left to the autoscaler when autoscaling is set."
+    )
+    runtime: Runtime | None = Field(default=None, description="The Triton server container.")
+    storage: StorageCredentials | None = Field(default=None, description="Credentials for s3:// and gs:// sources.")
+    gpu: GPU | None = Field(default=None, description="GPUs per pod; unset means CPU only.")
+    resources: Resources | None = Field(default=None, description="CPU and memory per pod.")
+    shm_size: Quantity = Field(
+        default="1Gi", description="Size of the in-memory /dev/shm volume (the Python backend needs it)."
+    )
+    autoscaling: Autoscaling | None = Field(default=None, description="Autoscaling rules; unset means fixed replicas.")
+    monitoring: Monitoring | None = Field(default=None, description="Prometheus scraping.")
+    rollout: Rollout | None = Field(default=None, description="Rolling update limits.")
+    placement: Placement | None = Field(default=None, description="Node selection, tolerations, affinity, priority.")
+    pod_metadata: PodMetadata | None = Field(default=None, description="Extra labels and annotations on the pods.")
+    service_account_name: str | None = Field(default=None, description="ServiceAccount of the server pods.")
+    image_pull_secrets: list[str] | None = Field(default=None, description="Names of Secrets to pull images with.")
+
+    rules = (
+        Rule(
+            cel="self.models.all(m, self.models.exists_one(n, n.name == m.name))",
+            message="models[].name must be unique",
+            check=lambda s: len({m.name for m in s.models}) == len(s.models),
+        ),
+        Rule(
+            cel="!has(self.autoscaling) || !has(self.replicas) || "
+            "(self.replicas >= self.autoscaling.minReplicas && self.replicas <= self.autoscaling.maxReplicas)",
+            message="replicas must lie within autoscaling.minReplicas..autoscaling.maxReplicas "
+            "(or be left unset when autoscaling is on)",
+            check=lambda s: s.autoscaling is None
+            or s.replicas is None
+            or s.autoscaling.min_replicas <= s.replicas <= s.autoscaling.max_replicas,
+        ),
+        Rule(
+            cel="!self.models.exists(m, m.source.startsWith('s3://') || m.source.startsWith('gs://')) "
+            "|| has(self.storage)",
+            message="storage.secretName is required when a model source is s3:// or gs://",
+            check=lambda s: s.storage is not None or not any(m.source.startswith(("s3://", "gs://")) for m in s.models),
+        ),
+    )
+
+
+class ModelState(ApiModel):
+    """A model's state as read from Triton's repository index."""
+
+    name: str = Field(description="Model name.")
+    state: str = Field(description="READY, UNAVAILABLE, LOADING or Unknown.")
+    version: str | None = Field(default=None, description="Served version.")
+    reason: str | None = Field(default=None, description="Why the model is not ready, as Triton reports it.")
+
+
+class Endpoints(ApiModel):
+    """In-cluster URLs of the inference service."""
+
+    http: str | None = Field(default=None, description="KServe v2 HTTP/REST endpoint.")
+    grpc: str | None = Field(default=None, description="KServe v2 gRPC endpoint (host:port).")
+    metrics: str | None = Field(default=None, description="Prometheus metrics endpoint.")
+
+
+class Phase(StrEnum):
+    PENDING = "Pending"
+    PROGRESSING = "Progressing"
+    READY = "Ready"
+    DEGRADED = "Degraded"
+    FAILED = "Failed"
+
+
+class ModelDeploymentStatus(ApiModel):
+    """The observed state of a ModelDeployment; written only by the operator."""
+
+    model_config = ApiModel.model_config | {"extra": "ignore"}
+
+    observed_generation: int | None = Field(default=None, description="The generation the status describes.")
+    phase: Phase | None = Field(default=None, description="Pending, Progressing, Ready, Degraded or Failed.")
+    replicas: int | None = Field(default=None, description="Server pods that exist (the /scale subresource's replicas).")
+    desired_replicas: int | None = Field(default=None, description="Replicas the spec or the autoscaler asks for.")
+    ready_replicas: int | None = Field(default=None, description="Server pods that are ready (all models loaded).")
+    ready: str | None = Field(default=None, description="Ready/desired replicas, e.g. 2/3 (a printer column).")
+    selector: str | None = Field(default=None, description="Label selector of the server pods (for /scale and HPA).")
+    model: str | None = Field(default=None, description="The served model names, comma separated (a printer column).")
+    gpu: str | None = Field(default=None, description="GPUs per pod, e.g. 1x NVIDIA-A100-SXM4-80GB (a printer column).")
+    endpoints: Endpoints | None = Field(default=None, description="Where to send inference requests.")
+    models: list[ModelState] | None = Field(default=None, description="Per-model state read from Triton.")
+    conditions: ConditionList | None = Field(
+        default=None, description="Ready, Available, Progressing, Degraded, ModelsReady, AutoscalingReady."
+    )
+
+
+class ModelDeployment(ApiModel):
+    """A ModelDeployment object as stored by the API server."""
+
+    model_config = ApiModel.model_config | {"extra": "ignore"}
+    api_version: Literal["kubeforge.io/v1alpha1"] = Field(default=API_VERSION, description="API version.")
+    kind: Literal["ModelDeployment"] = Field(default=KIND, description="Kind.")
+    metadata: ObjectMeta = Field(description="Standard object metadata.")
+    spec: ModelDeploymentSpec = Field(description="Desired state.")
+    status: ModelDeploymentStatus | None = Field(default=None, description="Observed state.")
+
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel=f"self.metadata.name.size() <= {MAX_NAME_LENGTH}",
+            message=f"metadata.name must be at most {MAX_NAME_LENGTH} characters "
+            "(it names the Service, which must be a DNS-1035 label)",
+            check=lambda o: len(o.metadata.name) <= MAX_NAME_LENGTH,
+        ),
+        Rule(
+            cel="self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')",
+            message="metadata.name must start with a letter and hold only a-z, 0-9 and '-' "
+            "(it names the Service, which must be a DNS-1035 label)",
+            check=lambda o: re.match(r"^[a-z]([-a-z0-9]*[a-z0-9])?$", o.metadata.name) is not None,
+        ),
+    )
+
+
+def parse_model_deployment(body: dict[str, Any]) -> ModelDeployment:
+    """Validate a ModelDeployment as it comes from the API server or a file."""
+    return ModelDeployment.model_validate(body)

@@ -1,0 +1,84 @@
+"""The `kubeforge` command: run the operator, print CRDs, assemble a model repository."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from kubeforge import __version__
+
+
+def _cmd_version(_: argparse.Namespace) -> int:
+    print(f"kubeforge {__version__}")
+    return 0
+
+
+def _cmd_crds(args: argparse.Namespace) -> int:
+    from kubeforge.api.crd import rendered_crds
+
+    crds = rendered_crds()
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        for name, text in crds.items():
+            (out / name).write_text(text)
+    else:
+        sys.stdout.write("---\n".join(crds.values()))
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from kubeforge.controllers.runner import run_operator
+
+    return run_operator(
+        namespaces=tuple(args.namespace or ()),
+        liveness=args.liveness,
+        metrics_port=args.metrics_port,
+        verbose=args.verbose,
+    )
+
+
+def _cmd_assemble(args: argparse.Namespace) -> int:
+    from kubeforge.triton.repository import main as assemble_main
+
+    return assemble_main(args.rest)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kubeforge", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the operator against the current kubeconfig (or in-cluster config)")
+    run.add_argument(
+        "--namespace", "-n", action="append", help="namespace to watch (repeatable); default: all namespaces"
+    )
+    run.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="kopf liveness endpoint URL")
+    run.add_argument("--metrics-port", type=int, default=8081, help="Prometheus metrics port (0: off)")
+    run.add_argument("--verbose", "-v", action="store_true")
+    run.set_defaults(func=_cmd_run)
+
+    crds = sub.add_parser("crds", help="print the CRDs, or write them into a folder")
+    crds.add_argument("--out", help="folder to write <plural>.<group>.yaml files into")
+    crds.set_defaults(func=_cmd_crds)
+
+    version = sub.add_parser("version", help="print the version")
+    version.set_defaults(func=_cmd_version)
+
+    assemble = sub.add_parser(
+        "assemble-repository", help="(init container) lay out a Triton model repository", add_help=False
+    )
+    assemble.add_argument("rest", nargs=argparse.REMAINDER)
+    assemble.set_defaults(func=_cmd_assemble)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

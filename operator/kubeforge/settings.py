@@ -1,0 +1,35 @@
+"""Operator settings: defaults a platform team sets once (images, addresses), from the environment."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+DEFAULT_TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:25.10-py3"
+DEFAULT_OPERATOR_IMAGE = "ghcr.io/kubeforge/kubeforge-operator:0.1.0"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the builders need beyond a spec. Pure data; read once at start-up."""
+
+    triton_image: str = DEFAULT_TRITON_IMAGE
+    # the image whose `kubeforge assemble-repository` lays out the model repository (init container)
+    helper_image: str = DEFAULT_OPERATOR_IMAGE
+    prometheus_address: str = "http://prometheus-operated.monitoring.svc:9090"
+    cluster_domain: str = "cluster.local"
+    # how long a ModelDeployment's pods may be unschedulable before it is Degraded
+    resync_seconds: float = 60.0
+    field_manager: str = "kubeforge"
+    namespaces: tuple[str, ...] = field(default_factory=tuple)
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        return cls(
+            triton_image=env.get("KUBEFORGE_TRITON_IMAGE", DEFAULT_TRITON_IMAGE),
+            helper_image=env.get("KUBEFORGE_HELPER_IMAGE", DEFAULT_OPERATOR_IMAGE),
+            prometheus_address=env.get("KUBEFORGE_PROMETHEUS_ADDRESS", cls.prometheus_address),
+            cluster_domain=env.get("KUBEFORGE_CLUSTER_DOMAIN", cls.cluster_domain),
+            resync_seconds=float(env.get("KUBEFORGE_RESYNC_SECONDS", cls.resync_seconds)),
+        )
