@@ -18,9 +18,11 @@ class Settings:
     helper_image: str = DEFAULT_OPERATOR_IMAGE
     prometheus_address: str = "http://prometheus-operated.monitoring.svc:9090"
     cluster_domain: str = "cluster.local"
-    # how long a ModelDeployment's pods may be unschedulable before it is Degraded
+    # how often state that sends no watch events (Triton's model index) is read again
     resync_seconds: float = 60.0
     field_manager: str = "kubeforge"
+    # read per-model state from Triton's repository index on a ready pod (off where pod IPs are not reachable)
+    model_probe: bool = True
     namespaces: tuple[str, ...] = field(default_factory=tuple)
 
     @classmethod
@@ -32,4 +34,5 @@ class Settings:
             prometheus_address=env.get("KUBEFORGE_PROMETHEUS_ADDRESS", cls.prometheus_address),
             cluster_domain=env.get("KUBEFORGE_CLUSTER_DOMAIN", cls.cluster_domain),
             resync_seconds=float(env.get("KUBEFORGE_RESYNC_SECONDS", cls.resync_seconds)),
+            model_probe=env.get("KUBEFORGE_MODEL_PROBE", "true").lower() not in ("0", "false", "no", "off"),
         )

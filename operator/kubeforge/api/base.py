@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, WithJsonSchema, model_validator
 from pydantic.alias_generators import to_camel
 
 
@@ -66,6 +66,8 @@ class ApiModel(BaseModel):
 
 # A Kubernetes resource quantity ("500m", "16Gi", 2): int-or-string in the schema.
 QUANTITY_PATTERN = r"^([+]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
+
+
 def _check_quantity(value: str | int) -> str | int:
     if isinstance(value, int):
         if value < 0:
@@ -79,7 +81,12 @@ def _check_quantity(value: str | int) -> str | int:
 Quantity = Annotated[
     str | int,
     AfterValidator(_check_quantity),
-    WithJsonSchema({"x-kubernetes-int-or-string": True, "anyOf": [{"type": "integer"}, {"type": "string", "pattern": QUANTITY_PATTERN}]}),
+    WithJsonSchema(
+        {
+            "x-kubernetes-int-or-string": True,
+            "anyOf": [{"type": "integer"}, {"type": "string", "pattern": QUANTITY_PATTERN}],
+        }
+    ),
 ]
 
 # A free-form Kubernetes object (affinity, a toleration, ...) kept as the user wrote it.

@@ -65,14 +65,20 @@ class Resources(ApiModel):
 
     cpu: Quantity | None = Field(default=None, description="CPU request, e.g. 4 or 500m.")
     memory: Quantity | None = Field(default=None, description="Memory request (and limit), e.g. 16Gi.")
-    cpu_limit: Quantity | None = Field(default=None, description="CPU limit; unset means no CPU limit (no throttling).")
+    cpu_limit: Quantity | None = Field(
+        default=None, description="CPU limit; unset means no CPU limit (no throttling)."
+    )
 
 
 class Toleration(ApiModel):
     """A Kubernetes toleration (core/v1 Toleration)."""
 
-    key: str | None = Field(default=None, description="Taint key the toleration applies to; empty means all keys.")
-    operator: Literal["Exists", "Equal"] | None = Field(default=None, description="Exists or Equal (default Equal).")
+    key: str | None = Field(
+        default=None, description="Taint key the toleration applies to; empty means all keys."
+    )
+    operator: Literal["Exists", "Equal"] | None = Field(
+        default=None, description="Exists or Equal (default Equal)."
+    )
     value: str | None = Field(default=None, description="Taint value to match when operator is Equal.")
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
         default=None, description="Taint effect to match; empty means all effects."
@@ -85,9 +91,12 @@ class Toleration(ApiModel):
 class Placement(ApiModel):
     """Where pods may run, beyond what the GPU request implies."""
 
-    node_selector: StringMap | None = Field(default=None, description="Node labels every pod's node must have.")
+    node_selector: StringMap | None = Field(
+        default=None, description="Node labels every pod's node must have."
+    )
     tolerations: list[Toleration] | None = Field(
-        default=None, description="Extra tolerations (GPU taints are tolerated automatically when GPUs are requested)."
+        default=None,
+        description="Extra tolerations (GPU taints are tolerated automatically when GPUs are requested).",
     )
     affinity: FreeForm | None = Field(
         default=None,

@@ -218,12 +218,23 @@ def render_api_reference() -> str:
     ]
     for kind in KINDS:
         schema = openapi_schema(kind)
-        out += ["", f"## {kind.kind}", "", f"Short names: {', '.join(kind.short_names)}. "
-                f"Categories: {', '.join(CATEGORIES)}.", ""]
+        out += [
+            "",
+            f"## {kind.kind}",
+            "",
+            f"Short names: {', '.join(kind.short_names)}. Categories: {', '.join(CATEGORIES)}.",
+            "",
+        ]
         for rule in schema.get("x-kubernetes-validations", []):
             out.append(f"- Rule: {rule['message']}")
         for part in ("spec", "status"):
-            out += ["", f"### {kind.kind}.{part}", "", "| field | type | default | description |", "|---|---|---|---|"]
+            out += [
+                "",
+                f"### {kind.kind}.{part}",
+                "",
+                "| field | type | default | description |",
+                "|---|---|---|---|",
+            ]
             for path, node in _walk(schema["properties"][part], part):
                 default = f"`{node['default']}`" if "default" in node else ""
                 desc = node.get("description", "").replace("\n", " ").replace("|", "\\|")

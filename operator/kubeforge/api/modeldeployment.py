@@ -94,7 +94,9 @@ class InstanceGroupKind(StrEnum):
 class InstanceGroup(ApiModel):
     """How many copies of the model run, and where."""
 
-    kind: InstanceGroupKind = Field(default=InstanceGroupKind.AUTO, description="KIND_GPU, KIND_CPU or KIND_AUTO.")
+    kind: InstanceGroupKind = Field(
+        default=InstanceGroupKind.AUTO, description="KIND_GPU, KIND_CPU or KIND_AUTO."
+    )
     count: int = Field(default=1, ge=1, le=64, description="Model instances (per GPU for KIND_GPU).")
     gpus: list[Annotated[int, Field(ge=0)]] | None = Field(
         default=None, description="GPU indices for KIND_GPU; all visible GPUs when unset."
@@ -110,10 +112,16 @@ class TritonModelConfig(ApiModel):
     dynamic_batching: DynamicBatching | None = Field(
         default=None, description="Enable Triton's dynamic batcher (needs maxBatchSize > 0)."
     )
-    instance_groups: list[InstanceGroup] | None = Field(default=None, description="Model instances and placement.")
-    inputs: list[TensorSpec] | None = Field(default=None, description="Model inputs (required by some backends).")
+    instance_groups: list[InstanceGroup] | None = Field(
+        default=None, description="Model instances and placement."
+    )
+    inputs: list[TensorSpec] | None = Field(
+        default=None, description="Model inputs (required by some backends)."
+    )
     outputs: list[TensorSpec] | None = Field(default=None, description="Model outputs.")
-    parameters: StringMap | None = Field(default=None, description="Backend parameters (config.pbtxt `parameters`).")
+    parameters: StringMap | None = Field(
+        default=None, description="Backend parameters (config.pbtxt `parameters`)."
+    )
 
     rules = (
         Rule(
@@ -125,9 +133,11 @@ class TritonModelConfig(ApiModel):
             cel="!has(self.dynamicBatching) || !has(self.dynamicBatching.preferredBatchSizes) || "
             "self.dynamicBatching.preferredBatchSizes.all(b, b <= self.maxBatchSize)",
             message="config.dynamicBatching.preferredBatchSizes must not exceed config.maxBatchSize",
-            check=lambda c: c.dynamic_batching is None
-            or not c.dynamic_batching.preferred_batch_sizes
-            or all(b <= c.max_batch_size for b in c.dynamic_batching.preferred_batch_sizes),
+            check=lambda c: (
+                c.dynamic_batching is None
+                or not c.dynamic_batching.preferred_batch_sizes
+                or all(b <= c.max_batch_size for b in c.dynamic_batching.preferred_batch_sizes)
+            ),
         ),
     )
 
@@ -135,7 +145,9 @@ class TritonModelConfig(ApiModel):
 class ModelSpec(ApiModel):
     """One model served by the Triton server."""
 
-    name: str = Field(pattern=MODEL_NAME_PATTERN, description="Model name in Triton (the URL path /v2/models/<name>).")
+    name: str = Field(
+        pattern=MODEL_NAME_PATTERN, description="Model name in Triton (the URL path /v2/models/<name>)."
+    )
     source: str = Field(
         pattern=MODEL_URI_PATTERN,
         max_length=2048,
@@ -170,7 +182,10 @@ class Runtime(ApiModel):
     args: list[str] | None = Field(default=None, description="Extra tritonserver arguments.")
     env: list[EnvVar] | None = Field(default=None, description="Extra environment variables.")
     startup_timeout_seconds: int = Field(
-        default=1800, ge=30, le=86400, description="How long a pod may take to load its models before it is restarted."
+        default=1800,
+        ge=30,
+        le=86400,
+        description="How long a pod may take to load its models before it is restarted.",
     )
 
 
@@ -216,7 +231,12 @@ class AutoscalingTargets(ApiModel):
             message="autoscaling.targets needs at least one target",
             check=lambda t: any(
                 v is not None
-                for v in (t.queue_time_microseconds, t.inferences_per_second, t.gpu_utilization, t.cpu_utilization)
+                for v in (
+                    t.queue_time_microseconds,
+                    t.inferences_per_second,
+                    t.gpu_utilization,
+                    t.cpu_utilization,
+                )
             ),
         ),
     )
@@ -272,31 +292,50 @@ class Monitoring(ApiModel):
 class Rollout(ApiModel):
     """Rolling update limits. With GPUs the default is maxSurge 0 so a rollout never waits for a spare GPU."""
 
-    max_surge: Quantity | None = Field(default=None, description="Extra pods during a rollout (default 0 with GPUs, 25% without).")
-    max_unavailable: Quantity | None = Field(default=None, description="Pods that may be down during a rollout (default 1 with GPUs, 25% without).")
+    max_surge: Quantity | None = Field(
+        default=None, description="Extra pods during a rollout (default 0 with GPUs, 25% without)."
+    )
+    max_unavailable: Quantity | None = Field(
+        default=None, description="Pods that may be down during a rollout (default 1 with GPUs, 25% without)."
+    )
 
 
 class ModelDeploymentSpec(ApiModel):
     """The desired state of a ModelDeployment."""
 
-    models: list[ModelSpec] = Field(min_length=1, max_length=64, description="Models served together by one Triton server.")
-    replicas: int | None = Field(
-        default=None, ge=0, le=1000, description="Server pods. Left to the autoscaler when autoscaling is set."
+    models: list[ModelSpec] = Field(
+        min_length=1, max_length=64, description="Models served together by one Triton server."
+    )
+    replicas: int = Field(
+        default=1,
+        ge=0,
+        le=1000,
+        description="Server pods (the /scale subresource). With autoscaling on, the autoscaler sets it.",
     )
     runtime: Runtime | None = Field(default=None, description="The Triton server container.")
-    storage: StorageCredentials | None = Field(default=None, description="Credentials for s3:// and gs:// sources.")
+    storage: StorageCredentials | None = Field(
+        default=None, description="Credentials for s3:// and gs:// sources."
+    )
     gpu: GPU | None = Field(default=None, description="GPUs per pod; unset means CPU only.")
     resources: Resources | None = Field(default=None, description="CPU and memory per pod.")
     shm_size: Quantity = Field(
         default="1Gi", description="Size of the in-memory /dev/shm volume (the Python backend needs it)."
     )
-    autoscaling: Autoscaling | None = Field(default=None, description="Autoscaling rules; unset means fixed replicas.")
+    autoscaling: Autoscaling | None = Field(
+        default=None, description="Autoscaling rules; unset means fixed replicas."
+    )
     monitoring: Monitoring | None = Field(default=None, description="Prometheus scraping.")
     rollout: Rollout | None = Field(default=None, description="Rolling update limits.")
-    placement: Placement | None = Field(default=None, description="Node selection, tolerations, affinity, priority.")
-    pod_metadata: PodMetadata | None = Field(default=None, description="Extra labels and annotations on the pods.")
+    placement: Placement | None = Field(
+        default=None, description="Node selection, tolerations, affinity, priority."
+    )
+    pod_metadata: PodMetadata | None = Field(
+        default=None, description="Extra labels and annotations on the pods."
+    )
     service_account_name: str | None = Field(default=None, description="ServiceAccount of the server pods.")
-    image_pull_secrets: list[str] | None = Field(default=None, description="Names of Secrets to pull images with.")
+    image_pull_secrets: list[str] | None = Field(
+        default=None, description="Names of Secrets to pull images with."
+    )
 
     rules = (
         Rule(
@@ -305,19 +344,17 @@ class ModelDeploymentSpec(ApiModel):
             check=lambda s: len({m.name for m in s.models}) == len(s.models),
         ),
         Rule(
-            cel="!has(self.autoscaling) || !has(self.replicas) || "
-            "(self.replicas >= self.autoscaling.minReplicas && self.replicas <= self.autoscaling.maxReplicas)",
-            message="replicas must lie within autoscaling.minReplicas..autoscaling.maxReplicas "
-            "(or be left unset when autoscaling is on)",
-            check=lambda s: s.autoscaling is None
-            or s.replicas is None
-            or s.autoscaling.min_replicas <= s.replicas <= s.autoscaling.max_replicas,
+            cel="!has(self.autoscaling) || self.replicas <= self.autoscaling.maxReplicas",
+            message="replicas must not exceed autoscaling.maxReplicas",
+            check=lambda s: s.autoscaling is None or s.replicas <= s.autoscaling.max_replicas,
         ),
         Rule(
             cel="!self.models.exists(m, m.source.startsWith('s3://') || m.source.startsWith('gs://')) "
             "|| has(self.storage)",
             message="storage.secretName is required when a model source is s3:// or gs://",
-            check=lambda s: s.storage is not None or not any(m.source.startswith(("s3://", "gs://")) for m in s.models),
+            check=lambda s: (
+                s.storage is not None or not any(m.source.startswith(("s3://", "gs://")) for m in s.models)
+            ),
         ),
     )
 
@@ -354,13 +391,27 @@ class ModelDeploymentStatus(ApiModel):
 
     observed_generation: int | None = Field(default=None, description="The generation the status describes.")
     phase: Phase | None = Field(default=None, description="Pending, Progressing, Ready, Degraded or Failed.")
-    replicas: int | None = Field(default=None, description="Server pods that exist (the /scale subresource's replicas).")
-    desired_replicas: int | None = Field(default=None, description="Replicas the spec or the autoscaler asks for.")
-    ready_replicas: int | None = Field(default=None, description="Server pods that are ready (all models loaded).")
-    ready: str | None = Field(default=None, description="Ready/desired replicas, e.g. 2/3 (a printer column).")
-    selector: str | None = Field(default=None, description="Label selector of the server pods (for /scale and HPA).")
-    model: str | None = Field(default=None, description="The served model names, comma separated (a printer column).")
-    gpu: str | None = Field(default=None, description="GPUs per pod, e.g. 1x NVIDIA-A100-SXM4-80GB (a printer column).")
+    replicas: int | None = Field(
+        default=None, description="Server pods that exist (the /scale subresource's replicas)."
+    )
+    desired_replicas: int | None = Field(
+        default=None, description="Replicas the spec or the autoscaler asks for."
+    )
+    ready_replicas: int | None = Field(
+        default=None, description="Server pods that are ready (all models loaded)."
+    )
+    ready: str | None = Field(
+        default=None, description="Ready/desired replicas, e.g. 2/3 (a printer column)."
+    )
+    selector: str | None = Field(
+        default=None, description="Label selector of the server pods (for /scale and HPA)."
+    )
+    model: str | None = Field(
+        default=None, description="The served model names, comma separated (a printer column)."
+    )
+    gpu: str | None = Field(
+        default=None, description="GPUs per pod, e.g. 1x NVIDIA-A100-SXM4-80GB (a printer column)."
+    )
     endpoints: Endpoints | None = Field(default=None, description="Where to send inference requests.")
     models: list[ModelState] | None = Field(default=None, description="Per-model state read from Triton.")
     conditions: ConditionList | None = Field(

@@ -20,13 +20,18 @@ from kubeforge.api.common import (
     PodMetadata,
     Resources,
 )
-from kubeforge.api.modeldeployment import MODEL_NAME_PATTERN, MODEL_URI_PATTERN, ModelDeploymentSpec, ModelSpec
+from kubeforge.api.modeldeployment import (
+    MODEL_NAME_PATTERN,
+    MODEL_URI_PATTERN,
+    ModelDeploymentSpec,
+    ModelSpec,
+)
 
 KIND = "TrainingJob"
 PLURAL = "trainingjobs"
-# Worker pods are <name>-<index> and their hostnames must be DNS labels (<= 63 characters);
+# Worker pods are <name>-<attempt>-<index> and their hostnames must be DNS labels (<= 63 characters);
 # the Job's name also becomes the batch.kubernetes.io/job-name label value (<= 63).
-MAX_NAME_LENGTH = 52
+MAX_NAME_LENGTH = 45
 DEFAULT_RETRYABLE_EXIT_CODES = tuple(range(128, 256))
 ExitCode = Annotated[int, Field(ge=0, le=255)]
 
@@ -34,9 +39,14 @@ ExitCode = Annotated[int, Field(ge=0, le=255)]
 class FailurePolicy(ApiModel):
     """How a failed attempt is classified and retried. A retry restarts the whole gang from the last checkpoint."""
 
-    max_restarts: int = Field(default=3, ge=0, le=100, description="Gang restarts allowed for retryable failures.")
+    max_restarts: int = Field(
+        default=3, ge=0, le=100, description="Gang restarts allowed for retryable failures."
+    )
     backoff_seconds: int = Field(
-        default=10, ge=0, le=3600, description="Wait before a new attempt; doubles per restart, capped at 10 minutes."
+        default=10,
+        ge=0,
+        le=3600,
+        description="Wait before a new attempt; doubles per restart, capped at 10 minutes.",
     )
     retryable_exit_codes: list[ExitCode] | None = Field(
         default=None,
@@ -61,7 +71,9 @@ class Checkpoint(ApiModel):
     mount_path: str = Field(
         default="/checkpoints", pattern=r"^/[^\s]*$", description="Where the claim is mounted in each worker."
     )
-    sub_path: str | None = Field(default=None, description="Directory within the claim; defaults to the job name.")
+    sub_path: str | None = Field(
+        default=None, description="Directory within the claim; defaults to the job name."
+    )
 
 
 class RunPolicy(ApiModel):
@@ -71,7 +83,9 @@ class RunPolicy(ApiModel):
         default=None, ge=1, description="Fail the job when it has been running longer than this."
     )
     pending_deadline_seconds: int | None = Field(
-        default=None, ge=1, description="Fail the job when its workers cannot all be scheduled within this time."
+        default=None,
+        ge=1,
+        description="Fail the job when its workers cannot all be scheduled within this time.",
     )
     ttl_seconds_after_finished: int | None = Field(
         default=None, ge=0, description="Delete the workers and Service this long after the job finished."
@@ -88,7 +102,9 @@ class Scheduling(ApiModel):
         max_length=63,
         description="Kueue LocalQueue: the workers are admitted as one gang by Kueue (kueue.x-k8s.io/queue-name).",
     )
-    placement: Placement | None = Field(default=None, description="Node selection, tolerations, affinity, priority.")
+    placement: Placement | None = Field(
+        default=None, description="Node selection, tolerations, affinity, priority."
+    )
 
 
 class ModelDeploymentTemplateSpec(ModelDeploymentSpec):
@@ -138,23 +154,34 @@ class TrainingJobSpec(ApiModel):
     env: list[EnvVar] | None = Field(default=None, description="Extra environment variables.")
     workers: int = Field(default=1, ge=1, le=1024, description="Worker pods (torchrun nodes).")
     processes_per_worker: int | None = Field(
-        default=None, ge=1, le=64, description="Processes per worker (torchrun --nproc-per-node); default: GPUs per worker, or 1."
+        default=None,
+        ge=1,
+        le=64,
+        description="Processes per worker (torchrun --nproc-per-node); default: GPUs per worker, or 1.",
     )
     gpu: GPU | None = Field(default=None, description="GPUs per worker; unset means CPU only.")
     resources: Resources | None = Field(default=None, description="CPU and memory per worker.")
-    shm_size: Quantity = Field(default="2Gi", description="Size of the in-memory /dev/shm volume (DataLoader workers, NCCL).")
+    shm_size: Quantity = Field(
+        default="2Gi", description="Size of the in-memory /dev/shm volume (DataLoader workers, NCCL)."
+    )
     master_port: int = Field(default=23456, ge=1024, le=65535, description="Rendezvous port on worker 0.")
     failure_policy: FailurePolicy | None = Field(default=None, description="Retry classification and limits.")
     checkpoint: Checkpoint | None = Field(default=None, description="Checkpoint volume to resume from.")
     run_policy: RunPolicy | None = Field(default=None, description="Deadlines, TTL and suspension.")
     scheduling: Scheduling | None = Field(default=None, description="Kueue queue and placement.")
-    output: Output | None = Field(default=None, description="The trained model and the ModelDeployment that serves it.")
-    pod_metadata: PodMetadata | None = Field(default=None, description="Extra labels and annotations on the workers.")
+    output: Output | None = Field(
+        default=None, description="The trained model and the ModelDeployment that serves it."
+    )
+    pod_metadata: PodMetadata | None = Field(
+        default=None, description="Extra labels and annotations on the workers."
+    )
     termination_grace_period_seconds: int = Field(
         default=120, ge=0, le=3600, description="Time a worker gets after SIGTERM to write its checkpoint."
     )
     service_account_name: str | None = Field(default=None, description="ServiceAccount of the workers.")
-    image_pull_secrets: list[str] | None = Field(default=None, description="Names of Secrets to pull images with.")
+    image_pull_secrets: list[str] | None = Field(
+        default=None, description="Names of Secrets to pull images with."
+    )
 
     rules = (
         Rule(
@@ -214,25 +241,47 @@ class TrainingJobStatus(ApiModel):
     model_config = ApiModel.model_config | {"extra": "ignore"}
 
     observed_generation: int | None = Field(default=None, description="The generation the status describes.")
-    phase: TrainingPhase | None = Field(default=None, description="Pending, Running, Restarting, Succeeded, Failed, Suspended.")
+    phase: TrainingPhase | None = Field(
+        default=None, description="Pending, Running, Restarting, Succeeded, Failed, Suspended."
+    )
     conditions: ConditionList | None = Field(
         default=None, description="Created, Running, Restarting, Succeeded, Failed, Suspended."
     )
-    attempt: int | None = Field(default=None, description="Current attempt, from 0; each gang restart adds one.")
-    restarts: int | None = Field(default=None, description="Gang restarts for retryable failures (count against maxRestarts).")
-    preemptions: int | None = Field(default=None, description="Gang restarts caused by eviction, preemption or node loss.")
-    workers: str | None = Field(default=None, description="Active/desired workers, e.g. 2/2 (a printer column).")
+    attempt: int | None = Field(
+        default=None, description="Current attempt, from 0; each gang restart adds one."
+    )
+    restarts: int | None = Field(
+        default=None, description="Gang restarts for retryable failures (count against maxRestarts)."
+    )
+    preemptions: int | None = Field(
+        default=None, description="Gang restarts caused by eviction, preemption or node loss."
+    )
+    workers: str | None = Field(
+        default=None, description="Active/desired workers, e.g. 2/2 (a printer column)."
+    )
     active_workers: int | None = Field(default=None, description="Workers running.")
     succeeded_workers: int | None = Field(default=None, description="Workers that exited 0 in this attempt.")
     failed_workers: int | None = Field(default=None, description="Workers that failed in this attempt.")
     start_time: datetime | None = Field(default=None, description="When the first attempt started running.")
-    attempt_start_time: datetime | None = Field(default=None, description="When the current attempt was created.")
-    restart_after: datetime | None = Field(default=None, description="When the next attempt may start (backoff).")
+    attempt_start_time: datetime | None = Field(
+        default=None, description="When the current attempt was created."
+    )
+    restart_after: datetime | None = Field(
+        default=None, description="When the next attempt may start (backoff)."
+    )
     completion_time: datetime | None = Field(default=None, description="When the job succeeded or failed.")
-    gpu_seconds: float | None = Field(default=None, description="GPU-seconds consumed across finished attempts.")
-    last_failure: Failure | None = Field(default=None, description="The failure that ended the last failed attempt.")
-    last_checkpoint: CheckpointInfo | None = Field(default=None, description="The newest checkpoint reported.")
-    output_model: OutputModel | None = Field(default=None, description="The exported model and its ModelDeployment.")
+    gpu_seconds: float | None = Field(
+        default=None, description="GPU-seconds consumed across finished attempts."
+    )
+    last_failure: Failure | None = Field(
+        default=None, description="The failure that ended the last failed attempt."
+    )
+    last_checkpoint: CheckpointInfo | None = Field(
+        default=None, description="The newest checkpoint reported."
+    )
+    output_model: OutputModel | None = Field(
+        default=None, description="The exported model and its ModelDeployment."
+    )
 
 
 class TrainingJob(ApiModel):
@@ -249,7 +298,7 @@ class TrainingJob(ApiModel):
         Rule(
             cel=f"self.metadata.name.size() <= {MAX_NAME_LENGTH}",
             message=f"metadata.name must be at most {MAX_NAME_LENGTH} characters "
-            "(worker pods are named <name>-<index> and must fit a 63-character DNS label)",
+            "(worker pods are named <name>-<attempt>-<index> and must fit a 63-character DNS label)",
             check=lambda o: len(o.metadata.name) <= MAX_NAME_LENGTH,
         ),
         Rule(

@@ -1,0 +1,232 @@
+"""Autoscaling children of a ModelDeployment: an HPA on its /scale, or a KEDA ScaledObject; a ServiceMonitor.
+
+Targets are named in the user's terms (queue time, inference rate, GPU utilisation); this module
+owns the PromQL that turns Triton's and DCGM's counters into those figures, once, for the three
+consumers: the HPA's Pods metrics (served by prometheus-adapter with the rules below), KEDA's
+Prometheus triggers, and the tests that evaluate the formulas on a real Triton's counters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from kubeforge import API_VERSION
+from kubeforge.api.modeldeployment import Autoscaling, AutoscalingEngine, ModelDeployment
+from kubeforge.builders.meta import Object, object_meta, owner_reference
+from kubeforge.builders.modeldeployment import KIND, labels
+from kubeforge.settings import Settings
+
+RATE_WINDOW = "1m"
+
+
+@dataclass(frozen=True)
+class TritonMetric:
+    """A per-pod figure derived from Triton/DCGM series, with its PromQL."""
+
+    name: str  # the custom-metrics API name the HPA asks for
+    series: str  # the series prometheus-adapter discovers it from
+    # PromQL with {sel} for label matchers and {by} for the grouping labels
+    template: str
+    additive: bool  # whether summing over pods gives a total (KEDA AverageValue) or not (KEDA Value)
+
+    def promql(self, selector: str, by: str) -> str:
+        return self.template.format(sel=selector, by=by, w=RATE_WINDOW)
+
+
+QUEUE_TIME = TritonMetric(
+    name="triton_queue_time_per_request_microseconds",
+    series="nv_inference_queue_duration_us",
+    # average queue time of the requests in the window; clamp_min keeps an idle server at 0, not NaN
+    template="sum by ({by}) (rate(nv_inference_queue_duration_us{{{sel}}}[{w}])) / "
+    "clamp_min(sum by ({by}) (rate(nv_inference_request_success{{{sel}}}[{w}])), 0.001)",
+    additive=False,
+)
+INFERENCE_RATE = TritonMetric(
+    name="triton_inferences_per_second",
+    series="nv_inference_request_success",
+    template="sum by ({by}) (rate(nv_inference_request_success{{{sel}}}[{w}]))",
+    additive=True,
+)
+GPU_UTILIZATION = TritonMetric(
+    name="triton_gpu_utilization_percent",
+    series="DCGM_FI_DEV_GPU_UTIL",
+    template="avg by ({by}) (DCGM_FI_DEV_GPU_UTIL{{{sel}}})",
+    additive=False,
+)
+METRICS = (QUEUE_TIME, INFERENCE_RATE, GPU_UTILIZATION)
+
+
+def targets(autoscaling: Autoscaling) -> list[tuple[TritonMetric | None, int]]:
+    """(metric, per-replica target) pairs; metric None is CPU utilisation (a Resource metric)."""
+    t = autoscaling.targets
+    out: list[tuple[TritonMetric | None, int]] = []
+    if t.queue_time_microseconds is not None:
+        out.append((QUEUE_TIME, t.queue_time_microseconds))
+    if t.inferences_per_second is not None:
+        out.append((INFERENCE_RATE, t.inferences_per_second))
+    if t.gpu_utilization is not None:
+        out.append((GPU_UTILIZATION, t.gpu_utilization))
+    if t.cpu_utilization is not None:
+        out.append((None, t.cpu_utilization))
+    return out
+
+
+def _meta(md: ModelDeployment) -> dict[str, Any]:
+    assert md.metadata.uid is not None and md.metadata.namespace is not None
+    owner = owner_reference(KIND, md.metadata.name, md.metadata.uid)
+    return object_meta(md.metadata.name, md.metadata.namespace, labels(md), owner)
+
+
+def _scale_target(md: ModelDeployment) -> dict[str, str]:
+    # the ModelDeployment's /scale, never the Deployment: the operator and the autoscaler never fight
+    return {"apiVersion": API_VERSION, "kind": KIND, "name": md.metadata.name}
+
+
+def _behavior(autoscaling: Autoscaling) -> dict[str, Any]:
+    b = autoscaling.behavior
+    up = b.scale_up_stabilization_seconds if b else 0
+    down = b.scale_down_stabilization_seconds if b else 300
+    return {
+        "scaleUp": {
+            "stabilizationWindowSeconds": up,
+            "selectPolicy": "Max",
+            "policies": [
+                {"type": "Percent", "value": 100, "periodSeconds": 15},
+                {"type": "Pods", "value": 4, "periodSeconds": 15},
+            ],
+        },
+        "scaleDown": {
+            "stabilizationWindowSeconds": down,
+            "selectPolicy": "Max",
+            "policies": [{"type": "Percent", "value": 50, "periodSeconds": 60}],
+        },
+    }
+
+
+def uses_keda(autoscaling: Autoscaling | None) -> bool:
+    return autoscaling is not None and (
+        autoscaling.engine == AutoscalingEngine.KEDA or autoscaling.min_replicas == 0
+    )
+
+
+def build_hpa(md: ModelDeployment) -> Object | None:
+    """An autoscaling/v2 HPA on the ModelDeployment's /scale, with Triton targets as Pods metrics."""
+    autoscaling = md.spec.autoscaling
+    if autoscaling is None or uses_keda(autoscaling):
+        return None
+    metrics: list[dict[str, Any]] = []
+    for metric, target in targets(autoscaling):
+        if metric is None:
+            metrics.append(
+                {
+                    "type": "Resource",
+                    "resource": {
+                        "name": "cpu",
+                        "target": {"type": "Utilization", "averageUtilization": target},
+                    },
+                }
+            )
+        else:
+            metrics.append(
+                {
+                    "type": "Pods",
+                    "pods": {
+                        "metric": {"name": metric.name},
+                        "target": {"type": "AverageValue", "averageValue": str(target)},
+                    },
+                }
+            )
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": _meta(md),
+        "spec": {
+            "scaleTargetRef": _scale_target(md),
+            "minReplicas": autoscaling.min_replicas,
+            "maxReplicas": autoscaling.max_replicas,
+            "metrics": metrics,
+            "behavior": _behavior(autoscaling),
+        },
+    }
+
+
+def deployment_selector(md: ModelDeployment) -> str:
+    """PromQL label matchers for all of a ModelDeployment's server pods (Prometheus' pod label)."""
+    return f'namespace="{md.metadata.namespace}",pod=~"{md.metadata.name}-[a-z0-9]+-[a-z0-9]+"'
+
+
+def keda_query(md: ModelDeployment, metric: TritonMetric) -> str:
+    """One figure for the whole ModelDeployment: a total for additive metrics, an average otherwise."""
+    return metric.promql(deployment_selector(md), by="namespace")
+
+
+def build_scaled_object(md: ModelDeployment, settings: Settings) -> Object | None:
+    """A KEDA ScaledObject on the ModelDeployment's /scale; it can scale to zero."""
+    autoscaling = md.spec.autoscaling
+    if autoscaling is None or not uses_keda(autoscaling):
+        return None
+    triggers: list[dict[str, Any]] = []
+    for metric, target in targets(autoscaling):
+        if metric is None:
+            triggers.append({"type": "cpu", "metricType": "Utilization", "metadata": {"value": str(target)}})
+            continue
+        triggers.append(
+            {
+                "type": "prometheus",
+                # AverageValue: desired = total / target; Value: desired = current * (value / target)
+                "metricType": "AverageValue" if metric.additive else "Value",
+                "metadata": {
+                    "serverAddress": settings.prometheus_address,
+                    "query": keda_query(md, metric),
+                    "threshold": str(target),
+                    "activationThreshold": "0",
+                },
+            }
+        )
+    return {
+        "apiVersion": "keda.sh/v1alpha1",
+        "kind": "ScaledObject",
+        "metadata": _meta(md),
+        "spec": {
+            "scaleTargetRef": _scale_target(md),
+            "minReplicaCount": autoscaling.min_replicas,
+            "maxReplicaCount": autoscaling.max_replicas,
+            "pollingInterval": 15,
+            "cooldownPeriod": 300,
+            "advanced": {"horizontalPodAutoscalerConfig": {"behavior": _behavior(autoscaling)}},
+            "triggers": triggers,
+        },
+    }
+
+
+def build_service_monitor(md: ModelDeployment) -> Object | None:
+    """A Prometheus-operator ServiceMonitor for Triton's metrics port."""
+    if md.spec.monitoring is not None and not md.spec.monitoring.service_monitor:
+        return None
+    return {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "ServiceMonitor",
+        "metadata": _meta(md),
+        "spec": {
+            "selector": {"matchLabels": labels(md)},
+            "endpoints": [{"port": "metrics", "path": "/metrics", "interval": "15s"}],
+        },
+    }
+
+
+def prometheus_adapter_rules() -> dict[str, Any]:
+    """prometheus-adapter `rules.custom` that serve the Triton metrics as per-pod custom metrics."""
+    rules = []
+    for metric in METRICS:
+        rules.append(
+            {
+                "seriesQuery": f'{metric.series}{{namespace!="",pod!=""}}',
+                "resources": {
+                    "overrides": {"namespace": {"resource": "namespace"}, "pod": {"resource": "pod"}}
+                },
+                "name": {"matches": f"^{metric.series}$", "as": metric.name},
+                "metricsQuery": metric.promql("<<.LabelMatchers>>", by="<<.GroupBy>>"),
+            }
+        )
+    return {"rules": {"default": False, "custom": rules}}

@@ -1,0 +1,252 @@
+"""Desired children of a ModelDeployment: the Triton Deployment, its Service and PodDisruptionBudget."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kubeforge.api.modeldeployment import ModelControlMode, ModelDeployment, ModelSpec
+from kubeforge.builders import pods
+from kubeforge.builders.meta import Object, object_meta, owner_reference, recommended_labels, selector_labels
+from kubeforge.settings import Settings
+from kubeforge.triton.repository import repository_plan
+
+KIND = "ModelDeployment"
+HTTP_PORT, GRPC_PORT, METRICS_PORT = 8000, 8001, 8002
+MODEL_REPOSITORY = "/models"
+PVC_ROOT = "/mnt/pvc"
+PROBE_PERIOD_SECONDS = 10
+
+
+def labels(md: ModelDeployment) -> dict[str, str]:
+    return recommended_labels(KIND, md.metadata.name, component="inference-server", app="triton")
+
+
+def selector(md: ModelDeployment) -> dict[str, str]:
+    return selector_labels(KIND, md.metadata.name)
+
+
+def selector_string(md: ModelDeployment) -> str:
+    """The pod selector in the string form /scale and the HPA read (status.selector)."""
+    return ",".join(f"{k}={v}" for k, v in sorted(selector(md).items()))
+
+
+def _meta(md: ModelDeployment, name: str | None = None) -> dict[str, Any]:
+    assert md.metadata.uid is not None and md.metadata.namespace is not None
+    owner = owner_reference(KIND, md.metadata.name, md.metadata.uid)
+    return object_meta(name or md.metadata.name, md.metadata.namespace, labels(md), owner)
+
+
+def pvc_claims(models: list[ModelSpec]) -> list[str]:
+    """PersistentVolumeClaims the model sources live on, in first-seen order."""
+    claims: list[str] = []
+    for model in models:
+        if model.source.startswith("pvc://"):
+            claim = model.source.removeprefix("pvc://").split("/", 1)[0]
+            if claim not in claims:
+                claims.append(claim)
+    return claims
+
+
+def triton_args(md: ModelDeployment) -> list[str]:
+    """tritonserver's arguments. Strict readiness makes /v2/health/ready mean every model is loaded."""
+    runtime = md.spec.runtime
+    mode = runtime.model_control_mode if runtime else ModelControlMode.NONE
+    args = [
+        f"--model-repository={MODEL_REPOSITORY}",
+        f"--model-control-mode={mode.value}",
+        "--strict-readiness=true",
+        "--exit-on-error=true",
+        f"--http-port={HTTP_PORT}",
+        f"--grpc-port={GRPC_PORT}",
+        f"--metrics-port={METRICS_PORT}",
+        "--allow-metrics=true",
+        f"--allow-gpu-metrics={'true' if md.spec.gpu else 'false'}",
+    ]
+    if mode == ModelControlMode.EXPLICIT:
+        # explicit mode loads nothing at start-up unless told which models to load
+        args += [f"--load-model={m.name}" for m in md.spec.models]
+    if mode == ModelControlMode.POLL:
+        args.append("--repository-poll-secs=30")
+    return args + list(runtime.args or []) if runtime else args
+
+
+def _probe(path: str, failure_threshold: int, period: int = PROBE_PERIOD_SECONDS) -> dict[str, Any]:
+    return {
+        "httpGet": {"path": path, "port": "http"},
+        "periodSeconds": period,
+        "timeoutSeconds": 5,
+        "failureThreshold": failure_threshold,
+    }
+
+
+def _storage_env(md: ModelDeployment) -> list[dict[str, Any]]:
+    """Cloud credentials from the named Secret, for the repository init container."""
+    if md.spec.storage is None:
+        return []
+    secret = md.spec.storage.secret_name
+    keys = (
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_DEFAULT_REGION",
+        "AWS_ENDPOINT_URL",
+    )
+    return [
+        {"name": key, "valueFrom": {"secretKeyRef": {"name": secret, "key": key, "optional": True}}}
+        for key in keys
+    ]
+
+
+def _repository_init_container(md: ModelDeployment, settings: Settings) -> dict[str, Any]:
+    mounts = [{"name": "models", "mountPath": MODEL_REPOSITORY}]
+    mounts += [
+        {"name": f"pvc-{claim}", "mountPath": f"{PVC_ROOT}/{claim}", "readOnly": True}
+        for claim in pvc_claims(md.spec.models)
+    ]
+    return {
+        "name": "model-repository",
+        "image": settings.helper_image,
+        "command": ["kubeforge", "assemble-repository"],
+        "args": ["--out", MODEL_REPOSITORY, "--pvc-root", PVC_ROOT],
+        "env": [{"name": "KUBEFORGE_MODELS", "value": repository_plan(md.spec.models)}, *_storage_env(md)],
+        "volumeMounts": mounts,
+        "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
+        "securityContext": pods.container_security_context(),
+    }
+
+
+def triton_container(md: ModelDeployment, settings: Settings) -> dict[str, Any]:
+    """The tritonserver container: named ports, health probes, GPUs, /dev/shm, the assembled repository."""
+    runtime = md.spec.runtime
+    startup_timeout = runtime.startup_timeout_seconds if runtime else 1800
+    container: dict[str, Any] = {
+        "name": "triton",
+        "image": (runtime.image if runtime and runtime.image else settings.triton_image),
+        "command": ["tritonserver"],
+        "args": triton_args(md),
+        "ports": [
+            {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
+            {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
+            {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
+        ],
+        # large models take minutes to load: the startup probe holds liveness off until then
+        "startupProbe": _probe("/v2/health/ready", max(1, startup_timeout // PROBE_PERIOD_SECONDS)),
+        "readinessProbe": _probe("/v2/health/ready", 3, period=5),
+        "livenessProbe": _probe("/v2/health/live", 3),
+        "volumeMounts": [{"name": "models", "mountPath": MODEL_REPOSITORY}, pods.SHM_MOUNT],
+        "securityContext": pods.container_security_context(),
+    }
+    env = pods.env_vars(runtime.env if runtime else None)
+    if env:
+        container["env"] = env
+    resources = pods.container_resources(md.spec.resources, md.spec.gpu)
+    if resources:
+        container["resources"] = resources
+    return container
+
+
+def rollout_strategy(md: ModelDeployment) -> dict[str, Any]:
+    """With GPUs, replace a pod before starting its successor: a surge pod would wait for a free GPU forever."""
+    rollout = md.spec.rollout
+    gpu = md.spec.gpu is not None
+    surge = rollout.max_surge if rollout and rollout.max_surge is not None else (0 if gpu else "25%")
+    unavailable = (
+        rollout.max_unavailable if rollout and rollout.max_unavailable is not None else (1 if gpu else "25%")
+    )
+    return {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": surge, "maxUnavailable": unavailable}}
+
+
+def pod_annotations(md: ModelDeployment) -> dict[str, str]:
+    annotations = {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": str(METRICS_PORT),
+        "prometheus.io/path": "/metrics",
+    }
+    if md.spec.pod_metadata and md.spec.pod_metadata.annotations:
+        annotations.update(md.spec.pod_metadata.annotations)
+    return annotations
+
+
+def build_triton_deployment(md: ModelDeployment, settings: Settings) -> Object:
+    """The Deployment running tritonserver for a ModelDeployment."""
+    spec = md.spec
+    pod_labels = dict(labels(md))
+    if spec.pod_metadata and spec.pod_metadata.labels:
+        pod_labels = {**spec.pod_metadata.labels, **pod_labels}
+    volumes: list[dict[str, Any]] = [{"name": "models", "emptyDir": {}}, pods.shm_volume(spec.shm_size)]
+    volumes += [
+        {"name": f"pvc-{claim}", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
+        for claim in pvc_claims(spec.models)
+    ]
+    pod_spec: dict[str, Any] = {
+        "enableServiceLinks": False,
+        "securityContext": pods.pod_security_context(),
+        "initContainers": [_repository_init_container(md, settings)],
+        "containers": [triton_container(md, settings)],
+        "volumes": volumes,
+        **pods.placement_fields(spec.gpu, spec.placement),
+    }
+    if spec.service_account_name:
+        pod_spec["serviceAccountName"] = spec.service_account_name
+    if spec.image_pull_secrets:
+        pod_spec["imagePullSecrets"] = [{"name": n} for n in spec.image_pull_secrets]
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _meta(md),
+        "spec": {
+            "replicas": spec.replicas,
+            "selector": {"matchLabels": selector(md)},
+            "strategy": rollout_strategy(md),
+            "revisionHistoryLimit": 5,
+            "template": {
+                "metadata": {"labels": pod_labels, "annotations": pod_annotations(md)},
+                "spec": pod_spec,
+            },
+        },
+    }
+
+
+def build_service(md: ModelDeployment) -> Object:
+    """A ClusterIP Service in front of the servers: KServe v2 HTTP and gRPC, and metrics."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(md),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector(md),
+            "ports": [
+                {"name": "http", "port": HTTP_PORT, "targetPort": "http", "protocol": "TCP"},
+                {
+                    "name": "grpc",
+                    "port": GRPC_PORT,
+                    "targetPort": "grpc",
+                    "protocol": "TCP",
+                    "appProtocol": "grpc",
+                },
+                {"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics", "protocol": "TCP"},
+            ],
+        },
+    }
+
+
+def build_pod_disruption_budget(md: ModelDeployment) -> Object | None:
+    """Keep all but one server up through voluntary disruptions (drains); none for a single replica."""
+    if md.spec.replicas <= 1:
+        return None
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _meta(md),
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector(md)}},
+    }
+
+
+def endpoints(md: ModelDeployment, settings: Settings) -> dict[str, str]:
+    host = f"{md.metadata.name}.{md.metadata.namespace}.svc.{settings.cluster_domain}"
+    return {
+        "http": f"http://{host}:{HTTP_PORT}",
+        "grpc": f"{host}:{GRPC_PORT}",
+        "metrics": f"http://{host}:{METRICS_PORT}/metrics",
+    }

@@ -1,0 +1,48 @@
+"""Train -> serve: the ModelDeployment that serves a TrainingJob's exported model."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kubeforge import API_VERSION
+from kubeforge.api.modeldeployment import ModelFormat, ModelSpec
+from kubeforge.api.trainingjob import TrainingJob
+from kubeforge.builders.meta import MANAGED_BY
+
+TRAINED_BY_LABEL = "kubeforge.io/trained-by"
+
+
+def output_model_uri(tj: TrainingJob) -> str | None:
+    """Where the trained model's directory is: <output.uri>/<output.modelName>."""
+    output = tj.spec.output
+    return f"{output.uri.rstrip('/')}/{output.model_name}" if output else None
+
+
+def build_output_model_deployment(tj: TrainingJob) -> dict[str, Any] | None:
+    """The ModelDeployment of spec.output.modelDeployment, with the trained model's source filled in.
+
+    It has no owner reference on purpose: the served model outlives the job that trained it.
+    """
+    output = tj.spec.output
+    if output is None or output.model_deployment is None:
+        return None
+    template = output.model_deployment
+    source = output_model_uri(tj)
+    assert source is not None
+    trained = ModelSpec(name=output.model_name, source=source, format=ModelFormat(output.format))
+    existing = {m.name: m for m in template.spec.models}
+    if output.model_name in existing:
+        trained = existing[output.model_name].model_copy(update={"source": source})
+    models = [trained, *(m for m in template.spec.models if m.name != output.model_name)]
+    spec = template.spec.model_copy(update={"models": models}).wire()
+    labels = {
+        **(template.labels or {}),
+        TRAINED_BY_LABEL: tj.metadata.name,
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+    }
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "ModelDeployment",
+        "metadata": {"name": template.name, "namespace": tj.metadata.namespace, "labels": labels},
+        "spec": spec,
+    }

@@ -1,0 +1,1 @@
+"""kopf glue: watch events enqueue keys; reconcilers load the spec, call the builders, apply, fold status."""

@@ -1,0 +1,119 @@
+"""Reconcile a ModelDeployment: Triton Deployment, Service, PDB, autoscaler, ServiceMonitor; then status."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from pydantic import ValidationError
+
+from kubeforge.api.modeldeployment import ModelDeployment, ModelDeploymentStatus
+from kubeforge.builders import autoscaling
+from kubeforge.builders.modeldeployment import (
+    HTTP_PORT,
+    build_pod_disruption_budget,
+    build_service,
+    build_triton_deployment,
+    endpoints,
+)
+from kubeforge.controllers.context import Context
+from kubeforge.controllers.invalid import describe, invalid_status
+from kubeforge.controllers.status_patch import write_status
+from kubeforge.k8s import resources as r
+from kubeforge.status.modeldeployment import AutoscalerObservation, Observed, compute_status
+from kubeforge.status.pods import pod_ready
+
+log = logging.getLogger(__name__)
+KEDA_API = "keda.sh/v1alpha1"
+MONITORING_API = "monitoring.coreos.com/v1"
+
+
+async def _ensure_optional(
+    ctx: Context, resource: r.Resource, md: ModelDeployment, desired: dict[str, Any] | None
+) -> None:
+    if desired is not None:
+        await ctx.ensure(desired)
+    else:
+        await ctx.ensure_absent(resource, md.metadata.namespace or "", md.metadata.name)
+
+
+async def _autoscaler(ctx: Context, md: ModelDeployment) -> AutoscalerObservation | None:
+    """Apply the HPA or ScaledObject the spec asks for (removing the other) and observe it."""
+    ns, name = md.metadata.namespace or "", md.metadata.name
+    await _ensure_optional(ctx, r.HPA, md, autoscaling.build_hpa(md))
+    keda_served = await ctx.kube.api_group_served(KEDA_API)
+    scaled_object = autoscaling.build_scaled_object(md, ctx.settings)
+    if keda_served:
+        await _ensure_optional(ctx, r.SCALED_OBJECT, md, scaled_object)
+    if md.spec.autoscaling is None:
+        return None
+    if scaled_object is None:
+        return AutoscalerObservation("hpa", ctx.cache.get(r.HPA.kind, ns, name))
+    if not keda_served:
+        return AutoscalerObservation(
+            "keda",
+            missing_reason="KedaNotInstalled",
+            missing_message="autoscaling needs KEDA (engine keda or minReplicas 0) but the keda.sh/v1alpha1 "
+            "API is not served: install KEDA, or use engine hpa with minReplicas >= 1",
+        )
+    return AutoscalerObservation("keda", ctx.cache.get(r.SCALED_OBJECT.kind, ns, name))
+
+
+async def _monitoring(ctx: Context, md: ModelDeployment) -> None:
+    if not await ctx.kube.api_group_served(MONITORING_API):
+        return  # pods carry prometheus.io/* annotations either way
+    await _ensure_optional(ctx, r.SERVICE_MONITOR, md, autoscaling.build_service_monitor(md))
+
+
+async def _probe_models(ctx: Context, pods: list[dict[str, Any]]) -> tuple[list[Any] | None, str | None]:
+    """Per-model state from one ready server's repository index; (None, why) when it cannot be read."""
+    if not ctx.settings.model_probe:
+        return None, "model probing is off in the operator settings"
+    ready = [p for p in pods if pod_ready(p) and p.get("status", {}).get("podIP")]
+    if not ready:
+        return None, None
+    from kubeforge.triton.client import model_states
+
+    result = await model_states(f"http://{ready[0]['status']['podIP']}:{HTTP_PORT}", timeout=2.0)
+    return result.models, result.error
+
+
+async def reconcile_model_deployment(ctx: Context, key: tuple[str, str]) -> float | None:
+    ns, name = key
+    body = ctx.cache.get(r.MODEL_DEPLOYMENT.kind, ns, name)
+    if body is None or body["metadata"].get("deletionTimestamp"):
+        return None  # children go with it through the garbage collector
+    try:
+        md = ModelDeployment.model_validate(body)
+    except ValidationError as err:
+        message = describe(err)
+        status, changed = invalid_status(body, message, "Failed", ctx.now())
+        await write_status(ctx, r.MODEL_DEPLOYMENT, body, status)
+        if changed:
+            log.warning("ModelDeployment %s/%s is invalid: %s", ns, name, message)
+            await ctx.kube.event(body, "Warning", "InvalidSpec", message)
+        return None
+
+    deployment = await ctx.ensure(build_triton_deployment(md, ctx.settings))
+    await ctx.ensure(build_service(md))
+    await _ensure_optional(ctx, r.PDB, md, build_pod_disruption_budget(md))
+    autoscaler = await _autoscaler(ctx, md)
+    await _monitoring(ctx, md)
+
+    pods = ctx.cache.owned(r.POD.kind, "modeldeployment", ns, name)
+    states, probe_error = await _probe_models(ctx, pods)
+    observed = Observed(
+        deployment=deployment,
+        pods=pods,
+        endpoints=endpoints(md, ctx.settings),
+        autoscaler=autoscaler,
+        model_states=states,
+        model_probe_error=probe_error,
+    )
+    previous = ModelDeploymentStatus.model_validate(body["status"]) if body.get("status") else None
+    status, transitions = compute_status(md, observed, previous, ctx.now())
+    await write_status(ctx, r.MODEL_DEPLOYMENT, body, status.wire())
+    for transition in transitions:
+        await ctx.kube.event(body, transition.type, transition.reason, transition.message)
+    # model state is read from Triton, which sends no watch events: look again later
+    return ctx.settings.resync_seconds if states is not None or probe_error else None

@@ -1,0 +1,30 @@
+"""`kubeforge run`: start kopf with our handlers, settings and memo."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import kopf
+
+from kubeforge.settings import Settings
+
+
+def run_operator(
+    namespaces: tuple[str, ...], liveness: str, metrics_port: int, verbose: bool, workers: int = 4
+) -> int:
+    """Run until interrupted; returns the exit code."""
+    import kubeforge.controllers.handlers  # noqa: F401 - registers the kopf handlers
+
+    logging.getLogger("kubeforge").setLevel(logging.DEBUG if verbose else logging.INFO)
+    settings = dataclasses.replace(Settings.from_env(), namespaces=namespaces)
+    memo = kopf.Memo(options={"settings": settings, "metrics_port": metrics_port, "workers": workers})
+    kopf.configure(verbose=verbose, log_format=kopf.LogFormat.PLAIN)
+    kopf.run(
+        standalone=True,
+        clusterwide=not namespaces,
+        namespaces=list(namespaces),
+        liveness_endpoint=liveness or None,
+        memo=memo,
+    )
+    return 0

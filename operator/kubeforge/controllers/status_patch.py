@@ -1,0 +1,23 @@
+"""Write a status only when it changed: a no-op reconcile makes no API call."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kubeforge.controllers.context import Context
+from kubeforge.k8s.resources import Resource
+
+
+async def write_status(
+    ctx: Context, resource: Resource, body: dict[str, Any], status: dict[str, Any]
+) -> bool:
+    """Merge-patch the status subresource with `status`, clearing keys that are gone. True when written."""
+    old = body.get("status") or {}
+    if status == old:
+        return False
+    patch: dict[str, Any] = {key: None for key in old if key not in status}
+    patch.update(status)
+    meta = body["metadata"]
+    updated = await ctx.kube.patch_status(resource, meta["namespace"], meta["name"], patch)
+    ctx.cache.upsert(resource.kind, updated)
+    return True

@@ -1,0 +1,1 @@
+"""Pure reducers: observed children in, a typed status out."""

@@ -1,0 +1,241 @@
+"""Fold a ModelDeployment's observed children into its status (pure: no I/O, time passed in)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from kubeforge.api.common import Condition, ConditionStatus
+from kubeforge.api.modeldeployment import Endpoints, ModelDeployment, ModelDeploymentStatus, ModelState, Phase
+from kubeforge.builders.modeldeployment import selector_string
+from kubeforge.builders.pods import gpu_summary
+from kubeforge.status.conditions import get_condition, set_condition
+from kubeforge.status.pods import PodProblem, pod_problem, pod_ready
+
+
+@dataclass(frozen=True)
+class AutoscalerObservation:
+    """The autoscaler child as observed: an HPA or ScaledObject, or why there is none."""
+
+    engine: str  # "hpa" or "keda"
+    obj: dict[str, Any] | None = None
+    missing_reason: str | None = None  # e.g. KedaNotInstalled
+    missing_message: str = ""
+
+
+@dataclass(frozen=True)
+class Observed:
+    deployment: dict[str, Any] | None
+    pods: list[dict[str, Any]]
+    endpoints: dict[str, str]
+    autoscaler: AutoscalerObservation | None = None
+    # per-model state from Triton's repository index; None when no ready pod could be asked
+    model_states: list[ModelState] | None = None
+    model_probe_error: str | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Transition:
+    """A condition change worth an Event."""
+
+    type: str  # Normal or Warning
+    reason: str
+    message: str
+
+
+def _deployment_condition(deployment: dict[str, Any], type_: str) -> dict[str, Any] | None:
+    conditions = deployment.get("status", {}).get("conditions") or []
+    return next((c for c in conditions if c.get("type") == type_), None)
+
+
+def _first_problem(pods: list[dict[str, Any]]) -> PodProblem | None:
+    for pod in pods:
+        problem = pod_problem(pod)
+        if problem:
+            return problem
+    return None
+
+
+def _autoscaling_condition(obs: AutoscalerObservation) -> tuple[bool | None, str, str, int | None]:
+    """(status, reason, message, desired replicas) of AutoscalingReady, mirroring the autoscaler's own."""
+    if obs.missing_reason:
+        return False, obs.missing_reason, obs.missing_message, None
+    if obs.obj is None:
+        return None, "Creating", f"the {obs.engine} autoscaler is being created", None
+    status = obs.obj.get("status") or {}
+    conds = {c.get("type"): c for c in status.get("conditions") or []}
+    desired = status.get("desiredReplicas")
+    if obs.engine == "hpa":
+        for type_ in ("AbleToScale", "ScalingActive"):
+            c = conds.get(type_)
+            if c is None:
+                return None, "Pending", "the HorizontalPodAutoscaler has not reported yet", desired
+            if c.get("status") != "True":
+                return False, str(c.get("reason", type_)), f"{type_}: {c.get('message', '')}", desired
+        return True, "ScalingActive", str(conds["ScalingActive"].get("message", "")), desired
+    ready = conds.get("Ready")
+    if ready is None:
+        return None, "Pending", "the ScaledObject has not reported yet", desired
+    ok = ready.get("status") == "True"
+    return (
+        ok,
+        str(ready.get("reason") or ("ScaledObjectReady" if ok else "ScaledObjectNotReady")),
+        str(ready.get("message", "")),
+        desired,
+    )
+
+
+def compute_status(
+    md: ModelDeployment, observed: Observed, previous: ModelDeploymentStatus | None, now: datetime
+) -> tuple[ModelDeploymentStatus, list[Transition]]:
+    """The status a person and `kubectl wait` can trust, and the transitions to announce."""
+    generation = md.metadata.generation
+    conditions: list[Condition] = list(previous.conditions or []) if previous else []
+    desired = md.spec.replicas
+    dep = observed.deployment
+    dep_status = (dep or {}).get("status", {})
+    replicas = int(dep_status.get("replicas", 0) or 0)
+    live_pods = [p for p in observed.pods if not p["metadata"].get("deletionTimestamp")]
+    ready_pods = sum(1 for p in live_pods if pod_ready(p))
+    ready_replicas = int(dep_status.get("readyReplicas", 0) or 0) if dep else 0
+    updated = int(dep_status.get("updatedReplicas", 0) or 0)
+    dep_current = dep is not None and int(dep_status.get("observedGeneration", 0) or 0) >= int(
+        dep["metadata"].get("generation", 0) or 0
+    )
+    rolled_out = dep_current and updated >= desired and replicas == desired and ready_replicas >= desired
+
+    def put(type_: str, status: bool | None, reason: str, message: str) -> None:
+        nonlocal conditions
+        conditions = set_condition(conditions, type_, status, reason, message, generation, now)
+
+    # Degraded: pods stuck for a reason a person must act on
+    problem = _first_problem(live_pods)
+    progress = _deployment_condition(dep, "Progressing") if dep else None
+    if problem:
+        put("Degraded", True, problem.reason, f"pod {problem.pod}: {problem.message}")
+    elif progress and progress.get("reason") == "ProgressDeadlineExceeded":
+        put("Degraded", True, "ProgressDeadlineExceeded", str(progress.get("message", "")))
+    else:
+        put("Degraded", False, "AsExpected", "no pod is stuck")
+
+    available = _deployment_condition(dep, "Available") if dep else None
+    if available is None:
+        put("Available", False, "Creating", "the Triton Deployment has no status yet")
+    else:
+        put(
+            "Available",
+            available.get("status") == "True",
+            str(available.get("reason", "")),
+            str(available.get("message", "")),
+        )
+
+    if rolled_out:
+        put(
+            "Progressing",
+            False,
+            "RolloutComplete",
+            f"{ready_replicas}/{desired} replicas ready and up to date",
+        )
+    elif dep is None:
+        put("Progressing", True, "Creating", "creating the Triton Deployment")
+    else:
+        put(
+            "Progressing",
+            True,
+            "RollingOut",
+            f"{updated}/{desired} updated, {ready_replicas}/{desired} ready",
+        )
+
+    if desired == 0 and rolled_out:
+        put("Ready", True, "ScaledToZero", "scaled to zero replicas")
+    elif rolled_out:
+        put(
+            "Ready",
+            True,
+            "AllReplicasReady",
+            f"{ready_replicas}/{desired} Triton servers ready with all models loaded",
+        )
+    elif problem:
+        put("Ready", False, problem.reason, f"pod {problem.pod}: {problem.message}")
+    else:
+        put("Ready", False, "NotAllReplicasReady", f"{ready_replicas}/{desired} Triton servers ready")
+
+    models = observed.model_states
+    if models is not None:
+        not_ready = [m for m in models if m.state != "READY"]
+        if not_ready:
+            detail = "; ".join(
+                f"{m.name}: {m.state}{' (' + m.reason + ')' if m.reason else ''}" for m in not_ready
+            )
+            put("ModelsReady", False, "ModelNotReady", detail)
+        else:
+            put("ModelsReady", True, "AllModelsReady", f"{len(models)} model(s) READY")
+    elif ready_pods == 0:
+        put("ModelsReady", None, "NoReadyServer", "no Triton server is ready to report its models")
+    else:
+        put(
+            "ModelsReady",
+            None,
+            "Unreachable",
+            observed.model_probe_error or "Triton's repository index was not read",
+        )
+
+    desired_replicas = desired
+    if observed.autoscaler is not None:
+        status, reason, message, hpa_desired = _autoscaling_condition(observed.autoscaler)
+        put("AutoscalingReady", status, reason, message)
+        if hpa_desired is not None:
+            desired_replicas = int(hpa_desired)
+    else:
+        conditions = [c for c in conditions if c.type != "AutoscalingReady"]
+
+    degraded = get_condition(conditions, "Degraded")
+    ready = get_condition(conditions, "Ready")
+    if degraded and degraded.status == ConditionStatus.TRUE:
+        phase = Phase.DEGRADED
+    elif ready and ready.status == ConditionStatus.TRUE:
+        phase = Phase.READY
+    elif dep is not None:
+        phase = Phase.PROGRESSING
+    else:
+        phase = Phase.PENDING
+
+    status = ModelDeploymentStatus(
+        observed_generation=generation,
+        phase=phase,
+        replicas=replicas,
+        desired_replicas=desired_replicas,
+        ready_replicas=ready_replicas,
+        ready=f"{ready_replicas}/{desired}",
+        selector=selector_string(md),
+        model=",".join(m.name for m in md.spec.models),
+        gpu=gpu_summary(md.spec.gpu),
+        endpoints=Endpoints(**observed.endpoints),
+        models=models,
+        conditions=sorted(conditions, key=lambda c: c.type),
+    )
+    return status, _transitions(previous, status)
+
+
+_ANNOUNCED = {
+    "Ready": ("Normal", "Warning"),
+    "Degraded": ("Warning", "Normal"),
+    "AutoscalingReady": ("Normal", "Warning"),
+}
+
+
+def _transitions(previous: ModelDeploymentStatus | None, current: ModelDeploymentStatus) -> list[Transition]:
+    out = []
+    for type_, (when_true, when_false) in _ANNOUNCED.items():
+        now_c = get_condition(current.conditions, type_)
+        before = get_condition(previous.conditions if previous else None, type_)
+        if now_c is None or now_c.status == ConditionStatus.UNKNOWN:
+            continue
+        if before is None and now_c.status == ConditionStatus.FALSE and type_ == "Degraded":
+            continue  # "not degraded" at creation is not news
+        if before is None or before.status != now_c.status or before.reason != now_c.reason:
+            kind = when_true if now_c.status == ConditionStatus.TRUE else when_false
+            out.append(Transition(kind, now_c.reason, now_c.message))
+    return out

@@ -1,0 +1,156 @@
+"""Pure pieces of TrainingJob reconciliation: failure classification, attempt observation, conditions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from kubeforge.api.common import Condition
+from kubeforge.api.trainingjob import Failure, FailurePolicy, TrainingPhase
+from kubeforge.status.conditions import set_condition
+from kubeforge.status.pods import pending_message
+
+PREEMPTION_REASONS = {
+    "Evicted",
+    "Preempted",
+    "PreemptionByScheduler",
+    "NodeLost",
+    "DeletionByTaintManager",
+    "TerminationByKubelet",
+}
+COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
+MAX_BACKOFF_SECONDS = 600
+
+
+def _ts(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
+
+
+def _terminated(pod: dict[str, Any]) -> dict[str, Any] | None:
+    for cs in pod.get("status", {}).get("containerStatuses") or []:
+        terminated = (cs.get("state") or {}).get("terminated")
+        if terminated and terminated.get("exitCode", 0) != 0:
+            return dict(terminated)
+    for cs in pod.get("status", {}).get("containerStatuses") or []:
+        terminated = (cs.get("state") or {}).get("terminated")
+        if terminated:
+            return dict(terminated)
+    return None
+
+
+def worker_index(pod: dict[str, Any]) -> int | None:
+    value = (pod["metadata"].get("annotations") or {}).get(COMPLETION_INDEX)
+    return int(value) if value is not None and value.isdigit() else None
+
+
+def is_preemption(pod: dict[str, Any]) -> bool:
+    """Evicted, preempted, or lost with its node: not the program's fault."""
+    status = pod.get("status", {})
+    if status.get("reason") in PREEMPTION_REASONS:
+        return True
+    for c in status.get("conditions") or []:
+        if c.get("type") == "DisruptionTarget" and c.get("status") == "True":
+            return True
+    return False
+
+
+def classify_failure(pod: dict[str, Any], policy: FailurePolicy, now: datetime) -> Failure:
+    """Why a worker failed, and whether the failure policy retries it."""
+    name = pod["metadata"]["name"]
+    index = worker_index(pod)
+    if is_preemption(pod):
+        reason = pod.get("status", {}).get("reason") or "Preempted"
+        message = pod.get("status", {}).get("message") or "the worker was evicted or preempted"
+        return Failure(worker=index, pod=name, reason=reason, message=message, retryable=True, time=now)
+    terminated = _terminated(pod) or {}
+    code = terminated.get("exitCode")
+    reason = terminated.get("reason") or pod.get("status", {}).get("reason") or "Error"
+    retryable = code is not None and policy.is_retryable(int(code))
+    kind = "retryable" if retryable else "permanent"
+    message = f"worker {index} ({name}) exited with code {code}: {kind} under the failure policy"
+    if terminated.get("message"):
+        message += f"; {str(terminated['message'])[-300:]}"
+    return Failure(
+        worker=index, pod=name, exit_code=code, reason=reason, message=message, retryable=retryable, time=now
+    )
+
+
+@dataclass(frozen=True)
+class AttemptObservation:
+    """One attempt's Job and pods, folded."""
+
+    suspended_by_queue: bool
+    active: int
+    running: int
+    succeeded: int
+    failed_pods: list[dict[str, Any]]
+    complete: bool
+    pending_message: str | None
+    started: datetime | None  # when every worker was running
+
+
+def observe_attempt(job: dict[str, Any], pods: list[dict[str, Any]], workers: int) -> AttemptObservation:
+    status = job.get("status") or {}
+    conditions = {c.get("type"): c.get("status") for c in status.get("conditions") or []}
+    live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+    running = [p for p in live if p.get("status", {}).get("phase") == "Running"]
+    failed = [p for p in pods if p.get("status", {}).get("phase") == "Failed"]
+    succeeded = sum(1 for p in pods if p.get("status", {}).get("phase") == "Succeeded")
+    starts = [_ts(p.get("status", {}).get("startTime")) for p in running]
+    started = max((s for s in starts if s), default=None) if len(running) >= workers else None
+    return AttemptObservation(
+        suspended_by_queue=bool(job.get("spec", {}).get("suspend")),
+        active=int(status.get("active", 0) or 0),
+        running=len(running),
+        succeeded=max(succeeded, int(status.get("succeeded", 0) or 0)),
+        failed_pods=failed,
+        complete=conditions.get("Complete") == "True" or conditions.get("SuccessCriteriaMet") == "True",
+        pending_message=pending_message(live),
+        started=started,
+    )
+
+
+def backoff_seconds(policy: FailurePolicy, restarts: int) -> int:
+    """Exponential backoff between attempts: backoffSeconds * 2^(restarts-1), capped at 10 minutes."""
+    return int(min(MAX_BACKOFF_SECONDS, policy.backoff_seconds * (2 ** max(0, restarts - 1))))
+
+
+def gpu_seconds(pods: list[dict[str, Any]], gpus_per_worker: int, now: datetime) -> float:
+    """GPU-seconds the pods held: from each worker's start to its end (or now)."""
+    total = 0.0
+    for pod in pods:
+        start = _ts(pod.get("status", {}).get("startTime"))
+        if start is None:
+            continue
+        end = now
+        for cs in pod.get("status", {}).get("containerStatuses") or []:
+            finished = _ts(((cs.get("state") or {}).get("terminated") or {}).get("finishedAt"))
+            if finished:
+                end = finished
+        total += max(0.0, (end - start).total_seconds()) * gpus_per_worker
+    return total
+
+
+PHASE_CONDITIONS = ("Running", "Restarting", "Succeeded", "Failed", "Suspended")
+
+
+def phase_conditions(
+    conditions: list[Condition],
+    phase: TrainingPhase,
+    reason: str,
+    message: str,
+    generation: int | None,
+    now: datetime,
+) -> list[Condition]:
+    """Set the condition of `phase` True and the other phase conditions False (Created stays True)."""
+    out = set_condition(
+        conditions, "Created", True, "WorkersCreated", "the TrainingJob was accepted", generation, now
+    )
+    for type_ in PHASE_CONDITIONS:
+        active = type_ == phase.value
+        if active:
+            out = set_condition(out, type_, True, reason, message, generation, now)
+        elif any(c.type == type_ for c in out) or type_ in ("Succeeded", "Failed"):
+            out = set_condition(out, type_, False, phase.value, f"the job is {phase.value}", generation, now)
+    return sorted(out, key=lambda c: c.type)
