@@ -1,0 +1,107 @@
+"""``<checkpoint_dir>/progress.json``: how far training got, for the operator to fold into the status.
+
+Rank 0 replaces the file atomically (temp file, fsync, rename) every ``--log-every`` steps, after each
+checkpoint, and when training ends, so a reader never sees a partial document. Its shape::
+
+    {
+      "state": "running",                 # "running" while training (also after a preemption
+                                          #   checkpoint: the next attempt resumes), "succeeded" at the end
+      "step": 120,                        # optimizer steps completed
+      "total_steps": 300,                 # steps the run will train in total
+      "loss": 0.0931,                     # training loss of the last step, averaged over ranks
+      "time": "2026-01-02T03:04:05Z",     # when this document was written (RFC 3339, UTC)
+      "checkpoint": {                     # the newest checkpoint, or null before the first one
+        "step": 100,
+        "path": "/checkpoints/job/ckpt-00000100.pt",
+        "time": "2026-01-02T03:03:59Z",
+        "loss": 0.1044
+      },
+      "output": {                         # only once succeeded and exported, else null
+        "uri": "pvc://models/mnist",      # the repository as given (--output-uri)
+        "path": "/mnt/pvc/models/mnist/mlp"   # the model directory written in it
+      }
+    }
+
+``checkpoint`` mirrors ``status.lastCheckpoint`` of the TrainingJob API; ``output.uri`` is what the
+operator hands to the ModelDeployment it creates.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from kubeforge.trainer.atomic import atomic_write_bytes
+
+PROGRESS_FILE = "progress.json"
+TrainingState = Literal["running", "succeeded"]
+
+
+def utc_now() -> str:
+    """The current time as RFC 3339 with a ``Z`` suffix (the form Kubernetes timestamps use)."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class CheckpointRecord:
+    """The newest checkpoint, as reported in progress.json."""
+
+    step: int
+    path: str
+    time: str
+    loss: float
+
+
+@dataclass(frozen=True)
+class OutputRecord:
+    """The exported model, as reported in progress.json."""
+
+    uri: str
+    path: str
+
+
+class ProgressReporter:
+    """Writes progress.json into a directory; a reporter without a directory does nothing."""
+
+    def __init__(self, directory: Path | None, total_steps: int) -> None:
+        self.path = directory / PROGRESS_FILE if directory is not None else None
+        self.total_steps = total_steps
+        self.checkpoint: CheckpointRecord | None = None
+
+    def record_checkpoint(self, record: CheckpointRecord) -> None:
+        """Remember the newest checkpoint; it is reported with every following write."""
+        self.checkpoint = record
+
+    def report(
+        self,
+        step: int,
+        loss: float | None,
+        state: TrainingState = "running",
+        output: OutputRecord | None = None,
+    ) -> None:
+        """Replace progress.json with the current state."""
+        if self.path is None:
+            return
+        document: dict[str, Any] = {
+            "state": state,
+            "step": step,
+            "total_steps": self.total_steps,
+            "loss": loss,
+            "time": utc_now(),
+            "checkpoint": asdict(self.checkpoint) if self.checkpoint else None,
+            "output": asdict(output) if output else None,
+        }
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(self.path, (json.dumps(document, indent=2) + "\n").encode())
+
+
+def read_progress(directory: Path) -> dict[str, Any] | None:
+    """The progress document in ``directory``, or None when there is none yet."""
+    try:
+        document: dict[str, Any] = json.loads((directory / PROGRESS_FILE).read_text())
+    except FileNotFoundError:
+        return None
+    return document
