@@ -67,7 +67,13 @@ def test_model_deployment_crd_has_scale_status_printer_columns_and_names() -> No
         "labelSelectorPath": ".status.selector",
     }
     assert "status" in version["subresources"]
-    assert [c["name"] for c in version["additionalPrinterColumns"]] == ["Phase", "Ready", "Model", "GPU", "Age"]
+    assert [c["name"] for c in version["additionalPrinterColumns"]] == [
+        "Phase",
+        "Ready",
+        "Model",
+        "GPU",
+        "Age",
+    ]
     assert crd["spec"]["names"]["shortNames"] == ["md"]
     assert crd["spec"]["names"]["categories"] == ["kubeforge", "ai"]
 

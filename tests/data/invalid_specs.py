@@ -59,7 +59,9 @@ TJ = "training-job.yaml"
 
 INVALID_SPECS = [
     InvalidSpec("md-negative-replicas", MD, _set("spec.replicas", -1), "spec.replicas"),
-    InvalidSpec("md-bad-source-scheme", MD, _set("spec.models.0.source", "ftp://host/model"), "spec.models[0].source"),
+    InvalidSpec(
+        "md-bad-source-scheme", MD, _set("spec.models.0.source", "ftp://host/model"), "spec.models[0].source"
+    ),
     InvalidSpec("md-unknown-format", MD, _set("spec.models.0.format", "caffe"), "spec.models[0].format"),
     InvalidSpec(
         "md-min-above-max",
@@ -68,7 +70,10 @@ INVALID_SPECS = [
         "autoscaling.minReplicas must be <= autoscaling.maxReplicas",
     ),
     InvalidSpec(
-        "md-gpu-count-and-mig", MD, _set("spec.gpu.mig", "1g.10gb"), "gpu.count and gpu.mig are mutually exclusive"
+        "md-gpu-count-and-mig",
+        MD,
+        _set("spec.gpu.mig", "1g.10gb"),
+        "gpu.count and gpu.mig are mutually exclusive",
     ),
     InvalidSpec("md-name-too-long", MD, _set("metadata.name", "m" * 64), "metadata.name must be at most 63"),
     InvalidSpec("md-zero-gpus", MD, _set("spec.gpu.count", 0), "spec.gpu.count"),
@@ -86,7 +91,10 @@ INVALID_SPECS = [
         "config.dynamicBatching needs config.maxBatchSize > 0",
     ),
     InvalidSpec(
-        "md-replicas-above-max", MD, _set("spec.replicas", 10), "replicas must not exceed autoscaling.maxReplicas"
+        "md-replicas-above-max",
+        MD,
+        _set("spec.replicas", 10),
+        "replicas must not exceed autoscaling.maxReplicas",
     ),
     InvalidSpec("md-bad-shm-quantity", MD, _set("spec.shmSize", "lots"), "spec.shmSize"),
     InvalidSpec("md-bad-mig-profile", MD, _all(_set("spec.gpu", {"mig": "2g"})), "spec.gpu.mig"),
@@ -103,7 +111,9 @@ INVALID_SPECS = [
         "storage.secretName is required",
     ),
     InvalidSpec("md-unknown-field", MD, _set("spec.replica", 2), "spec.replica"),
-    InvalidSpec("md-bad-autoscaling-engine", MD, _set("spec.autoscaling.engine", "knative"), "spec.autoscaling.engine"),
+    InvalidSpec(
+        "md-bad-autoscaling-engine", MD, _set("spec.autoscaling.engine", "knative"), "spec.autoscaling.engine"
+    ),
     InvalidSpec("tj-zero-workers", TJ, _set("spec.workers", 0), "spec.workers"),
     InvalidSpec("tj-name-too-long", TJ, _set("metadata.name", "t" * 46), "metadata.name must be at most 45"),
     InvalidSpec(
@@ -120,7 +130,19 @@ INVALID_SPECS = [
     ),
     InvalidSpec("tj-too-many-gpus", TJ, _set("spec.gpu.count", 17), "spec.gpu.count"),
     InvalidSpec("tj-empty-image", TJ, _set("spec.image", ""), "spec.image"),
-    InvalidSpec("tj-relative-mount-path", TJ, _set("spec.checkpoint.mountPath", "checkpoints"), "spec.checkpoint.mountPath"),
-    InvalidSpec("tj-negative-max-restarts", TJ, _set("spec.failurePolicy.maxRestarts", -1), "spec.failurePolicy.maxRestarts"),
-    InvalidSpec("tj-uppercase-name", TJ, _set("metadata.name", "Train-1"), "metadata.name must start with a letter"),
+    InvalidSpec(
+        "tj-relative-mount-path",
+        TJ,
+        _set("spec.checkpoint.mountPath", "checkpoints"),
+        "spec.checkpoint.mountPath",
+    ),
+    InvalidSpec(
+        "tj-negative-max-restarts",
+        TJ,
+        _set("spec.failurePolicy.maxRestarts", -1),
+        "spec.failurePolicy.maxRestarts",
+    ),
+    InvalidSpec(
+        "tj-uppercase-name", TJ, _set("metadata.name", "Train-1"), "metadata.name must start with a letter"
+    ),
 ]

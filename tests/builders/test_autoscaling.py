@@ -1,0 +1,140 @@
+"""HPA / ScaledObject / ServiceMonitor builders and the PromQL they carry."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from kubeforge.api import ModelDeployment
+from kubeforge.builders.autoscaling import (
+    INFERENCE_RATE,
+    QUEUE_TIME,
+    build_hpa,
+    build_scaled_object,
+    build_service_monitor,
+    keda_query,
+    prometheus_adapter_rules,
+)
+from kubeforge.settings import Settings
+
+
+def _md(body: dict[str, Any], **autoscaling: Any) -> ModelDeployment:
+    body = json.loads(json.dumps(body))
+    if autoscaling.pop("off", False):
+        body["spec"].pop("autoscaling")
+    else:
+        body["spec"]["autoscaling"].update(autoscaling)
+    return ModelDeployment.model_validate(body)
+
+
+def test_hpa_targets_the_model_deployment_scale(md: ModelDeployment) -> None:
+    hpa = build_hpa(md)
+    assert hpa is not None
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "kubeforge.io/v1alpha1",
+        "kind": "ModelDeployment",
+        "name": "resnet50",
+    }
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (1, 4)
+    assert hpa["spec"]["metrics"] == [
+        {
+            "type": "Pods",
+            "pods": {
+                "metric": {"name": "triton_queue_time_per_request_microseconds"},
+                "target": {"type": "AverageValue", "averageValue": "50000"},
+            },
+        },
+        {
+            "type": "Pods",
+            "pods": {
+                "metric": {"name": "triton_inferences_per_second"},
+                "target": {"type": "AverageValue", "averageValue": "200"},
+            },
+        },
+    ]
+    assert hpa["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == 300
+
+
+def test_cpu_target_is_a_resource_metric(md_body: dict[str, Any]) -> None:
+    hpa = build_hpa(_md(md_body, targets={"cpuUtilization": 70}))
+    assert hpa is not None
+    assert hpa["spec"]["metrics"] == [
+        {
+            "type": "Resource",
+            "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}},
+        }
+    ]
+
+
+def test_behavior_windows_from_spec(md_body: dict[str, Any]) -> None:
+    hpa = build_hpa(
+        _md(md_body, behavior={"scaleUpStabilizationSeconds": 30, "scaleDownStabilizationSeconds": 600})
+    )
+    assert hpa is not None
+    assert hpa["spec"]["behavior"]["scaleUp"]["stabilizationWindowSeconds"] == 30
+    assert hpa["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == 600
+
+
+def test_no_autoscaler_when_off(md_body: dict[str, Any]) -> None:
+    md = _md(md_body, off=True)
+    assert build_hpa(md) is None
+    assert build_scaled_object(md, Settings()) is None
+
+
+@pytest.mark.parametrize("autoscaling", [{"engine": "keda"}, {"engine": "keda", "minReplicas": 0}])
+def test_keda_scaled_object(md_body: dict[str, Any], autoscaling: dict[str, Any]) -> None:
+    md = _md(md_body, **autoscaling)
+    assert build_hpa(md) is None
+    so = build_scaled_object(md, Settings(prometheus_address="http://prom:9090"))
+    assert so is not None
+    assert so["spec"]["scaleTargetRef"]["kind"] == "ModelDeployment"
+    assert so["spec"]["minReplicaCount"] == autoscaling.get("minReplicas", 1)
+    queue, rate = so["spec"]["triggers"]
+    assert queue["type"] == rate["type"] == "prometheus"
+    assert queue["metricType"] == "Value" and rate["metricType"] == "AverageValue"
+    assert queue["metadata"]["serverAddress"] == "http://prom:9090"
+    assert queue["metadata"]["threshold"] == "50000"
+
+
+def test_generated_promql_is_exact(md: ModelDeployment) -> None:
+    sel = 'namespace="team-a",pod=~"resnet50-[a-z0-9]+-[a-z0-9]+"'
+    assert keda_query(md, QUEUE_TIME) == (
+        f"sum by (namespace) (rate(nv_inference_queue_duration_us{{{sel}}}[1m])) / "
+        f"clamp_min(sum by (namespace) (rate(nv_inference_request_success{{{sel}}}[1m])), 0.001)"
+    )
+    assert (
+        keda_query(md, INFERENCE_RATE)
+        == f"sum by (namespace) (rate(nv_inference_request_success{{{sel}}}[1m]))"
+    )
+
+
+def test_generated_promql_parses(md: ModelDeployment) -> None:
+    promql_parser = pytest.importorskip("promql_parser")
+    so = build_scaled_object(
+        _md(
+            md.model_dump(by_alias=True, mode="json"),
+            engine="keda",
+            targets={"queueTimeMicroseconds": 1, "inferencesPerSecond": 1, "gpuUtilization": 50},
+        ),
+        Settings(),
+    )
+    assert so is not None
+    for trigger in so["spec"]["triggers"]:
+        promql_parser.parse(trigger["metadata"]["query"])
+    for rule in prometheus_adapter_rules()["rules"]["custom"]:
+        query = (
+            rule["metricsQuery"]
+            .replace("<<.LabelMatchers>>", 'namespace="a",pod="b"')
+            .replace("<<.GroupBy>>", "pod")
+        )
+        promql_parser.parse(query)
+
+
+def test_service_monitor(md: ModelDeployment) -> None:
+    sm = build_service_monitor(md)
+    assert sm is not None
+    assert sm["spec"]["endpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "15s"}]
+    assert sm["spec"]["selector"]["matchLabels"]["kubeforge.io/owner-name"] == "resnet50"

@@ -1,0 +1,133 @@
+"""Spec in, headless Service and per-attempt Indexed Job out; the Kubeflow env table."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from kubeforge.api import TrainingJob
+from kubeforge.builders.output import build_output_model_deployment
+from kubeforge.builders.trainingjob import build_headless_service, build_worker_job
+
+
+def _variant(body: dict[str, Any], **spec: Any) -> TrainingJob:
+    body = json.loads(json.dumps(body))
+    body["spec"].update(spec)
+    return TrainingJob.model_validate(body)
+
+
+def _env(job: dict[str, Any]) -> dict[str, Any]:
+    env = job["spec"]["template"]["spec"]["containers"][0]["env"]
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in env}
+
+
+def test_headless_service_publishes_not_ready_addresses(tj: TrainingJob) -> None:
+    svc = build_headless_service(tj)
+    assert svc["spec"]["clusterIP"] == "None"
+    assert svc["spec"]["publishNotReadyAddresses"] is True
+    assert svc["metadata"]["name"] == "mnist-ddp"
+
+
+def test_indexed_job_gang_shape(tj: TrainingJob) -> None:
+    job = build_worker_job(tj, 2, suspend=False)
+    assert job["metadata"]["name"] == "mnist-ddp-2"
+    spec = job["spec"]
+    assert (spec["completionMode"], spec["completions"], spec["parallelism"], spec["backoffLimit"]) == (
+        "Indexed",
+        2,
+        2,
+        0,
+    )
+    pod = spec["template"]["spec"]
+    assert pod["subdomain"] == "mnist-ddp"
+    assert pod["restartPolicy"] == "Never"
+    assert pod["terminationGracePeriodSeconds"] == 120
+    assert spec["template"]["metadata"]["labels"]["kubeforge.io/attempt"] == "2"
+
+
+RANK = {"fieldRef": {"fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("MASTER_ADDR", "mnist-ddp-0-0.mnist-ddp"),
+        ("PET_MASTER_ADDR", "mnist-ddp-0-0.mnist-ddp"),
+        ("MASTER_PORT", "23456"),
+        ("PET_MASTER_PORT", "23456"),
+        ("WORLD_SIZE", "2"),
+        ("RANK", RANK),
+        ("PET_NODE_RANK", RANK),
+        ("PET_NNODES", "2"),
+        ("PET_NPROC_PER_NODE", "1"),
+        ("PYTHONUNBUFFERED", "1"),
+        ("KUBEFORGE_CHECKPOINT_DIR", "/checkpoints"),
+    ],
+)
+def test_kubeflow_compatible_environment(tj: TrainingJob, name: str, value: Any) -> None:
+    assert _env(build_worker_job(tj, 0, suspend=False))[name] == value
+
+
+def test_world_size_is_workers_times_processes(tj_body: dict[str, Any]) -> None:
+    tj = _variant(tj_body, gpu={"count": 8}, workers=4)
+    env = _env(build_worker_job(tj, 0, suspend=False))
+    assert (env["WORLD_SIZE"], env["PET_NPROC_PER_NODE"], env["PET_NNODES"]) == ("32", "8", "4")
+
+
+def test_gpu_checkpoint_shm_and_placement(tj: TrainingJob) -> None:
+    pod = build_worker_job(tj, 0, suspend=False)["spec"]["template"]["spec"]
+    worker = pod["containers"][0]
+    assert worker["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert {"name": "checkpoint", "mountPath": "/checkpoints", "subPath": "mnist-ddp"} in worker[
+        "volumeMounts"
+    ]
+    assert {"name": "checkpoint", "persistentVolumeClaim": {"claimName": "training-checkpoints"}} in pod[
+        "volumes"
+    ]
+    assert pod["volumes"][0]["emptyDir"]["medium"] == "Memory"
+    expr = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+        "nodeSelectorTerms"
+    ][0]
+    assert expr["matchExpressions"][0]["values"] == ["NVIDIA-H100-80GB-HBM3"]
+    assert any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"])
+
+
+def test_kueue_queue_label_and_suspended_creation(tj_body: dict[str, Any]) -> None:
+    tj = _variant(tj_body, scheduling={"queue": "gpu-queue"})
+    job = build_worker_job(tj, 0, suspend=True)
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-queue"
+    assert job["spec"]["suspend"] is True
+    plain = build_worker_job(_variant(tj_body), 0, suspend=False)
+    assert "kueue.x-k8s.io/queue-name" not in plain["metadata"]["labels"]
+
+
+def test_output_env_and_mount(tj_body: dict[str, Any]) -> None:
+    tj = _variant(tj_body, output={"uri": "pvc://model-store/run1", "modelName": "mnist"})
+    job = build_worker_job(tj, 0, suspend=False)
+    env = _env(job)
+    assert env["KUBEFORGE_OUTPUT_URI"] == "pvc://model-store/run1"
+    assert env["KUBEFORGE_MODEL_NAME"] == "mnist"
+    assert env["KUBEFORGE_PVC_ROOT"] == "/mnt/pvc"
+    mounts = job["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
+    assert {"name": "output", "mountPath": "/mnt/pvc/model-store"} in mounts
+
+
+def test_output_model_deployment_gets_the_trained_source(tj_body: dict[str, Any]) -> None:
+    template = {"name": "mnist-serving", "spec": {"replicas": 2, "gpu": {"count": 1}}}
+    tj = _variant(
+        tj_body, output={"uri": "pvc://model-store/run1/", "modelName": "mnist", "modelDeployment": template}
+    )
+    md = build_output_model_deployment(tj)
+    assert md is not None
+    assert md["metadata"] == {
+        "name": "mnist-serving",
+        "namespace": "team-a",
+        "labels": {"kubeforge.io/trained-by": "mnist-ddp", "app.kubernetes.io/managed-by": "kubeforge"},
+    }
+    assert md["spec"]["models"] == [
+        {"name": "mnist", "source": "pvc://model-store/run1/mnist", "format": "python"}
+    ]
+    assert md["spec"]["replicas"] == 2
+    assert "ownerReferences" not in md["metadata"]
