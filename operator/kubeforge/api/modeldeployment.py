@@ -8,7 +8,6 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field
 
-from kubeforge import API_VERSION
 from kubeforge.api.base import ApiModel, Quantity, Rule, StringMap
 from kubeforge.api.common import (
     GPU,
@@ -423,8 +422,10 @@ class ModelDeployment(ApiModel):
     """A ModelDeployment object as stored by the API server."""
 
     model_config = ApiModel.model_config | {"extra": "ignore"}
-    api_version: Literal["kubeforge.io/v1alpha1"] = Field(default=API_VERSION, description="API version.")
-    kind: Literal["ModelDeployment"] = Field(default=KIND, description="Kind.")
+    api_version: Literal["kubeforge.io/v1alpha1"] = Field(
+        default="kubeforge.io/v1alpha1", description="API version."
+    )
+    kind: Literal["ModelDeployment"] = Field(default="ModelDeployment", description="Kind.")
     metadata: ObjectMeta = Field(description="Standard object metadata.")
     spec: ModelDeploymentSpec = Field(description="Desired state.")
     status: ModelDeploymentStatus | None = Field(default=None, description="Observed state.")

@@ -9,7 +9,6 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field
 
-from kubeforge import API_VERSION
 from kubeforge.api.base import ApiModel, Quantity, Rule
 from kubeforge.api.common import (
     GPU,
@@ -288,8 +287,10 @@ class TrainingJob(ApiModel):
     """A TrainingJob object as stored by the API server."""
 
     model_config = ApiModel.model_config | {"extra": "ignore"}
-    api_version: Literal["kubeforge.io/v1alpha1"] = Field(default=API_VERSION, description="API version.")
-    kind: Literal["TrainingJob"] = Field(default=KIND, description="Kind.")
+    api_version: Literal["kubeforge.io/v1alpha1"] = Field(
+        default="kubeforge.io/v1alpha1", description="API version."
+    )
+    kind: Literal["TrainingJob"] = Field(default="TrainingJob", description="Kind.")
     metadata: ObjectMeta = Field(description="Standard object metadata.")
     spec: TrainingJobSpec = Field(description="Desired state.")
     status: TrainingJobStatus | None = Field(default=None, description="Observed state.")

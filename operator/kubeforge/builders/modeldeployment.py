@@ -98,7 +98,7 @@ def _storage_env(md: ModelDeployment) -> list[dict[str, Any]]:
 
 
 def _repository_init_container(md: ModelDeployment, settings: Settings) -> dict[str, Any]:
-    mounts = [{"name": "models", "mountPath": MODEL_REPOSITORY}]
+    mounts: list[dict[str, Any]] = [{"name": "models", "mountPath": MODEL_REPOSITORY}]
     mounts += [
         {"name": f"pvc-{claim}", "mountPath": f"{PVC_ROOT}/{claim}", "readOnly": True}
         for claim in pvc_claims(md.spec.models)

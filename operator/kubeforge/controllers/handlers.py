@@ -112,7 +112,7 @@ async def cleanup(memo: Any, **_: Any) -> None:
     runtime.ctx.kube.close()
 
 
-def _on_watch_event(kind: str, event: dict[str, Any], runtime: Runtime) -> dict[str, Any] | None:
+def _on_watch_event(kind: str, event: Any, runtime: Runtime) -> dict[str, Any] | None:
     obj = event.get("object")
     if not obj:
         return None
@@ -125,7 +125,7 @@ def _on_watch_event(kind: str, event: dict[str, Any], runtime: Runtime) -> dict[
 
 
 @kopf.on.event(GROUP, VERSION, "modeldeployments")
-async def model_deployment_event(event: dict[str, Any], memo: Any, **_: Any) -> None:
+async def model_deployment_event(event: Any, memo: Any, **_: Any) -> None:
     runtime = _runtime(memo)
     obj = _on_watch_event(r.MODEL_DEPLOYMENT.kind, event, runtime)
     if obj:
@@ -133,7 +133,7 @@ async def model_deployment_event(event: dict[str, Any], memo: Any, **_: Any) -> 
 
 
 @kopf.on.event(GROUP, VERSION, "trainingjobs")
-async def training_job_event(event: dict[str, Any], memo: Any, **_: Any) -> None:
+async def training_job_event(event: Any, memo: Any, **_: Any) -> None:
     runtime = _runtime(memo)
     obj = _on_watch_event(r.TRAINING_JOB.kind, event, runtime)
     if obj:
@@ -141,7 +141,7 @@ async def training_job_event(event: dict[str, Any], memo: Any, **_: Any) -> None
 
 
 def _register_child(resource: r.Resource) -> None:
-    async def child_event(event: dict[str, Any], memo: Any, **_: Any) -> None:
+    async def child_event(event: Any, memo: Any, **_: Any) -> None:
         runtime = _runtime(memo)
         obj = _on_watch_event(resource.kind, event, runtime)
         if obj:
@@ -149,7 +149,7 @@ def _register_child(resource: r.Resource) -> None:
 
     child_event.__name__ = f"{resource.kind.lower()}_event"
     kopf.on.event(
-        group, version, resource.plural, labels={OWNER_KIND_LABEL: kopf.PRESENT}, id=child_event.__name__
+        resource.api_version, resource.plural, labels={OWNER_KIND_LABEL: kopf.PRESENT}, id=child_event.__name__
     )(child_event)
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from kubeforge.api.modeldeployment import ModelDeployment, ModelDeploymentStatus
+from kubeforge.api.modeldeployment import ModelDeployment, ModelDeploymentStatus, ModelState
 from kubeforge.builders import autoscaling
 from kubeforge.builders.modeldeployment import (
     HTTP_PORT,
@@ -65,7 +65,9 @@ async def _monitoring(ctx: Context, md: ModelDeployment) -> None:
     await _ensure_optional(ctx, r.SERVICE_MONITOR, md, autoscaling.build_service_monitor(md))
 
 
-async def _probe_models(ctx: Context, pods: list[dict[str, Any]]) -> tuple[list[Any] | None, str | None]:
+async def _probe_models(
+    ctx: Context, pods: list[dict[str, Any]]
+) -> tuple[list[ModelState] | None, str | None]:
     """Per-model state from one ready server's repository index; (None, why) when it cannot be read."""
     if not ctx.settings.model_probe:
         return None, "model probing is off in the operator settings"
@@ -75,7 +77,9 @@ async def _probe_models(ctx: Context, pods: list[dict[str, Any]]) -> tuple[list[
     from kubeforge.triton.client import model_states
 
     result = await model_states(f"http://{ready[0]['status']['podIP']}:{HTTP_PORT}", timeout=2.0)
-    return result.models, result.error
+    if not result.reachable:
+        return None, result.error
+    return list(result.models), result.error
 
 
 async def reconcile_model_deployment(ctx: Context, key: tuple[str, str]) -> float | None:
@@ -87,8 +91,8 @@ async def reconcile_model_deployment(ctx: Context, key: tuple[str, str]) -> floa
         md = ModelDeployment.model_validate(body)
     except ValidationError as err:
         message = describe(err)
-        status, changed = invalid_status(body, message, "Failed", ctx.now())
-        await write_status(ctx, r.MODEL_DEPLOYMENT, body, status)
+        refused, changed = invalid_status(body, message, "Failed", ctx.now())
+        await write_status(ctx, r.MODEL_DEPLOYMENT, body, refused)
         if changed:
             log.warning("ModelDeployment %s/%s is invalid: %s", ns, name, message)
             await ctx.kube.event(body, "Warning", "InvalidSpec", message)

@@ -56,9 +56,9 @@ def load_api_client(pool_size: int = 16) -> k8s_client.ApiClient:
     """An ApiClient from in-cluster config, or the current kubeconfig."""
     configuration = k8s_client.Configuration()
     try:
-        k8s_config.load_incluster_config(client_configuration=configuration)
+        k8s_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
     except k8s_config.ConfigException:
-        k8s_config.load_kube_config(client_configuration=configuration)
+        k8s_config.load_kube_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
     configuration.connection_pool_maxsize = pool_size
     return k8s_client.ApiClient(configuration)
 
@@ -88,8 +88,10 @@ class Kube:
         if content_type:
             headers["Content-Type"] = content_type
 
+        api: Any = self.api  # the generated client is untyped
+
         def call() -> Any:
-            return self.api.call_api(
+            return api.call_api(
                 path,
                 method,
                 query_params=query or [],
@@ -224,4 +226,4 @@ class Kube:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
-        self.api.close()
+        self.api.close()  # type: ignore[no-untyped-call]

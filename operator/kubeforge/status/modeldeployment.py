@@ -184,8 +184,8 @@ def compute_status(
 
     desired_replicas = desired
     if observed.autoscaler is not None:
-        status, reason, message, hpa_desired = _autoscaling_condition(observed.autoscaler)
-        put("AutoscalingReady", status, reason, message)
+        scaling, reason, message, hpa_desired = _autoscaling_condition(observed.autoscaler)
+        put("AutoscalingReady", scaling, reason, message)
         if hpa_desired is not None:
             desired_replicas = int(hpa_desired)
     else:
