@@ -1,0 +1,169 @@
+"""Render a model's Triton `config.pbtxt` from its ModelDeployment spec. Pure: no I/O.
+
+The text is protobuf text format of Triton's `ModelConfig` message
+(https://github.com/triton-inference-server/common/blob/main/protobuf/model_config.proto);
+the field names below are that message's. The output is deterministic (same spec, same bytes),
+so a re-render never changes the init container's environment and never rolls the pods.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from kubeforge.api.modeldeployment import (
+    DynamicBatching,
+    InstanceGroup,
+    ModelFormat,
+    ModelSpec,
+    TensorSpec,
+    TritonModelConfig,
+)
+
+HEADER = (
+    "# Rendered by kubeforge from the ModelDeployment's spec.models[].config; edits here are overwritten.\n"
+)
+INDENT = "  "
+
+# Formats whose Triton backend does its own scheduling, so Triton's dynamic batcher does not apply:
+# an ensemble is scheduled step by step through its composing models, and vLLM batches continuously
+# inside its (decoupled) backend.
+_NO_DYNAMIC_BATCHER = frozenset({ModelFormat.ENSEMBLE, ModelFormat.VLLM})
+
+# A starting point, not a tuning: Triton's guide recommends leaving preferred_batch_size unset for
+# most models (the batcher then forms the largest batch it can) and trading a short queue delay
+# for fuller batches. https://github.com/triton-inference-server/server/blob/main/docs/user_guide/batcher.md
+RECOMMENDED_MAX_QUEUE_DELAY_MICROSECONDS = 100
+
+
+def quote(value: str) -> str:
+    """A protobuf text-format string literal (double quoted, C-style escapes)."""
+    out = []
+    for char in value:
+        if char in ('"', "\\"):
+            out.append("\\" + char)
+        elif char == "\n":
+            out.append("\\n")
+        elif char == "\r":
+            out.append("\\r")
+        elif char == "\t":
+            out.append("\\t")
+        elif ord(char) < 0x20 or ord(char) == 0x7F:
+            out.append(f"\\{ord(char):03o}")
+        else:
+            # the text format is UTF-8; other characters stand for themselves
+            out.append(char)
+    return '"' + "".join(out) + '"'
+
+
+def _int_list(values: Iterable[int]) -> str:
+    return "[ " + ", ".join(str(v) for v in values) + " ]"
+
+
+def _block(name: str, lines: list[str]) -> list[str]:
+    """`name { ... }` with the given lines indented."""
+    return [f"{name} {{", *(INDENT + line for line in lines), "}"]
+
+
+def _list_of_messages(name: str, messages: list[list[str]]) -> list[str]:
+    """`name [ { ... }, { ... } ]`: a repeated message field."""
+    lines = [f"{name} ["]
+    for index, message in enumerate(messages):
+        comma = "," if index < len(messages) - 1 else ""
+        lines += [INDENT + "{", *(INDENT * 2 + line for line in message), INDENT + "}" + comma]
+    return [*lines, "]"]
+
+
+def _tensor(tensor: TensorSpec) -> list[str]:
+    return [
+        f"name: {quote(tensor.name)}",
+        f"data_type: {tensor.data_type}",
+        f"dims: {_int_list(tensor.dims)}",
+    ]
+
+
+def _instance_group(group: InstanceGroup) -> list[str]:
+    lines = [f"kind: {group.kind.value}", f"count: {group.count}"]
+    if group.gpus:
+        lines.append(f"gpus: {_int_list(group.gpus)}")
+    return lines
+
+
+def _dynamic_batching(batching: DynamicBatching) -> list[str]:
+    lines = []
+    if batching.preferred_batch_sizes:
+        lines.append(f"preferred_batch_size: {_int_list(batching.preferred_batch_sizes)}")
+    lines.append(f"max_queue_delay_microseconds: {batching.max_queue_delay_microseconds}")
+    return _block("dynamic_batching", lines)
+
+
+def _parameters(parameters: dict[str, str]) -> list[str]:
+    # a protobuf map is a repeated key/value entry; sorted keys keep the text deterministic
+    lines: list[str] = []
+    for key in sorted(parameters):
+        lines += _block(
+            "parameters", [f"key: {quote(key)}", f"value: {{ string_value: {quote(parameters[key])} }}"]
+        )
+    return lines
+
+
+def _identity(model: ModelSpec) -> list[str]:
+    lines = [f"name: {quote(model.name)}"]
+    if model.format == ModelFormat.ENSEMBLE:
+        # an ensemble has no backend: it is a platform of its own
+        lines.append('platform: "ensemble"')
+    else:
+        lines.append(f"backend: {quote(model.format.backend)}")
+    return lines
+
+
+def config_lines(model: ModelSpec, config: TritonModelConfig) -> list[str]:
+    """The config.pbtxt lines (without the header comment) for a model and its config."""
+    lines = [*_identity(model), f"max_batch_size: {config.max_batch_size}"]
+    if config.inputs:
+        lines += _list_of_messages("input", [_tensor(t) for t in config.inputs])
+    if config.outputs:
+        lines += _list_of_messages("output", [_tensor(t) for t in config.outputs])
+    if config.instance_groups:
+        lines += _list_of_messages("instance_group", [_instance_group(g) for g in config.instance_groups])
+    if config.dynamic_batching is not None:
+        lines += _dynamic_batching(config.dynamic_batching)
+    if config.parameters:
+        lines += _parameters(config.parameters)
+    return lines
+
+
+def render_model_config(model: ModelSpec) -> str | None:
+    """The config.pbtxt text for a model whose spec carries `config`; None when it carries none.
+
+    Without a config the model's source must bring its own config.pbtxt (or let Triton
+    auto-complete one, which only some backends can do).
+    """
+    if model.config is None:
+        return None
+    return HEADER + "\n".join(config_lines(model, model.config)) + "\n"
+
+
+def recommended_dynamic_batching(model_format: ModelFormat, max_batch_size: int) -> DynamicBatching | None:
+    """The operator's recommended dynamic batcher for a model, or None where it does not apply.
+
+    None when the model does not batch (max_batch_size 0: Triton refuses a dynamic batcher then)
+    or when its backend schedules requests itself (ensemble, vLLM).
+    """
+    if max_batch_size <= 0 or model_format in _NO_DYNAMIC_BATCHER:
+        return None
+    return DynamicBatching(max_queue_delay_microseconds=RECOMMENDED_MAX_QUEUE_DELAY_MICROSECONDS)
+
+
+def with_recommended_batching(model: ModelSpec) -> ModelSpec:
+    """A copy of the model whose config gets the recommended dynamic batcher when it sets none.
+
+    A builder's default, never written back into the user's spec. A model without a config,
+    or that already chose its batching, is returned unchanged.
+    """
+    config = model.config
+    if config is None or config.dynamic_batching is not None:
+        return model
+    batching = recommended_dynamic_batching(model.format, config.max_batch_size)
+    if batching is None:
+        return model
+    return model.model_copy(update={"config": config.model_copy(update={"dynamic_batching": batching})})
