@@ -90,7 +90,8 @@ def test_cross_field_rules_are_in_the_schema() -> None:
     rules = [r["message"] for _, node in _walk(schema) for r in node.get("x-kubernetes-validations", [])]
     assert "autoscaling.minReplicas must be <= autoscaling.maxReplicas" in rules
     assert "gpu.count and gpu.mig are mutually exclusive: ask for whole GPUs or one MIG slice" in rules
-    assert any(r.startswith("metadata.name must be at most 63") for r in rules)
+    name = schema["properties"]["metadata"]["properties"]["name"]
+    assert (name["maxLength"], name["pattern"]) == (63, "^[a-z]([-a-z0-9]*[a-z0-9])?$")
 
 
 def test_quantities_are_int_or_string() -> None:

@@ -26,6 +26,11 @@ class Rule:
     check: Callable[[Any], bool]
     field_path: str | None = None
 
+    @property
+    def in_schema(self) -> bool:
+        """Rules without CEL are checked in Python only (the schema enforces them another way)."""
+        return bool(self.cel)
+
     def schema(self) -> dict[str, str]:
         entry = {"rule": self.cel, "message": self.message}
         if self.field_path:
@@ -47,9 +52,10 @@ class ApiModel(BaseModel):
     @classmethod
     def __get_pydantic_json_schema__(cls, core_schema: Any, handler: Any) -> dict[str, Any]:
         schema: dict[str, Any] = handler(core_schema)
-        if cls.rules:
+        rules = [r.schema() for r in cls.rules if r.in_schema]
+        if rules:
             target = handler.resolve_ref_schema(schema)
-            target["x-kubernetes-validations"] = [r.schema() for r in cls.rules]
+            target["x-kubernetes-validations"] = rules
         return schema
 
     @model_validator(mode="after")

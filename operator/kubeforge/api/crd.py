@@ -15,8 +15,13 @@ import yaml
 
 from kubeforge import GROUP, VERSION
 from kubeforge.api.base import ApiModel
+from kubeforge.api.modeldeployment import MAX_NAME_LENGTH as MD_MAX_NAME
 from kubeforge.api.modeldeployment import ModelDeployment
+from kubeforge.api.trainingjob import MAX_NAME_LENGTH as TJ_MAX_NAME
 from kubeforge.api.trainingjob import TrainingJob
+
+# children are named after the object and its Service name must be a DNS-1035 label
+NAME_PATTERN = "^[a-z]([-a-z0-9]*[a-z0-9])?$"
 
 CATEGORIES = ["kubeforge", "ai"]
 _DROP = {"title", "additionalProperties"}
@@ -31,6 +36,7 @@ class Kind:
     plural: str
     short_names: tuple[str, ...]
     printer_columns: tuple[dict[str, str], ...]
+    max_name_length: int = 253
     scale: bool = False
 
     @property
@@ -56,6 +62,7 @@ KINDS = (
             {"name": "GPU", "type": "string", "jsonPath": ".status.gpu"},
             _AGE,
         ),
+        max_name_length=MD_MAX_NAME,
         scale=True,
     ),
     Kind(
@@ -69,6 +76,7 @@ KINDS = (
             {"name": "Restarts", "type": "integer", "jsonPath": ".status.restarts"},
             _AGE,
         ),
+        max_name_length=TJ_MAX_NAME,
     ),
 )
 
@@ -124,7 +132,12 @@ def openapi_schema(kind: Kind) -> dict[str, Any]:
     raw = kind.model.model_json_schema(by_alias=True, mode="validation")
     defs = raw.pop("$defs", {})
     root = structural(raw, defs)
-    root["properties"]["metadata"] = {"type": "object"}
+    root["properties"]["metadata"] = {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string", "maxLength": kind.max_name_length, "pattern": NAME_PATTERN}
+        },
+    }
     root["properties"]["apiVersion"] = {"type": "string", "description": "API version of the object."}
     root["properties"]["kind"] = {"type": "string", "description": "Kind of the object."}
     root["required"] = ["spec"]

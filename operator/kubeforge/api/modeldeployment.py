@@ -77,7 +77,7 @@ class DynamicBatching(ApiModel):
     """Triton dynamic batching: requests are combined server-side into larger batches."""
 
     preferred_batch_sizes: list[Annotated[int, Field(ge=1)]] | None = Field(
-        default=None, description="Batch sizes the batcher tries to form."
+        default=None, max_length=16, description="Batch sizes the batcher tries to form."
     )
     max_queue_delay_microseconds: int = Field(
         default=100, ge=0, description="How long a request may wait for a batch to fill."
@@ -149,7 +149,7 @@ class ModelSpec(ApiModel):
     )
     source: str = Field(
         pattern=MODEL_URI_PATTERN,
-        max_length=2048,
+        max_length=1024,
         description=(
             "Where the model directory is (Triton layout: <version>/model files, optional config.pbtxt): "
             "s3://bucket/path, gs://bucket/path, https://host/model.tar.gz (a .tar.gz, .tgz or .zip archive), "
@@ -161,6 +161,13 @@ class ModelSpec(ApiModel):
         default=None,
         description="Triton model configuration. When set, it is rendered into config.pbtxt for the served model.",
     )
+
+
+# a list keyed by name: the API server refuses duplicate names itself (no CEL cost)
+ModelList = Annotated[
+    list[ModelSpec],
+    Field(json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]}),
+]
 
 
 class ModelControlMode(StrEnum):
@@ -302,8 +309,8 @@ class Rollout(ApiModel):
 class ModelDeploymentSpec(ApiModel):
     """The desired state of a ModelDeployment."""
 
-    models: list[ModelSpec] = Field(
-        min_length=1, max_length=64, description="Models served together by one Triton server."
+    models: ModelList = Field(
+        min_length=1, max_length=32, description="Models served together by one Triton server."
     )
     replicas: int = Field(
         default=1,
@@ -338,8 +345,8 @@ class ModelDeploymentSpec(ApiModel):
 
     rules = (
         Rule(
-            cel="self.models.all(m, self.models.exists_one(n, n.name == m.name))",
-            message="models[].name must be unique",
+            cel="",  # the schema's list-map keyed by name refuses duplicates itself
+            message="models: Duplicate value: models[].name must be unique",
             check=lambda s: len({m.name for m in s.models}) == len(s.models),
         ),
         Rule(
@@ -432,13 +439,13 @@ class ModelDeployment(ApiModel):
 
     rules: ClassVar[tuple[Rule, ...]] = (
         Rule(
-            cel=f"self.metadata.name.size() <= {MAX_NAME_LENGTH}",
+            cel="",  # enforced by the metadata.name schema (crd.py)
             message=f"metadata.name must be at most {MAX_NAME_LENGTH} characters "
             "(it names the Service, which must be a DNS-1035 label)",
             check=lambda o: len(o.metadata.name) <= MAX_NAME_LENGTH,
         ),
         Rule(
-            cel="self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')",
+            cel="",
             message="metadata.name must start with a letter and hold only a-z, 0-9 and '-' "
             "(it names the Service, which must be a DNS-1035 label)",
             check=lambda o: re.match(r"^[a-z]([-a-z0-9]*[a-z0-9])?$", o.metadata.name) is not None,

@@ -297,13 +297,13 @@ class TrainingJob(ApiModel):
 
     rules: ClassVar[tuple[Rule, ...]] = (
         Rule(
-            cel=f"self.metadata.name.size() <= {MAX_NAME_LENGTH}",
+            cel="",  # enforced by the metadata.name schema (crd.py)
             message=f"metadata.name must be at most {MAX_NAME_LENGTH} characters "
             "(worker pods are named <name>-<attempt>-<index> and must fit a 63-character DNS label)",
             check=lambda o: len(o.metadata.name) <= MAX_NAME_LENGTH,
         ),
         Rule(
-            cel="self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')",
+            cel="",
             message="metadata.name must start with a letter and hold only a-z, 0-9 and '-' "
             "(it names the headless Service of the workers)",
             check=lambda o: re.match(r"^[a-z]([-a-z0-9]*[a-z0-9])?$", o.metadata.name) is not None,

@@ -149,7 +149,10 @@ def _register_child(resource: r.Resource) -> None:
 
     child_event.__name__ = f"{resource.kind.lower()}_event"
     kopf.on.event(
-        resource.api_version, resource.plural, labels={OWNER_KIND_LABEL: kopf.PRESENT}, id=child_event.__name__
+        resource.api_version,
+        resource.plural,
+        labels={OWNER_KIND_LABEL: kopf.PRESENT},
+        id=child_event.__name__,
     )(child_event)
 
 

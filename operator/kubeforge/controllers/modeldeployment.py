@@ -120,4 +120,4 @@ async def reconcile_model_deployment(ctx: Context, key: tuple[str, str]) -> floa
     for transition in transitions:
         await ctx.kube.event(body, transition.type, transition.reason, transition.message)
     # model state is read from Triton, which sends no watch events: look again later
-    return ctx.settings.resync_seconds if states is not None or probe_error else None
+    return ctx.settings.resync_seconds if ctx.settings.model_probe else None

@@ -17,9 +17,10 @@ def run_operator(
     import kubeforge.controllers.handlers  # noqa: F401 - registers the kopf handlers
 
     logging.getLogger("kubeforge").setLevel(logging.DEBUG if verbose else logging.INFO)
+    # kopf announces every handled watch event at INFO; our reconcilers log what matters
+    logging.getLogger("kopf.objects").setLevel(logging.INFO if verbose else logging.WARNING)
     settings = dataclasses.replace(Settings.from_env(), namespaces=namespaces)
     memo = kopf.Memo(options={"settings": settings, "metrics_port": metrics_port, "workers": workers})
-    kopf.configure(verbose=verbose, log_format=kopf.LogFormat.PLAIN)
     kopf.run(
         standalone=True,
         clusterwide=not namespaces,

@@ -23,6 +23,7 @@ from kubeforge.k8s.resources import EVENT, Resource, resource_for
 
 log = logging.getLogger(__name__)
 Object = dict[str, Any]
+APPLY_PATCH = "application/apply-patch+yaml"
 
 
 class ApiError(Exception):
@@ -89,19 +90,23 @@ class Kube:
             headers["Content-Type"] = content_type
 
         api: Any = self.api  # the generated client is untyped
+        if content_type == APPLY_PATCH and not isinstance(body, str):
+            body = json.dumps(body)  # YAML is a superset of JSON; the REST layer sends strings as they are
 
         def call() -> Any:
-            return api.call_api(
-                path,
-                method,
+            method_, url, header_params, payload, _ = api.param_serialize(
+                method=method,
+                resource_path=path,
                 query_params=query or [],
                 header_params=headers,
                 body=body,
-                response_type="object",
                 auth_settings=["BearerToken"],
-                _return_http_data_only=True,
-                _preload_content=True,
             )
+            response = api.call_api(method_, url, header_params=header_params, body=payload)
+            data = response.read()
+            if not 200 <= response.status < 300:
+                raise ApiException(status=response.status, reason=response.reason, http_resp=response)
+            return json.loads(data) if data else {}
 
         loop = asyncio.get_running_loop()
         try:
@@ -140,7 +145,7 @@ class Kube:
             "PATCH",
             resource.path(meta.get("namespace"), meta["name"]),
             body=obj,
-            content_type="application/apply-patch+yaml",
+            content_type=APPLY_PATCH,
             query=query,
         )
         return result

@@ -66,7 +66,8 @@ def _autoscaling_condition(obs: AutoscalerObservation) -> tuple[bool | None, str
         return None, "Creating", f"the {obs.engine} autoscaler is being created", None
     status = obs.obj.get("status") or {}
     conds = {c.get("type"): c for c in status.get("conditions") or []}
-    desired = status.get("desiredReplicas")
+    # an HPA that has not computed yet reports 0: only trust its figure once it can scale
+    desired = status.get("desiredReplicas") if conds.get("AbleToScale", {}).get("status") == "True" else None
     if obs.engine == "hpa":
         for type_ in ("AbleToScale", "ScalingActive"):
             c = conds.get(type_)
@@ -219,7 +220,7 @@ def compute_status(
     return status, _transitions(previous, status)
 
 
-_ANNOUNCED = {
+_ANNOUNCED: dict[str, tuple[str, str]] = {
     "Ready": ("Normal", "Warning"),
     "Degraded": ("Warning", "Normal"),
     "AutoscalingReady": ("Normal", "Warning"),
@@ -237,5 +238,7 @@ def _transitions(previous: ModelDeploymentStatus | None, current: ModelDeploymen
             continue  # "not degraded" at creation is not news
         if before is None or before.status != now_c.status or before.reason != now_c.reason:
             kind = when_true if now_c.status == ConditionStatus.TRUE else when_false
+            if type_ == "Ready" and now_c.reason in ("NotAllReplicasReady", "Creating"):
+                kind = "Normal"  # waiting for pods is not a problem yet; Degraded says when it is
             out.append(Transition(kind, now_c.reason, now_c.message))
     return out
