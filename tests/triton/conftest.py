@@ -1,0 +1,55 @@
+"""Fixtures of the Triton tests: the local tritonserver, a loopback file server, a loopback S3."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kubeforge.testing.triton import TritonInstall, find_tritonserver, free_port, tritonserver_available
+
+
+@pytest.fixture(scope="session")
+def triton_install() -> TritonInstall:
+    """The wheel's tritonserver, ready to run; skips where nvidia-pytriton is not installed."""
+    if not tritonserver_available():
+        pytest.skip("tritonserver not available: pip install nvidia-pytriton")
+    return find_tritonserver()
+
+
+class _QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # keep the test output for the test
+
+
+@pytest.fixture
+def file_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """(base URL, folder): an HTTP server on 127.0.0.1 serving the folder."""
+    root = tmp_path_factory.mktemp("www")
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(_QuietHandler, directory=str(root)))
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", root
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """An S3-compatible server (moto) on 127.0.0.1; skips where moto[server] is not installed."""
+    moto_server = pytest.importorskip("moto.server")
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
