@@ -1,0 +1,443 @@
+"""The model repository Triton loads: the plan (pure) and the init container that lays it out.
+
+The operator's builder puts `repository_plan(spec.models)` into the init container's environment
+(`KUBEFORGE_MODELS`) and runs `kubeforge assemble-repository --out /models --pvc-root /mnt/pvc`.
+That program fetches every model into `<out>/<name>/` and writes its rendered `config.pbtxt`, so
+Triton starts with a plain local repository
+(https://github.com/triton-inference-server/server/blob/main/docs/user_guide/model_repository.md):
+
+    <out>/<name>/config.pbtxt
+    <out>/<name>/<version>/<model files>
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import tarfile
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import zipfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from google.protobuf import text_format
+from google.protobuf.message import Message
+
+from kubeforge import __version__
+from kubeforge.api.modeldeployment import ModelSpec
+from kubeforge.triton.config import HEADER, render_model_config
+
+log = logging.getLogger(__name__)
+
+PLAN_ENV = "KUBEFORGE_MODELS"
+DEFAULT_OUT = "/models"
+DEFAULT_PVC_ROOT = "/mnt/pvc"
+CONFIG_FILENAME = "config.pbtxt"
+# Where a model is staged before it is moved into place, so a restarted init container never
+# leaves Triton a half-copied model; removed when assembly ends.
+STAGING_DIRNAME = ".kubeforge-staging"
+HTTP_TIMEOUT_SECONDS = 60.0
+HTTP_RETRY_DELAYS_SECONDS = (1.0, 4.0)
+
+
+class PlanError(ValueError):
+    """The plan handed to the init container is not valid."""
+
+
+class AssemblyError(RuntimeError):
+    """A model could not be put into the repository; the message names the model and its source."""
+
+    def __init__(self, model: str, source: str, reason: str) -> None:
+        super().__init__(f"model {model!r} from {source}: {reason}")
+        self.model = model
+        self.source = source
+        self.reason = reason
+
+
+# ---------------------------------------------------------------------------------------------
+# The plan: pure, imported by the builders.
+
+
+@dataclass(frozen=True)
+class PlannedModel:
+    """One model the init container puts into the repository."""
+
+    name: str
+    source: str
+    format: str
+    config_pbtxt: str | None
+
+
+def repository_plan(models: Sequence[ModelSpec]) -> str:
+    """The init container's plan (the value of `KUBEFORGE_MODELS`): JSON, deterministic, no I/O."""
+    entries = [
+        {"name": m.name, "source": m.source, "format": m.format.value, "configPbtxt": render_model_config(m)}
+        for m in models
+    ]
+    return json.dumps(entries, separators=(",", ":"), ensure_ascii=False)
+
+
+def parse_plan(text: str) -> list[PlannedModel]:
+    """Read a plan written by `repository_plan`; PlanError says what is wrong."""
+    try:
+        entries = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise PlanError(f"{PLAN_ENV} is not JSON: {exc}") from exc
+    if not isinstance(entries, list) or not entries:
+        raise PlanError(f"{PLAN_ENV} must be a non-empty JSON list of models")
+    plan = [_planned_model(index, entry) for index, entry in enumerate(entries)]
+    names = [m.name for m in plan]
+    if len(set(names)) != len(names):
+        raise PlanError(f"{PLAN_ENV}: model names must be unique, got {names}")
+    return plan
+
+
+def _planned_model(index: int, entry: object) -> PlannedModel:
+    if not isinstance(entry, dict):
+        raise PlanError(f"{PLAN_ENV}[{index}] must be an object")
+    fields = {key: entry.get(key) for key in ("name", "source", "format")}
+    for key, value in fields.items():
+        if not isinstance(value, str) or not value:
+            raise PlanError(f"{PLAN_ENV}[{index}].{key} must be a non-empty string")
+    name = str(fields["name"])
+    # the name becomes a directory: nothing that could climb out of the repository
+    if "/" in name or name in (".", "..") or name.startswith("."):
+        raise PlanError(f"{PLAN_ENV}[{index}].name {name!r} is not a valid model name")
+    config = entry.get("configPbtxt")
+    if config is not None and not isinstance(config, str):
+        raise PlanError(f"{PLAN_ENV}[{index}].configPbtxt must be a string or null")
+    return PlannedModel(
+        name=name, source=str(fields["source"]), format=str(fields["format"]), config_pbtxt=config
+    )
+
+
+def pvc_claim(source: str) -> str | None:
+    """The claim name of a `pvc://<claim>/<path>` source; None for other schemes."""
+    if not source.startswith("pvc://"):
+        return None
+    return source.removeprefix("pvc://").split("/", 1)[0]
+
+
+def pvc_claims(models: Sequence[ModelSpec]) -> list[str]:
+    """The PersistentVolumeClaims the init container mounts (read-only), sorted, each once."""
+    return sorted({claim for m in models if (claim := pvc_claim(m.source)) is not None})
+
+
+def pvc_mount_path(claim: str, pvc_root: str = DEFAULT_PVC_ROOT) -> str:
+    """Where the init container mounts a claim: `<pvc-root>/<claim>`."""
+    return f"{pvc_root.rstrip('/')}/{claim}"
+
+
+def assemble_args(out: str = DEFAULT_OUT, pvc_root: str = DEFAULT_PVC_ROOT) -> list[str]:
+    """The init container's args after the `kubeforge` executable."""
+    return ["assemble-repository", "--out", out, "--pvc-root", pvc_root]
+
+
+# ---------------------------------------------------------------------------------------------
+# Fetching sources.
+
+
+def _pvc_path(model: PlannedModel, pvc_root: Path) -> Path:
+    claim, _, rest = model.source.removeprefix("pvc://").partition("/")
+    parts = PurePosixPath(rest).parts
+    if claim in ("", ".", "..") or ".." in parts:
+        raise AssemblyError(model.name, model.source, "not a pvc://<claim>/<path> URI without '..'")
+    return pvc_root / claim / Path(*parts) if parts else pvc_root / claim
+
+
+def fetch_pvc(model: PlannedModel, dest: Path, pvc_root: Path) -> None:
+    """Copy `<pvc-root>/<claim>/<path>` (the claim is mounted read-only by the pod) to dest."""
+    src = _pvc_path(model, pvc_root)
+    if not src.is_dir():
+        claim = pvc_claim(model.source)
+        reason = f"{src} is not a directory (is the claim {claim!r} mounted at {pvc_root / str(claim)}?)"
+        raise AssemblyError(model.name, model.source, reason)
+    shutil.copytree(src, dest)
+
+
+def _download(model: PlannedModel, dest: Path) -> None:
+    """Download the source URL into the file dest; retries transient failures (5xx, network)."""
+    request = urllib.request.Request(model.source, headers={"User-Agent": f"kubeforge/{__version__}"})
+    delays = (*HTTP_RETRY_DELAYS_SECONDS, None)
+    for attempt, delay in enumerate(delays, start=1):
+        try:
+            with (
+                urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_SECONDS) as response,
+                dest.open("wb") as f,
+            ):
+                shutil.copyfileobj(response, f, 1 << 20)
+            return
+        except urllib.error.HTTPError as exc:
+            if exc.code < 500 and exc.code != 429:
+                raise AssemblyError(model.name, model.source, f"HTTP {exc.code} {exc.reason}") from exc
+            problem = f"HTTP {exc.code} {exc.reason}"
+        except (urllib.error.URLError, OSError) as exc:
+            problem = str(getattr(exc, "reason", exc))
+        if delay is None:
+            raise AssemblyError(
+                model.name, model.source, f"download failed after {attempt} attempts: {problem}"
+            )
+        log.warning(
+            "model %s: download attempt %d failed (%s); retrying in %.0fs",
+            model.name,
+            attempt,
+            problem,
+            delay,
+        )
+        time.sleep(delay)
+
+
+def _unsafe_member(name: str) -> bool:
+    path = PurePosixPath(name.replace("\\", "/"))
+    return path.is_absolute() or ".." in path.parts or (len(name) > 1 and name[1] == ":")
+
+
+def unpack_archive(model: PlannedModel, archive: Path, dest: Path) -> None:
+    """Unpack a .tar(.gz|.bz2|.xz) or .zip archive into dest, refusing members that leave dest."""
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as zf:
+            bad = [n for n in zf.namelist() if _unsafe_member(n)]
+            if bad:
+                raise AssemblyError(
+                    model.name, model.source, f"archive member {bad[0]!r} leaves the model directory"
+                )
+            zf.extractall(dest)
+        return
+    if not tarfile.is_tarfile(archive):
+        raise AssemblyError(model.name, model.source, "not a .tar.gz, .tgz or .zip archive")
+    with tarfile.open(archive, "r:*") as tf:
+        bad = [m.name for m in tf.getmembers() if _unsafe_member(m.name)]
+        if bad:
+            raise AssemblyError(
+                model.name, model.source, f"archive member {bad[0]!r} leaves the model directory"
+            )
+        try:
+            # the "data" filter also refuses links out of dest, device files and setuid bits
+            tf.extractall(dest, filter="data")
+        except tarfile.FilterError as exc:
+            raise AssemblyError(model.name, model.source, f"unsafe archive: {exc}") from exc
+
+
+def _archive_root(unpacked: Path) -> Path:
+    """The model directory inside an unpacked archive: its top, or its single top-level folder."""
+    entries = [p for p in unpacked.iterdir() if p.name != "__MACOSX"]
+    looks_like_model = any(p.name == CONFIG_FILENAME or (p.is_dir() and p.name.isdigit()) for p in entries)
+    if not looks_like_model and len(entries) == 1 and entries[0].is_dir():
+        return entries[0]
+    return unpacked
+
+
+def fetch_http(model: PlannedModel, dest: Path) -> None:
+    """Download an archive from an https:// (or http://) URL and unpack it into dest."""
+    with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
+        archive = Path(tmp) / "archive"
+        _download(model, archive)
+        unpacked = Path(tmp) / "unpacked"
+        unpacked.mkdir()
+        unpack_archive(model, archive, unpacked)
+        _archive_root(unpacked).rename(dest)
+
+
+def fetch_object_store(model: PlannedModel, dest: Path, environ: Mapping[str, str]) -> None:
+    """Download every object under an s3:// or gs:// prefix into dest."""
+    from kubeforge.triton.objectstore import ObjectStoreError, download_prefix
+
+    try:
+        count = download_prefix(model.source, dest, environ)
+    except ObjectStoreError as exc:
+        raise AssemblyError(model.name, model.source, str(exc)) from exc
+    log.info("model %s: downloaded %d objects", model.name, count)
+
+
+def fetch_source(model: PlannedModel, dest: Path, pvc_root: Path, environ: Mapping[str, str]) -> None:
+    """Put the model's source directory at dest (which must not exist yet)."""
+    scheme = urllib.parse.urlsplit(model.source).scheme
+    if scheme == "pvc":
+        fetch_pvc(model, dest, pvc_root)
+    elif scheme in ("https", "http"):
+        fetch_http(model, dest)
+    elif scheme in ("s3", "gs"):
+        fetch_object_store(model, dest, environ)
+    else:
+        raise AssemblyError(model.name, model.source, f"unsupported source scheme {scheme!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# config.pbtxt and checks.
+
+
+def _parse_config(text: str) -> Message:
+    """Parse config.pbtxt text into Triton's ModelConfig message (raises text_format.ParseError)."""
+    # protobuf and the schema come with tritonclient[grpc]; imported here, not at the top, so that
+    # the builders that import the plan functions do not pay for grpc
+    from tritonclient.grpc import model_config_pb2
+
+    message: Message = text_format.Parse(text, model_config_pb2.ModelConfig())
+    return message
+
+
+def merge_config(source_text: str, rendered_text: str) -> str:
+    """The source's config.pbtxt with every field the spec sets replaced by the spec's.
+
+    The spec always owns name, platform/backend and max_batch_size; other fields (input,
+    dynamic_batching, ...) are replaced whole when the spec sets them and kept from the source
+    otherwise, so what the spec cannot say (ensemble_scheduling, version_policy, optimization,
+    model_warmup) survives.
+    """
+    source = _parse_config(source_text)
+    rendered = _parse_config(rendered_text)
+    for field in ("name", "platform", "backend", "max_batch_size"):
+        source.ClearField(field)
+    for descriptor, _ in rendered.ListFields():
+        source.ClearField(descriptor.name)
+    source.MergeFrom(rendered)
+    merged = str(text_format.MessageToString(source))
+    return HEADER + "# Merged over the config.pbtxt of the model's source.\n" + merged
+
+
+def write_config(model: PlannedModel, model_dir: Path) -> None:
+    """Write the spec's config.pbtxt (merged over the source's, if any); check the config's name."""
+    path = model_dir / CONFIG_FILENAME
+    source_text = path.read_text() if path.is_file() else None
+    if model.config_pbtxt is not None:
+        try:
+            text = (
+                model.config_pbtxt if source_text is None else merge_config(source_text, model.config_pbtxt)
+            )
+        except text_format.ParseError as exc:
+            raise AssemblyError(model.name, model.source, f"cannot merge {CONFIG_FILENAME}: {exc}") from exc
+        path.write_text(text)
+        source_text = text
+        log.info("model %s: wrote %s from the spec", model.name, CONFIG_FILENAME)
+    if source_text is not None:
+        check_config_name(model, source_text)
+
+
+def check_config_name(model: PlannedModel, text: str) -> None:
+    """Triton refuses a model whose config.pbtxt `name` differs from its directory name."""
+    try:
+        name = getattr(_parse_config(text), "name", "")
+    except text_format.ParseError as exc:
+        # a field newer than our protobuf schema is not ours to refuse: Triton has the last word
+        log.warning("model %s: cannot read %s (%s); leaving it to Triton", model.name, CONFIG_FILENAME, exc)
+        return
+    if name and name != model.name:
+        reason = f"{CONFIG_FILENAME} names the model {name!r}; rename it to {model.name!r} or set the spec's config"
+        raise AssemblyError(model.name, model.source, reason)
+
+
+def version_dirs(model_dir: Path) -> list[str]:
+    """The numeric version directories of a model directory, in version order."""
+    return sorted((p.name for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=int)
+
+
+def check_model_dir(model: PlannedModel, model_dir: Path) -> list[str]:
+    """Refuse a model directory Triton would not load; return its versions."""
+    versions = version_dirs(model_dir)
+    if not versions:
+        found = sorted(p.name for p in model_dir.iterdir())
+        reason = f"no numeric version directory (e.g. 1/) in the model directory; found {found or 'nothing'}"
+        raise AssemblyError(model.name, model.source, reason)
+    return versions
+
+
+# ---------------------------------------------------------------------------------------------
+# The program.
+
+
+def assemble_model(model: PlannedModel, out: Path, pvc_root: Path, environ: Mapping[str, str]) -> None:
+    """Fetch, configure and check one model in a staging folder, then move it to `<out>/<name>`."""
+    started = time.monotonic()
+    staged = out / STAGING_DIRNAME / model.name
+    shutil.rmtree(staged, ignore_errors=True)
+    log.info("model %s: fetching %s", model.name, model.source)
+    fetch_source(model, staged, pvc_root, environ)
+    write_config(model, staged)
+    versions = check_model_dir(model, staged)
+    final = out / model.name
+    shutil.rmtree(final, ignore_errors=True)  # a restarted init container redoes the model
+    staged.rename(final)
+    log.info(
+        "model %s: versions %s in %s (%.1fs)",
+        model.name,
+        ", ".join(versions),
+        final,
+        time.monotonic() - started,
+    )
+
+
+def assemble_repository(
+    plan: Sequence[PlannedModel], out: Path, pvc_root: Path, environ: Mapping[str, str] | None = None
+) -> list[AssemblyError]:
+    """Assemble every model of the plan into out; returns the failures (all models are tried)."""
+    env = os.environ if environ is None else environ
+    (out / STAGING_DIRNAME).mkdir(parents=True, exist_ok=True)
+    errors: list[AssemblyError] = []
+    try:
+        for model in plan:
+            try:
+                assemble_model(model, out, pvc_root, env)
+            except AssemblyError as exc:
+                log.error("%s", exc)
+                errors.append(exc)
+            except OSError as exc:
+                error = AssemblyError(model.name, model.source, f"{type(exc).__name__}: {exc}")
+                log.error("%s", error)
+                errors.append(error)
+    finally:
+        shutil.rmtree(out / STAGING_DIRNAME, ignore_errors=True)
+    return errors
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kubeforge assemble-repository",
+        description=f"Lay out a Triton model repository from the plan in ${PLAN_ENV} (an init container).",
+    )
+    parser.add_argument(
+        "--out", default=DEFAULT_OUT, help="the model repository to fill (default %(default)s)"
+    )
+    parser.add_argument(
+        "--pvc-root",
+        default=DEFAULT_PVC_ROOT,
+        help="where claims are mounted, one folder each (default %(default)s)",
+    )
+    parser.add_argument("--plan-file", help=f"read the plan from this file instead of ${PLAN_ENV}")
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    """`kubeforge assemble-repository`: 0 when every model is in place, 1 when one failed, 2 on bad input."""
+    args = _parser().parse_args(argv)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    text = Path(args.plan_file).read_text() if args.plan_file else os.environ.get(PLAN_ENV)
+    if text is None:
+        log.error("no plan: set %s (or pass --plan-file)", PLAN_ENV)
+        return 2
+    try:
+        plan = parse_plan(text)
+    except PlanError as exc:
+        log.error("%s", exc)
+        return 2
+    out = Path(args.out)
+    log.info("assembling %d model(s) into %s", len(plan), out)
+    errors = assemble_repository(plan, out, Path(args.pvc_root))
+    if errors:
+        log.error("%d of %d model(s) failed: %s", len(errors), len(plan), ", ".join(e.model for e in errors))
+        return 1
+    log.info("model repository ready: %s", ", ".join(m.name for m in plan))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
