@@ -1,0 +1,44 @@
+"""Bound PersistentVolumeClaims for tests: a static hostPath PV pre-bound to each claim.
+
+The local cluster has no storage provisioner; pre-binding (PV claimRef + PVC volumeName)
+lets the real PV controller bind them, so pods that mount claims schedule as in a cluster.
+"""
+
+from __future__ import annotations
+
+from e2e.kube import Kubectl, wait_for
+
+
+def bound_claim(kubectl: Kubectl, namespace: str, name: str, size: str = "10Gi") -> None:
+    """Create the claim `name` in `namespace`, bound to its own PV, and wait until Bound."""
+    pv = f"{namespace}-{name}"[:253]
+    kubectl.apply(
+        f"""
+apiVersion: v1
+kind: PersistentVolume
+metadata:
+  name: {pv}
+  labels: {{kubeforge.io/test-namespace: {namespace}}}
+spec:
+  capacity: {{storage: {size}}}
+  accessModes: [ReadWriteMany]
+  persistentVolumeReclaimPolicy: Delete
+  storageClassName: ""
+  hostPath: {{path: /tmp/kubeforge-e2e/{pv}}}
+  claimRef: {{namespace: {namespace}, name: {name}}}
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {{name: {name}, namespace: {namespace}}}
+spec:
+  accessModes: [ReadWriteMany]
+  storageClassName: ""
+  volumeName: {pv}
+  resources: {{requests: {{storage: {size}}}}}
+"""
+    )
+    wait_for(
+        lambda: kubectl.json("get", "pvc", name, namespace=namespace)["status"].get("phase") == "Bound",
+        timeout=30,
+        message=f"claim {namespace}/{name} Bound",
+    )
