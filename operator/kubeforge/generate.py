@@ -5,7 +5,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from kubeforge.api.crd import render_api_reference, rendered_crds
+import yaml
+
+from kubeforge.api.crd import HEADER, render_api_reference, rendered_crds
+from kubeforge.builders.autoscaling import prometheus_adapter_rules
 
 
 def generated_files(root: Path) -> dict[Path, str]:
@@ -16,6 +19,11 @@ def generated_files(root: Path) -> dict[Path, str]:
         if (root / "charts" / "kubeforge").is_dir():
             files[root / "charts" / "kubeforge" / "crds" / name] = text
     files[root / "docs" / "api.md"] = render_api_reference()
+    # values for the prometheus-community/prometheus-adapter chart: the HPA's Triton metrics
+    adapter = HEADER + "# Values for prometheus-adapter: `helm install ... -f` this file.\n"
+    files[root / "charts" / "prometheus-adapter-rules.yaml"] = adapter + yaml.safe_dump(
+        prometheus_adapter_rules(), sort_keys=False, width=200
+    )
     return files
 
 
