@@ -1,0 +1,172 @@
+"""Observed children in, ModelDeployment status out."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from kubeforge.api import ModelDeployment
+from kubeforge.api.modeldeployment import ModelState
+from kubeforge.status.conditions import get_condition
+from kubeforge.status.modeldeployment import AutoscalerObservation, Observed, compute_status
+from tests.data.invalid_specs import example
+
+NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+
+
+def _md(replicas: int = 2) -> ModelDeployment:
+    doc = example("model-deployment.yaml")
+    doc["metadata"].update(uid="u", generation=4, namespace="ns")
+    doc["spec"]["replicas"] = replicas
+    return ModelDeployment.model_validate(doc)
+
+
+def _deployment(
+    ready: int, updated: int, replicas: int = 2, generation: int = 1, observed: int = 1
+) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "resnet50", "generation": generation},
+        "status": {
+            "observedGeneration": observed,
+            "replicas": replicas,
+            "updatedReplicas": updated,
+            "readyReplicas": ready,
+            "conditions": [
+                {
+                    "type": "Available",
+                    "status": "True" if ready else "False",
+                    "reason": "MinimumReplicasAvailable",
+                    "message": "ok",
+                }
+            ],
+        },
+    }
+
+
+def _pod(name: str, ready: bool = True, **status: Any) -> dict[str, Any]:
+    conditions = [{"type": "Ready", "status": "True" if ready else "False"}]
+    conditions += status.pop("conditions", [])
+    return {"metadata": {"name": name}, "status": {"podIP": "127.0.0.1", "conditions": conditions, **status}}
+
+
+def _observed(dep: dict[str, Any] | None, pods: list[dict[str, Any]], **kw: Any) -> Observed:
+    return Observed(deployment=dep, pods=pods, endpoints={"http": "h", "grpc": "g", "metrics": "m"}, **kw)
+
+
+def test_all_ready_is_ready() -> None:
+    status, transitions = compute_status(
+        _md(), _observed(_deployment(2, 2), [_pod("a"), _pod("b")]), None, NOW
+    )
+    assert status.phase == "Ready"
+    assert status.ready == "2/2" and status.observed_generation == 4
+    ready = get_condition(status.conditions, "Ready")
+    assert ready is not None and ready.status == "True" and ready.observed_generation == 4
+    assert status.selector == "kubeforge.io/owner-kind=modeldeployment,kubeforge.io/owner-name=resnet50"
+    assert [t.reason for t in transitions] == ["AllReplicasReady"]
+
+
+def test_rollout_in_progress_is_progressing_not_ready() -> None:
+    status, _ = compute_status(_md(), _observed(_deployment(2, 1), [_pod("a"), _pod("b")]), None, NOW)
+    assert status.phase == "Progressing"
+    progressing = get_condition(status.conditions, "Progressing")
+    assert progressing is not None and progressing.status == "True" and progressing.reason == "RollingOut"
+
+
+def test_stale_deployment_generation_is_not_ready() -> None:
+    status, _ = compute_status(_md(), _observed(_deployment(2, 2, generation=2, observed=1), []), None, NOW)
+    assert get_condition(status.conditions, "Ready").status == "False"  # type: ignore[union-attr]
+
+
+def test_unschedulable_pod_is_degraded_with_the_scheduler_message() -> None:
+    message = "0/7 nodes are available: 7 Insufficient nvidia.com/gpu."
+    pending = _pod(
+        "b",
+        ready=False,
+        phase="Pending",
+        conditions=[
+            {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": message}
+        ],
+    )
+    status, transitions = compute_status(_md(), _observed(_deployment(1, 2), [_pod("a"), pending]), None, NOW)
+    degraded = get_condition(status.conditions, "Degraded")
+    assert degraded is not None and (degraded.status, degraded.reason) == ("True", "Unschedulable")
+    assert message in degraded.message
+    assert status.phase == "Degraded"
+    assert any(t.type == "Warning" and t.reason == "Unschedulable" for t in transitions)
+
+
+def _waiting(reason: str, last: dict[str, Any] | None = None) -> dict[str, Any]:
+    cs: dict[str, Any] = {"name": "triton", "state": {"waiting": {"reason": reason, "message": "detail"}}}
+    if last:
+        cs["lastState"] = {"terminated": last}
+    return _pod("b", ready=False, containerStatuses=[cs])
+
+
+def test_image_pull_crashloop_and_oom_reasons() -> None:
+    cases = {
+        "ImagePullBackOff": _waiting("ErrImagePull"),
+        "CrashLoopBackOff": _waiting("CrashLoopBackOff", {"exitCode": 1, "reason": "Error"}),
+        "OOMKilled": _waiting("CrashLoopBackOff", {"exitCode": 137, "reason": "OOMKilled"}),
+    }
+    for reason, pod in cases.items():
+        status, _ = compute_status(_md(), _observed(_deployment(1, 2), [_pod("a"), pod]), None, NOW)
+        assert get_condition(status.conditions, "Degraded").reason == reason  # type: ignore[union-attr]
+
+
+def test_transition_time_moves_only_with_the_status() -> None:
+    first, _ = compute_status(_md(), _observed(_deployment(2, 2), [_pod("a"), _pod("b")]), None, NOW)
+    later = NOW + timedelta(minutes=5)
+    second, transitions = compute_status(
+        _md(), _observed(_deployment(2, 2), [_pod("a"), _pod("b")]), first, later
+    )
+    assert get_condition(second.conditions, "Ready").last_transition_time == NOW  # type: ignore[union-attr]
+    assert transitions == []
+    assert second == first
+
+
+def test_models_ready_never_blocks_ready_and_reports_per_model_state() -> None:
+    models = [ModelState(name="resnet50", state="UNAVAILABLE", reason="load failed")]
+    status, _ = compute_status(
+        _md(), _observed(_deployment(2, 2), [_pod("a"), _pod("b")], model_states=models), None, NOW
+    )
+    assert get_condition(status.conditions, "Ready").status == "True"  # type: ignore[union-attr]
+    models_ready = get_condition(status.conditions, "ModelsReady")
+    assert (
+        models_ready is not None and models_ready.status == "False" and "load failed" in models_ready.message
+    )
+    unknown, _ = compute_status(
+        _md(), _observed(_deployment(2, 2), [_pod("a")], model_probe_error="timeout"), None, NOW
+    )
+    assert get_condition(unknown.conditions, "ModelsReady").status == "Unknown"  # type: ignore[union-attr]
+
+
+def test_autoscaling_mirrors_hpa_conditions_and_missing_keda() -> None:
+    hpa = {
+        "status": {
+            "desiredReplicas": 3,
+            "conditions": [
+                {"type": "AbleToScale", "status": "True", "reason": "SucceededGetScale", "message": "ok"},
+                {
+                    "type": "ScalingActive",
+                    "status": "False",
+                    "reason": "FailedGetPodsMetric",
+                    "message": "unable to get metric",
+                },
+            ],
+        }
+    }
+    status, _ = compute_status(
+        _md(), _observed(_deployment(2, 2), [], autoscaler=AutoscalerObservation("hpa", hpa)), None, NOW
+    )
+    cond = get_condition(status.conditions, "AutoscalingReady")
+    assert cond is not None and (cond.status, cond.reason) == ("False", "FailedGetPodsMetric")
+    assert status.desired_replicas == 3
+    keda = AutoscalerObservation("keda", missing_reason="KedaNotInstalled", missing_message="install KEDA")
+    status, _ = compute_status(_md(), _observed(_deployment(2, 2), [], autoscaler=keda), None, NOW)
+    cond = get_condition(status.conditions, "AutoscalingReady")
+    assert cond is not None and (cond.status, cond.reason) == ("False", "KedaNotInstalled")
+
+
+def test_scaled_to_zero_is_ready() -> None:
+    status, _ = compute_status(_md(replicas=0), _observed(_deployment(0, 0, replicas=0), []), None, NOW)
+    assert get_condition(status.conditions, "Ready").reason == "ScaledToZero"  # type: ignore[union-attr]
