@@ -152,5 +152,6 @@ def phase_conditions(
         if active:
             out = set_condition(out, type_, True, reason, message, generation, now)
         elif any(c.type == type_ for c in out) or type_ in ("Succeeded", "Failed"):
-            out = set_condition(out, type_, False, phase.value, f"the job is {phase.value}", generation, now)
+            # the inactive conditions carry the current reason too: `Succeeded=False, reason=Queued`
+            out = set_condition(out, type_, False, reason, message, generation, now)
     return sorted(out, key=lambda c: c.type)

@@ -1,0 +1,125 @@
+"""Kueue (built from its Go module) admits TrainingJobs as gangs against a ClusterQueue of 8 GPUs."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from e2e.cluster import Cluster
+from e2e.kube import Kubectl, find_condition, wait_for
+from e2e.kueue import start_kueue
+from e2e.storage import bound_claim
+
+pytestmark = pytest.mark.e2e
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+@pytest.fixture(scope="module")
+def kueue(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    process = start_kueue(cluster, tmp_path_factory.mktemp("kueue"))
+    yield
+    process.stop()
+
+
+def _queues(namespace: str) -> str:
+    return f"""
+apiVersion: kueue.x-k8s.io/v1beta2
+kind: ResourceFlavor
+metadata: {{name: default-flavor}}
+---
+apiVersion: kueue.x-k8s.io/v1beta2
+kind: ClusterQueue
+metadata: {{name: gpus-{namespace}}}
+spec:
+  namespaceSelector: {{matchLabels: {{kubernetes.io/metadata.name: {namespace}}}}}
+  resourceGroups:
+    - coveredResources: [cpu, memory, nvidia.com/gpu]
+      flavors:
+        - name: default-flavor
+          resources:
+            - {{name: cpu, nominalQuota: 1000}}
+            - {{name: memory, nominalQuota: 10000Gi}}
+            - {{name: nvidia.com/gpu, nominalQuota: 8}}
+---
+apiVersion: kueue.x-k8s.io/v1beta2
+kind: LocalQueue
+metadata: {{name: gpu-queue, namespace: {namespace}}}
+spec: {{clusterQueue: gpus-{namespace}}}
+"""
+
+
+def _job(namespace: str, name: str) -> str:
+    doc = yaml.safe_load((EXAMPLES / "training-job.yaml").read_text())
+    doc["metadata"].update(name=name, namespace=namespace)
+    doc["spec"].update(
+        workers=1,
+        gpu={"count": 8, "product": "NVIDIA-A100-SXM4-80GB"},
+        scheduling={"queue": "gpu-queue"},
+    )
+    return json.dumps(doc)
+
+
+def _phase(kubectl: Kubectl, namespace: str, name: str) -> tuple[str, dict[str, Any]]:
+    tj = kubectl.json("get", "tj", name, namespace=namespace)
+    return tj.get("status", {}).get("phase", ""), tj
+
+
+def test_two_8_gpu_jobs_are_admitted_one_after_the_other(
+    kubectl: Kubectl, namespace: str, operator: Any, kueue: None
+) -> None:
+    bound_claim(kubectl, namespace, "training-checkpoints")
+    kubectl.apply(_queues(namespace))
+    kubectl.apply(_job(namespace, "first"))
+    wait_for(
+        lambda: _phase(kubectl, namespace, "first")[0] == "Running",
+        timeout=90,
+        message="first admitted and running",
+    )
+    kubectl.apply(_job(namespace, "second"))
+
+    def queued() -> bool:
+        phase, tj = _phase(kubectl, namespace, "second")
+        pending = find_condition(tj, "Running")
+        return phase == "Pending" and "Kueue" in (
+            tj["status"]["conditions"] and str(tj["status"]["conditions"])
+        )
+
+    wait_for(queued, timeout=60, message="second waiting for Kueue")
+    job = kubectl.json("get", "job", "second-0", namespace=namespace)
+    assert job["spec"]["suspend"] is True
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-queue"
+    workload = wait_for(
+        lambda: [
+            w
+            for w in kubectl.json("get", "workloads", namespace=namespace)["items"]
+            if "second" in w["metadata"]["name"]
+        ],
+        timeout=30,
+        message="Kueue's Workload for the second job",
+    )[0]
+    assert (
+        find_condition(workload, "QuotaReserved") is None
+        or find_condition(workload, "QuotaReserved")["status"] == "False"
+    )  # type: ignore[index]
+
+    kubectl(
+        "annotate",
+        "pods",
+        "-l",
+        "batch.kubernetes.io/job-name=first-0",
+        "sim.kubeforge.io/exit-code=0",
+        namespace=namespace,
+    )
+    wait_for(
+        lambda: _phase(kubectl, namespace, "first")[0] == "Succeeded", timeout=60, message="first succeeded"
+    )
+    wait_for(
+        lambda: _phase(kubectl, namespace, "second")[0] == "Running",
+        timeout=90,
+        message="second admitted once the GPUs are free",
+    )
