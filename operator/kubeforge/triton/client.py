@@ -64,10 +64,14 @@ async def _observe(http_url: str, timeout: float) -> TritonObservation:
             # POST /v2/repository/index: every model in the repository with its state, loaded or not
             # https://github.com/triton-inference-server/server/blob/main/docs/protocol/extension_model_repository.md
             index = await client.get_model_repository_index()
-        except InferenceServerException as exc:
+        except (InferenceServerException, ValueError) as exc:  # an error status, or a body that is not JSON
             return TritonObservation(http_url, reachable=True, ready=ready, error=f"repository index: {exc}")
     finally:
         await client.close()
+    if not isinstance(index, list) or not all(isinstance(entry, dict) for entry in index):
+        return TritonObservation(
+            http_url, reachable=True, ready=ready, error="repository index: not a list of models"
+        )
     states = sorted((model_state(entry) for entry in index), key=_sort_key)
     return TritonObservation(http_url, reachable=True, ready=ready, models=tuple(states))
 
@@ -80,6 +84,6 @@ async def model_states(http_url: str, timeout: float = 5.0) -> TritonObservation
     """
     try:
         return await asyncio.wait_for(_observe(http_url, timeout), timeout)
-    except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
-        # OSError covers refused connections, TimeoutError a silent server, ValueError a body that is not JSON
+    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        # OSError covers refused connections and unknown hosts, TimeoutError a server that does not answer
         return TritonObservation(http_url, reachable=False, error=f"{type(exc).__name__}: {exc}".rstrip(": "))
