@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -27,19 +28,26 @@ class _QuietHandler(SimpleHTTPRequestHandler):
         pass  # keep the test output for the test
 
 
-@pytest.fixture
-def file_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
-    """(base URL, folder): an HTTP server on 127.0.0.1 serving the folder."""
-    root = tmp_path_factory.mktemp("www")
+@contextmanager
+def serve_directory(root: Path) -> Iterator[str]:
+    """An HTTP server on 127.0.0.1 serving root; yields its base URL."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), partial(_QuietHandler, directory=str(root)))
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", root
+        yield f"http://127.0.0.1:{server.server_address[1]}"
     finally:
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+@pytest.fixture
+def file_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """(base URL, folder): an HTTP server on 127.0.0.1 serving the folder."""
+    root = tmp_path_factory.mktemp("www")
+    with serve_directory(root) as base:
+        yield base, root
 
 
 @pytest.fixture(scope="session")

@@ -5,6 +5,9 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
+import subprocess
+import sys
 import tarfile
 import zipfile
 from pathlib import Path
@@ -252,3 +255,14 @@ def test_unreachable_host_is_retried_then_reported(
     errors = assemble_repository([planned("m", source)], out, tmp_path, {})
     assert len(errors) == 1
     assert errors[0].reason.startswith("download failed after 2 attempts: ")
+
+
+def test_the_init_container_command_runs_the_program(pvc_root: Path, out: Path) -> None:
+    """The exact command line the Deployment builder gives the init container."""
+    env = dict(os.environ) | {PLAN_ENV: repository_plan([add_model_spec("add", "pvc://models/add")])}
+    argv = ["kubeforge", "assemble-repository", "--out", str(out), "--pvc-root", str(pvc_root)]
+    done = subprocess.run(
+        [sys.executable, "-m", *argv], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert (out / "add" / "config.pbtxt").is_file()
