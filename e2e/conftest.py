@@ -1,0 +1,218 @@
+"""Fixtures of the end-to-end tests: a real control plane for the session, kubectl, the operator.
+
+    def test_x(kubectl: Kubectl, namespace: str, operator: OperatorProcess) -> None:
+        kubectl.apply(MANIFEST, namespace=namespace)
+        wait_condition(kubectl, "md", "resnet50", "Ready", namespace=namespace)
+
+One cluster per test session, started under `.e2e/run-*` (kept, with its logs,
+when a test failed; removed otherwise); the CRDs in `crds/` are applied to it
+once. Missing binaries are built before the first test (e2e/binaries.sh), never
+skipped: CI must run these tests.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Callable, Generator, Iterator
+from pathlib import Path
+from subprocess import CompletedProcess
+from typing import Any
+
+import pytest
+import yaml
+
+from e2e.cluster import REPO_ROOT, Cluster, ensure_binaries
+from e2e.kube import Kubectl, wait_condition, wait_for
+from e2e.operator_proc import OperatorProcess, operator_available
+
+E2E_DIR = Path(__file__).resolve().parent
+STATE_ROOT = REPO_ROOT / ".e2e"
+CRDS_DIR = REPO_ROOT / "crds"
+_OPERATOR_LOG_OFFSET = pytest.StashKey[int]()
+_OPERATOR_LOG_MAX = 30_000
+
+
+# -- collection -----------------------------------------------------------------------------------
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test under e2e/ `e2e`, so `-m "not e2e"` leaves them all out."""
+    for item in items:
+        if E2E_DIR in Path(str(item.path)).parents:
+            item.add_marker(pytest.mark.e2e)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Build missing binaries now, outside any test's timeout (a cold build takes minutes)."""
+    if any(E2E_DIR in Path(str(item.path)).parents for item in session.items):
+        ensure_binaries()
+
+
+# -- the cluster ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    """The session's control plane with the simulated nodes and the kubeforge CRDs Established."""
+    STATE_ROOT.mkdir(exist_ok=True)
+    _clean_abandoned_runs()
+    state_dir = Path(tempfile.mkdtemp(prefix="run-", dir=STATE_ROOT))
+    (state_dir / "owner.pid").write_text(f"{os.getpid()}\n")
+    cluster = Cluster(state_dir, bin_dir=ensure_binaries())
+    try:
+        cluster.start()
+        kubectl = cluster.kubectl()
+        kubectl.apply(CRDS_DIR, server_side=True)
+        kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", str(CRDS_DIR))
+        _wait_openapi_published(kubectl)
+        yield cluster
+    finally:
+        cluster.stop()
+        if request.session.testsfailed:
+            shutil.rmtree(state_dir / "etcd", ignore_errors=True)
+            print(f"\ne2e cluster logs kept in {state_dir / 'logs'}")
+        else:
+            shutil.rmtree(state_dir, ignore_errors=True)
+
+
+def _wait_openapi_published(kubectl: Kubectl) -> None:
+    """Wait until the API server publishes the CRDs' schemas (after Established, asynchronously).
+
+    `kubectl explain` and client-side validation read them from /openapi/v3.
+    """
+    for path in sorted(CRDS_DIR.glob("*.yaml")):
+        crd = yaml.safe_load(path.read_text())
+        group, kind = crd["spec"]["group"], crd["spec"]["names"]["kind"]
+        prefix = ".".join(reversed(group.split(".")))
+        for version in (v["name"] for v in crd["spec"]["versions"] if v["served"]):
+            schema = f"{prefix}.{version}.{kind}"
+
+            def published(url: str = f"/openapi/v3/apis/{group}/{version}", schema: str = schema) -> bool:
+                result = kubectl("get", "--raw", url, check=False)
+                return result.returncode == 0 and schema in json.loads(result.stdout)["components"]["schemas"]
+
+            wait_for(published, timeout=30, message=f"OpenAPI v3 schema {schema}")
+
+
+def _clean_abandoned_runs() -> None:
+    """Stop and remove the clusters of sessions that died without cleaning up (kill -9, a crash).
+
+    A run whose owner is still alive belongs to a concurrent session (another
+    checkout's engineer, another terminal) and is left alone.
+    """
+    for run in STATE_ROOT.glob("run-*"):
+        try:
+            owner = int((run / "owner.pid").read_text())
+        except (FileNotFoundError, ValueError):
+            owner = 0
+        if owner and Path(f"/proc/{owner}").exists():
+            continue
+        Cluster(run).stop(timeout=5)
+        OperatorProcess(run / "kubeconfig", run / "operator.log", run / "run" / "operator.pid").stop(
+            timeout=5
+        )
+        shutil.rmtree(run, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def kubectl(cluster: Cluster) -> Kubectl:
+    """`kubectl(*args, namespace=None, input=None, check=True)` against the session's cluster.
+
+    Returns the CompletedProcess; raises KubectlError (with stderr) on failure unless
+    check=False. Also `kubectl.json(*args)` and `kubectl.apply(path_or_yaml, namespace)`.
+    """
+    return cluster.kubectl()
+
+
+@pytest.fixture(scope="session")
+def apply(kubectl: Kubectl) -> Callable[..., CompletedProcess[str]]:
+    """`apply(path_or_yaml_str, namespace=None)`: `kubectl apply -f` a file, folder or YAML text."""
+    return kubectl.apply
+
+
+@pytest.fixture(scope="session", name="wait_for")
+def wait_for_fixture() -> Callable[..., Any]:
+    """`wait_for(predicate, timeout=30, interval=0.2)`: poll until truthy, return the value."""
+    return wait_for
+
+
+@pytest.fixture(scope="session", name="wait_condition")
+def wait_condition_fixture(kubectl: Kubectl) -> Callable[..., dict[str, Any]]:
+    """`wait_condition(kind, name, condition_type, status="True", namespace=None, timeout=60)`."""
+    return functools.partial(wait_condition, kubectl)
+
+
+@pytest.fixture
+def namespace(kubectl: Kubectl, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace for one test (its pods may be created at once), deleted afterwards."""
+    slug = "".join(c if c.isalnum() else "-" for c in request.node.name.lower()).strip("-")
+    name = f"e2e-{slug[:40].rstrip('-')}-{uuid.uuid4().hex[:5]}"
+    kubectl("create", "namespace", name)
+    kubectl("label", "namespace", name, "kubeforge.io/e2e=true")
+    # The ServiceAccount admission plugin refuses pods until the controller made `default`.
+    wait_for(
+        lambda: kubectl("get", "serviceaccount", "default", namespace=name, check=False).returncode == 0,
+        timeout=30,
+        message=f"ServiceAccount {name}/default",
+    )
+    yield name
+    kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture(scope="session")
+def kube(cluster: Cluster) -> Iterator[Any]:
+    """An official `kubernetes` client ApiClient for the cluster (admin)."""
+    from kubernetes import config
+
+    api_client = config.new_client_from_config(config_file=str(cluster.kubeconfig))
+    yield api_client
+    api_client.close()
+
+
+# -- the operator ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def operator(cluster: Cluster) -> Iterator[OperatorProcess]:
+    """`python -m kubeforge run` against the cluster, live (its liveness endpoint answers 200).
+
+    Serves metrics on a free port (`operator.reconciles()`, `operator.api_calls()`).
+    Its log is `operator.log_file`; the part written during a failed test is shown in
+    the test's report.
+    """
+    if not operator_available():
+        pytest.skip("the operator's entry point (kubeforge.controllers.runner) does not exist yet")
+    proc = OperatorProcess(
+        cluster.kubeconfig, cluster.state_dir / "operator.log", cluster.state_dir / "run" / "operator.pid"
+    )
+    proc.start(metrics=True)
+    yield proc
+    proc.stop()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
+    operator = getattr(item, "funcargs", {}).get("operator")
+    if isinstance(operator, OperatorProcess):
+        item.stash[_OPERATOR_LOG_OFFSET] = operator.log_size()
+    yield
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, None]:
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()
+    operator = getattr(item, "funcargs", {}).get("operator")
+    if report.when != "call" or not report.failed or not isinstance(operator, OperatorProcess):
+        return
+    text = operator.log_text(item.stash.get(_OPERATOR_LOG_OFFSET, 0))
+    if len(text) > _OPERATOR_LOG_MAX:
+        text = "[...]\n" + text[-_OPERATOR_LOG_MAX:]
+    if not operator.is_running():
+        text += "\n[the operator is no longer running]"
+    report.sections.append((f"operator log ({operator.log_file})", text))
