@@ -17,7 +17,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from kubeforge.api.modeldeployment import ModelSpec
-from kubeforge.triton import repository
+from kubeforge.triton import repository, sources
 from kubeforge.triton.repository import (
     PLAN_ENV,
     STAGING_DIRNAME,
@@ -250,7 +250,7 @@ def test_unreachable_host_is_retried_then_reported(
 ) -> None:
     from kubeforge.testing.triton import free_port
 
-    monkeypatch.setattr(repository, "HTTP_RETRY_DELAYS_SECONDS", (0.01,))
+    monkeypatch.setattr(sources, "HTTP_RETRY_DELAYS_SECONDS", (0.01,))
     source = f"http://127.0.0.1:{free_port()}/m.tar.gz"
     errors = assemble_repository([planned("m", source)], out, tmp_path, {})
     assert len(errors) == 1

@@ -19,6 +19,7 @@ from kubeforge.api.modeldeployment import (
     TritonModelConfig,
 )
 
+CONFIG_FILENAME = "config.pbtxt"
 HEADER = (
     "# Rendered by kubeforge from the ModelDeployment's spec.models[].config; edits here are overwritten.\n"
 )

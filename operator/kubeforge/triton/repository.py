@@ -18,35 +18,26 @@ import logging
 import os
 import shutil
 import sys
-import tarfile
-import tempfile
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
-import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from google.protobuf import text_format
 from google.protobuf.message import Message
 
-from kubeforge import __version__
 from kubeforge.api.modeldeployment import ModelSpec
-from kubeforge.triton.config import HEADER, render_model_config
+from kubeforge.triton.config import CONFIG_FILENAME, HEADER, render_model_config
+from kubeforge.triton.sources import SourceError, fetch_source
 
 log = logging.getLogger(__name__)
 
 PLAN_ENV = "KUBEFORGE_MODELS"
 DEFAULT_OUT = "/models"
 DEFAULT_PVC_ROOT = "/mnt/pvc"
-CONFIG_FILENAME = "config.pbtxt"
 # Where a model is staged before it is moved into place, so a restarted init container never
 # leaves Triton a half-copied model; removed when assembly ends.
 STAGING_DIRNAME = ".kubeforge-staging"
-HTTP_TIMEOUT_SECONDS = 60.0
-HTTP_RETRY_DELAYS_SECONDS = (1.0, 4.0)
 
 
 class PlanError(ValueError):
@@ -143,135 +134,6 @@ def assemble_args(out: str = DEFAULT_OUT, pvc_root: str = DEFAULT_PVC_ROOT) -> l
 
 
 # ---------------------------------------------------------------------------------------------
-# Fetching sources.
-
-
-def _pvc_path(model: PlannedModel, pvc_root: Path) -> Path:
-    claim, _, rest = model.source.removeprefix("pvc://").partition("/")
-    parts = PurePosixPath(rest).parts
-    if claim in ("", ".", "..") or ".." in parts:
-        raise AssemblyError(model.name, model.source, "not a pvc://<claim>/<path> URI without '..'")
-    return pvc_root / claim / Path(*parts) if parts else pvc_root / claim
-
-
-def fetch_pvc(model: PlannedModel, dest: Path, pvc_root: Path) -> None:
-    """Copy `<pvc-root>/<claim>/<path>` (the claim is mounted read-only by the pod) to dest."""
-    src = _pvc_path(model, pvc_root)
-    if not src.is_dir():
-        claim = pvc_claim(model.source)
-        reason = f"{src} is not a directory (is the claim {claim!r} mounted at {pvc_root / str(claim)}?)"
-        raise AssemblyError(model.name, model.source, reason)
-    shutil.copytree(src, dest)
-
-
-def _download(model: PlannedModel, dest: Path) -> None:
-    """Download the source URL into the file dest; retries transient failures (5xx, network)."""
-    request = urllib.request.Request(model.source, headers={"User-Agent": f"kubeforge/{__version__}"})
-    delays = (*HTTP_RETRY_DELAYS_SECONDS, None)
-    for attempt, delay in enumerate(delays, start=1):
-        try:
-            with (
-                urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_SECONDS) as response,
-                dest.open("wb") as f,
-            ):
-                shutil.copyfileobj(response, f, 1 << 20)
-            return
-        except urllib.error.HTTPError as exc:
-            if exc.code < 500 and exc.code != 429:
-                raise AssemblyError(model.name, model.source, f"HTTP {exc.code} {exc.reason}") from exc
-            problem = f"HTTP {exc.code} {exc.reason}"
-        except (urllib.error.URLError, OSError) as exc:
-            problem = str(getattr(exc, "reason", exc))
-        if delay is None:
-            raise AssemblyError(
-                model.name, model.source, f"download failed after {attempt} attempts: {problem}"
-            )
-        log.warning(
-            "model %s: download attempt %d failed (%s); retrying in %.0fs",
-            model.name,
-            attempt,
-            problem,
-            delay,
-        )
-        time.sleep(delay)
-
-
-def _unsafe_member(name: str) -> bool:
-    path = PurePosixPath(name.replace("\\", "/"))
-    return path.is_absolute() or ".." in path.parts or (len(name) > 1 and name[1] == ":")
-
-
-def unpack_archive(model: PlannedModel, archive: Path, dest: Path) -> None:
-    """Unpack a .tar(.gz|.bz2|.xz) or .zip archive into dest, refusing members that leave dest."""
-    if zipfile.is_zipfile(archive):
-        with zipfile.ZipFile(archive) as zf:
-            bad = [n for n in zf.namelist() if _unsafe_member(n)]
-            if bad:
-                raise AssemblyError(
-                    model.name, model.source, f"archive member {bad[0]!r} leaves the model directory"
-                )
-            zf.extractall(dest)
-        return
-    if not tarfile.is_tarfile(archive):
-        raise AssemblyError(model.name, model.source, "not a .tar.gz, .tgz or .zip archive")
-    with tarfile.open(archive, "r:*") as tf:
-        bad = [m.name for m in tf.getmembers() if _unsafe_member(m.name)]
-        if bad:
-            raise AssemblyError(
-                model.name, model.source, f"archive member {bad[0]!r} leaves the model directory"
-            )
-        try:
-            # the "data" filter also refuses links out of dest, device files and setuid bits
-            tf.extractall(dest, filter="data")
-        except tarfile.FilterError as exc:
-            raise AssemblyError(model.name, model.source, f"unsafe archive: {exc}") from exc
-
-
-def _archive_root(unpacked: Path) -> Path:
-    """The model directory inside an unpacked archive: its top, or its single top-level folder."""
-    entries = [p for p in unpacked.iterdir() if p.name != "__MACOSX"]
-    looks_like_model = any(p.name == CONFIG_FILENAME or (p.is_dir() and p.name.isdigit()) for p in entries)
-    if not looks_like_model and len(entries) == 1 and entries[0].is_dir():
-        return entries[0]
-    return unpacked
-
-
-def fetch_http(model: PlannedModel, dest: Path) -> None:
-    """Download an archive from an https:// (or http://) URL and unpack it into dest."""
-    with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
-        archive = Path(tmp) / "archive"
-        _download(model, archive)
-        unpacked = Path(tmp) / "unpacked"
-        unpacked.mkdir()
-        unpack_archive(model, archive, unpacked)
-        _archive_root(unpacked).rename(dest)
-
-
-def fetch_object_store(model: PlannedModel, dest: Path, environ: Mapping[str, str]) -> None:
-    """Download every object under an s3:// or gs:// prefix into dest."""
-    from kubeforge.triton.objectstore import ObjectStoreError, download_prefix
-
-    try:
-        count = download_prefix(model.source, dest, environ)
-    except ObjectStoreError as exc:
-        raise AssemblyError(model.name, model.source, str(exc)) from exc
-    log.info("model %s: downloaded %d objects", model.name, count)
-
-
-def fetch_source(model: PlannedModel, dest: Path, pvc_root: Path, environ: Mapping[str, str]) -> None:
-    """Put the model's source directory at dest (which must not exist yet)."""
-    scheme = urllib.parse.urlsplit(model.source).scheme
-    if scheme == "pvc":
-        fetch_pvc(model, dest, pvc_root)
-    elif scheme in ("https", "http"):
-        fetch_http(model, dest)
-    elif scheme in ("s3", "gs"):
-        fetch_object_store(model, dest, environ)
-    else:
-        raise AssemblyError(model.name, model.source, f"unsupported source scheme {scheme!r}")
-
-
-# ---------------------------------------------------------------------------------------------
 # config.pbtxt and checks.
 
 
@@ -360,7 +222,10 @@ def assemble_model(model: PlannedModel, out: Path, pvc_root: Path, environ: Mapp
     staged = out / STAGING_DIRNAME / model.name
     shutil.rmtree(staged, ignore_errors=True)
     log.info("model %s: fetching %s", model.name, model.source)
-    fetch_source(model, staged, pvc_root, environ)
+    try:
+        fetch_source(model.source, staged, pvc_root, environ)
+    except SourceError as exc:
+        raise AssemblyError(model.name, model.source, str(exc)) from exc
     write_config(model, staged)
     versions = check_model_dir(model, staged)
     final = out / model.name

@@ -1,0 +1,157 @@
+"""Fetch a model's source directory: pvc://, http(s):// archives, and s3:// or gs:// prefixes.
+
+Used by the init container (`kubeforge.triton.repository`). Every failure is a SourceError whose
+message says what went wrong; the caller adds which model it was.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tarfile
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path, PurePosixPath
+
+from kubeforge import __version__
+from kubeforge.triton.config import CONFIG_FILENAME
+
+log = logging.getLogger(__name__)
+
+HTTP_TIMEOUT_SECONDS = 60.0
+HTTP_RETRY_DELAYS_SECONDS = (1.0, 4.0)
+
+
+class SourceError(RuntimeError):
+    """A source could not be fetched; the message is the reason."""
+
+
+def pvc_path(source: str, pvc_root: Path) -> Path:
+    """Where a `pvc://<claim>/<path>` source is in the init container: `<pvc-root>/<claim>/<path>`."""
+    claim, _, rest = source.removeprefix("pvc://").partition("/")
+    parts = PurePosixPath(rest).parts
+    if claim in ("", ".", "..") or ".." in parts:
+        raise SourceError("not a pvc://<claim>/<path> URI without '..'")
+    return pvc_root.joinpath(claim, *parts)
+
+
+def fetch_pvc(source: str, dest: Path, pvc_root: Path) -> None:
+    """Copy `<pvc-root>/<claim>/<path>` (the claim is mounted read-only by the pod) to dest."""
+    src = pvc_path(source, pvc_root)
+    if not src.is_dir():
+        claim = source.removeprefix("pvc://").split("/", 1)[0]
+        raise SourceError(f"{src} is not a directory (is the claim {claim!r} mounted at {pvc_root / claim}?)")
+    shutil.copytree(src, dest)
+
+
+def download(url: str, dest: Path) -> None:
+    """Download url into the file dest; transient failures (5xx, 429, network) are retried."""
+    request = urllib.request.Request(url, headers={"User-Agent": f"kubeforge/{__version__}"})
+    delays = (*HTTP_RETRY_DELAYS_SECONDS, None)
+    for attempt, delay in enumerate(delays, start=1):
+        try:
+            with (
+                urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_SECONDS) as response,
+                dest.open("wb") as f,
+            ):
+                shutil.copyfileobj(response, f, 1 << 20)
+            return
+        except urllib.error.HTTPError as exc:
+            if exc.code < 500 and exc.code != 429:
+                raise SourceError(f"HTTP {exc.code} {exc.reason}") from exc
+            problem = f"HTTP {exc.code} {exc.reason}"
+        except (urllib.error.URLError, OSError) as exc:
+            problem = str(getattr(exc, "reason", exc))
+        if delay is None:
+            raise SourceError(f"download failed after {attempt} attempts: {problem}")
+        log.warning(
+            "download of %s failed (%s); attempt %d of %d in %.0fs",
+            url,
+            problem,
+            attempt + 1,
+            len(delays),
+            delay,
+        )
+        time.sleep(delay)
+
+
+def _unsafe_member(name: str) -> bool:
+    path = PurePosixPath(name.replace("\\", "/"))
+    return path.is_absolute() or ".." in path.parts or (len(name) > 1 and name[1] == ":")
+
+
+def _refuse_unsafe(names: list[str]) -> None:
+    bad = [n for n in names if _unsafe_member(n)]
+    if bad:
+        raise SourceError(f"archive member {bad[0]!r} leaves the model directory")
+
+
+def unpack_archive(archive: Path, dest: Path) -> None:
+    """Unpack a .tar(.gz|.bz2|.xz) or .zip archive (told apart by content) into dest, refusing
+    members that would land outside it."""
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as zf:
+            _refuse_unsafe(zf.namelist())
+            zf.extractall(dest)
+        return
+    if not tarfile.is_tarfile(archive):
+        raise SourceError("not a .tar.gz, .tgz or .zip archive")
+    with tarfile.open(archive, "r:*") as tf:
+        _refuse_unsafe(tf.getnames())
+        try:
+            # the "data" filter also refuses links out of dest, device files and setuid bits
+            # (https://docs.python.org/3/library/tarfile.html#tarfile.data_filter)
+            tf.extractall(dest, filter="data")
+        except tarfile.FilterError as exc:
+            raise SourceError(f"unsafe archive: {exc}") from exc
+
+
+def archive_root(unpacked: Path) -> Path:
+    """The model directory inside an unpacked archive: its top, or its single top-level folder
+    (release tarballs usually wrap their content in one)."""
+    entries = [p for p in unpacked.iterdir() if p.name != "__MACOSX"]
+    looks_like_model = any(p.name == CONFIG_FILENAME or (p.is_dir() and p.name.isdigit()) for p in entries)
+    if not looks_like_model and len(entries) == 1 and entries[0].is_dir():
+        return entries[0]
+    return unpacked
+
+
+def fetch_http(url: str, dest: Path) -> None:
+    """Download an archive from an https:// (or http://) URL and unpack it into dest."""
+    # next to dest, so the final rename stays on one filesystem (and off a read-only /tmp)
+    with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
+        archive = Path(tmp) / "archive"
+        download(url, archive)
+        unpacked = Path(tmp) / "unpacked"
+        unpacked.mkdir()
+        unpack_archive(archive, unpacked)
+        archive_root(unpacked).rename(dest)
+
+
+def fetch_object_store(uri: str, dest: Path, environ: Mapping[str, str]) -> None:
+    """Download every object under an s3:// or gs:// prefix into dest."""
+    from kubeforge.triton.objectstore import ObjectStoreError, download_prefix
+
+    try:
+        count = download_prefix(uri, dest, environ)
+    except ObjectStoreError as exc:
+        raise SourceError(str(exc)) from exc
+    log.info("downloaded %d objects from %s", count, uri)
+
+
+def fetch_source(source: str, dest: Path, pvc_root: Path, environ: Mapping[str, str]) -> None:
+    """Put the source's model directory at dest (which must not exist yet)."""
+    scheme = urllib.parse.urlsplit(source).scheme
+    if scheme == "pvc":
+        fetch_pvc(source, dest, pvc_root)
+    elif scheme in ("https", "http"):
+        fetch_http(source, dest)
+    elif scheme in ("s3", "gs"):
+        fetch_object_store(source, dest, environ)
+    else:
+        raise SourceError(f"unsupported source scheme {scheme!r}")
