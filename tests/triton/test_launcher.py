@@ -13,10 +13,10 @@ from kubeforge.testing.triton import (
     TritonStartError,
     find_tritonserver,
     flag_value,
-    localize_container_command,
     run_tritonserver,
     tritonserver_args,
 )
+from kubeforge.testing.triton_pod import localize_container_command
 
 FAKE_INSTALL = TritonInstall(
     binary=Path("/w/bin/tritonserver"),

@@ -20,7 +20,8 @@ import tritonclient.http.aio as aiohttpclient
 from kubeforge.api.modeldeployment import ModelDeployment
 from kubeforge.builders.modeldeployment import build_triton_deployment
 from kubeforge.settings import Settings
-from kubeforge.testing.triton import TritonInstall, TritonServer, run_init_container, run_triton_container
+from kubeforge.testing.triton import TritonInstall, TritonServer
+from kubeforge.testing.triton_pod import run_init_container, run_triton_container
 from kubeforge.triton.client import model_states
 
 from .conftest import serve_directory

@@ -13,8 +13,8 @@ it serves on CPU. What it takes to run it outside PyTriton:
   `python3` on `PATH`, which is what PyTriton relies on) and this interpreter's `sys.path` in
   `PYTHONPATH` (so `.pth` additions such as an editable install or a shared torch count too).
 
-`run_tritonserver` starts it on free loopback ports; `run_triton_container` runs the container
-spec the operator's Deployment builder produces, with its paths and ports rewritten.
+`run_tritonserver` starts it on free loopback ports. `kubeforge.testing.triton_pod` runs the
+containers of the operator's Triton pod spec on top of it.
 """
 
 from __future__ import annotations
@@ -46,9 +46,6 @@ LOOPBACK = "127.0.0.1"
 PORT_FLAGS = {"http": "--http-port", "grpc": "--grpc-port", "metrics": "--metrics-port"}
 DEFAULT_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
 ADDRESS_FLAGS = ("--http-address", "--grpc-address", "--metrics-address")
-# Where the Triton image keeps its backends and caches (tritonserver's defaults).
-CONTAINER_BACKEND_DIR = "/opt/tritonserver/backends"
-CONTAINER_CACHE_DIR = "/opt/tritonserver/caches"
 
 Wait = Literal["live", "ready"] | None
 
@@ -202,61 +199,9 @@ def flag_value(args: Sequence[str], flag: str) -> str | None:
     return value
 
 
-def _with_defaults(args: Sequence[str], defaults: Mapping[str, str]) -> list[str]:
+def with_defaults(args: Sequence[str], defaults: Mapping[str, str]) -> list[str]:
     """args with `--flag=value` appended for every flag of defaults that args do not set."""
     return [*args, *(f"{flag}={value}" for flag, value in defaults.items() if flag_value(args, flag) is None)]
-
-
-def _rewrite_path(value: str, paths: Mapping[str, str]) -> str:
-    # longest prefix first, so /models/extra wins over /models
-    for prefix in sorted(paths, key=len, reverse=True):
-        if value == prefix or value.startswith(prefix.rstrip("/") + "/"):
-            return str(paths[prefix]) + value[len(prefix.rstrip("/")) :]
-    return value
-
-
-def _rewrite_value(
-    flag: str | None, value: str, paths: Mapping[str, str], ports: Mapping[int, int], host: str
-) -> str:
-    if flag in ADDRESS_FLAGS:
-        return host
-    if flag is not None and flag.endswith("-port") and value.isdigit():
-        return str(ports.get(int(value), int(value)))
-    return _rewrite_path(value, paths)
-
-
-def localize_container_command(
-    command: Sequence[str] | None,
-    args: Sequence[str] | None = None,
-    *,
-    paths: Mapping[str, str | os.PathLike[str]] | None = None,
-    ports: Mapping[int, int] | None = None,
-    host: str = LOOPBACK,
-) -> list[str]:
-    """A container's tritonserver command line as local tritonserver arguments (without the binary).
-
-    `command`/`args` are the container's (Kubernetes runs `args` alone when `command` is unset).
-    Path values under a key of `paths` move to its value (`/models` -> a temporary folder),
-    `--*-port` values found in `ports` are renumbered, and `--*-address` values become `host`.
-    """
-    argv = [*(command or ()), *(args or ())]
-    if not argv or Path(argv[0]).name != "tritonserver":
-        raise ValueError(f"not a tritonserver command line: {argv!r}")
-    path_map = {k: os.fspath(v) for k, v in (paths or {}).items()}
-    out: list[str] = []
-    pending: str | None = None  # a flag whose value is the next argument
-    for arg in argv[1:]:
-        if arg.startswith("--") and "=" in arg:
-            flag, value = arg.split("=", 1)
-            out.append(f"{flag}={_rewrite_value(flag, value, path_map, ports or {}, host)}")
-            pending = None
-        elif arg.startswith("--"):
-            out.append(arg)
-            pending = arg
-        else:
-            out.append(_rewrite_value(pending, arg, path_map, ports or {}, host))
-            pending = None
-    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -391,7 +336,7 @@ def tritonserver_args(
     defaults = {"--backend-directory": str(install.backend_dir), "--cache-directory": str(install.cache_dir)}
     defaults |= {flag: str(free_port(host)) for flag in PORT_FLAGS.values()}
     defaults |= dict.fromkeys(ADDRESS_FLAGS, host)
-    return _with_defaults(args, defaults)
+    return with_defaults(args, defaults)
 
 
 @contextmanager
@@ -456,88 +401,3 @@ def _start_with_retries(
                 raise
             log.warning("tritonserver found a port taken; retrying with other ports")
     raise AssertionError("unreachable")
-
-
-def _container_env(container: Mapping[str, Any], paths: Mapping[str, str]) -> dict[str, str]:
-    env = {}
-    for entry in container.get("env") or ():
-        if "value" in entry:
-            env[entry["name"]] = _rewrite_path(str(entry["value"]), paths)
-        else:
-            log.warning(
-                "env %s comes from a valueFrom source, which a local run cannot resolve", entry["name"]
-            )
-    return env
-
-
-def _rewrite_arg(arg: str, paths: Mapping[str, str]) -> str:
-    if arg.startswith("--") and "=" in arg:
-        flag, value = arg.split("=", 1)
-        return f"{flag}={_rewrite_path(value, paths)}"
-    return _rewrite_path(arg, paths)
-
-
-def run_init_container(
-    container: Mapping[str, Any],
-    *,
-    paths: Mapping[str, str | os.PathLike[str]],
-    env: Mapping[str, str] | None = None,
-    timeout: float = 300.0,
-) -> subprocess.CompletedProcess[str]:
-    """Run the model-repository init container spec (`kubeforge assemble-repository ...`) with this Python.
-
-    Its paths (`/models`, `/mnt/pvc/<claim>`) move as `paths` says; its env is kept (valueFrom
-    entries, which need the API server, are left out: pass them in `env`). Returns the finished
-    process with its output; the caller checks the exit code.
-    """
-    argv = [*(container.get("command") or ()), *(container.get("args") or ())]
-    if not argv or Path(argv[0]).name != "kubeforge":
-        raise ValueError(f"not a kubeforge command line: {argv!r}")
-    path_map = {k: os.fspath(v) for k, v in paths.items()}
-    local = [sys.executable, "-m", "kubeforge", *(_rewrite_arg(a, path_map) for a in argv[1:])]
-    full_env = dict(os.environ) | _container_env(container, path_map) | dict(env or {})
-    return subprocess.run(local, env=full_env, capture_output=True, text=True, timeout=timeout, check=False)
-
-
-@contextmanager
-def run_triton_container(
-    container: Mapping[str, Any],
-    *,
-    paths: Mapping[str, str | os.PathLike[str]],
-    env: Mapping[str, str] | None = None,
-    install: TritonInstall | None = None,
-    **kwargs: Any,
-) -> Iterator[TritonServer]:
-    """Run a Kubernetes container spec (as the Deployment builder produces it) as a local tritonserver.
-
-    `paths` maps container paths to local ones (e.g. `{"/models": repo}`); the Triton image's
-    backend and cache folders map to the local install's. Every port the container declares, or
-    sets with a `--*-port` flag, and Triton's defaults 8000-8002, get free local ports:
-    `server.port_map` says which. Other keyword arguments go to `run_tritonserver`.
-    """
-    install = install or find_tritonserver()
-    path_map = {
-        CONTAINER_BACKEND_DIR: str(install.backend_dir),
-        CONTAINER_CACHE_DIR: str(install.cache_dir),
-        **{k: os.fspath(v) for k, v in paths.items()},
-    }
-    argv = [*(container.get("command") or ()), *(container.get("args") or ())]
-    declared = {int(p["containerPort"]) for p in container.get("ports") or ()} | set(DEFAULT_PORTS.values())
-    declared |= {
-        int(v) for f in PORT_FLAGS.values() if (v := flag_value(argv, f)) is not None and v.isdigit()
-    }
-    port_map = {port: free_port() for port in sorted(declared)}
-    args = localize_container_command(
-        container.get("command"), container.get("args"), paths=path_map, ports=port_map
-    )
-    # the container's defaults (8000-8002) when it sets no port flag, renumbered like the rest
-    args = _with_defaults(
-        args, {flag: str(port_map[DEFAULT_PORTS[kind]]) for kind, flag in PORT_FLAGS.items()}
-    )
-    full_env = _container_env(container, path_map) | dict(env or {})
-    with run_tritonserver(args, env=full_env, install=install, **kwargs) as server:
-        server.port_map = port_map
-        server.named_ports = {
-            p["name"]: int(p["containerPort"]) for p in container.get("ports") or () if "name" in p
-        }
-        yield server
