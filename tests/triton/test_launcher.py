@@ -120,6 +120,7 @@ def test_find_tritonserver_prepares_the_backend_directory_once(
     assert stub.stat().st_mtime_ns == mtime
     assert install.python_bin_dir == Path(sys.executable).parent
     assert not any("lib-dynload" in p for p in install.python_paths)  # the stub brings its own stdlib
+    assert any((Path(p) / "numpy").is_dir() for p in install.python_paths)  # ... but not our packages
 
 
 @pytest.mark.triton

@@ -146,7 +146,12 @@ def _python_paths() -> tuple[str, ...]:
 
     def is_stdlib(entry: str) -> bool:
         real = os.path.realpath(entry)
-        return entry.endswith(".zip") or any(real == s or real.startswith(s + os.sep) for s in stdlib)
+        if entry.endswith(".zip") or real in stdlib:
+            return True
+        # lib-dynload is under the standard library; a venv's site-packages is under "platstdlib" too
+        parts = Path(real).parts
+        site = "site-packages" in parts or "dist-packages" in parts
+        return not site and any(real.startswith(s + os.sep) for s in stdlib)
 
     kept = [p for p in sys.path if p and Path(p).is_dir() and not is_stdlib(p)]
     return tuple(dict.fromkeys(kept))
