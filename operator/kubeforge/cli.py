@@ -40,12 +40,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
     )
 
 
-def _cmd_assemble(args: argparse.Namespace) -> int:
-    from kubeforge.triton.repository import main as assemble_main
-
-    return assemble_main(args.rest)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kubeforge", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -66,16 +60,19 @@ def build_parser() -> argparse.ArgumentParser:
     version = sub.add_parser("version", help="print the version")
     version.set_defaults(func=_cmd_version)
 
-    assemble = sub.add_parser(
-        "assemble-repository", help="(init container) lay out a Triton model repository", add_help=False
-    )
-    assemble.add_argument("rest", nargs=argparse.REMAINDER)
-    assemble.set_defaults(func=_cmd_assemble)
+    # handled before parsing (main); listed here so that --help shows it
+    sub.add_parser("assemble-repository", help="(init container) lay out a Triton model repository")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["assemble-repository"]:
+        # argparse's REMAINDER refuses a first argument that starts with `--`: hand over untouched
+        from kubeforge.triton.repository import main as assemble_main
+
+        return assemble_main(argv[1:])
     args = build_parser().parse_args(argv)
     return int(args.func(args))
 

@@ -203,8 +203,8 @@ class StorageCredentials(ApiModel):
         max_length=253,
         description=(
             "Secret in the same namespace. For s3:// its keys AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY "
-            "(and optionally AWS_DEFAULT_REGION, AWS_SESSION_TOKEN) become the server's environment; for gs:// "
-            "its key gcs-credentials.json is mounted as GOOGLE_APPLICATION_CREDENTIALS."
+            "(and optionally AWS_SESSION_TOKEN, AWS_DEFAULT_REGION, AWS_ENDPOINT_URL) are given to the "
+            "model-repository init container; for gs:// the same two keys hold a GCS HMAC key (XML API)."
         ),
     )
 

@@ -1,0 +1,1 @@
+"""Benchmarks of the operator against the local real control plane (`make bench`)."""
