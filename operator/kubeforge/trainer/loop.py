@@ -45,7 +45,6 @@ class TrainResult:
     model: nn.Module  # the unwrapped model, on the training device
     example: torch.Tensor  # a small batch of real inputs, for tracing the export
     step: int
-    total_steps: int
     loss: float | None
     preempted: bool
     progress: ProgressReporter
@@ -62,7 +61,8 @@ def _resume_point(config: TrainerConfig, ctx: DistContext) -> CheckpointState | 
     """Rank 0 picks the newest complete checkpoint and every rank loads that same file.
 
     Deciding once and broadcasting keeps the ranks together even when the shared volume shows them
-    different directory listings (NFS attribute caches) or a file fails to load on one of them.
+    different directory listings (NFS attribute caches). Every worker must see the checkpoint
+    directory (the TrainingJob's checkpoint volume is mounted in each of them).
     """
     if config.checkpoint_dir is None:
         return None
@@ -167,7 +167,8 @@ class Trainer:
     def _loader(self) -> DataLoader[tuple[torch.Tensor, ...]]:
         epoch, done_in_epoch = divmod(self.step, self.steps_per_epoch)
         self.sampler.set_position(epoch, done_in_epoch * self.config.batch_size)
-        # its own generator: DataLoader draws a base seed per iterator, which must not move the global RNG
+        # its own generator: DataLoader draws a base seed per iterator, which must not move the global RNG;
+        # no worker processes, the synthetic dataset is already in memory
         return DataLoader(
             self.dataset,
             batch_size=self.config.batch_size,
@@ -184,8 +185,10 @@ class Trainer:
         return loss
 
     def _checkpoint(self) -> None:
+        if self.config.checkpoint_dir is None:  # the same config on every rank: all skip the collective
+            return
         rng_states = _gather_rng_states(self.ctx)
-        if not self.ctx.is_main or self.config.checkpoint_dir is None:
+        if not self.ctx.is_main:
             return
         epoch, done_in_epoch = divmod(self.step, self.steps_per_epoch)
         state: CheckpointState = {
@@ -228,7 +231,6 @@ class Trainer:
             model=self.model,
             example=self.dataset.tensors[0][:2],
             step=self.step,
-            total_steps=self.total_steps,
             loss=self.loss,
             preempted=preempted,
             progress=self.progress,
