@@ -121,13 +121,14 @@ class Cluster:
         unknown = set(self.extra_args) - set(COMPONENTS)
         if unknown:
             raise ValueError(f"extra_args for unknown components: {sorted(unknown)}")
-        # The absolute state directory occurs in every component's command line.
+        # Every component's command line names a file under the state directory (the trailing
+        # separator keeps /x/run-1 from matching /x/run-10).
         self.processes = {
             name: ManagedProcess(
                 name=name,
                 pid_file=self.state_dir / "run" / f"{name}.pid",
                 log_file=self.state_dir / "logs" / f"{name}.log",
-                marker=str(self.state_dir),
+                marker=f"{self.state_dir}{os.sep}",
             )
             for name in COMPONENTS
         }
@@ -179,8 +180,19 @@ class Cluster:
         scheduler are healthy, every simulated node is Ready without not-ready
         taints, and the `default` ServiceAccount exists (pods can be created).
         """
-        started = time.monotonic()
         bin_dir = self._bin_dir or ensure_binaries()
+        try:
+            return self._start_all(bin_dir, timeout)
+        except ClusterError as error:
+            # A port chosen free can be taken before the component binds it (another cluster
+            # starting at the same moment); a second try picks new ones.
+            if "address already in use" not in str(error):
+                raise
+            log.warning("a port was taken while starting; starting again with new ports")
+            return self._start_all(bin_dir, timeout)
+
+    def _start_all(self, bin_dir: Path, timeout: float) -> Cluster:
+        started = time.monotonic()
         self.stop()
         for name in _OWNED:
             path = self.state_dir / name

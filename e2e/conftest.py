@@ -169,7 +169,7 @@ def kube(cluster: Cluster) -> Iterator[Any]:
     """An official `kubernetes` client ApiClient for the cluster (admin)."""
     from kubernetes import config
 
-    api_client = config.new_client_from_config(config_file=str(cluster.kubeconfig))
+    api_client = config.new_client_from_config(config_file=str(cluster.kubeconfig))  # type: ignore[no-untyped-call]
     yield api_client
     api_client.close()
 
