@@ -44,7 +44,7 @@ def test_hpa_targets_the_model_deployment_scale(md: ModelDeployment) -> None:
             "type": "Pods",
             "pods": {
                 "metric": {"name": "triton_queue_time_per_request_microseconds"},
-                "target": {"type": "AverageValue", "averageValue": "50000"},
+                "target": {"type": "AverageValue", "averageValue": "50k"},
             },
         },
         {

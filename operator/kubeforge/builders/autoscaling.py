@@ -14,6 +14,7 @@ from typing import Any
 from kubeforge import API_VERSION
 from kubeforge.api.modeldeployment import Autoscaling, AutoscalingEngine, ModelDeployment
 from kubeforge.builders.meta import Object, object_meta, owner_reference
+from kubeforge.builders.quantity import canonical_quantity
 from kubeforge.builders.modeldeployment import KIND, labels
 from kubeforge.settings import Settings
 
@@ -133,7 +134,7 @@ def build_hpa(md: ModelDeployment) -> Object | None:
                     "type": "Pods",
                     "pods": {
                         "metric": {"name": metric.name},
-                        "target": {"type": "AverageValue", "averageValue": str(target)},
+                        "target": {"type": "AverageValue", "averageValue": canonical_quantity(target)},
                     },
                 }
             )

@@ -6,6 +6,7 @@ from typing import Any
 
 from kubeforge.api.base import Quantity
 from kubeforge.api.common import GPU, EnvVar, Placement, Resources
+from kubeforge.builders.quantity import canonical_quantity
 
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 GPU_TAINT_KEY = "nvidia.com/gpu"
@@ -14,9 +15,9 @@ GPU_TAINT_KEY = "nvidia.com/gpu"
 NON_ROOT_UID = 1000
 
 
-def quantity(value: Quantity) -> str | int:
+def quantity(value: Quantity) -> str:
     """Quantities as the API server stores them, so a semantic comparison with the live object holds."""
-    return value if isinstance(value, int) else str(value)
+    return canonical_quantity(value)
 
 
 def container_resources(resources: Resources | None, gpu: GPU | None) -> dict[str, Any]:
