@@ -22,7 +22,8 @@ def reference_run(tmp_path_factory: pytest.TempPathFactory) -> ReferenceRun:
         "--checkpoint-dir", str(checkpoint_dir),
         "--output-uri", str(repository),
         "--model-name", MODEL_NAME,
+        "--termination-log", str(root / "termination-log"),
     ]  # fmt: skip
     result = run(torchrun_argv(2, args), root / "train.log")
     assert result.returncode == 0, result.output
-    return ReferenceRun(result, checkpoint_dir, repository)
+    return ReferenceRun(result, checkpoint_dir, repository, root / "termination-log")

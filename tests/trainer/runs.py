@@ -59,6 +59,7 @@ class ReferenceRun:
     run: Run
     checkpoint_dir: Path
     repository: Path
+    termination_log: Path
 
     @property
     def model_dir(self) -> Path:

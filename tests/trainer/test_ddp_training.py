@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import statistics
 
 import pytest
@@ -46,6 +47,13 @@ def test_progress_reports_success_and_last_checkpoint(reference_run: ReferenceRu
     assert checkpoint["path"] == str(reference_run.checkpoint_dir / "ckpt-00000040.pt")
     assert checkpoint["time"].endswith("Z")
     assert progress["output"] == {"uri": str(reference_run.repository), "path": str(reference_run.model_dir)}
+
+
+def test_termination_message_holds_the_same_progress(reference_run: ReferenceRun) -> None:
+    # what the kubelet copies into the pod's status for the operator, which cannot read the volume
+    text = reference_run.termination_log.read_text()
+    assert len(text.splitlines()) == 1 and len(text.encode()) < 4096  # the kubelet keeps at most 4 KiB
+    assert json.loads(text) == read_progress(reference_run.checkpoint_dir)
 
 
 def test_keeps_the_last_k_checkpoints(reference_run: ReferenceRun) -> None:

@@ -17,6 +17,7 @@ ENV = {
     "KUBEFORGE_MODEL_NAME": "from-env",
     "KUBEFORGE_EXPORT_FORMAT": "pytorch",
     "KUBEFORGE_PVC_ROOT": "/mnt/volumes",
+    "KUBEFORGE_TERMINATION_LOG": "/tmp/termination-log",
 }
 
 
@@ -27,6 +28,7 @@ def test_environment_fills_what_flags_leave_unset() -> None:
     assert config.model_name == "from-env"
     assert config.export_format == "pytorch"
     assert config.pvc_root == Path("/mnt/volumes")
+    assert config.termination_log == Path("/tmp/termination-log")
     assert (config.steps, config.epochs) == (None, DEFAULT_EPOCHS)
 
 
@@ -41,7 +43,8 @@ def test_flags_win_over_the_environment() -> None:
         "--export-format",
         "python",
     ]
-    config = parse_args([*argv, "--steps", "5"], ENV)
+    config = parse_args([*argv, "--steps", "5", "--termination-log", "/dev/null"], ENV)
+    assert config.termination_log == Path("/dev/null")
     assert (config.checkpoint_dir, config.output_uri, config.model_name) == (
         Path("/elsewhere"),
         "/repo",

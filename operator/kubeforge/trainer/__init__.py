@@ -30,6 +30,7 @@ Environment variables (a flag of the same meaning wins over its variable):
 ``KUBEFORGE_MODEL_NAME``       ``--model-name``: model name in that repository
 ``KUBEFORGE_EXPORT_FORMAT``    ``--export-format``: ``python`` (default) or ``pytorch``
 ``KUBEFORGE_PVC_ROOT``         where ``pvc://<claim>/`` is mounted (default ``/mnt/pvc``)
+``KUBEFORGE_TERMINATION_LOG``  ``--termination-log``: progress copy (``/dev/termination-log``)
 =============================  =========================================================
 
 Exit codes: 0 when training finished (and the model was exported), 2 for bad arguments,

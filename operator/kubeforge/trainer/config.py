@@ -20,6 +20,9 @@ ENV_OUTPUT_URI = "KUBEFORGE_OUTPUT_URI"
 ENV_MODEL_NAME = "KUBEFORGE_MODEL_NAME"
 ENV_EXPORT_FORMAT = "KUBEFORGE_EXPORT_FORMAT"
 ENV_PVC_ROOT = "KUBEFORGE_PVC_ROOT"
+ENV_TERMINATION_LOG = "KUBEFORGE_TERMINATION_LOG"
+# Kubernetes' default terminationMessagePath; the kubelet creates it in every container
+KUBERNETES_TERMINATION_LOG = Path("/dev/termination-log")
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,7 @@ class TrainerConfig:
     export_format: ExportFormat = "python"
     max_batch_size: int = 64
     pvc_root: Path = Path(DEFAULT_PVC_ROOT)
+    termination_log: Path | None = None
     sleep_per_step: float = 0.0
 
 
@@ -62,6 +66,14 @@ def _non_negative_float(text: str) -> float:
 
 def _export_format(value: str) -> ExportFormat | None:
     return next((fmt for fmt in EXPORT_FORMATS if fmt == value), None)
+
+
+def _termination_log(flag: Path | None, env: Mapping[str, str]) -> Path | None:
+    if flag is not None:
+        return flag
+    if env.get(ENV_TERMINATION_LOG):
+        return Path(env[ENV_TERMINATION_LOG])
+    return KUBERNETES_TERMINATION_LOG if KUBERNETES_TERMINATION_LOG.is_file() else None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,6 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--max-batch-size", type=_positive_int, default=64, help="max_batch_size of the exported config.pbtxt"
+    )
+    parser.add_argument(
+        "--termination-log",
+        type=Path,
+        help=f"also write progress here (env {ENV_TERMINATION_LOG}; default {KUBERNETES_TERMINATION_LOG} "
+        "when it exists)",
     )
     parser.add_argument(
         "--sleep-per-step",
@@ -151,5 +169,6 @@ def parse_args(argv: Sequence[str] | None = None, environ: Mapping[str, str] | N
         export_format=export_format,
         max_batch_size=args.max_batch_size,
         pvc_root=Path(env.get(ENV_PVC_ROOT) or DEFAULT_PVC_ROOT),
+        termination_log=_termination_log(args.termination_log, env),
         sleep_per_step=args.sleep_per_step,
     )

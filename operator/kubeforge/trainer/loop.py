@@ -118,7 +118,11 @@ class Trainer:
                 f"of {config.batch_size}; lower --batch-size or raise --dataset-size"
             )
         self.total_steps = total_steps_for(config, self.steps_per_epoch)
-        self.progress = ProgressReporter(config.checkpoint_dir if ctx.is_main else None, self.total_steps)
+        self.progress = ProgressReporter(
+            config.checkpoint_dir if ctx.is_main else None,
+            self.total_steps,
+            config.termination_log if ctx.is_main else None,
+        )
         self.step = 0
         self.loss: float | None = None
 

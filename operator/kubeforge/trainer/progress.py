@@ -24,6 +24,11 @@ checkpoint, and when training ends, so a reader never sees a partial document. I
 
 ``checkpoint`` mirrors ``status.lastCheckpoint`` of the TrainingJob API; ``output.uri`` is what the
 operator hands to the ModelDeployment it creates.
+
+The operator cannot read the checkpoint volume, so rank 0 also copies each document (compact, one
+line) to the container's termination message file (``--termination-log``, env
+``KUBEFORGE_TERMINATION_LOG``, default ``/dev/termination-log`` when the kubelet provides it): after
+the worker exits, the last progress is in its pod's ``status.containerStatuses[].state.terminated.message``.
 """
 
 from __future__ import annotations
@@ -66,8 +71,9 @@ class OutputRecord:
 class ProgressReporter:
     """Writes progress.json into a directory; a reporter without a directory does nothing."""
 
-    def __init__(self, directory: Path | None, total_steps: int) -> None:
+    def __init__(self, directory: Path | None, total_steps: int, termination_log: Path | None = None) -> None:
         self.path = directory / PROGRESS_FILE if directory is not None else None
+        self.termination_log = termination_log
         self.total_steps = total_steps
         self.checkpoint: CheckpointRecord | None = None
 
@@ -82,8 +88,8 @@ class ProgressReporter:
         state: TrainingState = "running",
         output: OutputRecord | None = None,
     ) -> None:
-        """Replace progress.json with the current state."""
-        if self.path is None:
+        """Replace progress.json (and the termination message) with the current state."""
+        if self.path is None and self.termination_log is None:
             return
         document: dict[str, Any] = {
             "state": state,
@@ -94,8 +100,13 @@ class ProgressReporter:
             "checkpoint": asdict(self.checkpoint) if self.checkpoint else None,
             "output": asdict(output) if output else None,
         }
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(self.path, (json.dumps(document, indent=2) + "\n").encode())
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(self.path, (json.dumps(document, indent=2) + "\n").encode())
+        if self.termination_log is not None:
+            # overwritten in place: the kubelet bind-mounts this one file, so there is no sibling to
+            # rename from, and it reads it only once the container has exited
+            self.termination_log.write_text(json.dumps(document, separators=(",", ":")) + "\n")
 
 
 def read_progress(directory: Path) -> dict[str, Any] | None:
