@@ -1,0 +1,116 @@
+{{/* Names, labels, images and the operator's RBAC rules, shared by the templates. */}}
+
+{{- define "kubeforge.name" -}}
+{{- .Chart.Name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* The release's full name: the release name when it already contains the chart name. */}}
+{{- define "kubeforge.fullname" -}}
+{{- if contains .Chart.Name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+
+{{- define "kubeforge.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Selector labels: stable for the release's life (a Deployment's selector is immutable). */}}
+{{- define "kubeforge.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "kubeforge.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+{{- end }}
+
+{{/* The recommended labels (https://kubernetes.io/docs/concepts/overview/working-with-objects/common-labels/). */}}
+{{- define "kubeforge.labels" -}}
+helm.sh/chart: {{ include "kubeforge.chart" . }}
+{{ include "kubeforge.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/part-of: kubeforge
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "kubeforge.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "kubeforge.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* repository@digest, or repository:tag (tag defaults to the appVersion). */}}
+{{- define "kubeforge.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{- define "kubeforge.helperImage" -}}
+{{- default (include "kubeforge.image" .) .Values.helperImage }}
+{{- end }}
+
+{{/*
+What the operator does through the API, verb by verb (operator/kubeforge/k8s/client.py: reads, list+watch,
+server-side apply = PATCH, which creates an absent object and so needs `create` too; merge patches of
+the status subresource; DELETE of children no longer wanted; POST of Events). No Secrets, no wildcards.
+*/}}
+{{- define "kubeforge.rbacRules" -}}
+# Our two kinds: cached and watched.
+- apiGroups: ["kubeforge.io"]
+  resources: ["modeldeployments", "trainingjobs"]
+  verbs: ["get", "list", "watch"]
+# The train -> serve hand-off applies the ModelDeployment that serves a trained model.
+- apiGroups: ["kubeforge.io"]
+  resources: ["modeldeployments"]
+  verbs: ["create", "patch"]
+# Status is ours (the spec is the user's: never written).
+- apiGroups: ["kubeforge.io"]
+  resources: ["modeldeployments/status", "trainingjobs/status"]
+  verbs: ["get", "patch", "update"]
+# Children carry an owner reference with blockOwnerDeletion: true; where the
+# OwnerReferencesPermissionEnforcement admission plugin is on (e.g. OpenShift), setting it needs
+# `update` on the owner's finalizers subresource. The operator adds no finalizers.
+- apiGroups: ["kubeforge.io"]
+  resources: ["modeldeployments/finalizers", "trainingjobs/finalizers"]
+  verbs: ["update"]
+# The children: applied (PATCH, may create), watched, deleted when no longer wanted.
+- apiGroups: ["apps"]
+  resources: ["deployments"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+- apiGroups: [""]
+  resources: ["services"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+- apiGroups: ["policy"]
+  resources: ["poddisruptionbudgets"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+- apiGroups: ["autoscaling"]
+  resources: ["horizontalpodautoscalers"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+- apiGroups: ["batch"]
+  resources: ["jobs"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# Pods are only observed (readiness, exit codes, scheduling problems); their Jobs/Deployments own them.
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+{{- if .Values.rbac.keda }}
+# KEDA ScaledObjects (rbac.keda): autoscaling from zero, only where keda.sh is served.
+- apiGroups: ["keda.sh"]
+  resources: ["scaledobjects"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+{{- end }}
+{{- if .Values.rbac.prometheusOperator }}
+# Prometheus-operator ServiceMonitors (rbac.prometheusOperator), only where monitoring.coreos.com is served.
+- apiGroups: ["monitoring.coreos.com"]
+  resources: ["servicemonitors"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+{{- end }}
+{{- end }}
