@@ -1,0 +1,154 @@
+"""The chart's RBAC grants exactly what the operator uses: no Secrets, no wildcards, namespaced when asked."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import pytest
+from e2e.chart_support import Helm, Manifest, of_kind, one
+
+from kubeforge.k8s import resources as r
+from tests.chart.conftest import VALUE_SETS
+
+WRITE = frozenset({"get", "list", "watch", "create", "patch", "delete"})
+READ = frozenset({"get", "list", "watch"})
+
+# What the operator does with each resource it knows (kubeforge.k8s.resources), by (group, plural).
+OPERATOR_USES: dict[r.Resource, frozenset[str]] = {
+    r.MODEL_DEPLOYMENT: READ | {"create", "patch"},  # train -> serve hand-off: server-side apply
+    r.TRAINING_JOB: READ,
+    r.DEPLOYMENT: WRITE,
+    r.SERVICE: WRITE,
+    r.POD: READ,
+    r.EVENT: frozenset({"create", "patch"}),
+    r.JOB: WRITE,
+    r.PDB: WRITE,
+    r.HPA: WRITE,
+    r.SCALED_OBJECT: WRITE,  # rbac.keda
+    r.SERVICE_MONITOR: WRITE,  # rbac.prometheusOperator
+}
+SUBRESOURCES: dict[tuple[str, str], frozenset[str]] = {
+    ("kubeforge.io", "modeldeployments/status"): frozenset({"get", "patch", "update"}),
+    ("kubeforge.io", "trainingjobs/status"): frozenset({"get", "patch", "update"}),
+    # blockOwnerDeletion on the children's owner references (OwnerReferencesPermissionEnforcement)
+    ("kubeforge.io", "modeldeployments/finalizers"): frozenset({"update"}),
+    ("kubeforge.io", "trainingjobs/finalizers"): frozenset({"update"}),
+}
+# kopf's resource observer, cluster-wide only.
+KOPF_CLUSTER_WIDE = {("apiextensions.k8s.io", "customresourcedefinitions"): READ}
+
+
+def _grants(rules: list[dict[str, Any]]) -> dict[tuple[str, str], set[str]]:
+    grants: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for rule in rules:
+        assert not rule.get("resourceNames") and not rule.get("nonResourceURLs"), rule
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                grants[(group, resource)] |= set(rule["verbs"])
+    return dict(grants)
+
+
+def _expected(keda: bool = True, monitoring: bool = True) -> dict[tuple[str, str], set[str]]:
+    expected = {(res.group, res.plural): set(verbs) for res, verbs in OPERATOR_USES.items()}
+    expected |= {key: set(verbs) for key, verbs in SUBRESOURCES.items()}
+    if not keda:
+        del expected[(r.SCALED_OBJECT.group, r.SCALED_OBJECT.plural)]
+    if not monitoring:
+        del expected[(r.SERVICE_MONITOR.group, r.SERVICE_MONITOR.plural)]
+    return expected
+
+
+def _all_rules(manifests: list[Manifest]) -> list[dict[str, Any]]:
+    return [rule for m in manifests if m["kind"] in ("Role", "ClusterRole") for rule in m["rules"]]
+
+
+def test_every_resource_the_operator_knows_is_accounted_for() -> None:
+    known = {v for v in vars(r).values() if isinstance(v, r.Resource)}
+    assert known == set(OPERATOR_USES), (
+        "a resource was added to kubeforge.k8s.resources: grant it in the chart"
+    )
+
+
+def test_cluster_scope_grants_exactly_what_the_operator_uses(rendered: dict[str, list[Manifest]]) -> None:
+    manifests = rendered["default"]
+    role = one(manifests, "ClusterRole")
+    assert _grants(role["rules"]) == _expected() | {k: set(v) for k, v in KOPF_CLUSTER_WIDE.items()}
+    binding = one(manifests, "ClusterRoleBinding")
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "ClusterRole",
+        "name": "kubeforge",
+    }
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "kubeforge", "namespace": "kubeforge-system"}
+    ]
+    assert not of_kind(manifests, "Role") and not of_kind(manifests, "RoleBinding")
+
+
+def test_namespaced_mode_has_no_cluster_wide_grant(rendered: dict[str, list[Manifest]]) -> None:
+    manifests = rendered["namespaced"]
+    assert not of_kind(manifests, "ClusterRole")
+    assert not of_kind(manifests, "ClusterRoleBinding")
+    roles = {m["metadata"]["namespace"]: m for m in of_kind(manifests, "Role")}
+    bindings = {m["metadata"]["namespace"]: m for m in of_kind(manifests, "RoleBinding")}
+    assert set(roles) == set(bindings) == {"a", "b"}
+    for namespace, role in roles.items():
+        assert _grants(role["rules"]) == _expected(), namespace
+        binding = bindings[namespace]
+        assert binding["roleRef"] == {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "Role",
+            "name": "kubeforge",
+        }
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": "kubeforge", "namespace": "kubeforge-system"}
+        ]
+
+
+@pytest.mark.parametrize(("keda", "monitoring"), [(False, True), (True, False), (False, False)])
+def test_optional_integrations_follow_their_toggles(helm: Helm, keda: bool, monitoring: bool) -> None:
+    for watch in ([], ["a"]):
+        manifests = helm.template(
+            {
+                "watchNamespaces": watch,
+                "rbac": {"create": True, "keda": keda, "prometheusOperator": monitoring},
+            }
+        )
+        grants = _grants(_all_rules(manifests))
+        grants.pop(("apiextensions.k8s.io", "customresourcedefinitions"), None)
+        assert grants == _expected(keda, monitoring)
+
+
+@pytest.mark.parametrize("name", VALUE_SETS)
+def test_no_secrets_and_no_wildcards(rendered: dict[str, list[Manifest]], name: str) -> None:
+    rules = _all_rules(rendered[name])
+    assert rules
+    for rule in rules:
+        for field in ("apiGroups", "resources", "verbs"):
+            assert not any("*" in value for value in rule[field]), rule
+        assert not {"secrets", "configmaps", "serviceaccounts/token"} & set(rule["resources"]), rule
+        # nothing that grants more access: RBAC objects, impersonation, escalation, node or namespace control
+        assert not {"rbac.authorization.k8s.io", "authentication.k8s.io", "certificates.k8s.io"} & set(
+            rule["apiGroups"]
+        ), rule
+        assert not {"escalate", "bind", "impersonate", "deletecollection"} & set(rule["verbs"]), rule
+        assert not {"namespaces", "nodes", "pods/exec", "pods/attach", "pods/portforward"} & set(
+            rule["resources"]
+        ), rule
+
+
+def test_pods_are_only_read(rendered: dict[str, list[Manifest]]) -> None:
+    grants = _grants(_all_rules(rendered["default"]))
+    assert grants[("", "pods")] == READ
+    assert not any(resource.startswith("pods/") for _, resource in grants)
+
+
+def test_rbac_can_be_left_to_the_platform_team(helm: Helm) -> None:
+    for watch in ([], ["a"]):
+        manifests = helm.template(
+            {"watchNamespaces": watch, "rbac": {"create": False, "keda": True, "prometheusOperator": True}}
+        )
+        assert not [
+            m for m in manifests if m["kind"] in ("ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")
+        ]

@@ -1,0 +1,236 @@
+"""The chart lints, renders valid Kubernetes objects, and runs the operator locked down."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+from e2e.chart_support import CHART_DIR, KUBE_VERSION, Helm, Manifest, of_kind, one
+
+from tests.chart.conftest import VALUE_SETS
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _container(manifests: list[Manifest]) -> dict[str, Any]:
+    pod = one(manifests, "Deployment")["spec"]["template"]["spec"]
+    assert [c["name"] for c in pod["containers"]] == ["operator"]
+    container: dict[str, Any] = pod["containers"][0]
+    return container
+
+
+def _env(manifests: list[Manifest]) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in _container(manifests)["env"]}
+
+
+@pytest.mark.parametrize("name", VALUE_SETS)
+def test_lint_strict(helm: Helm, name: str) -> None:
+    result = helm.lint(VALUE_SETS[name])
+    assert "0 chart(s) failed" in result.stdout, result.stdout
+
+
+@pytest.mark.parametrize("name", VALUE_SETS)
+def test_every_manifest_validates_against_the_kubernetes_schema(
+    rendered: dict[str, list[Manifest]], name: str
+) -> None:
+    manifests = rendered[name]
+    assert manifests
+    for manifest in manifests:
+        if manifest["kind"] == "ServiceMonitor":
+            continue  # not a built-in kind: checked by test_service_monitor_scrapes_the_metrics_service
+        try:
+            kubernetes_validate.validate(manifest, KUBE_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as err:
+            pytest.fail(
+                f"{manifest['kind']}/{manifest['metadata']['name']}: {err.message} at {list(err.path)}"
+            )
+
+
+@pytest.mark.parametrize("name", VALUE_SETS)
+def test_names_labels_and_namespace(rendered: dict[str, list[Manifest]], name: str) -> None:
+    for manifest in rendered[name]:
+        meta = manifest["metadata"]
+        labels = meta["labels"]
+        assert labels["app.kubernetes.io/name"] == "kubeforge"
+        assert labels["app.kubernetes.io/instance"] == "kubeforge"
+        assert labels["app.kubernetes.io/managed-by"] == "Helm"
+        assert labels["helm.sh/chart"] == "kubeforge-0.1.0"
+        if manifest["kind"] not in ("ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"):
+            assert meta["namespace"] == "kubeforge-system", manifest["kind"]
+
+
+def test_chart_crds_are_the_generated_crds() -> None:
+    chart_crds = sorted(p.name for p in (CHART_DIR / "crds").iterdir())
+    assert chart_crds == sorted(p.name for p in (ROOT / "crds").iterdir())
+    for name in chart_crds:
+        assert (CHART_DIR / "crds" / name).read_bytes() == (ROOT / "crds" / name).read_bytes(), (
+            f"charts/kubeforge/crds/{name} differs from crds/{name}: run `make manifests`"
+        )
+
+
+def test_crds_are_installed_with_the_chart(helm: Helm) -> None:
+    manifests = helm.template(include_crds=True)
+    names = {m["metadata"]["name"] for m in of_kind(manifests, "CustomResourceDefinition")}
+    assert names == {"modeldeployments.kubeforge.io", "trainingjobs.kubeforge.io"}
+
+
+def test_chart_metadata() -> None:
+    chart = yaml.safe_load((CHART_DIR / "Chart.yaml").read_text())
+    assert chart["apiVersion"] == "v2"
+    assert chart["kubeVersion"] == ">=1.29.0-0"
+    assert chart["appVersion"] == "0.1.0"
+
+
+def test_kube_version_below_the_minimum_is_refused(helm: Helm) -> None:
+    result = helm("template", "x", str(CHART_DIR), "--kube-version", "1.28.9", check=False)
+    assert result.returncode != 0
+    assert "kubeVersion" in result.stderr
+
+
+@pytest.mark.parametrize("name", VALUE_SETS)
+def test_operator_pod_is_locked_down(rendered: dict[str, list[Manifest]], name: str) -> None:
+    deployment = one(rendered[name], "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    container = _container(rendered[name])
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] >= 10000
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    security = container["securityContext"]
+    assert security["runAsNonRoot"] is True
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"] == {"drop": ["ALL"]}
+    assert security["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert "privileged" not in security or security["privileged"] is False
+    # the one writable path
+    assert container["volumeMounts"] == [{"name": "tmp", "mountPath": "/tmp"}]
+    assert pod["volumes"][0]["name"] == "tmp" and "emptyDir" in pod["volumes"][0]
+    assert pod["automountServiceAccountToken"] is True
+    for key in ("requests", "limits"):
+        assert {"cpu", "memory"} <= set(container["resources"][key]), key
+    assert not pod.get("hostNetwork") and not pod.get("hostPID") and not pod.get("hostIPC")
+
+
+@pytest.mark.parametrize("name", VALUE_SETS)
+def test_operator_runs_standalone_with_liveness_and_metrics(
+    rendered: dict[str, list[Manifest]], name: str
+) -> None:
+    deployment = one(rendered[name], "Deployment")
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    container = _container(rendered[name])
+    args = container["args"]
+    assert args[0] == "run"
+    assert "--liveness=http://0.0.0.0:8080/healthz" in args
+    assert "--metrics-port=8081" in args
+    namespaces = [a.removeprefix("--namespace=") for a in args if a.startswith("--namespace=")]
+    assert namespaces == VALUE_SETS[name].get("watchNamespaces", [])
+    probe = container["livenessProbe"]["httpGet"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert probe["path"] == "/healthz" and ports[probe["port"]] == 8080
+    assert ports["metrics"] == 8081
+    assert "command" not in container  # the image's ENTRYPOINT: kubeforge
+
+
+def test_settings_are_passed_as_environment(rendered: dict[str, list[Manifest]]) -> None:
+    env = _env(rendered["default"])
+    assert env == {
+        "KUBEFORGE_TRITON_IMAGE": "nvcr.io/nvidia/tritonserver:25.10-py3",
+        "KUBEFORGE_HELPER_IMAGE": "ghcr.io/kubeforge/kubeforge-operator:0.1.0",
+        "KUBEFORGE_PROMETHEUS_ADDRESS": "http://prometheus-operated.monitoring.svc:9090",
+        "KUBEFORGE_CLUSTER_DOMAIN": "cluster.local",
+        "KUBEFORGE_MODEL_PROBE": "true",
+    }
+    assert _container(rendered["default"])["image"] == "ghcr.io/kubeforge/kubeforge-operator:0.1.0"
+    ha = _env(rendered["ha"])
+    assert ha["KUBEFORGE_RESYNC_SECONDS"] == "300"
+    assert ha["KUBEFORGE_MODEL_PROBE"] == "false"
+    # pinned by digest: the init container uses the very same image
+    digest = "ghcr.io/kubeforge/kubeforge-operator@sha256:" + "a" * 64
+    assert _container(rendered["ha"])["image"] == digest
+    assert ha["KUBEFORGE_HELPER_IMAGE"] == digest
+
+
+def test_settings_are_read_by_the_operator(helm: Helm) -> None:
+    from kubeforge.settings import Settings
+
+    values = {
+        "tritonImage": "registry.local/triton:1",
+        "helperImage": "registry.local/helper:2",
+        "prometheusAddress": "http://prom.monitoring:9090",
+        "clusterDomain": "example.internal",
+        "resyncSeconds": 12.5,
+        "modelProbe": False,
+    }
+    settings = Settings.from_env(_env(helm.template(values)))
+    assert (settings.triton_image, settings.helper_image) == (
+        "registry.local/triton:1",
+        "registry.local/helper:2",
+    )
+    assert settings.prometheus_address == "http://prom.monitoring:9090"
+    assert settings.cluster_domain == "example.internal"
+    assert settings.resync_seconds == 12.5
+    assert settings.model_probe is False
+
+
+def test_replicas_zero_pauses_the_operator(helm: Helm) -> None:
+    assert one(helm.template({"replicas": 0}), "Deployment")["spec"]["replicas"] == 0
+
+
+def test_service_monitor_scrapes_the_metrics_service(rendered: dict[str, list[Manifest]]) -> None:
+    assert not of_kind(rendered["default"], "ServiceMonitor")
+    manifests = rendered["monitoring"]
+    monitor = one(manifests, "ServiceMonitor")
+    service = one(manifests, "Service")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["metadata"]["labels"]["release"] == "prometheus"
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= service["metadata"]["labels"].items()
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["kubeforge-system"]}
+    assert [e["port"] for e in monitor["spec"]["endpoints"]] == [p["name"] for p in service["spec"]["ports"]]
+    # and the Service reaches the operator pod's metrics port
+    pod_labels = one(manifests, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    assert service["spec"]["ports"][0]["targetPort"] == "metrics"
+
+
+def test_service_monitor_needs_the_service(helm: Helm) -> None:
+    from e2e.chart_support import HelmError
+
+    with pytest.raises(HelmError, match=r"metrics\.service\.enabled"):
+        helm.template({"metrics": {"service": {"enabled": False}, "serviceMonitor": {"enabled": True}}})
+
+
+def test_pod_disruption_budget(rendered: dict[str, list[Manifest]], helm: Helm) -> None:
+    assert not of_kind(rendered["default"], "PodDisruptionBudget")
+    pdb = one(rendered["ha"], "PodDisruptionBudget")
+    # one replica: minAvailable 1 would block every node drain
+    assert pdb["spec"]["maxUnavailable"] == 1 and "minAvailable" not in pdb["spec"]
+    assert pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+    pod_labels = one(rendered["ha"], "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    custom = one(
+        helm.template({"podDisruptionBudget": {"enabled": True, "minAvailable": "50%"}}),
+        "PodDisruptionBudget",
+    )
+    assert custom["spec"]["minAvailable"] == "50%" and "maxUnavailable" not in custom["spec"]
+
+
+def test_existing_service_account(helm: Helm) -> None:
+    manifests = helm.template({"serviceAccount": {"create": False, "name": "platform-operator"}})
+    assert not of_kind(manifests, "ServiceAccount")
+    pod = one(manifests, "Deployment")["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "platform-operator"
+    assert one(manifests, "ClusterRoleBinding")["subjects"][0]["name"] == "platform-operator"
+    from e2e.chart_support import HelmError
+
+    with pytest.raises(HelmError, match=r"serviceAccount\.name is required"):
+        helm.template({"serviceAccount": {"create": False}})
+
+
+def test_service_account_token_is_not_mounted_by_default(rendered: dict[str, list[Manifest]]) -> None:
+    # only the operator pod opts in (test_operator_pod_is_locked_down)
+    assert one(rendered["default"], "ServiceAccount")["automountServiceAccountToken"] is False
