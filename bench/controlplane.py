@@ -17,7 +17,7 @@ from kubeforge.api import ModelDeployment
 from kubeforge.builders.autoscaling import build_hpa
 from kubeforge.builders.modeldeployment import build_service, build_triton_deployment
 from kubeforge.k8s import resources as r
-from kubeforge.k8s.client import Kube
+from kubeforge.k8s.client import ApiError, Kube
 from kubeforge.settings import Settings
 
 
@@ -49,7 +49,13 @@ def tj_body(namespace: str, name: str) -> dict[str, Any]:
 class StatusWatch:
     """Records when each object of a kind first shows status.observedGeneration (its reconcile is done)."""
 
-    def __init__(self, api: k8s_client.ApiClient, plural: str, namespace: str, done: Callable[[dict[str, Any]], bool] | None = None) -> None:
+    def __init__(
+        self,
+        api: k8s_client.ApiClient,
+        plural: str,
+        namespace: str,
+        done: Callable[[dict[str, Any]], bool] | None = None,
+    ) -> None:
         self.seen: dict[str, float] = {}
         self._api = k8s_client.CustomObjectsApi(api)
         self._plural = plural
@@ -63,7 +69,9 @@ class StatusWatch:
 
     def _run(self) -> None:
         w = watch.Watch()
-        rv = self._api.list_namespaced_custom_object("kubeforge.io", "v1alpha1", self._namespace, self._plural)["metadata"]["resourceVersion"]
+        rv = self._api.list_namespaced_custom_object(
+            "kubeforge.io", "v1alpha1", self._namespace, self._plural
+        )["metadata"]["resourceVersion"]
         self._ready.set()
         while not self._stop.is_set():
             for event in w.stream(self._api.list_namespaced_custom_object, "kubeforge.io", "v1alpha1", self._namespace, self._plural,
@@ -94,9 +102,10 @@ class StatusWatch:
 async def ensure_namespace(kube: Kube, name: str) -> None:
     ns = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
     try:
-        await kube._call("create", "POST", "/api/v1/namespaces", body=ns)
-    except Exception:  # noqa: BLE001 - already there is fine
-        pass
+        await kube.create(ns)
+    except ApiError as err:
+        if err.status != 409:  # already there is fine
+            raise
 
 
 async def floor_one(kube: Kube, namespace: str, name: str, settings: Settings) -> float:
@@ -107,11 +116,15 @@ async def floor_one(kube: Kube, namespace: str, name: str, settings: Settings) -
     for child in (build_triton_deployment(md, settings), build_service(md), build_hpa(md)):
         assert child is not None
         await kube.apply(child)
-    await kube.patch_status(r.MODEL_DEPLOYMENT, namespace, name, {"observedGeneration": 1, "phase": "Progressing"})
+    await kube.patch_status(
+        r.MODEL_DEPLOYMENT, namespace, name, {"observedGeneration": 1, "phase": "Progressing"}
+    )
     return time.perf_counter() - start
 
 
-async def latency_vs_floor(kube: Kube, api: k8s_client.ApiClient, count: int, op_ns: str, floor_ns: str) -> dict[str, Any]:
+async def latency_vs_floor(
+    kube: Kube, api: k8s_client.ApiClient, count: int, op_ns: str, floor_ns: str
+) -> dict[str, Any]:
     """Create `count` objects one by one for the operator, and `count` by the bare client, interleaved."""
     await ensure_namespace(kube, op_ns)
     await ensure_namespace(kube, floor_ns)
@@ -152,11 +165,15 @@ async def _create_all(kube: Kube, bodies: list[dict[str, Any]], concurrency: int
     await asyncio.gather(*(worker() for _ in range(concurrency)))
 
 
-async def burst(kube: Kube, api: k8s_client.ApiClient, namespace: str, mds: int, tjs: int, timeout: float) -> dict[str, Any]:
+async def burst(
+    kube: Kube, api: k8s_client.ApiClient, namespace: str, mds: int, tjs: int, timeout: float
+) -> dict[str, Any]:
     """Create `mds` ModelDeployments and `tjs` TrainingJobs at once; time until all are reconciled."""
     await ensure_namespace(kube, namespace)
     md_watch = StatusWatch(api, "modeldeployments", namespace)
-    tj_watch = StatusWatch(api, "trainingjobs", namespace, done=lambda o: (o.get("status") or {}).get("phase") is not None)
+    tj_watch = StatusWatch(
+        api, "trainingjobs", namespace, done=lambda o: (o.get("status") or {}).get("phase") is not None
+    )
     md_names = [f"md-{i}" for i in range(mds)]
     tj_names = [f"tj-{i}" for i in range(tjs)]
     bodies = [md_body(namespace, n) for n in md_names] + [tj_body(namespace, n) for n in tj_names]
@@ -168,19 +185,55 @@ async def burst(kube: Kube, api: k8s_client.ApiClient, namespace: str, mds: int,
     finally:
         md_watch.stop()
         tj_watch.stop()
-    return {"modeldeployments": mds, "trainingjobs": tjs, "create_s": created, "all_reconciled_s": end - start}
+    return {
+        "modeldeployments": mds,
+        "trainingjobs": tjs,
+        "create_s": created,
+        "all_reconciled_s": end - start,
+    }
 
 
-def steady_state(op: OperatorProcess, seconds: float) -> dict[str, Any]:
-    """API writes the operator makes while nothing changes (resyncs keep reconciling everything)."""
+def _writes_by_verb(op: OperatorProcess) -> dict[str, float]:
+    prefix = "kubeforge_api_calls_total"
+    return {
+        k[len(prefix) :]: v
+        for k, v in op.metrics().items()
+        if k.startswith(prefix) and not any(r in k for r in ('"get"', '"list"', '"discovery"'))
+    }
+
+
+def steady_state(
+    op: OperatorProcess, seconds: float, settle_window: float, settle_timeout: float = 120
+) -> dict[str, Any]:
+    """API writes the operator makes while nothing changes (resyncs keep reconciling everything).
+
+    First waits (up to settle_timeout) for a window with no writes at all: pods still starting
+    are real changes that the status must follow.
+    """
+    deadline = time.monotonic() + settle_timeout
+    settled = False
+    while time.monotonic() < deadline:
+        before = op.writes()
+        time.sleep(settle_window)
+        if op.writes() == before:
+            settled = True
+            break
     reconciles = "kubeforge_reconcile_total"
 
     def count() -> float:
         return sum(v for k, v in op.metrics().items() if k.startswith(reconciles))
 
-    before_writes, before_reconciles = op.writes(), count()
+    before_verbs, before_reconciles = _writes_by_verb(op), count()
     time.sleep(seconds)
-    return {"seconds": seconds, "reconciles": count() - before_reconciles, "writes": op.writes() - before_writes}
+    after = _writes_by_verb(op)
+    by_verb = {k: after[k] - before_verbs.get(k, 0) for k in after if after[k] - before_verbs.get(k, 0)}
+    return {
+        "seconds": seconds,
+        "settled_first": settled,
+        "reconciles": count() - before_reconciles,
+        "writes": int(sum(by_verb.values())),
+        "writes_by_verb": by_verb,
+    }
 
 
 def copy_body(body: dict[str, Any]) -> dict[str, Any]:

@@ -47,7 +47,9 @@ def bench_cluster(state: Path) -> Iterator[Cluster]:
         state,
         nodes=bench_nodes(),
         # the defaults (400/200 in flight) throttle a burst of 1,000 creates plus the controllers
-        extra_args={"kube-apiserver": ["--max-requests-inflight=800", "--max-mutating-requests-inflight=400"]},
+        extra_args={
+            "kube-apiserver": ["--max-requests-inflight=800", "--max-mutating-requests-inflight=400"]
+        },
     ).start()
     try:
         kubectl = cluster.kubectl()
@@ -77,7 +79,13 @@ class OperatorProcess:
     def writes(self) -> int:
         reads = ('verb="get"', 'verb="list"', 'verb="discovery"')
         return int(
-            sum(v for k, v in self.metrics().items() if k.startswith("kubeforge_api_calls_total") and not k.endswith(reads) and not any(r in k for r in reads))
+            sum(
+                v
+                for k, v in self.metrics().items()
+                if k.startswith("kubeforge_api_calls_total")
+                and not k.endswith(reads)
+                and not any(r in k for r in reads)
+            )
         )
 
     def rss_mb(self) -> float:
@@ -90,12 +98,25 @@ class OperatorProcess:
 
 
 @contextmanager
-def operator(cluster: Cluster, state: Path, namespaces: tuple[str, ...] = (), resync: float = 600.0) -> Iterator[OperatorProcess]:
+def operator(
+    cluster: Cluster, state: Path, namespaces: tuple[str, ...] = (), resync: float = 600.0
+) -> Iterator[OperatorProcess]:
     liveness, metrics = free_ports(2)
     # the marker must occur in the command line: the liveness URL's free port makes it unique
     marker = f"http://127.0.0.1:{liveness}/healthz"
     process = ManagedProcess("operator", state / "operator.pid", state / "operator.log", marker=marker)
-    args = [sys.executable, "-m", "kubeforge", "run", "--liveness", f"http://127.0.0.1:{liveness}/healthz", "--metrics-port", str(metrics)]
+    args = [
+        sys.executable,
+        "-m",
+        "kubeforge",
+        "run",
+        "--liveness",
+        f"http://127.0.0.1:{liveness}/healthz",
+        "--metrics-port",
+        str(metrics),
+        "--metrics-host",
+        "127.0.0.1",
+    ]
     for ns in namespaces:
         args += ["--namespace", ns]
     env = {
@@ -122,16 +143,33 @@ def operator(cluster: Cluster, state: Path, namespaces: tuple[str, ...] = (), re
 
 
 def kube_client(cluster: Cluster, workers: int = 16) -> Kube:
-    return Kube(load_api_client(pool_size=workers, kubeconfig=str(cluster.kubeconfig)), field_manager="bench", workers=workers)
+    return Kube(
+        load_api_client(pool_size=workers, kubeconfig=str(cluster.kubeconfig)),
+        field_manager="bench",
+        workers=workers,
+    )
 
 
 def machine() -> dict[str, Any]:
-    mem_kb = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal"))
+    mem_kb = next(
+        int(line.split()[1])
+        for line in Path("/proc/meminfo").read_text().splitlines()
+        if line.startswith("MemTotal")
+    )
     versions = {
         "python": platform.python_version(),
-        "kube-apiserver": subprocess.run([str(Path.home() / ".cache/kubeforge/bin/kube-apiserver"), "--version"], capture_output=True, text=True).stdout.strip(),
+        "kube-apiserver": subprocess.run(
+            [str(Path.home() / ".cache/kubeforge/bin/kube-apiserver"), "--version"],
+            capture_output=True,
+            text=True,
+        ).stdout.strip(),
     }
-    return {"cores": os.cpu_count(), "memory_gib": round(mem_kb / 1024 / 1024, 1), "platform": platform.platform(), "versions": versions}
+    return {
+        "cores": os.cpu_count(),
+        "memory_gib": round(mem_kb / 1024 / 1024, 1),
+        "platform": platform.platform(),
+        "versions": versions,
+    }
 
 
 def percentile(values: list[float], p: float) -> float:

@@ -12,8 +12,9 @@ import os
 import subprocess
 from pathlib import Path
 
-from e2e.cluster import Cluster, _free_ports
+from e2e.cluster import Cluster
 from e2e.kube import wait_for
+from e2e.net import free_ports
 from e2e.procs import ManagedProcess
 
 KUEUE_VERSION = "v0.17.0"
@@ -59,7 +60,7 @@ def start_kueue(cluster: Cluster, state_dir: Path) -> ManagedProcess:
     for crd in ("clusterqueues", "localqueues", "resourceflavors", "workloads"):
         kubectl("wait", "--for=condition=Established", f"crd/{crd}.kueue.x-k8s.io", "--timeout=60s")
     kubectl("create", "namespace", "kueue-system", check=False)
-    health, metrics, webhook = _free_ports(3)
+    health, metrics, webhook = free_ports(3)
     _self_signed(state_dir / "certs")
     config = state_dir / "kueue-config.yaml"
     config.write_text(

@@ -76,10 +76,15 @@ class OperatorProcess:
             self.liveness_url,
             "--metrics-port",
             str(self.metrics_port),
+            "--metrics-host",
+            "127.0.0.1",
             *extra_args,
         ]
         # Unbuffered, so that the log shown after a failed test is complete up to that moment.
-        env = dict(os.environ, KUBECONFIG=str(self.kubeconfig), PYTHONUNBUFFERED="1")
+        # Pod IPs of simulated pods are not on this machine: the operator must not dial them.
+        env = dict(
+            os.environ, KUBECONFIG=str(self.kubeconfig), PYTHONUNBUFFERED="1", KUBEFORGE_MODEL_PROBE="false"
+        )
         self.process.start(argv, env=env, cwd=REPO_ROOT)
         deadline = time.monotonic() + timeout
         while http_status(self.liveness_url) != 200:

@@ -84,10 +84,8 @@ def test_two_8_gpu_jobs_are_admitted_one_after_the_other(
 
     def queued() -> bool:
         phase, tj = _phase(kubectl, namespace, "second")
-        pending = find_condition(tj, "Running")
-        return phase == "Pending" and "Kueue" in (
-            tj["status"]["conditions"] and str(tj["status"]["conditions"])
-        )
+        succeeded = find_condition(tj, "Succeeded")
+        return phase == "Pending" and succeeded is not None and succeeded["reason"] == "Queued"
 
     wait_for(queued, timeout=60, message="second waiting for Kueue")
     job = kubectl.json("get", "job", "second-0", namespace=namespace)

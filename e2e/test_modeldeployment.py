@@ -39,7 +39,9 @@ def _pods(kubectl: Kubectl, namespace: str, name: str) -> list[dict[str, Any]]:
     return [p for p in items if not p["metadata"].get("deletionTimestamp")]
 
 
-def test_example_becomes_ready_with_its_children(kubectl: Kubectl, namespace: str, operator: Any, models_claim: str) -> None:
+def test_example_becomes_ready_with_its_children(
+    kubectl: Kubectl, namespace: str, operator: Any, models_claim: str
+) -> None:
     kubectl.apply(_example(namespace))
     md = wait_condition(kubectl, "md", "resnet50", "Ready", "True", namespace=namespace, timeout=60)
     status = md["status"]
@@ -68,7 +70,9 @@ def test_example_becomes_ready_with_its_children(kubectl: Kubectl, namespace: st
     assert row[1:5] == ["Ready", "1/1", "resnet50", "1x"]
 
 
-def test_hpa_is_accepted_and_reports_through_status(kubectl: Kubectl, namespace: str, operator: Any, models_claim: str) -> None:
+def test_hpa_is_accepted_and_reports_through_status(
+    kubectl: Kubectl, namespace: str, operator: Any, models_claim: str
+) -> None:
     kubectl.apply(_example(namespace))
 
     def hpa_reported() -> dict[str, Any] | None:
@@ -88,12 +92,18 @@ def test_hpa_is_accepted_and_reports_through_status(kubectl: Kubectl, namespace:
     assert condition["reason"] == active["reason"]
 
 
-def test_kubectl_scale_without_autoscaling(kubectl: Kubectl, namespace: str, operator: Any, models_claim: str) -> None:
+def test_kubectl_scale_without_autoscaling(
+    kubectl: Kubectl, namespace: str, operator: Any, models_claim: str
+) -> None:
     kubectl.apply(_example(namespace, autoscaling=None))
     wait_condition(kubectl, "md", "resnet50", "Ready", "True", namespace=namespace, timeout=60)
     kubectl("scale", "md/resnet50", "--replicas=3", namespace=namespace)
     md = wait_for(
-        lambda: (m := kubectl.json("get", "md", "resnet50", namespace=namespace))["status"].get("readyReplicas") == 3 and m,
+        lambda: (
+            (m := kubectl.json("get", "md", "resnet50", namespace=namespace))["status"].get("readyReplicas")
+            == 3
+            and m
+        ),
         timeout=60,
         message="3 ready replicas",
     )
@@ -105,10 +115,20 @@ def test_kubectl_scale_without_autoscaling(kubectl: Kubectl, namespace: str, ope
     assert kubectl("get", "hpa", "resnet50", namespace=namespace, check=False).returncode != 0
 
 
-def test_image_change_rolls_with_max_surge_zero(kubectl: Kubectl, namespace: str, operator: Any, models_claim: str) -> None:
+def test_image_change_rolls_with_max_surge_zero(
+    kubectl: Kubectl, namespace: str, operator: Any, models_claim: str
+) -> None:
     kubectl.apply(_example(namespace, autoscaling=None, replicas=2))
     wait_condition(kubectl, "md", "resnet50", "Ready", "True", namespace=namespace, timeout=60)
-    kubectl("patch", "md", "resnet50", "--type=merge", "-p", '{"spec":{"runtime":{"image":"nvcr.io/nvidia/tritonserver:25.11-py3"}}}', namespace=namespace)
+    kubectl(
+        "patch",
+        "md",
+        "resnet50",
+        "--type=merge",
+        "-p",
+        '{"spec":{"runtime":{"image":"nvcr.io/nvidia/tritonserver:25.11-py3"}}}',
+        namespace=namespace,
+    )
 
     def rolled() -> bool:
         pods = _pods(kubectl, namespace, "resnet50")
@@ -122,7 +142,9 @@ def test_image_change_rolls_with_max_surge_zero(kubectl: Kubectl, namespace: str
     assert md["status"]["observedGeneration"] == md["metadata"]["generation"] == 2
 
 
-def test_too_many_gpus_is_degraded_unschedulable(kubectl: Kubectl, namespace: str, operator: Any, models_claim: str) -> None:
+def test_too_many_gpus_is_degraded_unschedulable(
+    kubectl: Kubectl, namespace: str, operator: Any, models_claim: str
+) -> None:
     kubectl.apply(_example(namespace, autoscaling=None, gpu={"count": 16}))
     md = wait_condition(kubectl, "md", "resnet50", "Degraded", "True", namespace=namespace, timeout=60)
     degraded = find_condition(md, "Degraded")
@@ -130,28 +152,52 @@ def test_too_many_gpus_is_degraded_unschedulable(kubectl: Kubectl, namespace: st
     assert degraded["reason"] == "Unschedulable"
     assert "Insufficient nvidia.com/gpu" in degraded["message"]
     assert md["status"]["phase"] == "Degraded"
-    events = kubectl.json("get", "events", "--field-selector", "involvedObject.name=resnet50,reason=Unschedulable", namespace=namespace)
+    events = kubectl.json(
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=resnet50,reason=Unschedulable",
+        namespace=namespace,
+    )
     assert events["items"], "an Event announces the transition"
 
 
-def test_hand_edited_child_is_restored_and_delete_cascades(kubectl: Kubectl, namespace: str, operator: Any, models_claim: str) -> None:
+def test_hand_edited_child_is_restored_and_delete_cascades(
+    kubectl: Kubectl, namespace: str, operator: Any, models_claim: str
+) -> None:
     kubectl.apply(_example(namespace, autoscaling=None))
     wait_condition(kubectl, "md", "resnet50", "Ready", "True", namespace=namespace, timeout=60)
-    kubectl("patch", "deployment", "resnet50", "--type=json", "-p",
-            '[{"op":"replace","path":"/spec/template/spec/containers/0/image","value":"evil:latest"}]', namespace=namespace)
+    kubectl(
+        "patch",
+        "deployment",
+        "resnet50",
+        "--type=json",
+        "-p",
+        '[{"op":"replace","path":"/spec/template/spec/containers/0/image","value":"evil:latest"}]',
+        namespace=namespace,
+    )
     wait_for(
-        lambda: kubectl.json("get", "deployment", "resnet50", namespace=namespace)["spec"]["template"]["spec"]["containers"][0]["image"]
-        == "nvcr.io/nvidia/tritonserver:25.10-py3",
+        lambda: (
+            kubectl.json("get", "deployment", "resnet50", namespace=namespace)["spec"]["template"]["spec"][
+                "containers"
+            ][0]["image"]
+            == "nvcr.io/nvidia/tritonserver:25.10-py3"
+        ),
         timeout=30,
         message="the operator to restore the Deployment",
     )
     kubectl("delete", "service", "resnet50", namespace=namespace)
-    wait_for(lambda: kubectl("get", "service", "resnet50", namespace=namespace, check=False).returncode == 0, timeout=30, message="the Service to come back")
+    wait_for(
+        lambda: kubectl("get", "service", "resnet50", namespace=namespace, check=False).returncode == 0,
+        timeout=30,
+        message="the Service to come back",
+    )
 
     kubectl("delete", "md", "resnet50", "--wait=true", namespace=namespace)
     wait_for(
         lambda: all(
-            kubectl("get", kind, "resnet50", namespace=namespace, check=False).returncode != 0 for kind in ("deployment", "service")
+            kubectl("get", kind, "resnet50", namespace=namespace, check=False).returncode != 0
+            for kind in ("deployment", "service")
         ),
         timeout=60,
         message="the garbage collector to delete the children",
@@ -163,10 +209,21 @@ def _writes(operator: Any) -> int:
     return sum(n for verb, n in calls.items() if verb not in ("get", "list", "discovery"))
 
 
-def test_no_op_resync_makes_zero_writes(kubectl: Kubectl, namespace: str, operator: Any, models_claim: str) -> None:
+def test_no_op_resync_makes_zero_writes(
+    kubectl: Kubectl, namespace: str, operator: Any, models_claim: str
+) -> None:
     kubectl.apply(_example(namespace))
     wait_condition(kubectl, "md", "resnet50", "Ready", "True", namespace=namespace, timeout=60)
-    wait_for(lambda: find_condition(kubectl.json("get", "md", "resnet50", namespace=namespace), "AutoscalingReady")["status"] != "Unknown", timeout=90, message="HPA settled")  # type: ignore[index]
+    wait_for(
+        lambda: (
+            find_condition(kubectl.json("get", "md", "resnet50", namespace=namespace), "AutoscalingReady")[
+                "status"
+            ]
+            != "Unknown"
+        ),
+        timeout=90,
+        message="HPA settled",
+    )  # type: ignore[index]
 
     def quiet() -> bool:
         before = _writes(operator)
@@ -180,6 +237,8 @@ def test_no_op_resync_makes_zero_writes(kubectl: Kubectl, namespace: str, operat
     reconciles_before = operator.reconciles()
     # metadata-only changes reach the operator as watch events and trigger full reconciles
     for i in range(3):
-        kubectl("annotate", "md", "resnet50", f"test.kubeforge.io/touch={i}", "--overwrite", namespace=namespace)
+        kubectl(
+            "annotate", "md", "resnet50", f"test.kubeforge.io/touch={i}", "--overwrite", namespace=namespace
+        )
     wait_for(lambda: operator.reconciles() >= reconciles_before + 3, timeout=30, message="three reconciles")
     assert _writes(operator) == before

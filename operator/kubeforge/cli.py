@@ -36,6 +36,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         namespaces=tuple(args.namespace or ()),
         liveness=args.liveness,
         metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host,
         verbose=args.verbose,
     )
 
@@ -50,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="kopf liveness endpoint URL")
     run.add_argument("--metrics-port", type=int, default=8081, help="Prometheus metrics port (0: off)")
+    run.add_argument("--metrics-host", default="0.0.0.0", help="address the metrics server binds")
     run.add_argument("--verbose", "-v", action="store_true")
     run.set_defaults(func=_cmd_run)
 

@@ -18,8 +18,8 @@ class Settings:
     helper_image: str = DEFAULT_OPERATOR_IMAGE
     prometheus_address: str = "http://prometheus-operated.monitoring.svc:9090"
     cluster_domain: str = "cluster.local"
-    # how often state that sends no watch events (Triton's model index) is read again
-    resync_seconds: float = 60.0
+    # every object is reconciled again this often, even without a watch event
+    resync_seconds: float = 600.0
     field_manager: str = "kubeforge"
     # read per-model state from Triton's repository index on a ready pod (off where pod IPs are not reachable)
     model_probe: bool = True

@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import yaml
 from pydantic import ValidationError
-from tests.data.invalid_specs import EXAMPLES, INVALID_SPECS, InvalidSpec
 
 from kubeforge.api import ModelDeployment, TrainingJob
 from kubeforge.api.base import ApiModel
 from kubeforge.controllers.invalid import describe
+from tests.data.invalid_specs import EXAMPLES, INVALID_SPECS, InvalidSpec
 
 MODELS: dict[str, type[ApiModel]] = {"ModelDeployment": ModelDeployment, "TrainingJob": TrainingJob}
 

@@ -4,10 +4,10 @@ import copy
 from typing import Any
 
 import pytest
-from tests.data.invalid_specs import example
 
 from kubeforge.api import ModelDeployment, TrainingJob
 from kubeforge.settings import Settings
+from tests.data.invalid_specs import example
 
 
 def _with_meta(doc: dict[str, Any]) -> dict[str, Any]:

@@ -355,8 +355,8 @@ class ModelDeploymentSpec(ApiModel):
             check=lambda s: s.autoscaling is None or s.replicas <= s.autoscaling.max_replicas,
         ),
         Rule(
-            cel="!self.models.exists(m, m.source.startsWith('s3://') || m.source.startsWith('gs://')) "
-            "|| has(self.storage)",
+            cel="!has(self.models) || has(self.storage) "
+            "|| !self.models.exists(m, m.source.startsWith('s3://') || m.source.startsWith('gs://'))",
             message="storage.secretName is required when a model source is s3:// or gs://",
             check=lambda s: (
                 s.storage is not None or not any(m.source.startswith(("s3://", "gs://")) for m in s.models)

@@ -14,8 +14,8 @@ from typing import Any
 from kubeforge import API_VERSION
 from kubeforge.api.modeldeployment import Autoscaling, AutoscalingEngine, ModelDeployment
 from kubeforge.builders.meta import Object, object_meta, owner_reference
-from kubeforge.builders.quantity import canonical_quantity
 from kubeforge.builders.modeldeployment import KIND, labels
+from kubeforge.builders.quantity import canonical_quantity
 from kubeforge.settings import Settings
 
 RATE_WINDOW = "1m"

@@ -73,5 +73,9 @@ class ObjectCache:
         keys = self._by_owner.get((kind, (owner_kind.lower(), namespace, owner_name)), set())
         return [self._objects[k] for k in sorted(keys) if k in self._objects]
 
+    def keys(self, kind: str) -> list[tuple[str, str]]:
+        """(namespace, name) of every cached object of a kind."""
+        return [(ns, name) for k, ns, name in self._objects if k == kind]
+
     def count(self, kind: str) -> int:
         return sum(1 for k in self._objects if k[0] == kind)

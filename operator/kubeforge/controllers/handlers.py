@@ -38,6 +38,20 @@ class Runtime:
         self.md_queue: WorkQueue[Key] = WorkQueue("modeldeployment", self._md, workers)
         self.tj_queue: WorkQueue[Key] = WorkQueue("trainingjob", self._tj, workers)
         self.metrics_server: asyncio.Server | None = None
+        self.resync_task: asyncio.Task[None] | None = None
+
+    async def resync_forever(self, period: float) -> None:
+        """Reconcile every object every `period` seconds, like controller-runtime's SyncPeriod.
+
+        Watches already deliver every change; this catches what sends no event (time passing,
+        Triton's model state) and proves idempotence: an unchanged object costs no write.
+        """
+        while True:
+            await asyncio.sleep(period)
+            for ns, name in self.ctx.cache.keys(r.MODEL_DEPLOYMENT.kind):
+                self.md_queue.add((ns, name))
+            for ns, name in self.ctx.cache.keys(r.TRAINING_JOB.kind):
+                self.tj_queue.add((ns, name))
 
     async def _md(self, key: Key) -> float | None:
         return await self._timed("ModelDeployment", reconcile_model_deployment, key)
@@ -97,6 +111,7 @@ async def startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     await _prefill(ctx, op_settings.namespaces)
     runtime.md_queue.start()
     runtime.tj_queue.start()
+    runtime.resync_task = asyncio.create_task(runtime.resync_forever(op_settings.resync_seconds))
     if options["metrics_port"]:
         runtime.metrics_server = await serve_metrics(ctx.metrics, "0.0.0.0", options["metrics_port"])
     log.info("kubeforge started: %d objects cached", sum(ctx.cache.count(x.kind) for x in CHILDREN))
@@ -105,6 +120,8 @@ async def startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
 @kopf.on.cleanup()
 async def cleanup(memo: Any, **_: Any) -> None:
     runtime = _runtime(memo)
+    if runtime.resync_task is not None:
+        runtime.resync_task.cancel()
     await runtime.md_queue.stop()
     await runtime.tj_queue.stop()
     if runtime.metrics_server is not None:

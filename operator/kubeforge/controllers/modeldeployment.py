@@ -25,6 +25,7 @@ from kubeforge.status.pods import pod_ready
 
 log = logging.getLogger(__name__)
 KEDA_API = "keda.sh/v1alpha1"
+MODEL_PROBE_SECONDS = 30.0
 MONITORING_API = "monitoring.coreos.com/v1"
 
 
@@ -119,5 +120,5 @@ async def reconcile_model_deployment(ctx: Context, key: tuple[str, str]) -> floa
     await write_status(ctx, r.MODEL_DEPLOYMENT, body, status.wire())
     for transition in transitions:
         await ctx.kube.event(body, transition.type, transition.reason, transition.message)
-    # model state is read from Triton, which sends no watch events: look again later
-    return ctx.settings.resync_seconds if ctx.settings.model_probe else None
+    # model state is read from Triton, which sends no watch events: look again soon
+    return MODEL_PROBE_SECONDS if ctx.settings.model_probe and states is not None else None

@@ -11,7 +11,12 @@ from kubeforge.settings import Settings
 
 
 def run_operator(
-    namespaces: tuple[str, ...], liveness: str, metrics_port: int, verbose: bool, workers: int = 4
+    namespaces: tuple[str, ...],
+    liveness: str,
+    metrics_port: int,
+    verbose: bool,
+    metrics_host: str = "0.0.0.0",
+    workers: int = 4,
 ) -> int:
     """Run until interrupted; returns the exit code."""
     import kubeforge.controllers.handlers  # noqa: F401 - registers the kopf handlers
@@ -20,7 +25,14 @@ def run_operator(
     # kopf announces every handled watch event at INFO; our reconcilers log what matters
     logging.getLogger("kopf.objects").setLevel(logging.INFO if verbose else logging.WARNING)
     settings = dataclasses.replace(Settings.from_env(), namespaces=namespaces)
-    memo = kopf.Memo(options={"settings": settings, "metrics_port": metrics_port, "workers": workers})
+    memo = kopf.Memo(
+        options={
+            "settings": settings,
+            "metrics_port": metrics_port,
+            "metrics_host": metrics_host,
+            "workers": workers,
+        }
+    )
     kopf.run(
         standalone=True,
         clusterwide=not namespaces,

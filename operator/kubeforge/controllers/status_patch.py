@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from kubeforge.controllers.context import Context
 from kubeforge.k8s.resources import Resource
+
+log = logging.getLogger(__name__)
 
 
 async def write_status(
@@ -17,6 +20,15 @@ async def write_status(
         return False
     patch: dict[str, Any] = {key: None for key in old if key not in status}
     patch.update(status)
+    if log.isEnabledFor(logging.DEBUG):
+        changed = sorted(k for k in set(old) | set(status) if old.get(k) != status.get(k))
+        log.debug(
+            "status of %s %s/%s changed: %s",
+            resource.kind,
+            body["metadata"].get("namespace"),
+            body["metadata"]["name"],
+            changed,
+        )
     meta = body["metadata"]
     updated = await ctx.kube.patch_status(resource, meta["namespace"], meta["name"], patch)
     ctx.cache.upsert(resource.kind, updated)

@@ -53,13 +53,15 @@ def _error(exc: ApiException) -> ApiError:
     return ApiError(int(exc.status or 0), str(reason), str(message))
 
 
-def load_api_client(pool_size: int = 16) -> k8s_client.ApiClient:
-    """An ApiClient from in-cluster config, or the current kubeconfig."""
+def load_api_client(pool_size: int = 16, kubeconfig: str | None = None) -> k8s_client.ApiClient:
+    """An ApiClient from `kubeconfig`, else in-cluster config, else the current kubeconfig."""
     configuration = k8s_client.Configuration()
     try:
+        if kubeconfig:
+            raise k8s_config.ConfigException("an explicit kubeconfig was given")
         k8s_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
     except k8s_config.ConfigException:
-        k8s_config.load_kube_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+        k8s_config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)  # type: ignore[no-untyped-call]
     configuration.connection_pool_maxsize = pool_size
     return k8s_client.ApiClient(configuration)
 

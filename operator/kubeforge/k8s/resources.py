@@ -38,6 +38,7 @@ DEPLOYMENT = Resource("apps/v1", "Deployment", "deployments")
 SERVICE = Resource("v1", "Service", "services")
 POD = Resource("v1", "Pod", "pods")
 EVENT = Resource("v1", "Event", "events")
+NAMESPACE = Resource("v1", "Namespace", "namespaces", namespaced=False)
 JOB = Resource("batch/v1", "Job", "jobs")
 PDB = Resource("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets")
 HPA = Resource("autoscaling/v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers")
@@ -51,6 +52,7 @@ _ALL = (
     SERVICE,
     POD,
     EVENT,
+    NAMESPACE,
     JOB,
     PDB,
     HPA,
