@@ -142,7 +142,5 @@ INVALID_SPECS = [
         _set("spec.failurePolicy.maxRestarts", -1),
         "spec.failurePolicy.maxRestarts",
     ),
-    InvalidSpec(
-        "tj-uppercase-name", TJ, _set("metadata.name", "Train-1"), "metadata.name"
-    ),
+    InvalidSpec("tj-uppercase-name", TJ, _set("metadata.name", "Train-1"), "metadata.name"),
 ]
