@@ -20,6 +20,8 @@ from typing import Any
 
 import yaml
 
+from e2e.kube import Kubectl
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BINARIES_SCRIPT = REPO_ROOT / "e2e" / "binaries.sh"
 CHART_DIR = REPO_ROOT / "charts" / "kubeforge"
@@ -167,3 +169,50 @@ def one(manifests: Sequence[Manifest], kind: str) -> Manifest:
     found = of_kind(manifests, kind)
     assert len(found) == 1, f"expected one {kind}, got {len(found)}"
     return found[0]
+
+
+# -- running the operator as the chart's ServiceAccount -------------------------------------------
+
+
+def service_account_kubeconfig(kubectl: Kubectl, namespace: str, name: str, path: Path) -> Path:
+    """A kubeconfig that authenticates as the ServiceAccount `namespace/name` (a TokenRequest token).
+
+    The same server and CA as `kubectl`'s admin kubeconfig. A real token rather than `as:` impersonation:
+    the `kubernetes` client and kopf ignore a kubeconfig's `as:`, so an impersonating kubeconfig would
+    silently run the operator with the admin's rights.
+    """
+    token = kubectl("create", "token", name, "--duration=2h", namespace=namespace).stdout.strip()
+    admin = yaml.safe_load(kubectl.kubeconfig.read_text())
+    context = next(c for c in admin["contexts"] if c["name"] == admin["current-context"])["context"]
+    cluster = next(c for c in admin["clusters"] if c["name"] == context["cluster"])["cluster"]
+    user = f"system:serviceaccount:{namespace}:{name}"
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "cluster", "cluster": cluster}],
+        "users": [{"name": user, "user": {"token": token}}],
+        "contexts": [{"name": "sa", "context": {"cluster": "cluster", "user": user}}],
+        "current-context": "sa",
+    }
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    path.chmod(0o600)
+    return path
+
+
+def can_i(
+    kubectl: Kubectl,
+    user: str,
+    verb: str,
+    resource: str,
+    namespace: str | None = None,
+    subresource: str | None = None,
+) -> bool:
+    """`kubectl auth can-i VERB RESOURCE --as USER` (in `namespace`, or across all namespaces when None)."""
+    args = ["auth", "can-i", verb, resource, f"--as={user}"]
+    args += ["--all-namespaces"] if namespace is None else []
+    args += [f"--subresource={subresource}"] if subresource else []
+    result = kubectl(*args, namespace=namespace, check=False)
+    answer = result.stdout.strip()
+    if answer not in ("yes", "no"):
+        raise RuntimeError(f"kubectl {' '.join(args)}: {result.stdout}{result.stderr}")
+    return answer == "yes"

@@ -1,0 +1,313 @@
+"""The Helm chart against a real control plane: install, RBAC sufficient and not excessive, upgrade, uninstall.
+
+The module starts its own cluster: the session's cluster has its own operator running with admin rights,
+which would reconcile the same objects as the one here. The chart's operator Deployment runs on kwok's
+simulated nodes (no container really runs); the operator under test runs locally as the chart's
+ServiceAccount, with a token of that account, so every call it makes is authorized by the chart's RBAC.
+The API server also runs the OwnerReferencesPermissionEnforcement admission plugin (as OpenShift does),
+which checks the operator's right to set blockOwnerDeletion on its children.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from e2e.chart_support import Helm, can_i, service_account_kubeconfig
+from e2e.cluster import REPO_ROOT, Cluster, ensure_binaries
+from e2e.kube import Kubectl, wait_condition, wait_for
+from e2e.operator_proc import OperatorProcess
+from e2e.storage import bound_claim
+
+pytestmark = pytest.mark.e2e
+
+RELEASE = "kubeforge"
+NAMESPACE = "kubeforge-system"
+SERVICE_ACCOUNT = f"system:serviceaccount:{NAMESPACE}:{RELEASE}"
+SERVE_NS = "chart-serve"
+TRAIN_NS = "chart-train"
+OTHER_NS = "chart-other"
+EXAMPLES = REPO_ROOT / "examples"
+# No pod will pull it: the simulated nodes run nothing.
+VALUES: dict[str, Any] = {
+    "image": {"repository": "kubeforge.invalid/operator", "tag": "e2e"},
+    "podDisruptionBudget": {"enabled": True},
+}
+CHART_KINDS = (
+    "deployments",
+    "services",
+    "serviceaccounts",
+    "roles",
+    "rolebindings",
+    "networkpolicies",
+    "poddisruptionbudgets",
+)
+DENIED = re.compile(r"\b403\b|forbidden", re.IGNORECASE)
+# What kopf tries cluster-wide in namespaced mode unless its settings.scanning.disabled is set.
+KOPF_CLUSTER_SCANS = re.compile(
+    r"GET \S+/api/v1/namespaces -> |GET \S+/apis/apiextensions\.k8s\.io/v1/customresourcedefinitions -> "
+    r"|Not enough permissions to (list|watch) (namespaces|for namespaces|for resources)"
+)
+
+
+@pytest.fixture(scope="module")
+def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    """A cluster of this module's own, under .e2e/run-chart-* (cleaned like the session's when abandoned)."""
+    root = REPO_ROOT / ".e2e"
+    root.mkdir(exist_ok=True)
+    state_dir = Path(tempfile.mkdtemp(prefix="run-chart-", dir=root))
+    (state_dir / "owner.pid").write_text(f"{os.getpid()}\n")
+    cluster = Cluster(
+        state_dir,
+        bin_dir=ensure_binaries(),
+        extra_args={"kube-apiserver": ["--enable-admission-plugins=OwnerReferencesPermissionEnforcement"]},
+    )
+    failed_before = request.session.testsfailed
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+        if request.session.testsfailed > failed_before:
+            shutil.rmtree(state_dir / "etcd", ignore_errors=True)
+            print(f"\nchart e2e cluster logs kept in {state_dir / 'logs'}")
+        else:
+            shutil.rmtree(state_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def kubectl(cluster: Cluster) -> Kubectl:
+    kubectl = cluster.kubectl()
+    for namespace in (SERVE_NS, TRAIN_NS, OTHER_NS):
+        kubectl("create", "namespace", namespace)
+    for namespace in (SERVE_NS, TRAIN_NS, OTHER_NS):
+        wait_for(
+            lambda ns=namespace: kubectl("get", "sa", "default", namespace=ns, check=False).returncode == 0,
+            timeout=30,
+            message=f"ServiceAccount {namespace}/default",
+        )
+    return kubectl
+
+
+@pytest.fixture(scope="module")
+def helm(tmp_path_factory: pytest.TempPathFactory) -> Helm:
+    return Helm.ensure(home=tmp_path_factory.mktemp("helm-home"))
+
+
+@pytest.fixture(scope="module")
+def installed(helm: Helm, cluster: Cluster, kubectl: Kubectl) -> str:
+    """`helm install` into kubeforge-system; returns helm's output (with NOTES)."""
+    return helm.install(RELEASE, NAMESPACE, cluster.kubeconfig, values=VALUES).stdout
+
+
+def _operator(cluster: Cluster, kubectl: Kubectl, *args: str) -> OperatorProcess:
+    """`python -m kubeforge run` authenticated as the chart's ServiceAccount (model probe off)."""
+    config = service_account_kubeconfig(
+        kubectl, NAMESPACE, RELEASE, cluster.state_dir / "operator.kubeconfig"
+    )
+    operator = OperatorProcess(
+        config, cluster.state_dir / "operator.log", cluster.state_dir / "run" / "operator.pid"
+    )
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("KUBEFORGE_MODEL_PROBE", "false")
+        operator.start(extra_args=args)
+    return operator
+
+
+def _denials(operator: OperatorProcess, offset: int = 0) -> list[str]:
+    return [line for line in operator.log_text(offset).splitlines() if DENIED.search(line)]
+
+
+def _model_deployment(namespace: str) -> str:
+    doc = yaml.safe_load((EXAMPLES / "model-deployment.yaml").read_text())
+    doc["metadata"]["namespace"] = namespace
+    return json.dumps(doc)
+
+
+def _training_job(namespace: str) -> str:
+    doc = yaml.safe_load((EXAMPLES / "training-job.yaml").read_text())
+    doc["metadata"]["namespace"] = namespace
+    doc["spec"]["podMetadata"] = {
+        "annotations": {"sim.kubeforge.io/exit-code": "0", "sim.kubeforge.io/exit-after": "2s"}
+    }
+    return json.dumps(doc)
+
+
+def test_install_creates_the_chart_objects(installed: str, kubectl: Kubectl) -> None:
+    assert f"kubectl -n {NAMESPACE} rollout status deployment/{RELEASE}" in installed  # NOTES
+    for crd in ("modeldeployments.kubeforge.io", "trainingjobs.kubeforge.io"):
+        kubectl("wait", "--for=condition=Established", f"crd/{crd}", "--timeout=60s")
+    deployment = kubectl.json("get", "deployment", RELEASE, namespace=NAMESPACE)
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == RELEASE
+    assert pod["containers"][0]["image"] == "kubeforge.invalid/operator:e2e"
+    kubectl("get", "serviceaccount", RELEASE, namespace=NAMESPACE)
+    kubectl("get", "clusterrole,clusterrolebinding", RELEASE)
+    kubectl("get", "service", f"{RELEASE}-metrics", namespace=NAMESPACE)
+    kubectl("get", "networkpolicy,poddisruptionbudget", RELEASE, namespace=NAMESPACE)
+
+
+def test_the_service_account_runs_both_scenarios(
+    installed: str, cluster: Cluster, kubectl: Kubectl, tmp_path: Path
+) -> None:
+    whoami = kubectl.json("auth", "whoami")  # admin, for contrast with the operator's kubeconfig below
+    assert whoami["status"]["userInfo"]["username"] != SERVICE_ACCOUNT
+    operator = _operator(cluster, kubectl)
+    try:
+        sa = Kubectl(operator.kubeconfig, cache_dir=tmp_path / "kubectl-cache")
+        assert sa.json("auth", "whoami")["status"]["userInfo"]["username"] == SERVICE_ACCOUNT
+
+        bound_claim(kubectl, SERVE_NS, "models")
+        kubectl.apply(_model_deployment(SERVE_NS))
+        md = wait_condition(kubectl, "md", "resnet50", "Ready", namespace=SERVE_NS, timeout=90)
+        assert md["status"]["observedGeneration"] == md["metadata"]["generation"]
+        for kind in ("deployment", "service", "hpa"):
+            child = kubectl.json("get", kind, "resnet50", namespace=SERVE_NS)
+            assert child["metadata"]["ownerReferences"][0]["uid"] == md["metadata"]["uid"], kind
+
+        bound_claim(kubectl, TRAIN_NS, "training-checkpoints")
+        kubectl.apply(_training_job(TRAIN_NS))
+        tj = wait_condition(kubectl, "tj", "mnist-ddp", "Succeeded", namespace=TRAIN_NS, timeout=120)
+        assert tj["status"]["phase"] == "Succeeded"
+
+        events = kubectl.json(
+            "get", "events", "--field-selector", "involvedObject.kind=ModelDeployment", namespace=SERVE_NS
+        )["items"]
+        assert [e for e in events if e.get("reportingComponent") == "kubeforge"], (
+            "the operator posted no Event"
+        )
+        assert operator.is_running()
+        assert not _denials(operator), "\n".join(_denials(operator))
+    finally:
+        operator.stop()
+
+
+# (verb, resource, namespace or None for all, subresource): what the operator needs, as control ...
+ALLOWED = [
+    ("patch", "deployments.apps", SERVE_NS, None),
+    ("delete", "services", SERVE_NS, None),
+    ("create", "horizontalpodautoscalers.autoscaling", None, None),
+    ("watch", "pods", None, None),
+    ("patch", "modeldeployments.kubeforge.io", SERVE_NS, "status"),
+    ("create", "events", TRAIN_NS, None),
+]
+# ... and what it must not be able to do.
+DENIED_ACTIONS = [
+    ("get", "secrets", None, None),
+    ("list", "secrets", SERVE_NS, None),
+    ("get", "secrets", NAMESPACE, None),
+    ("create", "clusterrolebindings.rbac.authorization.k8s.io", None, None),
+    ("create", "rolebindings.rbac.authorization.k8s.io", SERVE_NS, None),
+    ("escalate", "clusterroles.rbac.authorization.k8s.io", None, None),
+    ("escalate", "roles.rbac.authorization.k8s.io", SERVE_NS, None),
+    ("bind", "clusterroles.rbac.authorization.k8s.io", None, None),
+    ("impersonate", "serviceaccounts", None, None),
+    ("delete", "namespaces", None, None),
+    ("create", "pods", SERVE_NS, None),
+    ("create", "pods", SERVE_NS, "exec"),
+    ("update", "modeldeployments.kubeforge.io", SERVE_NS, None),
+    ("delete", "modeldeployments.kubeforge.io", SERVE_NS, None),
+    ("patch", "trainingjobs.kubeforge.io", TRAIN_NS, None),
+    ("create", "customresourcedefinitions.apiextensions.k8s.io", None, None),
+    ("get", "configmaps", SERVE_NS, None),
+    ("patch", "nodes", None, None),
+]
+
+
+def _ids(actions: list[tuple[str, str, str | None, str | None]]) -> list[str]:
+    return [f"{v} {r}{'/' + s if s else ''} in {ns or 'all'}" for v, r, ns, s in actions]
+
+
+@pytest.mark.parametrize(("verb", "resource", "namespace", "subresource"), ALLOWED, ids=_ids(ALLOWED))
+def test_the_service_account_can(
+    installed: str, kubectl: Kubectl, verb: str, resource: str, namespace: str | None, subresource: str | None
+) -> None:
+    assert can_i(kubectl, SERVICE_ACCOUNT, verb, resource, namespace, subresource)
+
+
+@pytest.mark.parametrize(
+    ("verb", "resource", "namespace", "subresource"), DENIED_ACTIONS, ids=_ids(DENIED_ACTIONS)
+)
+def test_the_service_account_cannot(
+    installed: str, kubectl: Kubectl, verb: str, resource: str, namespace: str | None, subresource: str | None
+) -> None:
+    assert not can_i(kubectl, SERVICE_ACCOUNT, verb, resource, namespace, subresource)
+
+
+def test_upgrade_to_namespaced_mode(
+    installed: str, helm: Helm, cluster: Cluster, kubectl: Kubectl, tmp_path: Path
+) -> None:
+    values = {**VALUES, "watchNamespaces": [SERVE_NS], "tritonImage": "registry.local/tritonserver:e2e"}
+    helm.install(RELEASE, NAMESPACE, cluster.kubeconfig, values=values, upgrade=True)
+
+    env = kubectl.json("get", "deployment", RELEASE, namespace=NAMESPACE)["spec"]["template"]["spec"][
+        "containers"
+    ][0]
+    assert {"name": "KUBEFORGE_TRITON_IMAGE", "value": "registry.local/tritonserver:e2e"} in env["env"]
+    assert f"--namespace={SERVE_NS}" in env["args"]
+    assert kubectl("get", "clusterrole,clusterrolebinding", RELEASE, check=False).returncode != 0
+    kubectl("get", "role,rolebinding", RELEASE, namespace=SERVE_NS)
+
+    assert can_i(kubectl, SERVICE_ACCOUNT, "patch", "deployments.apps", SERVE_NS)
+    assert can_i(kubectl, SERVICE_ACCOUNT, "watch", "modeldeployments.kubeforge.io", SERVE_NS)
+    for verb, resource, namespace in [
+        ("patch", "deployments.apps", OTHER_NS),
+        ("get", "deployments.apps", TRAIN_NS),
+        ("list", "deployments.apps", None),
+        ("list", "modeldeployments.kubeforge.io", None),
+        ("list", "namespaces", None),
+        ("list", "customresourcedefinitions.apiextensions.k8s.io", None),
+        ("get", "secrets", SERVE_NS),
+    ]:
+        assert not can_i(kubectl, SERVICE_ACCOUNT, verb, resource, namespace), (verb, resource, namespace)
+
+    # the namespaced operator still serves its namespace, and only that one
+    operator = _operator(cluster, kubectl, "--namespace", SERVE_NS)
+    try:
+        # one ModelDeployment outside the watched namespace (applied first: it has had time to be seen) ...
+        bound_claim(kubectl, OTHER_NS, "models")
+        kubectl.apply(_model_deployment(OTHER_NS))
+        # ... and one change inside it
+        kubectl("scale", "md", "resnet50", "--replicas=2", namespace=SERVE_NS)
+        wait_for(
+            lambda: (
+                kubectl.json("get", "md", "resnet50", namespace=SERVE_NS)["status"].get("readyReplicas") == 2
+            ),
+            # kopf retries its denied cluster-wide namespace list ~9 times (about a minute) before it falls
+            # back to the namespaces it was given and starts watching them
+            timeout=150,
+            message="resnet50 at 2 ready replicas",
+        )
+        # kopf itself lists namespaces and CRDs cluster-wide (to follow namespaces and kinds coming and
+        # going) and falls back to the given namespaces when denied; every other call must be allowed.
+        unexpected = [line for line in _denials(operator) if not KOPF_CLUSTER_SCANS.search(line)]
+        assert not unexpected, "\n".join(unexpected)
+        assert "status" not in kubectl.json("get", "md", "resnet50", namespace=OTHER_NS)
+    finally:
+        operator.stop()
+
+
+def test_uninstall_leaves_nothing_but_the_crds(
+    installed: str, helm: Helm, cluster: Cluster, kubectl: Kubectl
+) -> None:
+    helm.uninstall(RELEASE, NAMESPACE, cluster.kubeconfig)
+    selector = f"app.kubernetes.io/instance={RELEASE},app.kubernetes.io/managed-by=Helm"
+    leftovers = kubectl("get", ",".join(CHART_KINDS), "--all-namespaces", "-l", selector, "-o", "name").stdout
+    leftovers += kubectl("get", "clusterroles,clusterrolebindings", "-l", selector, "-o", "name").stdout
+    leftovers += kubectl(
+        "get", "secrets", "-l", f"owner=helm,name={RELEASE}", "-o", "name", namespace=NAMESPACE
+    ).stdout
+    assert not leftovers.strip(), leftovers
+    # Helm never deletes CRDs, so the custom resources (and what the operator made of them) survive
+    for crd in ("modeldeployments.kubeforge.io", "trainingjobs.kubeforge.io"):
+        kubectl("get", "crd", crd)
+    kubectl("get", "md", "resnet50", namespace=SERVE_NS)
