@@ -1,9 +1,9 @@
 -- Argo CD health of a kubeforge.io/TrainingJob, after kstatus
 -- (https://github.com/kubernetes-sigs/cli-utils/tree/master/pkg/kstatus):
 --   no status, or status.observedGeneration < metadata.generation -> Progressing (the operator has not
---   seen the latest spec yet); Succeeded -> Healthy; Failed -> Degraded; Suspended -> Suspended
---   (spec.suspend, or a Kueue queue that has not admitted it yet); anything else (Pending, Running,
---   Restarting) -> Progressing.
+--   seen the latest spec yet); Succeeded -> Healthy; Failed -> Degraded; Suspended (spec.runPolicy.suspend)
+--   -> Suspended; anything else (Pending, also while Kueue has not admitted it; Running; Restarting)
+--   -> Progressing.
 -- Each phase has a condition of the same name; either the phase or a True condition counts.
 local hs = {}
 

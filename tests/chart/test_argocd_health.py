@@ -135,9 +135,9 @@ TRAINING_JOBS: dict[str, tuple[Obj, str, str]] = {
         "BackoffLimitExceeded",
     ),
     "suspended": (
-        _tj(TrainingPhase.SUSPENDED, "Suspended", "spec.suspend is true"),
+        _tj(TrainingPhase.SUSPENDED, "Suspended", "spec.runPolicy.suspend is true: workers removed"),
         "Suspended",
-        "spec.suspend",
+        "spec.runPolicy.suspend",
     ),
     "invalid spec": (
         _obj(
