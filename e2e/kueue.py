@@ -41,7 +41,14 @@ def kueue_binary() -> Path:
     return Path(out.stdout.strip().splitlines()[-1]) / "kueue"
 
 
+# Kueue v0.17 reads its metrics-server certificate from this fixed path when it does not manage
+# certificates itself (its Deployment mounts a Secret there); out of cluster we write one there.
+METRICS_CERT_DIR = Path("/etc/kueue/metrics/certs")
+
+
 def _self_signed(cert_dir: Path) -> None:
+    if (cert_dir / "tls.crt").is_file() and (cert_dir / "tls.key").is_file():
+        return
     cert_dir.mkdir(parents=True, exist_ok=True)
     subprocess.run(
         ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
@@ -62,6 +69,12 @@ def start_kueue(cluster: Cluster, state_dir: Path) -> ManagedProcess:
     kubectl("create", "namespace", "kueue-system", check=False)
     health, metrics, webhook = free_ports(3)
     _self_signed(state_dir / "certs")
+    try:
+        _self_signed(METRICS_CERT_DIR)
+    except OSError as err:
+        raise RuntimeError(
+            f"kueue needs a certificate in {METRICS_CERT_DIR} (run as root, or create it): {err}"
+        ) from err
     config = state_dir / "kueue-config.yaml"
     config.write_text(
         f"""apiVersion: config.kueue.x-k8s.io/v1beta2
@@ -83,7 +96,9 @@ integrations: {{frameworks: ["batch/job"]}}
         marker=str(state_dir),
     )
     env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
-    process.start([kueue_binary(), f"--config={config}"], env=env)
+    # the on-demand visibility API server wants certificates from the Deployment's mounts; not needed here
+    argv = [kueue_binary(), f"--config={config}", "--feature-gates=VisibilityOnDemand=false"]
+    process.start(argv, env=env)
 
     def healthy() -> bool:
         if not process.is_running():
