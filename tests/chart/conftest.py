@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from e2e.chart_support import Helm, Manifest
 
 # The value sets every rendering test runs with (the names are the test ids).

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e.chart_support import Helm
 
+from e2e.chart_support import Helm
 from tests.chart.conftest import VALUE_SETS
 
 CHECKOV_SCRIPT = Path(__file__).resolve().parent / "checkov.sh"

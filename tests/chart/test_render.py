@@ -8,8 +8,8 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
-from e2e.chart_support import CHART_DIR, KUBE_VERSION, Helm, Manifest, of_kind, one
 
+from e2e.chart_support import CHART_DIR, KUBE_VERSION, Helm, Manifest, of_kind, one
 from tests.chart.conftest import VALUE_SETS
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 import pytest
+
 from e2e.chart_support import CHART_DIR, Helm, HelmError
 
 SCHEMA = json.loads((CHART_DIR / "values.schema.json").read_text())
