@@ -215,7 +215,7 @@ class Kube:
                 "could not record event %s on %s/%s: %s", reason, meta["namespace"], meta["name"], err
             )
 
-    async def api_group_served(self, api_version: str, ttl: float = 60.0) -> bool:
+    async def api_group_served(self, api_version: str, ttl: float = 10.0) -> bool:
         """Whether an API group/version is served (e.g. keda.sh/v1alpha1: KEDA's CRDs are installed)."""
         loop = asyncio.get_running_loop()
         cached = self._api_groups.get(api_version)

@@ -1,0 +1,150 @@
+"""Autoscaling children against the real API server: KEDA and Prometheus-operator CRDs from their Go modules.
+
+The first test runs before those CRDs exist (the clear condition, no crash); the module then installs
+them from the Go module cache, as a cluster with KEDA and the Prometheus operator would have them.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from e2e.kube import Kubectl, find_condition, wait_for
+from e2e.storage import bound_claim
+
+pytestmark = pytest.mark.e2e
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "model-deployment.yaml"
+KEDA = "github.com/kedacore/keda/v2@v2.18.0"
+PROMETHEUS_OPERATOR = "github.com/prometheus-operator/prometheus-operator@v0.85.0"
+
+
+def module_dir(module: str) -> Path:
+    out = subprocess.run(
+        ["go", "mod", "download", "-json", module], capture_output=True, text=True, check=True, cwd="/tmp"
+    )
+    return Path(json.loads(out.stdout)["Dir"])
+
+
+def _md(namespace: str, **autoscaling: Any) -> str:
+    doc = yaml.safe_load(EXAMPLE.read_text())
+    doc["metadata"]["namespace"] = namespace
+    if autoscaling.pop("off", False):
+        doc["spec"].pop("autoscaling")
+    else:
+        doc["spec"]["autoscaling"].update(autoscaling)
+    return json.dumps(doc)
+
+
+def _autoscaling_condition(kubectl: Kubectl, namespace: str) -> dict[str, Any] | None:
+    return find_condition(kubectl.json("get", "md", "resnet50", namespace=namespace), "AutoscalingReady")
+
+
+def test_without_keda_the_condition_says_so(kubectl: Kubectl, namespace: str, operator: Any) -> None:
+    if kubectl("get", "crd", "scaledobjects.keda.sh", check=False).returncode == 0:
+        pytest.fail("KEDA's CRDs are already installed: this test must run before test_keda_scaled_object_*")
+    bound_claim(kubectl, namespace, "models")
+    kubectl.apply(_md(namespace, engine="keda", minReplicas=0))
+    condition = wait_for(
+        lambda: (c := _autoscaling_condition(kubectl, namespace)) and c["reason"] == "KedaNotInstalled" and c,
+        timeout=60,
+        message="AutoscalingReady=False/KedaNotInstalled",
+    )
+    assert condition["status"] == "False"
+    assert "install KEDA" in condition["message"]
+    # the rest of the ModelDeployment still works
+    md = kubectl.json("get", "md", "resnet50", namespace=namespace)
+    assert kubectl("get", "deployment", "resnet50", namespace=namespace, check=False).returncode == 0
+    assert md["status"]["phase"] in ("Progressing", "Ready")
+    annotations = kubectl.json("get", "deployment", "resnet50", namespace=namespace)["spec"]["template"][
+        "metadata"
+    ]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true" and annotations["prometheus.io/port"] == "8002"
+
+
+@pytest.fixture(scope="module")
+def third_party_crds(kubectl: Kubectl) -> None:
+    kubectl.apply(
+        module_dir(KEDA) / "config" / "crd" / "bases" / "keda.sh_scaledobjects.yaml", server_side=True
+    )
+    crd = (
+        module_dir(PROMETHEUS_OPERATOR)
+        / "example"
+        / "prometheus-operator-crd"
+        / "monitoring.coreos.com_servicemonitors.yaml"
+    )
+    kubectl.apply(crd, server_side=True)
+    for name in ("scaledobjects.keda.sh", "servicemonitors.monitoring.coreos.com"):
+        kubectl("wait", "--for=condition=Established", f"crd/{name}", "--timeout=60s")
+
+
+def test_keda_scaled_object_and_service_monitor_are_created(
+    kubectl: Kubectl, namespace: str, operator: Any, third_party_crds: None
+) -> None:
+    bound_claim(kubectl, namespace, "models")
+    kubectl.apply(_md(namespace, engine="keda", minReplicas=0))
+    so = wait_for(
+        lambda: kubectl.json("get", "scaledobject", "resnet50", namespace=namespace),
+        timeout=60,
+        message="the ScaledObject",
+    )
+    assert so["spec"]["scaleTargetRef"] == {
+        "apiVersion": "kubeforge.io/v1alpha1",
+        "kind": "ModelDeployment",
+        "name": "resnet50",
+    }
+    assert so["spec"]["minReplicaCount"] == 0
+    queries = [t["metadata"]["query"] for t in so["spec"]["triggers"]]
+    assert any("nv_inference_queue_duration_us" in q for q in queries)
+    sm = wait_for(
+        lambda: kubectl.json("get", "servicemonitor", "resnet50", namespace=namespace),
+        timeout=60,
+        message="the ServiceMonitor",
+    )
+    assert sm["spec"]["endpoints"][0]["port"] == "metrics"
+    # no HPA beside KEDA's: KEDA creates its own
+    assert kubectl("get", "hpa", "resnet50", namespace=namespace, check=False).returncode != 0
+    condition = _autoscaling_condition(kubectl, namespace)
+    assert condition is not None and condition["reason"] != "KedaNotInstalled"
+
+
+def test_switching_engines_and_turning_autoscaling_off(
+    kubectl: Kubectl, namespace: str, operator: Any, third_party_crds: None
+) -> None:
+    bound_claim(kubectl, namespace, "models")
+    kubectl.apply(_md(namespace, engine="keda"))
+    wait_for(
+        lambda: kubectl.json("get", "scaledobject", "resnet50", namespace=namespace),
+        timeout=60,
+        message="the ScaledObject",
+    )
+    kubectl.apply(_md(namespace, engine="hpa"))
+    wait_for(
+        lambda: kubectl.json("get", "hpa", "resnet50", namespace=namespace), timeout=60, message="the HPA"
+    )
+    wait_for(
+        lambda: kubectl("get", "scaledobject", "resnet50", namespace=namespace, check=False).returncode != 0,
+        timeout=60,
+        message="the ScaledObject removed",
+    )
+    kubectl.apply(_md(namespace, off=True))
+    wait_for(
+        lambda: kubectl("get", "hpa", "resnet50", namespace=namespace, check=False).returncode != 0,
+        timeout=60,
+        message="the HPA removed",
+    )
+    wait_for(
+        lambda: _autoscaling_condition(kubectl, namespace) is None,
+        timeout=60,
+        message="AutoscalingReady gone",
+    )
+    kubectl("scale", "md/resnet50", "--replicas=2", namespace=namespace)
+    wait_for(
+        lambda: kubectl.json("get", "deployment", "resnet50", namespace=namespace)["spec"]["replicas"] == 2,
+        timeout=60,
+        message="spec.replicas back in control",
+    )
