@@ -1,0 +1,67 @@
+"""A Triton Python-backend model with a fixed cost per execution, for load tests and benchmarks.
+
+Each `execute` call costs `step_ms` (a sleep, standing in for a GPU kernel launch and transfer)
+whatever the batch size, plus a tiny numpy computation per request. That is the shape where
+server-side dynamic batching pays: one execution serves many queued requests.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kubeforge.api.modeldeployment import ModelFormat, ModelSpec, TritonModelConfig
+from kubeforge.triton.config import render_model_config
+
+FIXED_COST_MODEL_PY = """
+import json
+import time
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        self.step = float(params.get("step_ms", "4")) / 1000.0
+
+    def execute(self, requests):
+        time.sleep(self.step)
+        responses = []
+        for request in requests:
+            x = pb_utils.get_input_tensor_by_name(request, "INPUT").as_numpy()
+            y = np.tanh(x).astype(np.float32)
+            responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("OUTPUT", y)]))
+        return responses
+"""
+
+
+def fixed_cost_model(name: str, *, max_batch_size: int, batching: bool, step_ms: float = 4.0) -> ModelSpec:
+    """The spec of the model, as a ModelDeployment would carry it."""
+    config: dict[str, object] = {
+        "maxBatchSize": max_batch_size,
+        "instanceGroups": [{"kind": "KIND_CPU", "count": 1}],
+        "inputs": [{"name": "INPUT", "dataType": "TYPE_FP32", "dims": [16]}],
+        "outputs": [{"name": "OUTPUT", "dataType": "TYPE_FP32", "dims": [16]}],
+        "parameters": {"step_ms": str(step_ms)},
+    }
+    if batching:
+        config["dynamicBatching"] = {"maxQueueDelayMicroseconds": 500}
+    return ModelSpec(
+        name=name,
+        source=f"pvc://models/{name}",
+        format=ModelFormat.PYTHON,
+        config=TritonModelConfig.model_validate(config),
+    )
+
+
+def write_model(repository: Path, model: ModelSpec) -> Path:
+    """Lay the model out in a Triton repository: config.pbtxt and 1/model.py."""
+    directory = repository / model.name
+    (directory / "1").mkdir(parents=True, exist_ok=True)
+    (directory / "1" / "model.py").write_text(FIXED_COST_MODEL_PY)
+    config = render_model_config(model)
+    assert config is not None
+    (directory / "config.pbtxt").write_text(config)
+    return directory

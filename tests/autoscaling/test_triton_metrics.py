@@ -1,0 +1,93 @@
+"""The PromQL behind the autoscaling targets, evaluated on a real Triton's counters, moves with load."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kubeforge.api import ModelDeployment
+from kubeforge.builders.autoscaling import INFERENCE_RATE, QUEUE_TIME, keda_query
+from kubeforge.testing.triton import TritonServer, run_tritonserver, tritonserver_available
+from kubeforge.testing.workloads import fixed_cost_model, write_model
+from tests.autoscaling.promql import Scrapes, evaluate, parse_exposition
+from tests.data.invalid_specs import example
+
+pytestmark = [
+    pytest.mark.triton,
+    pytest.mark.skipif(
+        not tritonserver_available(), reason="needs nvidia-pytriton's tritonserver (make install)"
+    ),
+]
+POD = {"namespace": "team-a", "pod": "resnet50-5bb75f8dc6-d9xrc"}
+
+
+def _scrape(url: str) -> dict[str, dict]:  # type: ignore[type-arg]
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return parse_exposition(response.read().decode(), POD)
+
+
+def _window(server: TritonServer, seconds: float, load: int) -> Scrapes:
+    """Two scrapes `seconds` apart, with `load` concurrent clients running in between (0: idle)."""
+    url = server.metrics_url
+    before = _scrape(url)
+    start = time.monotonic()
+    if load:
+        asyncio.run(_drive(server.grpc_url.removeprefix("grpc://"), load, seconds))
+    else:
+        time.sleep(seconds)
+    # Triton refreshes its counters at a fixed interval; read after it has published the window
+    time.sleep(0.3)
+    return Scrapes(before, _scrape(url), time.monotonic() - start)
+
+
+async def _drive(grpc_address: str, clients: int, seconds: float) -> None:
+    """`clients` concurrent request loops for `seconds` (each bounded to 10,000 requests)."""
+    from tritonclient.grpc.aio import InferenceServerClient, InferInput
+
+    client = InferenceServerClient(grpc_address)
+    data = np.ones((1, 16), dtype=np.float32)
+    deadline = time.monotonic() + seconds
+
+    async def one() -> int:
+        n = 0
+        while time.monotonic() < deadline and n < 10_000:
+            request = InferInput("INPUT", [1, 16], "FP32")
+            request.set_data_from_numpy(data)
+            await client.infer("fixed", [request])
+            n += 1
+        return n
+
+    try:
+        await asyncio.gather(*(one() for _ in range(clients)))
+    finally:
+        await client.close()
+
+
+def test_queue_time_and_rate_queries_follow_the_load(tmp_path: Path) -> None:
+    # no dynamic batching and a 4 ms execution: concurrent requests must queue
+    write_model(tmp_path, fixed_cost_model("fixed", max_batch_size=8, batching=False, step_ms=4))
+    doc = example("model-deployment.yaml")
+    doc["metadata"].update(namespace="team-a", uid="u")
+    md = ModelDeployment.model_validate(doc)
+    queue_q, rate_q = keda_query(md, QUEUE_TIME), keda_query(md, INFERENCE_RATE)
+    with run_tritonserver(
+        ["--model-control-mode=none", "--strict-readiness=true", "--metrics-interval-ms=200"],
+        repository=tmp_path,
+        wait="ready",
+    ) as server:
+        idle = _window(server, 1.5, load=0)
+        busy = _window(server, 3.0, load=8)
+    idle_rate, busy_rate = sum(evaluate(rate_q, idle).values()), sum(evaluate(rate_q, busy).values())
+    idle_queue, busy_queue = sum(evaluate(queue_q, idle).values()), sum(evaluate(queue_q, busy).values())
+    assert idle_rate == 0 and idle_queue == 0
+    # 8 clients on one 4 ms-per-request instance: ~250 requests/s, each waiting ~7 executions
+    assert busy_rate > 50, busy_rate
+    assert busy_queue > 5_000, busy_queue  # microseconds
+    print(
+        f"idle: {idle_rate:.0f}/s, {idle_queue:.0f} us; busy: {busy_rate:.0f}/s, {busy_queue:.0f} us queued"
+    )
