@@ -87,14 +87,16 @@ def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
 @pytest.fixture(scope="module")
 def kubectl(cluster: Cluster) -> Kubectl:
     kubectl = cluster.kubectl()
-    for namespace in (SERVE_NS, TRAIN_NS, OTHER_NS):
+    namespaces = (SERVE_NS, TRAIN_NS, OTHER_NS)
+    for namespace in namespaces:
         kubectl("create", "namespace", namespace)
-    for namespace in (SERVE_NS, TRAIN_NS, OTHER_NS):
-        wait_for(
-            lambda ns=namespace: kubectl("get", "sa", "default", namespace=ns, check=False).returncode == 0,
-            timeout=30,
-            message=f"ServiceAccount {namespace}/default",
+
+    def service_accounts_exist() -> bool:  # the ServiceAccount admission plugin refuses pods until then
+        return all(
+            kubectl("get", "sa", "default", namespace=ns, check=False).returncode == 0 for ns in namespaces
         )
+
+    wait_for(service_accounts_exist, timeout=30, message="the namespaces' default ServiceAccounts")
     return kubectl
 
 
