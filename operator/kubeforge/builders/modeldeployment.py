@@ -8,6 +8,7 @@ from kubeforge.api.modeldeployment import ModelControlMode, ModelDeployment, Mod
 from kubeforge.builders import pods
 from kubeforge.builders.meta import Object, object_meta, owner_reference, recommended_labels, selector_labels
 from kubeforge.settings import Settings
+from kubeforge.triton.config import with_recommended_batching
 from kubeforge.triton.repository import repository_plan
 
 KIND = "ModelDeployment"
@@ -70,6 +71,14 @@ def triton_args(md: ModelDeployment) -> list[str]:
     return args + list(runtime.args or []) if runtime else args
 
 
+def served_models(md: ModelDeployment) -> list[ModelSpec]:
+    """The models as served: the spec plus the operator's defaults (dynamic batching when a model batches).
+
+    A default lives here, in the builder, never in a patch of the user's spec.
+    """
+    return [with_recommended_batching(m) for m in md.spec.models]
+
+
 def _probe(path: str, failure_threshold: int, period: int = PROBE_PERIOD_SECONDS) -> dict[str, Any]:
     return {
         "httpGet": {"path": path, "port": "http"},
@@ -108,7 +117,7 @@ def _repository_init_container(md: ModelDeployment, settings: Settings) -> dict[
         "image": settings.helper_image,
         "command": ["kubeforge", "assemble-repository"],
         "args": ["--out", MODEL_REPOSITORY, "--pvc-root", PVC_ROOT],
-        "env": [{"name": "KUBEFORGE_MODELS", "value": repository_plan(md.spec.models)}, *_storage_env(md)],
+        "env": [{"name": "KUBEFORGE_MODELS", "value": repository_plan(served_models(md))}, *_storage_env(md)],
         "volumeMounts": mounts,
         "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
         "securityContext": pods.container_security_context(),

@@ -101,6 +101,9 @@ async def startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.networking.request_timeout = 60
+    # no cluster-wide scanning of namespaces and CRDs: the chart installs the CRDs before the operator
+    # starts, and a namespaced install has no right to list either (kopf would retry 403s for a minute)
+    settings.scanning.disabled = True
     options = memo.options
     op_settings: Settings = options["settings"]
     kube = Kube(load_api_client(), field_manager=op_settings.field_manager)
