@@ -144,7 +144,7 @@ def operator(
 
 def kube_client(cluster: Cluster, workers: int = 16) -> Kube:
     return Kube(
-        load_api_client(pool_size=workers, kubeconfig=str(cluster.kubeconfig)),
+        load_api_client(pool_size=2 * workers, kubeconfig=str(cluster.kubeconfig)),
         field_manager="bench",
         workers=workers,
     )

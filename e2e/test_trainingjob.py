@@ -17,6 +17,17 @@ pytestmark = pytest.mark.e2e
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 EXIT_CODE = "sim.kubeforge.io/exit-code"
 EXIT_AFTER = "sim.kubeforge.io/exit-after"
+# what the reference trainer writes to its termination message on exit (kubeforge.trainer.progress)
+PROGRESS = {
+    "state": "succeeded",
+    "step": 500,
+    "checkpoint": {
+        "step": 500,
+        "path": "/checkpoints/train/ckpt-00000500.pt",
+        "time": "2026-11-28T12:00:00Z",
+        "loss": 0.05,
+    },
+}
 
 
 def _job(namespace: str, name: str = "train", annotations: dict[str, str] | None = None, **spec: Any) -> str:
@@ -68,7 +79,7 @@ def test_two_workers_succeed_then_ttl_removes_children(
     kubectl.apply(
         _job(
             namespace,
-            annotations={EXIT_CODE: "0", EXIT_AFTER: "3s"},
+            annotations={EXIT_CODE: "0", EXIT_AFTER: "3s", "sim.kubeforge.io/message": json.dumps(PROGRESS)},
             runPolicy={"ttlSecondsAfterFinished": 5},
         )
     )
@@ -85,6 +96,7 @@ def test_two_workers_succeed_then_ttl_removes_children(
     assert tj["status"]["completionTime"]
     assert tj["status"]["restarts"] == 0
     assert tj["status"]["gpuSeconds"] > 0
+    assert tj["status"]["lastCheckpoint"]["step"] == 500
     wait_for(
         lambda: (
             kubectl("get", "job", "train-0", namespace=namespace, check=False).returncode != 0

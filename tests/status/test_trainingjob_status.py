@@ -9,7 +9,13 @@ import pytest
 
 from kubeforge.api.trainingjob import FailurePolicy, TrainingPhase
 from kubeforge.status.conditions import get_condition
-from kubeforge.status.trainingjob import backoff_seconds, classify_failure, observe_attempt, phase_conditions
+from kubeforge.status.trainingjob import (
+    backoff_seconds,
+    classify_failure,
+    observe_attempt,
+    phase_conditions,
+    reported_checkpoint,
+)
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 
@@ -80,3 +86,20 @@ def test_phase_conditions_keep_one_phase_true() -> None:
     assert get_condition(conditions, "Succeeded").status == "False"  # type: ignore[union-attr]
     assert get_condition(conditions, "Created").status == "True"  # type: ignore[union-attr]
     assert all(c.observed_generation == 3 for c in conditions if c.type != "Created")
+
+
+def _terminated_with(message: str, index: int = 0) -> dict[str, Any]:
+    state = {"terminated": {"exitCode": 0, "reason": "Completed", "message": message}}
+    return {
+        "metadata": {"name": f"w-{index}"},
+        "status": {"phase": "Succeeded", "containerStatuses": [{"name": "worker", "state": state}]},
+    }
+
+
+def test_checkpoint_reported_in_the_termination_message() -> None:
+    doc = '{"state":"succeeded","step":500,"checkpoint":{"step":500,"path":"/c/ckpt-00000500.pt","time":"2026-11-28T12:00:00Z","loss":0.1}}'
+    older = '{"state":"running","step":300,"checkpoint":{"step":300,"path":"/c/ckpt-00000300.pt","time":"2026-11-28T11:00:00Z","loss":0.2}}'
+    info = reported_checkpoint([_terminated_with(older, 1), _terminated_with(doc)])
+    assert info is not None and (info.step, info.path, info.loss) == (500, "/c/ckpt-00000500.pt", 0.1)
+    assert reported_checkpoint([_terminated_with("Traceback (most recent call last): ...")]) is None
+    assert reported_checkpoint([_terminated_with('{"state": "running", "checkpoint": null}')]) is None

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
+import logging
+from typing import Any, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from kubeforge.api.common import Condition
+from kubeforge.controllers.context import Context
+from kubeforge.controllers.status_patch import write_status
+from kubeforge.k8s.resources import Resource
 from kubeforge.status.conditions import get_condition, set_condition
+
+log = logging.getLogger(__name__)
+M = TypeVar("M", bound=BaseModel)
 
 MAX_MESSAGE = 2000
 
@@ -41,3 +48,27 @@ def invalid_status(
     }
     changed = before is None or before.reason != "InvalidSpec" or before.message != message
     return status, changed or old.get("observedGeneration") != generation
+
+
+async def load_or_refuse(
+    ctx: Context, resource: Resource, model: type[M], key: tuple[str, str]
+) -> tuple[dict[str, Any], M] | None:
+    """The cached object and its validated model; None when it is gone, being deleted, or invalid.
+
+    An invalid object gets a Failed status and one Warning event naming the fields; it is not
+    retried (a new generation brings it back), and no other object waits for it.
+    """
+    ns, name = key
+    body = ctx.cache.get(resource.kind, ns, name)
+    if body is None or body["metadata"].get("deletionTimestamp"):
+        return None  # children go with it through the garbage collector
+    try:
+        return body, model.model_validate(body)
+    except ValidationError as err:
+        message = describe(err)
+        refused, changed = invalid_status(body, message, "Failed", ctx.now())
+        await write_status(ctx, resource, body, refused)
+        if changed:
+            log.warning("%s %s/%s is invalid: %s", resource.kind, ns, name, message)
+            await ctx.kube.event(body, "Warning", "InvalidSpec", message)
+        return None

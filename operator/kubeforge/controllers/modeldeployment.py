@@ -5,8 +5,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from pydantic import ValidationError
-
 from kubeforge.api.modeldeployment import ModelDeployment, ModelDeploymentStatus, ModelState
 from kubeforge.builders import autoscaling
 from kubeforge.builders.modeldeployment import (
@@ -17,7 +15,7 @@ from kubeforge.builders.modeldeployment import (
     endpoints,
 )
 from kubeforge.controllers.context import Context
-from kubeforge.controllers.invalid import describe, invalid_status
+from kubeforge.controllers.invalid import load_or_refuse
 from kubeforge.controllers.status_patch import write_status
 from kubeforge.k8s import resources as r
 from kubeforge.status.modeldeployment import AutoscalerObservation, Observed, compute_status
@@ -85,19 +83,10 @@ async def _probe_models(
 
 async def reconcile_model_deployment(ctx: Context, key: tuple[str, str]) -> float | None:
     ns, name = key
-    body = ctx.cache.get(r.MODEL_DEPLOYMENT.kind, ns, name)
-    if body is None or body["metadata"].get("deletionTimestamp"):
-        return None  # children go with it through the garbage collector
-    try:
-        md = ModelDeployment.model_validate(body)
-    except ValidationError as err:
-        message = describe(err)
-        refused, changed = invalid_status(body, message, "Failed", ctx.now())
-        await write_status(ctx, r.MODEL_DEPLOYMENT, body, refused)
-        if changed:
-            log.warning("ModelDeployment %s/%s is invalid: %s", ns, name, message)
-            await ctx.kube.event(body, "Warning", "InvalidSpec", message)
+    loaded = await load_or_refuse(ctx, r.MODEL_DEPLOYMENT, ModelDeployment, key)
+    if loaded is None:
         return None
+    body, md = loaded
 
     deployment = await ctx.ensure(build_triton_deployment(md, ctx.settings))
     await ctx.ensure(build_service(md))

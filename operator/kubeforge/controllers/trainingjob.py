@@ -10,8 +10,6 @@ import logging
 from datetime import datetime, timedelta
 from typing import Any
 
-from pydantic import ValidationError
-
 from kubeforge.api.common import Condition
 from kubeforge.api.trainingjob import (
     FailurePolicy,
@@ -23,7 +21,7 @@ from kubeforge.api.trainingjob import (
 from kubeforge.builders.output import build_output_model_deployment
 from kubeforge.builders.trainingjob import build_headless_service, build_worker_job, job_name
 from kubeforge.controllers.context import Context
-from kubeforge.controllers.invalid import describe, invalid_status
+from kubeforge.controllers.invalid import load_or_refuse
 from kubeforge.controllers.status_patch import write_status
 from kubeforge.k8s import resources as r
 from kubeforge.status.conditions import get_condition
@@ -34,6 +32,7 @@ from kubeforge.status.trainingjob import (
     is_preemption,
     observe_attempt,
     phase_conditions,
+    reported_checkpoint,
 )
 
 log = logging.getLogger(__name__)
@@ -191,6 +190,11 @@ async def _run(ctx: Context, step: _Step) -> float | None:
 
     pods = _attempt_pods(ctx, tj, attempt)
     obs = observe_attempt(job, pods, tj.spec.workers)
+    checkpoint = reported_checkpoint(pods)
+    if checkpoint is not None and (
+        status.last_checkpoint is None or (checkpoint.step or 0) >= (status.last_checkpoint.step or 0)
+    ):
+        status.last_checkpoint = checkpoint
     status.active_workers = obs.running
     status.succeeded_workers = obs.succeeded
     status.failed_workers = len(obs.failed_pods)
@@ -255,20 +259,10 @@ async def _run(ctx: Context, step: _Step) -> float | None:
 
 
 async def reconcile_training_job(ctx: Context, key: tuple[str, str]) -> float | None:
-    ns, name = key
-    body = ctx.cache.get(r.TRAINING_JOB.kind, ns, name)
-    if body is None or body["metadata"].get("deletionTimestamp"):
+    loaded = await load_or_refuse(ctx, r.TRAINING_JOB, TrainingJob, key)
+    if loaded is None:
         return None
-    try:
-        tj = TrainingJob.model_validate(body)
-    except ValidationError as err:
-        message = describe(err)
-        status_body, changed = invalid_status(body, message, "Failed", ctx.now())
-        await write_status(ctx, r.TRAINING_JOB, body, status_body)
-        if changed:
-            log.warning("TrainingJob %s/%s is invalid: %s", ns, name, message)
-            await ctx.kube.event(body, "Warning", "InvalidSpec", message)
-        return None
+    body, tj = loaded
 
     step = _Step(tj, body, ctx.now())
     if step.status.phase in FINISHED:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from kubeforge.api.common import Condition
-from kubeforge.api.trainingjob import Failure, FailurePolicy, TrainingPhase
+from kubeforge.api.trainingjob import CheckpointInfo, Failure, FailurePolicy, TrainingPhase
 from kubeforge.status.conditions import set_condition
 from kubeforge.status.pods import pending_message
 
@@ -155,3 +156,23 @@ def phase_conditions(
             # the inactive conditions carry the current reason too: `Succeeded=False, reason=Queued`
             out = set_condition(out, type_, False, reason, message, generation, now)
     return sorted(out, key=lambda c: c.type)
+
+
+def reported_checkpoint(pods: list[dict[str, Any]]) -> CheckpointInfo | None:
+    """The newest checkpoint the trainer reported in a worker's termination message, if any.
+
+    The reference trainer (kubeforge.trainer.progress) writes its progress document there on exit;
+    a program that writes anything else, or nothing, simply reports no checkpoint.
+    """
+    newest: CheckpointInfo | None = None
+    for pod in pods:
+        for cs in pod.get("status", {}).get("containerStatuses") or []:
+            message = ((cs.get("state") or {}).get("terminated") or {}).get("message") or ""
+            try:
+                checkpoint = json.loads(message).get("checkpoint")
+                info = CheckpointInfo.model_validate(checkpoint) if checkpoint else None
+            except (ValueError, AttributeError):
+                continue
+            if info is not None and (newest is None or (info.step or 0) > (newest.step or 0)):
+                newest = info
+    return newest
