@@ -13,9 +13,10 @@ from kubernetes import client as k8s_client
 from kubernetes import watch
 
 from bench.harness import OperatorProcess, percentile
-from kubeforge.api import ModelDeployment
+from kubeforge.api import ModelDeployment, TrainingJob
 from kubeforge.builders.autoscaling import build_hpa
 from kubeforge.builders.modeldeployment import build_service, build_triton_deployment
+from kubeforge.builders.trainingjob import build_headless_service, build_worker_job
 from kubeforge.k8s import resources as r
 from kubeforge.k8s.client import ApiError, Kube
 from kubeforge.settings import Settings
@@ -113,13 +114,48 @@ async def floor_one(kube: Kube, namespace: str, name: str, settings: Settings) -
     start = time.perf_counter()
     created = await kube.create(md_body(namespace, name))
     md = ModelDeployment.model_validate(created)
-    for child in (build_triton_deployment(md, settings), build_service(md), build_hpa(md)):
-        assert child is not None
-        await kube.apply(child)
+    children = [build_triton_deployment(md, settings), build_service(md), build_hpa(md)]
+    # as the operator does: the children concurrently, then the status
+    await asyncio.gather(*(kube.apply(child) for child in children if child is not None))
     await kube.patch_status(
         r.MODEL_DEPLOYMENT, namespace, name, {"observedGeneration": 1, "phase": "Progressing"}
     )
     return time.perf_counter() - start
+
+
+async def floor_training_job(kube: Kube, namespace: str, name: str) -> None:
+    """What a bare client does for one TrainingJob: create it, its Service and first Job, its status."""
+    created = await kube.create(tj_body(namespace, name))
+    tj = TrainingJob.model_validate(created)
+    await asyncio.gather(
+        kube.apply(build_headless_service(tj)), kube.apply(build_worker_job(tj, 0, suspend=False))
+    )
+    await kube.patch_status(r.TRAINING_JOB, namespace, name, {"observedGeneration": 1, "phase": "Pending"})
+
+
+async def floor_burst(
+    kube: Kube, namespace: str, mds: int, tjs: int, concurrency: int = 16
+) -> dict[str, Any]:
+    """The same burst done by a bare client (no watch, no cache, no status logic): the throughput floor."""
+    await ensure_namespace(kube, namespace)
+    settings = Settings()
+    work: asyncio.Queue[tuple[str, int]] = asyncio.Queue()
+    for i in range(mds):
+        work.put_nowait(("md", i))
+    for i in range(tjs):
+        work.put_nowait(("tj", i))
+
+    async def worker() -> None:
+        while not work.empty():
+            kind, i = work.get_nowait()
+            if kind == "md":
+                await floor_one(kube, namespace, f"md-{i}", settings)
+            else:
+                await floor_training_job(kube, namespace, f"tj-{i}")
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return {"modeldeployments": mds, "trainingjobs": tjs, "all_done_s": time.perf_counter() - start}
 
 
 async def latency_vs_floor(

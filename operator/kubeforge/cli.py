@@ -37,6 +37,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         liveness=args.liveness,
         metrics_port=args.metrics_port,
         metrics_host=args.metrics_host,
+        workers=args.workers,
         verbose=args.verbose,
     )
 
@@ -52,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="kopf liveness endpoint URL")
     run.add_argument("--metrics-port", type=int, default=8081, help="Prometheus metrics port (0: off)")
     run.add_argument("--metrics-host", default="0.0.0.0", help="address the metrics server binds")
+    run.add_argument("--workers", type=int, default=16, help="concurrent reconciles per kind")
     run.add_argument("--verbose", "-v", action="store_true")
     run.set_defaults(func=_cmd_run)
 

@@ -24,6 +24,29 @@ def _rv(obj: Object) -> int:
         return 0
 
 
+# what no reconciler reads, and what makes up most of an object's size
+_DROPPED_ANNOTATIONS = ("kubectl.kubernetes.io/last-applied-configuration",)
+
+
+def slim(kind: str, obj: Object) -> Object:
+    """The object without what the reconcilers never read: managedFields, kubectl's last-applied
+    annotation, and a pod's spec (status and metadata say everything the status reducers need)."""
+    meta = obj["metadata"]
+    annotations = meta.get("annotations") or {}
+    if (
+        "managedFields" not in meta
+        and not any(a in annotations for a in _DROPPED_ANNOTATIONS)
+        and kind != "Pod"
+    ):
+        return obj
+    meta = {k: v for k, v in meta.items() if k != "managedFields"}
+    if any(a in annotations for a in _DROPPED_ANNOTATIONS):
+        meta["annotations"] = {k: v for k, v in annotations.items() if k not in _DROPPED_ANNOTATIONS}
+    out = {k: v for k, v in obj.items() if k != "metadata" and not (kind == "Pod" and k == "spec")}
+    out["metadata"] = meta
+    return out
+
+
 class ObjectCache:
     def __init__(self) -> None:
         self._objects: dict[Key, Object] = {}
@@ -39,6 +62,7 @@ class ObjectCache:
 
     def upsert(self, kind: str, obj: Object) -> None:
         """Store `obj` unless the cache already holds a newer version of it."""
+        obj = slim(kind, obj)
         meta = obj["metadata"]
         key = (kind, meta.get("namespace", ""), meta["name"])
         current = self._objects.get(key)

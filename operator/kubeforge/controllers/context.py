@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -28,6 +29,13 @@ class Context:
     cache: ObjectCache = field(default_factory=ObjectCache)
     metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
     now: Callable[[], datetime] = utcnow
+    _events: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def announce(self, owner: Object, type_: str, reason: str, message: str) -> None:
+        """Post an Event in the background: Events are best effort and never delay a reconcile."""
+        task = asyncio.create_task(self.kube.event(owner, type_, reason, message))
+        self._events.add(task)
+        task.add_done_callback(self._events.discard)
 
     async def ensure(self, desired: Object) -> Object:
         """Apply `desired` unless the cached live object already matches it (then: no API call)."""

@@ -25,6 +25,7 @@ from kubeforge.settings import Settings
 
 log = logging.getLogger(__name__)
 Key = tuple[str, str]
+CHILD_EVENT_DELAY = 0.5  # seconds
 
 # (resource, kind of the owner it belongs to or None for our own kinds)
 CHILDREN = (r.DEPLOYMENT, r.SERVICE, r.PDB, r.HPA, r.JOB, r.POD)
@@ -70,13 +71,18 @@ class Runtime:
             self.ctx.metrics.observe(kind, timer.elapsed(), ok)
 
     def enqueue_owner(self, obj: dict[str, Any]) -> None:
+        """A child changed: reconcile its owner shortly, once for a burst of child events.
+
+        A rollout sends a storm of Deployment, ReplicaSet and pod events; folding them into one
+        reconcile CHILD_EVENT_DELAY later writes the owner's status once instead of per event.
+        """
         labels = obj["metadata"].get("labels") or {}
         owner_kind, owner_name = labels.get(OWNER_KIND_LABEL), labels.get(OWNER_NAME_LABEL)
         key = (obj["metadata"].get("namespace", ""), owner_name or "")
         if owner_kind == "modeldeployment":
-            self.md_queue.add(key)
+            self.md_queue.add_after(key, CHILD_EVENT_DELAY)
         elif owner_kind == "trainingjob":
-            self.tj_queue.add(key)
+            self.tj_queue.add_after(key, CHILD_EVENT_DELAY)
 
 
 def _runtime(memo: Any) -> Runtime:
@@ -106,7 +112,11 @@ async def startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     settings.scanning.disabled = True
     options = memo.options
     op_settings: Settings = options["settings"]
-    kube = Kube(load_api_client(), field_manager=op_settings.field_manager)
+    # one API call in flight per reconcile worker and child, at most: threads for the sync client
+    workers = options["workers"]
+    kube = Kube(
+        load_api_client(pool_size=4 * workers), field_manager=op_settings.field_manager, workers=4 * workers
+    )
     ctx = Context(kube=kube, settings=op_settings)
     ctx.metrics.api_calls = kube.calls
     runtime = Runtime(ctx, workers=options["workers"])

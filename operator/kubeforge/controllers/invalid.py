@@ -70,5 +70,5 @@ async def load_or_refuse(
         await write_status(ctx, resource, body, refused)
         if changed:
             log.warning("%s %s/%s is invalid: %s", resource.kind, ns, name, message)
-            await ctx.kube.event(body, "Warning", "InvalidSpec", message)
+            ctx.announce(body, "Warning", "InvalidSpec", message)
         return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -24,6 +25,7 @@ from kubeforge.status.pods import pod_ready
 log = logging.getLogger(__name__)
 KEDA_API = "keda.sh/v1alpha1"
 MODEL_PROBE_SECONDS = 30.0
+MISSING_API_SECONDS = 30.0
 MONITORING_API = "monitoring.coreos.com/v1"
 
 
@@ -88,11 +90,14 @@ async def reconcile_model_deployment(ctx: Context, key: tuple[str, str]) -> floa
         return None
     body, md = loaded
 
-    deployment = await ctx.ensure(build_triton_deployment(md, ctx.settings))
-    await ctx.ensure(build_service(md))
-    await _ensure_optional(ctx, r.PDB, md, build_pod_disruption_budget(md))
-    autoscaler = await _autoscaler(ctx, md)
-    await _monitoring(ctx, md)
+    # the children do not depend on each other: apply them concurrently
+    deployment, _, _, autoscaler, _ = await asyncio.gather(
+        ctx.ensure(build_triton_deployment(md, ctx.settings)),
+        ctx.ensure(build_service(md)),
+        _ensure_optional(ctx, r.PDB, md, build_pod_disruption_budget(md)),
+        _autoscaler(ctx, md),
+        _monitoring(ctx, md),
+    )
 
     pods = ctx.cache.owned(r.POD.kind, "modeldeployment", ns, name)
     states, probe_error = await _probe_models(ctx, pods)
@@ -108,6 +113,8 @@ async def reconcile_model_deployment(ctx: Context, key: tuple[str, str]) -> floa
     status, transitions = compute_status(md, observed, previous, ctx.now())
     await write_status(ctx, r.MODEL_DEPLOYMENT, body, status.wire())
     for transition in transitions:
-        await ctx.kube.event(body, transition.type, transition.reason, transition.message)
+        ctx.announce(body, transition.type, transition.reason, transition.message)
+    if autoscaler is not None and autoscaler.missing_reason:
+        return MISSING_API_SECONDS  # notice KEDA once it is installed; no watch event says so
     # model state is read from Triton, which sends no watch events: look again soon
     return MODEL_PROBE_SECONDS if ctx.settings.model_probe and states is not None else None

@@ -16,7 +16,7 @@ def run_operator(
     metrics_port: int,
     verbose: bool,
     metrics_host: str = "0.0.0.0",
-    workers: int = 4,
+    workers: int = 16,
 ) -> int:
     """Run until interrupted; returns the exit code."""
     import kubeforge.controllers.handlers  # noqa: F401 - registers the kopf handlers

@@ -286,5 +286,5 @@ async def reconcile_training_job(ctx: Context, key: tuple[str, str]) -> float | 
         step.phase(TrainingPhase.PENDING, "Created", "the TrainingJob was accepted")
     await write_status(ctx, r.TRAINING_JOB, body, status.wire())
     for type_, reason, message in step.events:
-        await ctx.kube.event(body, type_, reason, message)
+        ctx.announce(body, type_, reason, message)
     return requeue

@@ -234,8 +234,8 @@ def _transitions(previous: ModelDeploymentStatus | None, current: ModelDeploymen
         before = get_condition(previous.conditions if previous else None, type_)
         if now_c is None or now_c.status == ConditionStatus.UNKNOWN:
             continue
-        if before is None and now_c.status == ConditionStatus.FALSE and type_ == "Degraded":
-            continue  # "not degraded" at creation is not news
+        if before is None and now_c.status == ConditionStatus.FALSE and type_ != "AutoscalingReady":
+            continue  # "not degraded" or "not ready yet" at creation is not news
         if before is None or before.status != now_c.status or before.reason != now_c.reason:
             kind = when_true if now_c.status == ConditionStatus.TRUE else when_false
             if type_ == "Ready" and now_c.reason in ("NotAllReplicasReady", "Creating"):
