@@ -44,8 +44,8 @@ def _sizes(smoke: bool) -> dict[str, Any]:
         "burst_md": 1000,
         "burst_tj": 200,
         "scale": [100, 3000],
-        "steady_s": 120,
-        "resync_s": 15,
+        "steady_s": 60,
+        "resync_s": 10,
     }
 
 
@@ -81,7 +81,7 @@ async def control_plane(smoke: bool, state: Path) -> dict[str, Any]:
         )
         print(json.dumps(results["throughput_floor"]), flush=True)
         print("steady state ...", flush=True)
-        results["steady"] = cp.steady_state(op, sizes["steady_s"], settle_window=max(20.0, sizes["resync_s"]))
+        results["steady"] = cp.steady_state(op, sizes["steady_s"], settle_window=max(20.0, sizes["resync_s"]), settle_timeout=60)
         print(json.dumps(results["steady"]), flush=True)
         large = sizes["scale"][1]
         scale[sizes["burst_md"]] = results["throughput"]["all_reconciled_s"]

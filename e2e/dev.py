@@ -24,6 +24,7 @@ import yaml
 from e2e.cluster import REPO_ROOT, Cluster, ClusterError
 from e2e.kube import Kubectl, KubectlError, find_condition
 from e2e.operator_proc import RUNNER_MODULE, OperatorError, OperatorProcess, operator_available
+from e2e.storage import bound_claim
 
 DEV_DIR = REPO_ROOT / ".dev"
 CRDS_DIR = REPO_ROOT / "crds"
@@ -79,7 +80,10 @@ def up(wait: float, finish_jobs_after: str | None) -> int:
     if examples:
         documents = [doc for path in examples for doc in yaml.safe_load_all(path.read_text()) if doc]
         for namespace, claim in sorted(_claims_without_volume(documents)):
-            _bind_claim(kubectl, namespace, claim)
+            kubectl("create", "namespace", namespace, check=False)
+            bound_claim(
+                kubectl, namespace, claim, size="100Gi", volume_prefix="dev", host_root=DEV_DIR / "volumes"
+            )
             print(
                 f"  PersistentVolumeClaim {namespace}/{claim} bound to a local volume (used by the examples)"
             )
@@ -227,42 +231,6 @@ def _walk(node: Any, key: str = "") -> Iterator[tuple[str, Any]]:
     elif isinstance(node, list):
         for item in node:
             yield from _walk(item, key)
-
-
-def _bind_claim(kubectl: Kubectl, namespace: str, name: str, size: str = "100Gi") -> None:
-    """A claim pre-bound to its own hostPath volume: the local cluster has no provisioner."""
-    volume = f"dev-{namespace}-{name}"[:253]
-    kubectl("create", "namespace", namespace, check=False)
-    kubectl.apply(
-        yaml.safe_dump_all(
-            [
-                {
-                    "apiVersion": "v1",
-                    "kind": "PersistentVolume",
-                    "metadata": {"name": volume},
-                    "spec": {
-                        "capacity": {"storage": size},
-                        "accessModes": ["ReadWriteMany"],
-                        "persistentVolumeReclaimPolicy": "Retain",
-                        "storageClassName": "",
-                        "hostPath": {"path": str(DEV_DIR / "volumes" / volume)},
-                        "claimRef": {"namespace": namespace, "name": name},
-                    },
-                },
-                {
-                    "apiVersion": "v1",
-                    "kind": "PersistentVolumeClaim",
-                    "metadata": {"name": name, "namespace": namespace},
-                    "spec": {
-                        "accessModes": ["ReadWriteMany"],
-                        "storageClassName": "",
-                        "volumeName": volume,
-                        "resources": {"requests": {"storage": size}},
-                    },
-                },
-            ]
-        )
-    )
 
 
 def _rel(path: Path) -> str:

@@ -6,12 +6,21 @@ lets the real PV controller bind them, so pods that mount claims schedule as in 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from e2e.kube import Kubectl, wait_for
 
 
-def bound_claim(kubectl: Kubectl, namespace: str, name: str, size: str = "10Gi") -> None:
+def bound_claim(
+    kubectl: Kubectl,
+    namespace: str,
+    name: str,
+    size: str = "10Gi",
+    volume_prefix: str = "",
+    host_root: Path = Path("/tmp/kubeforge-e2e"),
+) -> None:
     """Create the claim `name` in `namespace`, bound to its own PV, and wait until Bound."""
-    pv = f"{namespace}-{name}"[:253]
+    pv = f"{volume_prefix + '-' if volume_prefix else ''}{namespace}-{name}"[:253]
     kubectl.apply(
         f"""
 apiVersion: v1
@@ -24,7 +33,7 @@ spec:
   accessModes: [ReadWriteMany]
   persistentVolumeReclaimPolicy: Delete
   storageClassName: ""
-  hostPath: {{path: /tmp/kubeforge-e2e/{pv}}}
+  hostPath: {{path: {host_root / pv}}}
   claimRef: {{namespace: {namespace}, name: {name}}}
 ---
 apiVersion: v1
