@@ -81,7 +81,9 @@ async def control_plane(smoke: bool, state: Path) -> dict[str, Any]:
         )
         print(json.dumps(results["throughput_floor"]), flush=True)
         print("steady state ...", flush=True)
-        results["steady"] = cp.steady_state(op, sizes["steady_s"], settle_window=max(20.0, sizes["resync_s"]), settle_timeout=60)
+        results["steady"] = cp.steady_state(
+            op, sizes["steady_s"], settle_window=max(20.0, sizes["resync_s"]), settle_timeout=60
+        )
         print(json.dumps(results["steady"]), flush=True)
         large = sizes["scale"][1]
         scale[sizes["burst_md"]] = results["throughput"]["all_reconciled_s"]
