@@ -80,6 +80,11 @@ def test_queue_time_and_rate_queries_follow_the_load(tmp_path: Path) -> None:
         repository=tmp_path,
         wait="ready",
     ) as server:
+        # the metrics endpoint starts serving a moment after the HTTP endpoint reports ready
+        deadline = time.monotonic() + 30
+        while server.http_get("/metrics", port=server.metrics_port) != 200:
+            assert time.monotonic() < deadline, f"metrics endpoint never answered:\n{server.log()}"
+            time.sleep(0.2)
         idle = _window(server, 1.5, load=0)
         busy = _window(server, 3.0, load=8)
     idle_rate, busy_rate = sum(evaluate(rate_q, idle).values()), sum(evaluate(rate_q, busy).values())

@@ -105,3 +105,24 @@ StringMap = Annotated[
     dict[str, str],
     WithJsonSchema({"type": "object", "additionalProperties": {"type": "string"}}),
 ]
+
+
+# children are named after the object and its Service name must be a DNS-1035 label
+NAME_PATTERN = "^[a-z]([-a-z0-9]*[a-z0-9])?$"
+
+
+def object_name_rules(max_length: int, why: str) -> tuple[Rule, ...]:
+    """The metadata.name rules of a kind, checked in Python; the CRD enforces them in its
+    metadata.name schema (maxLength and pattern, see crd.py), so they carry no CEL."""
+    return (
+        Rule(
+            cel="",
+            message=f"metadata.name must be at most {max_length} characters ({why})",
+            check=lambda o: len(o.metadata.name) <= max_length,
+        ),
+        Rule(
+            cel="",
+            message=f"metadata.name must start with a letter and hold only a-z, 0-9 and '-' ({why})",
+            check=lambda o: re.match(NAME_PATTERN, o.metadata.name) is not None,
+        ),
+    )

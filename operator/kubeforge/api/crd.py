@@ -14,14 +14,11 @@ from typing import Any
 import yaml
 
 from kubeforge import GROUP, VERSION
-from kubeforge.api.base import ApiModel
+from kubeforge.api.base import NAME_PATTERN, ApiModel
 from kubeforge.api.modeldeployment import MAX_NAME_LENGTH as MD_MAX_NAME
 from kubeforge.api.modeldeployment import ModelDeployment
 from kubeforge.api.trainingjob import MAX_NAME_LENGTH as TJ_MAX_NAME
 from kubeforge.api.trainingjob import TrainingJob
-
-# children are named after the object and its Service name must be a DNS-1035 label
-NAME_PATTERN = "^[a-z]([-a-z0-9]*[a-z0-9])?$"
 
 CATEGORIES = ["kubeforge", "ai"]
 _DROP = {"title", "additionalProperties"}

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import re
 from enum import StrEnum
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field
 
-from kubeforge.api.base import ApiModel, Quantity, Rule, StringMap
+from kubeforge.api.base import ApiModel, Quantity, Rule, StringMap, object_name_rules
 from kubeforge.api.common import (
     GPU,
     ConditionList,
@@ -437,22 +436,6 @@ class ModelDeployment(ApiModel):
     spec: ModelDeploymentSpec = Field(description="Desired state.")
     status: ModelDeploymentStatus | None = Field(default=None, description="Observed state.")
 
-    rules: ClassVar[tuple[Rule, ...]] = (
-        Rule(
-            cel="",  # enforced by the metadata.name schema (crd.py)
-            message=f"metadata.name must be at most {MAX_NAME_LENGTH} characters "
-            "(it names the Service, which must be a DNS-1035 label)",
-            check=lambda o: len(o.metadata.name) <= MAX_NAME_LENGTH,
-        ),
-        Rule(
-            cel="",
-            message="metadata.name must start with a letter and hold only a-z, 0-9 and '-' "
-            "(it names the Service, which must be a DNS-1035 label)",
-            check=lambda o: re.match(r"^[a-z]([-a-z0-9]*[a-z0-9])?$", o.metadata.name) is not None,
-        ),
+    rules: ClassVar[tuple[Rule, ...]] = object_name_rules(
+        MAX_NAME_LENGTH, "it names the Service, which must be a DNS-1035 label"
     )
-
-
-def parse_model_deployment(body: dict[str, Any]) -> ModelDeployment:
-    """Validate a ModelDeployment as it comes from the API server or a file."""
-    return ModelDeployment.model_validate(body)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field
 
-from kubeforge.api.base import ApiModel, Quantity, Rule
+from kubeforge.api.base import ApiModel, Quantity, Rule, object_name_rules
 from kubeforge.api.common import (
     GPU,
     ConditionList,
@@ -295,22 +294,7 @@ class TrainingJob(ApiModel):
     spec: TrainingJobSpec = Field(description="Desired state.")
     status: TrainingJobStatus | None = Field(default=None, description="Observed state.")
 
-    rules: ClassVar[tuple[Rule, ...]] = (
-        Rule(
-            cel="",  # enforced by the metadata.name schema (crd.py)
-            message=f"metadata.name must be at most {MAX_NAME_LENGTH} characters "
-            "(worker pods are named <name>-<attempt>-<index> and must fit a 63-character DNS label)",
-            check=lambda o: len(o.metadata.name) <= MAX_NAME_LENGTH,
-        ),
-        Rule(
-            cel="",
-            message="metadata.name must start with a letter and hold only a-z, 0-9 and '-' "
-            "(it names the headless Service of the workers)",
-            check=lambda o: re.match(r"^[a-z]([-a-z0-9]*[a-z0-9])?$", o.metadata.name) is not None,
-        ),
+    rules: ClassVar[tuple[Rule, ...]] = object_name_rules(
+        MAX_NAME_LENGTH,
+        "worker pods are named <name>-<attempt>-<index> and must fit a 63-character DNS label",
     )
-
-
-def parse_training_job(body: dict[str, Any]) -> TrainingJob:
-    """Validate a TrainingJob as it comes from the API server or a file."""
-    return TrainingJob.model_validate(body)

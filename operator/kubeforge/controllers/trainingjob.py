@@ -62,6 +62,13 @@ class _Step:
             )
 
 
+def _seconds_left(now: datetime, since: datetime | None, limit: int | None) -> float | None:
+    """Seconds until a deadline of `limit` seconds from `since`; None when there is no such deadline."""
+    if since is None or not limit:
+        return None
+    return (since + timedelta(seconds=limit) - now).total_seconds()
+
+
 def _gpus_per_worker(tj: TrainingJob) -> int:
     return tj.spec.gpu.resource_count if tj.spec.gpu else 0
 
@@ -208,27 +215,21 @@ async def _run(ctx: Context, step: _Step) -> float | None:
         step.phase(TrainingPhase.SUCCEEDED, "TrainingSucceeded", f"all {tj.spec.workers} worker(s) exited 0")
         return None
 
-    if run_policy and run_policy.active_deadline_seconds and status.start_time:
-        due = status.start_time + timedelta(seconds=run_policy.active_deadline_seconds)
-        if step.now >= due:
-            await _delete_attempt(ctx, tj, attempt)
-            _fail(
-                step,
-                "DeadlineExceeded",
-                f"running longer than activeDeadlineSeconds ({run_policy.active_deadline_seconds}s)",
-            )
-            return None
+    active_deadline = run_policy.active_deadline_seconds if run_policy else None
     if obs.started is not None:
         status.start_time = status.start_time or obs.started
+    active_left = _seconds_left(step.now, status.start_time, active_deadline)
+    if active_left is not None and active_left <= 0:
+        await _delete_attempt(ctx, tj, attempt)
+        _fail(step, "DeadlineExceeded", f"running longer than activeDeadlineSeconds ({active_deadline}s)")
+        return None
+    if obs.started is not None:
         step.phase(
             TrainingPhase.RUNNING,
             "AllWorkersRunning",
             f"attempt {attempt}: {obs.running}/{tj.spec.workers} workers running",
         )
-        if run_policy and run_policy.active_deadline_seconds:
-            due = status.start_time + timedelta(seconds=run_policy.active_deadline_seconds)
-            return max(1.0, (due - step.now).total_seconds())
-        return None
+        return max(1.0, active_left) if active_left is not None else None
 
     # not all workers running yet
     if obs.suspended_by_queue:
@@ -241,19 +242,20 @@ async def _run(ctx: Context, step: _Step) -> float | None:
     reason, message = "WorkersPending", f"attempt {attempt}: {obs.running}/{tj.spec.workers} workers running"
     if obs.pending_message:
         reason, message = "Unschedulable", f"{message}; {obs.pending_message}"
-    if run_policy and run_policy.pending_deadline_seconds and status.attempt_start_time:
-        due = status.attempt_start_time + timedelta(seconds=run_policy.pending_deadline_seconds)
-        if step.now >= due:
+    pending_deadline = run_policy.pending_deadline_seconds if run_policy else None
+    pending_left = _seconds_left(step.now, status.attempt_start_time, pending_deadline)
+    if pending_left is not None:
+        if pending_left <= 0:
             await _delete_attempt(ctx, tj, attempt)
             _fail(
                 step,
                 "PendingDeadlineExceeded",
-                f"workers not all running within {run_policy.pending_deadline_seconds}s; {obs.pending_message or message}",
+                f"workers not all running within {pending_deadline}s; {obs.pending_message or message}",
             )
             return None
         if status.phase != TrainingPhase.RESTARTING or obs.pending_message:
             step.phase(TrainingPhase.PENDING, reason, message)
-        return max(1.0, (due - step.now).total_seconds())
+        return max(1.0, pending_left)
     step.phase(TrainingPhase.PENDING, reason, message)
     return None
 
