@@ -44,3 +44,14 @@ def test_describe_uses_wire_names_and_indexes() -> None:
     with pytest.raises(ValidationError) as info:
         ModelDeployment.model_validate(body)
     assert describe(info.value).startswith("spec.models[0].source: String should match pattern")
+
+
+def test_readme_examples_are_valid() -> None:
+    """The YAML a user copies from the README validates (the ten lines, and the autoscaling block)."""
+    readme = (EXAMPLES.parent / "README.md").read_text()
+    blocks = [b.split("```", 1)[0] for b in readme.split("```yaml\n")[1:]]
+    ten_lines = yaml.safe_load(blocks[0])
+    ModelDeployment.model_validate(ten_lines)
+    autoscaling = yaml.safe_load(blocks[1])["autoscaling"]
+    spec = {**ten_lines["spec"], "autoscaling": autoscaling}
+    ModelDeployment.model_validate({**ten_lines, "spec": spec})
