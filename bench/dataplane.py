@@ -11,44 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from bench.harness import percentile
 from kubeforge.builders.modeldeployment import served_models
 from kubeforge.testing.triton import run_tritonserver
-from kubeforge.testing.workloads import fixed_cost_model, write_model
+from kubeforge.testing.workloads import drive_load, fixed_cost_model, write_model
 
 CONCURRENCY = (1, 8, 32)
-
-
-async def _load(grpc_address: str, model: str, clients: int, seconds: float) -> tuple[float, list[float]]:
-    from tritonclient.grpc.aio import InferenceServerClient, InferInput
-
-    client = InferenceServerClient(grpc_address)
-    data = np.ones((1, 16), dtype=np.float32)
-    latencies: list[float] = []
-    deadline = time.perf_counter() + seconds
-
-    async def loop() -> None:
-        n = 0
-        while time.perf_counter() < deadline and n < 20_000:
-            request = InferInput("INPUT", [1, 16], "FP32")
-            request.set_data_from_numpy(data)
-            start = time.perf_counter()
-            await client.infer(model, [request])
-            latencies.append(time.perf_counter() - start)
-            n += 1
-
-    start = time.perf_counter()
-    try:
-        await asyncio.gather(*(loop() for _ in range(clients)))
-    finally:
-        await client.close()
-    return len(latencies) / (time.perf_counter() - start), latencies
 
 
 async def dataplane(smoke: bool = False) -> dict[str, Any]:
@@ -65,10 +36,12 @@ async def dataplane(smoke: bool = False) -> dict[str, Any]:
         ) as server:
             grpc = server.grpc_url.removeprefix("grpc://")
             for model in ("operator", "default"):  # warm up both
-                await _load(grpc, model, 4, 0.5)
+                await drive_load(grpc, model, 4, 0.5)
             for clients in CONCURRENCY:
-                op_rps, op_lat = await _load(grpc, "operator", clients, seconds)
-                de_rps, de_lat = await _load(grpc, "default", clients, seconds)
+                op = await drive_load(grpc, "operator", clients, seconds)
+                de = await drive_load(grpc, "default", clients, seconds)
+                op_rps, op_lat = op.requests_per_second, op.latencies
+                de_rps, de_lat = de.requests_per_second, de.latencies
                 points[str(clients)] = {
                     "operator_rps": op_rps,
                     "default_rps": de_rps,

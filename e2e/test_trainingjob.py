@@ -154,18 +154,15 @@ def test_max_restarts_exhausted(kubectl: Kubectl, namespace: str, operator: Any,
     assert find_condition(tj, "Failed")["reason"] == "RestartsExhausted"  # type: ignore[index]
 
 
+def _set_suspend(kubectl: Kubectl, namespace: str, suspend: bool) -> None:
+    patch = {"spec": {"runPolicy": {"suspend": suspend}}}
+    kubectl("patch", "tj", "train", "--type=merge", "-p", json.dumps(patch), namespace=namespace)
+
+
 def test_suspend_then_resume(kubectl: Kubectl, namespace: str, operator: Any, checkpoints: str) -> None:
     kubectl.apply(_job(namespace))
     _running_workers(kubectl, namespace, "train-0", 2)
-    kubectl(
-        "patch",
-        "tj",
-        "train",
-        "--type=merge",
-        "-p",
-        '{"spec":{"runPolicy":{"suspend":true}}}',
-        namespace=namespace,
-    )
+    _set_suspend(kubectl, namespace, True)
     tj = wait_condition(kubectl, "tj", "train", "Suspended", "True", namespace=namespace, timeout=60)
     assert tj["status"]["phase"] == "Suspended"
     wait_for(
@@ -173,15 +170,7 @@ def test_suspend_then_resume(kubectl: Kubectl, namespace: str, operator: Any, ch
         timeout=30,
         message="workers removed",
     )
-    kubectl(
-        "patch",
-        "tj",
-        "train",
-        "--type=merge",
-        "-p",
-        '{"spec":{"runPolicy":{"suspend":false}}}',
-        namespace=namespace,
-    )
+    _set_suspend(kubectl, namespace, False)
     tj = wait_condition(kubectl, "tj", "train", "Running", "True", namespace=namespace, timeout=60)
     assert tj["status"]["phase"] == "Running"
     assert find_condition(tj, "Suspended")["status"] == "False"  # type: ignore[index]

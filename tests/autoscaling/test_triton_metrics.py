@@ -7,13 +7,12 @@ import time
 import urllib.request
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from kubeforge.api import ModelDeployment
 from kubeforge.builders.autoscaling import INFERENCE_RATE, QUEUE_TIME, keda_query
 from kubeforge.testing.triton import TritonServer, run_tritonserver, tritonserver_available
-from kubeforge.testing.workloads import fixed_cost_model, write_model
+from kubeforge.testing.workloads import drive_load, fixed_cost_model, write_model
 from tests.autoscaling.promql import Scrapes, evaluate, parse_exposition
 from tests.data.invalid_specs import example
 
@@ -37,35 +36,14 @@ def _window(server: TritonServer, seconds: float, load: int) -> Scrapes:
     before = _scrape(url)
     start = time.monotonic()
     if load:
-        asyncio.run(_drive(server.grpc_url.removeprefix("grpc://"), load, seconds))
+        asyncio.run(
+            drive_load(server.grpc_url.removeprefix("grpc://"), "fixed", load, seconds, max_per_client=10_000)
+        )
     else:
         time.sleep(seconds)
     # Triton refreshes its counters at a fixed interval; read after it has published the window
     time.sleep(0.3)
     return Scrapes(before, _scrape(url), time.monotonic() - start)
-
-
-async def _drive(grpc_address: str, clients: int, seconds: float) -> None:
-    """`clients` concurrent request loops for `seconds` (each bounded to 10,000 requests)."""
-    from tritonclient.grpc.aio import InferenceServerClient, InferInput
-
-    client = InferenceServerClient(grpc_address)
-    data = np.ones((1, 16), dtype=np.float32)
-    deadline = time.monotonic() + seconds
-
-    async def one() -> int:
-        n = 0
-        while time.monotonic() < deadline and n < 10_000:
-            request = InferInput("INPUT", [1, 16], "FP32")
-            request.set_data_from_numpy(data)
-            await client.infer("fixed", [request])
-            n += 1
-        return n
-
-    try:
-        await asyncio.gather(*(one() for _ in range(clients)))
-    finally:
-        await client.close()
 
 
 def test_queue_time_and_rate_queries_follow_the_load(tmp_path: Path) -> None:

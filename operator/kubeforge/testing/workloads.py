@@ -7,7 +7,12 @@ server-side dynamic batching pays: one execution serves many queued requests.
 
 from __future__ import annotations
 
+import asyncio
+import time
+from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from kubeforge.api.modeldeployment import ModelFormat, ModelSpec, TritonModelConfig
 from kubeforge.triton.config import render_model_config
@@ -65,3 +70,47 @@ def write_model(repository: Path, model: ModelSpec) -> Path:
     assert config is not None
     (directory / "config.pbtxt").write_text(config)
     return directory
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    """What a bounded load run saw: each request's latency, and the wall time it took."""
+
+    latencies: list[float]
+    seconds: float
+
+    @property
+    def requests_per_second(self) -> float:
+        return len(self.latencies) / self.seconds
+
+
+async def drive_load(
+    grpc_address: str, model: str, clients: int, seconds: float, max_per_client: int = 20_000
+) -> LoadResult:
+    """`clients` concurrent request loops against the fixed-cost model, for `seconds` at most.
+
+    Each loop is bounded in count too (`max_per_client`), so a load test always stops by itself.
+    """
+    from tritonclient.grpc.aio import InferenceServerClient, InferInput
+
+    client = InferenceServerClient(grpc_address)
+    data = np.ones((1, 16), dtype=np.float32)
+    latencies: list[float] = []
+    deadline = time.perf_counter() + seconds
+
+    async def loop() -> None:
+        for _ in range(max_per_client):
+            if time.perf_counter() >= deadline:
+                return
+            request = InferInput("INPUT", [1, 16], "FP32")
+            request.set_data_from_numpy(data)
+            start = time.perf_counter()
+            await client.infer(model, [request])
+            latencies.append(time.perf_counter() - start)
+
+    start = time.perf_counter()
+    try:
+        await asyncio.gather(*(loop() for _ in range(clients)))
+    finally:
+        await client.close()
+    return LoadResult(latencies, time.perf_counter() - start)
