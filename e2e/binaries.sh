@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Provides the pinned binaries of the local control plane (etcd, kube-apiserver,
-# kube-controller-manager, kube-scheduler), kwok, helm and Kueue, cached outside
+# kube-controller-manager, kube-scheduler), kwok, helm, Kueue and a kstatus CLI, cached outside
 # the repo so only the first run on a machine pays for them.
 #
 # Without internet (this project's CI) each one is built from its Go module via
@@ -16,6 +16,7 @@ ETCD_VERSION=${ETCD_VERSION:-v3.6.16}
 KWOK_VERSION=${KWOK_VERSION:-v0.7.0}
 HELM_VERSION=${HELM_VERSION:-v3.19.5}
 KUEUE_VERSION=${KUEUE_VERSION:-v0.17.0}
+KSTATUS_VERSION=${KSTATUS_VERSION:-v0.37.2} # sigs.k8s.io/cli-utils (Flux's kstatus)
 
 CACHE=${KUBEFORGE_CACHE:-$HOME/.cache/kubeforge}
 BIN="$CACHE/bin"
@@ -96,6 +97,27 @@ GO
   stamp etcd "$ETCD_VERSION"
 }
 
+build_kstatus() {
+  # Our own tiny CLI around kstatus's status.Compute (source: e2e/kstatus/main.go); the
+  # stamp carries a hash of that source so an edit rebuilds it. Never downloaded: no release ships it.
+  local src; src="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/kstatus/main.go"
+  local version; version="$KSTATUS_VERSION-$(sha256sum "$src" | cut -c1-12)"
+  have kstatus "$version" && return
+  log "building kstatus from sigs.k8s.io/cli-utils $KSTATUS_VERSION"
+  local dir="$WORK/kstatus-$KSTATUS_VERSION"
+  mkdir -p "$dir"
+  cat >"$dir/go.mod" <<GO
+module kubeforge.local/kstatus
+
+go 1.24
+
+require sigs.k8s.io/cli-utils $KSTATUS_VERSION
+GO
+  cp "$src" "$dir/main.go"
+  (cd "$dir" && go mod tidy >/dev/null && go build -trimpath -ldflags "$LDSTRIP" -o "$BIN/kstatus" .)
+  stamp kstatus "$version"
+}
+
 go_install() { # name module/cmd version [ldflags]
   have "$1" "$3" && return
   log "building $1 $3 from $2"
@@ -124,6 +146,7 @@ for c in "${components[@]}"; do
     kwok) go_install kwok sigs.k8s.io/kwok/cmd/kwok "$KWOK_VERSION" "-X sigs.k8s.io/kwok/pkg/consts.Version=$KWOK_VERSION" ;;
     helm) go_install helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION" "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" ;;
     kueue) go_install kueue sigs.k8s.io/kueue/cmd/kueue "$KUEUE_VERSION" ;;
+    kstatus) build_kstatus ;;
     *) echo "unknown component: $c" >&2; exit 2 ;;
   esac
 done

@@ -48,6 +48,8 @@ KUBERNETES_SERVICE_IP = "10.96.0.1"
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+# Command-line tools the e2e tests run beside the cluster (kstatus: Flux's status library, e2e/kstatus.py).
+TOOLS = ("kstatus",)
 # The cluster's own files under the state directory; anything else there (e.g. the dev
 # operator's log) is left alone when a cluster is recreated.
 _OWNED = ("cluster.json", "kubeconfig", "pki", "kubeconfigs", "etcd", "kwok", "logs", "run", "kubectl-cache")
@@ -63,7 +65,7 @@ def default_cache_dir() -> Path:
 
 
 def ensure_binaries(cache_dir: Path | None = None) -> Path:
-    """Return the folder with the control-plane binaries, building any that are missing.
+    """Return the folder with the control-plane binaries and TOOLS, building any that are missing.
 
     Always goes through e2e/binaries.sh, which owns the pinned versions: with
     everything cached it only compares version stamps (milliseconds); otherwise it
@@ -71,7 +73,7 @@ def ensure_binaries(cache_dir: Path | None = None) -> Path:
     """
     env = dict(os.environ, KUBEFORGE_CACHE=str(cache_dir or default_cache_dir()))
     result = subprocess.run(
-        ["bash", str(BINARIES_SCRIPT), "etcd", "kubernetes", "kwok"],
+        ["bash", str(BINARIES_SCRIPT), "etcd", "kubernetes", "kwok", *TOOLS],
         env=env,
         stdout=subprocess.PIPE,
         text=True,
@@ -81,7 +83,7 @@ def ensure_binaries(cache_dir: Path | None = None) -> Path:
     if result.returncode != 0 or not lines:
         raise ClusterError(f"{BINARIES_SCRIPT} failed with exit status {result.returncode}")
     bin_dir = Path(lines[-1])
-    missing = [name for name in (*COMPONENTS,) if not (bin_dir / name).is_file()]
+    missing = [name for name in (*COMPONENTS, *TOOLS) if not (bin_dir / name).is_file()]
     if missing:
         raise ClusterError(f"{BINARIES_SCRIPT} left no {', '.join(missing)} in {bin_dir}")
     return bin_dir
