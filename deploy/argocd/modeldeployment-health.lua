@@ -1,10 +1,12 @@
--- Argo CD health of a kubeforge.io/ModelDeployment, after kstatus
--- (https://github.com/kubernetes-sigs/cli-utils/tree/master/pkg/kstatus):
---   no status, or status.observedGeneration < metadata.generation -> Progressing (the operator has not
---   seen the latest spec yet); Degraded=True (or phase Failed) -> Degraded; Ready=True -> Healthy;
+-- Argo CD health of a kubeforge.io/ModelDeployment, the same verdict as Flux's kstatus
+-- (sigs.k8s.io/cli-utils pkg/kstatus/status, v0.37.2: Current -> Healthy, InProgress -> Progressing,
+-- Failed -> Degraded):
+--   no status, or status.observedGeneration ~= metadata.generation -> Progressing (the operator has
+--   not seen the latest spec yet); then the first condition in the list that is Reconciling=True
+--   (-> Progressing) or Stalled=True (-> Degraded, with its message); Ready=True -> Healthy;
 --   anything else -> Progressing.
--- Degraded is checked before Ready, as the operator's phase does: a server stuck on one pod makes the
--- whole ModelDeployment Degraded even while other replicas serve.
+-- Status written by operators before the Reconciling/Stalled conditions (neither present): Degraded=True
+-- or phase Failed -> Degraded; Ready=True -> Healthy; anything else -> Progressing.
 local hs = {}
 
 local function condition(conditions, type_)
@@ -38,18 +40,35 @@ end
 
 local generation = obj.metadata.generation
 local observed = status.observedGeneration
-if generation ~= nil and (observed == nil or observed < generation) then
+if generation ~= nil and observed ~= generation then
   hs.status = "Progressing"
   hs.message = "Waiting for the kubeforge operator to observe generation " .. tostring(generation)
   return hs
 end
 
-local degraded = condition(status.conditions, "Degraded")
-local ready = condition(status.conditions, "Ready")
-if (degraded ~= nil and degraded.status == "True") or status.phase == "Failed" then
-  hs.status = "Degraded"
-  hs.message = describe(degraded, describe(ready, "The ModelDeployment failed"))
-  return hs
+local conditions = status.conditions
+local ready = condition(conditions, "Ready")
+if condition(conditions, "Reconciling") ~= nil or condition(conditions, "Stalled") ~= nil then
+  -- kstatus takes the first abnormal condition in the list
+  for _, c in ipairs(conditions) do
+    if c.status == "True" and c.type == "Reconciling" then
+      hs.status = "Progressing"
+      hs.message = describe(c, "The operator is reconciling the ModelDeployment")
+      return hs
+    end
+    if c.status == "True" and c.type == "Stalled" then
+      hs.status = "Degraded"
+      hs.message = describe(c, "The ModelDeployment cannot progress without a change")
+      return hs
+    end
+  end
+else
+  local degraded = condition(conditions, "Degraded")
+  if (degraded ~= nil and degraded.status == "True") or status.phase == "Failed" then
+    hs.status = "Degraded"
+    hs.message = describe(degraded, describe(ready, "The ModelDeployment failed"))
+    return hs
+  end
 end
 if ready ~= nil and ready.status == "True" then
   hs.status = "Healthy"
