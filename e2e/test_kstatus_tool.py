@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from e2e.kstatus import KStatusError, compute, compute_many
+from tests.chart import test_argocd_health as argocd
 
 pytestmark = pytest.mark.e2e
 
@@ -36,6 +37,7 @@ def model_deployment(
 
 
 def deployment(replicas: int, updated: int, ready: int) -> dict[str, Any]:
+    progress = "ReplicaSetUpdated" if updated < replicas else "NewReplicaSetAvailable"
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -49,10 +51,10 @@ def deployment(replicas: int, updated: int, ready: int) -> dict[str, Any]:
             "availableReplicas": ready,
             "conditions": [
                 condition("Available", "True", "MinimumReplicasAvailable"),
-                condition("Progressing", "True", "ReplicaSetUpdated" if updated < replicas else "NewReplicaSetAvailable"),
+                condition("Progressing", "True", progress),
             ],
         },
-    }  # fmt: skip
+    }
 
 
 def test_deployment_rolling_out_is_in_progress() -> None:
@@ -127,3 +129,12 @@ def test_malformed_object_raises() -> None:
     obj["status"]["conditions"] = "Ready"
     with pytest.raises(KStatusError, match="ModelDeployment resnet50"):
         compute(obj)
+
+
+@pytest.mark.parametrize("kind", sorted(argocd.CASES))
+def test_kstatus_gives_the_verdicts_of_the_argocd_table(kind: str) -> None:
+    """tests/chart/test_argocd_health.py's kstatus column is what the real library computes."""
+    cases = {name: case for name, case in argocd.CASES[kind].items() if case.kstatus is not None}
+    verdicts = compute_many([case.obj for case in cases.values()])
+    got = {name: verdict.status for name, verdict in zip(cases, verdicts, strict=True)}
+    assert got == {name: case.kstatus for name, case in cases.items()}
