@@ -29,6 +29,7 @@ import yaml
 from e2e.cluster import REPO_ROOT, Cluster, ensure_binaries
 from e2e.kube import Kubectl, wait_condition, wait_for
 from e2e.operator_proc import OperatorProcess, operator_available
+from tests.harness import missing
 
 E2E_DIR = Path(__file__).resolve().parent
 STATE_ROOT = REPO_ROOT / ".e2e"
@@ -186,7 +187,7 @@ def operator(cluster: Cluster) -> Iterator[OperatorProcess]:
     the test's report.
     """
     if not operator_available():
-        pytest.skip("the operator's entry point (kubeforge.controllers.runner) does not exist yet")
+        missing("the operator's entry point (kubeforge.controllers.runner) is missing: run `make install`")
     proc = OperatorProcess(
         cluster.kubeconfig, cluster.state_dir / "operator.log", cluster.state_dir / "run" / "operator.pid"
     )

@@ -18,6 +18,7 @@ from kubeforge.builders.autoscaling import (
     prometheus_adapter_rules,
 )
 from kubeforge.settings import Settings
+from tests.harness import import_part
 
 
 def _md(body: dict[str, Any], **autoscaling: Any) -> ModelDeployment:
@@ -112,7 +113,7 @@ def test_generated_promql_is_exact(md: ModelDeployment) -> None:
 
 
 def test_generated_promql_parses(md: ModelDeployment) -> None:
-    promql_parser = pytest.importorskip("promql_parser")
+    promql_parser = import_part("promql_parser")
     so = build_scaled_object(
         _md(
             md.model_dump(by_alias=True, mode="json"),

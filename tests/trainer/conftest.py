@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
-import importlib.util
+from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
+from tests.harness import TORCH, available, missing
 from tests.trainer.runs import MODEL_NAME, TRAINING_ARGS, ReferenceRun, run, torchrun_argv
 
-# Without the trainer extra there is nothing to test here (the trainer image always has torch).
-if importlib.util.find_spec("torch") is None:
-    collect_ignore_glob = ["test_*.py"]
+
+class _NeedsTorch(pytest.Module):
+    """A trainer test module where torch is missing: collecting it fails, saying how to install torch."""
+
+    def collect(self) -> NoReturn:
+        missing(TORCH.missing_message())
+
+
+def pytest_pycollect_makemodule(module_path: Path, parent: pytest.Collector) -> pytest.Module | None:
+    """Where torch is missing, each test module reports that (never imported, never silently left out)."""
+    return None if available(TORCH) else _NeedsTorch.from_parent(parent, path=module_path)
 
 
 @pytest.fixture(scope="session")

@@ -12,14 +12,14 @@ from typing import Any
 
 import pytest
 
-from kubeforge.testing.triton import TritonInstall, find_tritonserver, free_port, tritonserver_available
+from kubeforge.testing.triton import TritonInstall, find_tritonserver, free_port
+from tests.harness import TRITONSERVER, import_part, require
 
 
 @pytest.fixture(scope="session")
 def triton_install() -> TritonInstall:
-    """The wheel's tritonserver, ready to run; skips where nvidia-pytriton is not installed."""
-    if not tritonserver_available():
-        pytest.skip("tritonserver not available: pip install nvidia-pytriton")
+    """The wheel's tritonserver, ready to run; fails, saying how to install it, where it is missing."""
+    require(TRITONSERVER)
     return find_tritonserver()
 
 
@@ -52,8 +52,8 @@ def file_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str,
 
 @pytest.fixture(scope="session")
 def s3_endpoint() -> Iterator[str]:
-    """An S3-compatible server (moto) on 127.0.0.1; skips where moto[server] is not installed."""
-    moto_server = pytest.importorskip("moto.server")
+    """An S3-compatible server (moto) on 127.0.0.1; fails where moto[server] (dev extra) is missing."""
+    moto_server = import_part("moto.server")
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
     server.start()
     try:

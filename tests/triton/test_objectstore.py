@@ -22,6 +22,7 @@ from kubeforge.triton.objectstore import (
     sign_request,
 )
 from kubeforge.triton.repository import PlannedModel, assemble_repository
+from tests.harness import import_part
 
 from .models import ADD_MODEL_PY
 
@@ -71,7 +72,7 @@ def test_signature_matches_the_aws_examples(url: str, headers: dict[str, str], s
 def test_signature_matches_botocore(
     bucket: Bucket, key: str, params: dict[str, str], token: str | None
 ) -> None:
-    botocore_auth = pytest.importorskip("botocore.auth")
+    botocore_auth = import_part("botocore.auth")
     from botocore.awsrequest import AWSRequest
     from botocore.credentials import Credentials as BotoCredentials
 
@@ -135,7 +136,7 @@ def test_parse_uri() -> None:
 @pytest.fixture
 def bucket(s3_endpoint: str) -> Any:
     """A fresh bucket on the moto server, as a boto3 Bucket resource."""
-    boto3 = pytest.importorskip("boto3")
+    boto3 = import_part("boto3")
     s3 = boto3.resource(
         "s3",
         endpoint_url=s3_endpoint,
