@@ -23,6 +23,8 @@ class Settings:
     field_manager: str = "kubeforge"
     # read per-model state from Triton's repository index on a ready pod (off where pod IPs are not reachable)
     model_probe: bool = True
+    # a ModelDeployment Degraded this long is Stalled (GitOps tools then call it Failed)
+    stall_seconds: float = 300.0
     namespaces: tuple[str, ...] = field(default_factory=tuple)
 
     @classmethod
@@ -34,5 +36,6 @@ class Settings:
             prometheus_address=env.get("KUBEFORGE_PROMETHEUS_ADDRESS", cls.prometheus_address),
             cluster_domain=env.get("KUBEFORGE_CLUSTER_DOMAIN", cls.cluster_domain),
             resync_seconds=float(env.get("KUBEFORGE_RESYNC_SECONDS", cls.resync_seconds)),
+            stall_seconds=float(env.get("KUBEFORGE_STALL_SECONDS", cls.stall_seconds)),
             model_probe=env.get("KUBEFORGE_MODEL_PROBE", "true").lower() not in ("0", "false", "no", "off"),
         )

@@ -27,7 +27,7 @@ def test_headless_service_publishes_not_ready_addresses(tj: TrainingJob) -> None
     svc = build_headless_service(tj)
     assert svc["spec"]["clusterIP"] == "None"
     assert svc["spec"]["publishNotReadyAddresses"] is True
-    assert svc["metadata"]["name"] == "mnist-ddp"
+    assert svc["metadata"]["name"] == "mnist-ddp-workers"
 
 
 def test_indexed_job_gang_shape(tj: TrainingJob) -> None:
@@ -41,7 +41,7 @@ def test_indexed_job_gang_shape(tj: TrainingJob) -> None:
         0,
     )
     pod = spec["template"]["spec"]
-    assert pod["subdomain"] == "mnist-ddp"
+    assert pod["subdomain"] == "mnist-ddp-workers"
     assert pod["restartPolicy"] == "Never"
     assert pod["terminationGracePeriodSeconds"] == 120
     assert spec["template"]["metadata"]["labels"]["kubeforge.io/attempt"] == "2"
@@ -53,8 +53,8 @@ RANK = {"fieldRef": {"fieldPath": "metadata.annotations['batch.kubernetes.io/job
 @pytest.mark.parametrize(
     ("name", "value"),
     [
-        ("MASTER_ADDR", "mnist-ddp-0-0.mnist-ddp"),
-        ("PET_MASTER_ADDR", "mnist-ddp-0-0.mnist-ddp"),
+        ("MASTER_ADDR", "mnist-ddp-0-0.mnist-ddp-workers"),
+        ("PET_MASTER_ADDR", "mnist-ddp-0-0.mnist-ddp-workers"),
         ("MASTER_PORT", "23456"),
         ("PET_MASTER_PORT", "23456"),
         ("WORLD_SIZE", "2"),
@@ -125,6 +125,7 @@ def test_output_model_deployment_gets_the_trained_source(tj_body: dict[str, Any]
         "name": "mnist-serving",
         "namespace": "team-a",
         "labels": {"kubeforge.io/trained-by": "mnist-ddp", "app.kubernetes.io/managed-by": "kubeforge"},
+        "annotations": {"kubeforge.io/trained-by-uid": tj.metadata.uid},
     }
     assert md["spec"]["models"] == [
         {"name": "mnist", "source": "pvc://model-store/run1/mnist", "format": "python"}

@@ -10,6 +10,8 @@ from kubeforge.api.trainingjob import TrainingJob
 from kubeforge.builders.meta import MANAGED_BY
 
 TRAINED_BY_LABEL = "kubeforge.io/trained-by"
+# the UID of the TrainingJob that created the ModelDeployment: a job hands off only to its own
+TRAINED_BY_UID_ANNOTATION = "kubeforge.io/trained-by-uid"
 
 
 def output_model_uri(tj: TrainingJob) -> str | None:
@@ -40,9 +42,21 @@ def build_output_model_deployment(tj: TrainingJob) -> dict[str, Any] | None:
         TRAINED_BY_LABEL: tj.metadata.name,
         "app.kubernetes.io/managed-by": MANAGED_BY,
     }
+    annotations = {TRAINED_BY_UID_ANNOTATION: tj.metadata.uid or ""}
     return {
         "apiVersion": API_VERSION,
         "kind": "ModelDeployment",
-        "metadata": {"name": template.name, "namespace": tj.metadata.namespace, "labels": labels},
+        "metadata": {
+            "name": template.name,
+            "namespace": tj.metadata.namespace,
+            "labels": labels,
+            "annotations": annotations,
+        },
         "spec": spec,
     }
+
+
+def created_by(model_deployment: dict[str, Any], tj: TrainingJob) -> bool:
+    """Whether `model_deployment` is the one this very TrainingJob created (not a namesake's)."""
+    annotations = model_deployment["metadata"].get("annotations") or {}
+    return bool(tj.metadata.uid) and annotations.get(TRAINED_BY_UID_ANNOTATION) == tj.metadata.uid

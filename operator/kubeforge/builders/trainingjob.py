@@ -2,8 +2,9 @@
 
 Each attempt is its own Job, `<name>-<attempt>`: a gang restart deletes the failed attempt's Job
 and creates the next one, so no worker of a failed attempt can rejoin a new one half-way. Worker i
-of an attempt has the stable DNS name `<name>-<attempt>-<i>.<name>` through the Service (the pod's
-subdomain), which is what MASTER_ADDR points at.
+of an attempt has the stable DNS name `<name>-<attempt>-<i>.<name>-workers` through the headless
+Service (the pod's subdomain), which is what MASTER_ADDR points at. The `-workers` suffix keeps the
+Service clear of a ModelDeployment of the same name (train `resnet50`, serve `resnet50`).
 """
 
 from __future__ import annotations
@@ -30,8 +31,12 @@ def job_name(tj: TrainingJob, attempt: int) -> str:
     return f"{tj.metadata.name}-{attempt}"
 
 
+SERVICE_SUFFIX = "-workers"
+
+
 def service_name(tj: TrainingJob) -> str:
-    return tj.metadata.name
+    """The headless Service: `<name>-workers` (a ModelDeployment's Service is `<name>`)."""
+    return f"{tj.metadata.name}{SERVICE_SUFFIX}"
 
 
 def master_addr(tj: TrainingJob, attempt: int) -> str:

@@ -1,4 +1,9 @@
-"""What every reconciler needs: the API facade, the cache, settings, the clock, the queues."""
+"""What every reconciler needs: the API facade, the cache, settings, the clock, the queues.
+
+`ensure` and `ensure_absent` are the only ways a reconciler writes a child, and both keep the
+ownership rule: the operator creates, applies to and deletes only objects that are absent or
+controlled by the owner's UID. Anything else with the child's name is a `ChildConflict`.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +16,8 @@ from typing import Any
 from kubeforge.controllers.cache import ObjectCache
 from kubeforge.controllers.metrics import OperatorMetrics
 from kubeforge.k8s.client import Kube
-from kubeforge.k8s.resources import Resource
-from kubeforge.k8s.semantic import up_to_date
+from kubeforge.k8s.resources import Resource, resource_for
+from kubeforge.k8s.semantic import controller_ref, controller_uid, describe_controller, stamped, up_to_date
 from kubeforge.settings import Settings
 
 Object = dict[str, Any]
@@ -20,6 +25,44 @@ Object = dict[str, Any]
 
 def utcnow() -> datetime:
     return datetime.now(UTC).replace(microsecond=0)
+
+
+class ChildConflict(Exception):
+    """A child's name is taken by an object the owner does not control; that object is left alone."""
+
+    def __init__(self, kind: str, namespace: str, name: str, holder: str) -> None:
+        self.kind = kind
+        self.namespace = namespace
+        self.name = name
+        super().__init__(
+            f"{kind} {namespace}/{name} already exists and is {holder}; it is left untouched: "
+            "rename or delete it, or rename this object"
+        )
+
+
+class PredecessorChild(Exception):
+    """The name is held by the child of a deleted owner of the same kind and name (a delete and
+    re-create): the garbage collector removes it shortly, so this is retried, not reported."""
+
+
+def _owner_uid(desired: Object) -> str:
+    uid = controller_uid(desired)
+    assert uid is not None, "every child is built with a controller owner reference"
+    return uid
+
+
+def check_ownership(desired: Object, live: Object | None) -> None:
+    """Raise unless `live` is absent or controlled by the owner `desired` names."""
+    if live is None or controller_uid(live) == _owner_uid(desired):
+        return
+    meta = desired["metadata"]
+    ours, theirs = controller_ref(desired), controller_ref(live)
+    assert ours is not None
+    if theirs is not None and (theirs.get("kind"), theirs.get("name")) == (ours["kind"], ours["name"]):
+        raise PredecessorChild(
+            f"{desired['kind']} {meta['namespace']}/{meta['name']}: {describe_controller(live)}"
+        )
+    raise ChildConflict(desired["kind"], meta["namespace"], meta["name"], describe_controller(live))
 
 
 @dataclass
@@ -37,20 +80,63 @@ class Context:
         self._events.add(task)
         task.add_done_callback(self._events.discard)
 
+    async def live(self, resource: Resource, namespace: str, name: str) -> Object | None:
+        """The object of that name: the cache holds every child we labelled, so a miss is read live
+        (a user's object of the same name carries no label of ours and is never cached)."""
+        cached = self.cache.get(resource.kind, namespace, name)
+        if cached is not None:
+            return cached
+        return await self.kube.get(resource, namespace, name)
+
     async def ensure(self, desired: Object) -> Object:
-        """Apply `desired` unless the cached live object already matches it (then: no API call)."""
+        """Apply `desired` unless the live child already matches it (then: no write).
+
+        Raises ChildConflict when the name is taken by an object that the owner does not control.
+        """
+        desired = stamped(desired)
         meta = desired["metadata"]
-        live = self.cache.get(desired["kind"], meta["namespace"], meta["name"])
+        resource = resource_for(desired["apiVersion"], desired["kind"])
+        live = await self.live(resource, meta["namespace"], meta["name"])
+        check_ownership(desired, live)
+        if live is not None:
+            self.cache.upsert(desired["kind"], live)  # ours: kinds that are not watched are cached here
         if up_to_date(desired, live):
             assert live is not None
             return live
-        applied = await self.kube.apply(desired)
+        applied = await self.kube.apply(desired, force=live is not None)
         self.cache.upsert(desired["kind"], applied)
         return applied
 
-    async def ensure_absent(self, resource: Resource, namespace: str, name: str) -> None:
-        """Delete a child we no longer want (e.g. the HPA once autoscaling is turned off)."""
-        if self.cache.get(resource.kind, namespace, name) is None:
+    async def create_child(self, desired: Object) -> Object:
+        """Create `desired` unless our child of that name exists (then it is returned as it is).
+
+        For children whose spec cannot change once created (a Job's pod template).
+        """
+        desired = stamped(desired)
+        meta = desired["metadata"]
+        resource = resource_for(desired["apiVersion"], desired["kind"])
+        live = await self.live(resource, meta["namespace"], meta["name"])
+        check_ownership(desired, live)
+        if live is not None:
+            return live
+        created = await self.kube.apply(desired, force=False)
+        self.cache.upsert(desired["kind"], created)
+        return created
+
+    async def ensure_absent(self, resource: Resource, namespace: str, name: str, owner_uid: str) -> None:
+        """Delete a child we no longer want (e.g. the HPA once autoscaling is turned off).
+
+        Only our own child is deleted, and only that very object (a UID precondition); an object of
+        the same name that someone else controls is not ours to remove.
+        """
+        live = self.cache.get(resource.kind, namespace, name)
+        if live is None or controller_uid(live) != owner_uid:
             return
-        await self.kube.delete(resource, namespace, name)
+        await self.kube.delete(resource, namespace, name, uid=live["metadata"]["uid"])
         self.cache.remove(resource.kind, namespace, name)
+
+    async def delete_child(self, resource: Resource, child: Object) -> None:
+        """Delete one child that the caller found in the cache (and checked to be ours)."""
+        meta = child["metadata"]
+        await self.kube.delete(resource, meta["namespace"], meta["name"], uid=meta["uid"])
+        self.cache.remove(resource.kind, meta["namespace"], meta["name"])

@@ -154,20 +154,27 @@ def _on_watch_event(kind: str, event: Any, runtime: Runtime) -> dict[str, Any] |
     return dict(obj)
 
 
+def _on_owner_event(kind: str, queue: WorkQueue[Key], event: Any, runtime: Runtime) -> None:
+    obj = _on_watch_event(kind, event, runtime)
+    if not obj:
+        return
+    key = (obj["metadata"]["namespace"], obj["metadata"]["name"])
+    if event.get("type") == "DELETED":
+        queue.forget(key)  # its backoff and timers go with it; the children go with the garbage collector
+    else:
+        queue.add(key)
+
+
 @kopf.on.event(GROUP, VERSION, "modeldeployments")
 async def model_deployment_event(event: Any, memo: Any, **_: Any) -> None:
     runtime = _runtime(memo)
-    obj = _on_watch_event(r.MODEL_DEPLOYMENT.kind, event, runtime)
-    if obj:
-        runtime.md_queue.add((obj["metadata"]["namespace"], obj["metadata"]["name"]))
+    _on_owner_event(r.MODEL_DEPLOYMENT.kind, runtime.md_queue, event, runtime)
 
 
 @kopf.on.event(GROUP, VERSION, "trainingjobs")
 async def training_job_event(event: Any, memo: Any, **_: Any) -> None:
     runtime = _runtime(memo)
-    obj = _on_watch_event(r.TRAINING_JOB.kind, event, runtime)
-    if obj:
-        runtime.tj_queue.add((obj["metadata"]["namespace"], obj["metadata"]["name"]))
+    _on_owner_event(r.TRAINING_JOB.kind, runtime.tj_queue, event, runtime)
 
 
 def _register_child(resource: r.Resource) -> None:

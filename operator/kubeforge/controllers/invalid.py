@@ -12,6 +12,7 @@ from kubeforge.controllers.context import Context
 from kubeforge.controllers.status_patch import write_status
 from kubeforge.k8s.resources import Resource
 from kubeforge.status.conditions import get_condition, set_condition
+from kubeforge.status.gitops import Verdict, kstatus_conditions
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
@@ -39,8 +40,16 @@ def invalid_status(
     old = body.get("status") or {}
     conditions = [Condition.model_validate(c) for c in old.get("conditions") or []]
     before = get_condition(conditions, "Ready")
-    for type_, value in (("Ready", False), ("Degraded", True)):
-        conditions = set_condition(conditions, type_, value, "InvalidSpec", message, generation, now)
+    conditions = set_condition(conditions, "Degraded", True, "InvalidSpec", message, generation, now)
+    invalid = Verdict(True, "InvalidSpec", message)
+    conditions = kstatus_conditions(
+        conditions,
+        ready=Verdict(False, "InvalidSpec", message),
+        reconciling=Verdict(False, "InvalidSpec", "nothing to do until the spec is corrected"),
+        stalled=invalid,
+        generation=generation,
+        now=now,
+    )
     status = {
         "observedGeneration": generation,
         "phase": failed_phase,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 
@@ -16,10 +15,13 @@ from kubeforge.builders.modeldeployment import (
     endpoints,
 )
 from kubeforge.controllers.context import Context
+from kubeforge.controllers.failures import settle
 from kubeforge.controllers.invalid import load_or_refuse
 from kubeforge.controllers.status_patch import write_status
+from kubeforge.controllers.workqueue import Surfaced
 from kubeforge.k8s import resources as r
-from kubeforge.status.modeldeployment import AutoscalerObservation, Observed, compute_status
+from kubeforge.k8s.semantic import controller_uid
+from kubeforge.status.modeldeployment import AutoscalerObservation, Observed, compute_status, stall_check_in
 from kubeforge.status.pods import pod_ready
 
 log = logging.getLogger(__name__)
@@ -35,7 +37,8 @@ async def _ensure_optional(
     if desired is not None:
         await ctx.ensure(desired)
     else:
-        await ctx.ensure_absent(resource, md.metadata.namespace or "", md.metadata.name)
+        assert md.metadata.uid is not None
+        await ctx.ensure_absent(resource, md.metadata.namespace or "", md.metadata.name, md.metadata.uid)
 
 
 async def _autoscaler(ctx: Context, md: ModelDeployment) -> AutoscalerObservation | None:
@@ -91,13 +94,16 @@ async def reconcile_model_deployment(ctx: Context, key: tuple[str, str]) -> floa
     body, md = loaded
 
     # the children do not depend on each other: apply them concurrently
-    deployment, _, _, autoscaler, _ = await asyncio.gather(
+    (deployment, _, _, autoscaler, _), failure = await settle(
         ctx.ensure(build_triton_deployment(md, ctx.settings)),
         ctx.ensure(build_service(md)),
         _ensure_optional(ctx, r.PDB, md, build_pod_disruption_budget(md)),
         _autoscaler(ctx, md),
         _monitoring(ctx, md),
     )
+    if deployment is None:  # not applied this time: report on our own Deployment, if any
+        cached = ctx.cache.get(r.DEPLOYMENT.kind, ns, name)
+        deployment = cached if cached is not None and controller_uid(cached) == md.metadata.uid else None
 
     pods = ctx.cache.owned(r.POD.kind, "modeldeployment", ns, name)
     states, probe_error = await _probe_models(ctx, pods)
@@ -108,13 +114,19 @@ async def reconcile_model_deployment(ctx: Context, key: tuple[str, str]) -> floa
         autoscaler=autoscaler,
         model_states=states,
         model_probe_error=probe_error,
+        failure=failure,
     )
     previous = ModelDeploymentStatus.model_validate(body["status"]) if body.get("status") else None
-    status, transitions = compute_status(md, observed, previous, ctx.now())
+    now = ctx.now()
+    status, transitions = compute_status(md, observed, previous, now, ctx.settings.stall_seconds)
     await write_status(ctx, r.MODEL_DEPLOYMENT, body, status.wire())
     for transition in transitions:
         ctx.announce(body, transition.type, transition.reason, transition.message)
+    if failure is not None:
+        raise Surfaced(f"{failure.reason}: {failure.message}")
+    requeue = [stall_check_in(status, now, ctx.settings.stall_seconds)]
     if autoscaler is not None and autoscaler.missing_reason:
-        return MISSING_API_SECONDS  # notice KEDA once it is installed; no watch event says so
-    # model state is read from Triton, which sends no watch events: look again soon
-    return MODEL_PROBE_SECONDS if ctx.settings.model_probe and states is not None else None
+        requeue.append(MISSING_API_SECONDS)  # notice KEDA once it is installed; no watch event says so
+    if ctx.settings.model_probe and states is not None:
+        requeue.append(MODEL_PROBE_SECONDS)  # Triton's model state sends no watch events: look again soon
+    return min((s for s in requeue if s is not None), default=None)

@@ -12,12 +12,22 @@ log = logging.getLogger(__name__)
 
 
 async def write_status(
-    ctx: Context, resource: Resource, body: dict[str, Any], status: dict[str, Any]
-) -> bool:
-    """Merge-patch the status subresource with `status`, clearing keys that are gone. True when written."""
+    ctx: Context,
+    resource: Resource,
+    body: dict[str, Any],
+    status: dict[str, Any],
+    *,
+    precondition: bool = False,
+) -> dict[str, Any]:
+    """Merge-patch the status subresource with `status`, clearing keys that are gone.
+
+    Returns the object as it now is (`body` itself when nothing changed: no API call). With
+    `precondition`, the write is refused (a retryable 409) if the object changed since `body`
+    was read, so a decision recorded in status is never based on a stale view.
+    """
     old = body.get("status") or {}
     if status == old:
-        return False
+        return body
     patch: dict[str, Any] = {key: None for key in old if key not in status}
     patch.update(status)
     if log.isEnabledFor(logging.DEBUG):
@@ -30,6 +40,7 @@ async def write_status(
             changed,
         )
     meta = body["metadata"]
-    updated = await ctx.kube.patch_status(resource, meta["namespace"], meta["name"], patch)
+    version = meta.get("resourceVersion") if precondition else None
+    updated = await ctx.kube.patch_status(resource, meta["namespace"], meta["name"], patch, version)
     ctx.cache.upsert(resource.kind, updated)
-    return True
+    return updated

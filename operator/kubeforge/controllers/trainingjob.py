@@ -1,7 +1,18 @@
 """Reconcile a TrainingJob: one Indexed Job per attempt, gang restarts, deadlines, TTL, train -> serve.
 
-The state machine lives in status (attempt, restarts, restartAfter, phase), so the operator can
-restart at any moment and carry on where it was.
+Crash safety. Each decision that must not be taken twice (the next attempt: a restart, a
+preemption, a spec change, a suspension; a failure) is written to status first, refused if the
+object changed since it was read (a resourceVersion precondition), and only then acted on. What
+the action leaves to do is derived from what exists: Jobs of attempts older than
+`status.attempt` are deleted on every reconcile; a Job for the current attempt is created only
+when no pod of an earlier attempt is left (GPUs are never double-booked, two attempts never share
+a checkpoint directory); a worker belongs to an attempt by its Job's UID, never by a label alone.
+So the operator may stop between any two API calls and carry on where it was.
+
+Edits. A change to what shapes the workers (image, command, env, resources, worker count...)
+of a running job restarts the gang from its last checkpoint with the new template (reason
+SpecChanged; not counted against maxRestarts, no backoff). Run-policy and failure-policy changes
+apply at once. A finished job does not run again.
 """
 
 from __future__ import annotations
@@ -10,43 +21,63 @@ import logging
 from datetime import datetime, timedelta
 from typing import Any
 
-from kubeforge.api.common import Condition
+from kubeforge.api.common import Condition, ConditionStatus
 from kubeforge.api.trainingjob import (
+    Failure,
     FailurePolicy,
     OutputModel,
     TrainingJob,
     TrainingJobStatus,
     TrainingPhase,
 )
-from kubeforge.builders.output import build_output_model_deployment
-from kubeforge.builders.trainingjob import build_headless_service, build_worker_job, job_name
-from kubeforge.controllers.context import Context
+from kubeforge.builders.output import build_output_model_deployment, created_by
+from kubeforge.builders.trainingjob import (
+    ATTEMPT_LABEL,
+    build_headless_service,
+    build_worker_job,
+    service_name,
+)
+from kubeforge.controllers.context import ChildConflict, Context
+from kubeforge.controllers.crashpoints import crash_point
+from kubeforge.controllers.failures import as_failure
 from kubeforge.controllers.invalid import load_or_refuse
 from kubeforge.controllers.status_patch import write_status
+from kubeforge.controllers.workqueue import Surfaced
 from kubeforge.k8s import resources as r
+from kubeforge.k8s.client import ApiError
+from kubeforge.k8s.semantic import applied_hash, controller_uid, stamped
 from kubeforge.status.conditions import get_condition
+from kubeforge.status.gitops import ReconcileFailure
 from kubeforge.status.trainingjob import (
     backoff_seconds,
     classify_failure,
+    earliest_failure,
+    gitops_conditions,
     gpu_seconds,
     is_preemption,
+    job_failure,
     observe_attempt,
     phase_conditions,
+    phase_reason,
     reported_checkpoint,
 )
 
 log = logging.getLogger(__name__)
 FINISHED = (TrainingPhase.SUCCEEDED, TrainingPhase.FAILED)
+Object = dict[str, Any]
+# how soon to look again while an earlier attempt's pods are terminating (their events also wake us)
+LEFTOVER_RECHECK_SECONDS = 2.0
 
 
 class _Step:
-    """The status being built in one reconcile, and the events to announce."""
+    """The status being built in one reconcile, the object it was read from, and the events to announce."""
 
-    def __init__(self, tj: TrainingJob, body: dict[str, Any], now: datetime) -> None:
+    def __init__(self, tj: TrainingJob, body: Object, now: datetime) -> None:
         self.tj = tj
         self.body = body
         self.now = now
         self.status = tj.status.model_copy(deep=True) if tj.status else TrainingJobStatus()
+        self.reason, self.message = phase_reason(self.status.conditions, self.status.phase)
         self.events: list[tuple[str, str, str]] = []
 
     def phase(self, phase: TrainingPhase, reason: str, message: str, event: str | None = None) -> None:
@@ -56,10 +87,40 @@ class _Step:
             conditions, phase, reason, message, self.tj.metadata.generation, self.now
         )
         self.status.phase = phase
+        self.reason, self.message = reason, message
         if before != phase or event:
             self.events.append(
                 (event or ("Warning" if phase == TrainingPhase.FAILED else "Normal"), reason, message)
             )
+
+    def wire(self, failure: ReconcileFailure | None = None) -> Object:
+        """The status as written: bookkeeping fields and the GitOps conditions filled in."""
+        status, tj = self.status, self.tj
+        status.observed_generation = tj.metadata.generation
+        status.restarts = status.restarts or 0
+        status.attempt = status.attempt or 0
+        status.workers = f"{status.active_workers or 0}/{tj.spec.workers}"
+        if status.phase is None:
+            self.phase(TrainingPhase.PENDING, "Created", "the TrainingJob was accepted")
+        assert status.phase is not None
+        status.conditions = gitops_conditions(
+            list(status.conditions or []),
+            status.phase,
+            self.reason,
+            self.message,
+            failure,
+            tj.metadata.generation,
+            self.now,
+        )
+        return status.wire()
+
+    async def commit(self, ctx: Context) -> None:
+        """Make the decisions taken so far durable before acting on them.
+
+        Refused (409, retried) if the object changed since it was read: a decision is never based
+        on a stale status, so no restart is counted twice.
+        """
+        self.body = await write_status(ctx, r.TRAINING_JOB, self.body, self.wire(), precondition=True)
 
 
 def _seconds_left(now: datetime, since: datetime | None, limit: int | None) -> float | None:
@@ -69,26 +130,61 @@ def _seconds_left(now: datetime, since: datetime | None, limit: int | None) -> f
     return (since + timedelta(seconds=limit) - now).total_seconds()
 
 
+def _ts(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
+
+
 def _gpus_per_worker(tj: TrainingJob) -> int:
     return tj.spec.gpu.resource_count if tj.spec.gpu else 0
 
 
-async def _delete_attempt(ctx: Context, tj: TrainingJob, attempt: int) -> None:
-    ns = tj.metadata.namespace or ""
-    name = job_name(tj, attempt)
-    # foreground would keep the Job until its pods are gone; background frees the name at once
-    await ctx.kube.delete(r.JOB, ns, name, propagation="Background")
-    ctx.cache.remove(r.JOB.kind, ns, name)
+def _ours(ctx: Context, kind: str, tj: TrainingJob) -> list[Object]:
+    """Cached children of `kind` labelled with this job's name and controlled by its UID."""
+    objects = ctx.cache.owned(kind, "trainingjob", tj.metadata.namespace or "", tj.metadata.name)
+    return [o for o in objects if controller_uid(o) == tj.metadata.uid]
 
 
-def _attempt_pods(ctx: Context, tj: TrainingJob, attempt: int) -> list[dict[str, Any]]:
+def _jobs_by_attempt(ctx: Context, tj: TrainingJob) -> dict[int, Object]:
+    jobs: dict[int, Object] = {}
+    for job in _ours(ctx, r.JOB.kind, tj):
+        attempt = (job["metadata"].get("labels") or {}).get(ATTEMPT_LABEL, "")
+        if attempt.isdigit():
+            jobs[int(attempt)] = job
+    return jobs
+
+
+def _pods_of(ctx: Context, tj: TrainingJob, job: Object) -> list[Object]:
+    """The workers of one attempt: pods controlled by that Job's UID (a label alone would also match
+    the terminating pods of an earlier attempt, or of a deleted job of the same name)."""
     pods = ctx.cache.owned(r.POD.kind, "trainingjob", tj.metadata.namespace or "", tj.metadata.name)
-    return [
-        p for p in pods if (p["metadata"].get("labels") or {}).get("kubeforge.io/attempt") == str(attempt)
-    ]
+    return [p for p in pods if controller_uid(p) == job["metadata"]["uid"]]
 
 
-async def _finish_ttl(ctx: Context, step: _Step) -> float | None:
+def _leftover_pods(ctx: Context, tj: TrainingJob) -> list[Object]:
+    """Pods with this job's labels that belong to no current attempt (earlier attempts, predecessors)."""
+    return ctx.cache.owned(r.POD.kind, "trainingjob", tj.metadata.namespace or "", tj.metadata.name)
+
+
+def _job_finished(job: Object) -> bool:
+    conditions = (job.get("status") or {}).get("conditions") or []
+    return any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True" for c in conditions)
+
+
+def _desired_job(tj: TrainingJob, attempt: int) -> Object:
+    queue = tj.spec.scheduling.queue if tj.spec.scheduling else None
+    return build_worker_job(tj, attempt, suspend=queue is not None)
+
+
+async def _sweep(ctx: Context, step: _Step, jobs: dict[int, Object]) -> None:
+    """Delete the Jobs of attempts older than the current one: the second half of a decided restart."""
+    current = step.status.attempt or 0
+    for attempt, job in sorted(jobs.items()):
+        if attempt < current:
+            await ctx.delete_child(r.JOB, job)
+            crash_point("attempt-deleted")
+
+
+async def _finish_ttl(ctx: Context, step: _Step, jobs: dict[int, Object]) -> float | None:
     """After ttlSecondsAfterFinished, delete the workers and the Service; the TrainingJob stays."""
     tj, status = step.tj, step.status
     run_policy = tj.spec.run_policy
@@ -97,29 +193,38 @@ async def _finish_ttl(ctx: Context, step: _Step) -> float | None:
     due = status.completion_time + timedelta(seconds=run_policy.ttl_seconds_after_finished)
     if step.now < due:
         return (due - step.now).total_seconds()
-    ns = tj.metadata.namespace or ""
-    for attempt in range((status.attempt or 0) + 1):
-        if ctx.cache.get(r.JOB.kind, ns, job_name(tj, attempt)) is not None:
-            await _delete_attempt(ctx, tj, attempt)
-    await ctx.ensure_absent(r.SERVICE, ns, tj.metadata.name)
+    for job in jobs.values():
+        await ctx.delete_child(r.JOB, job)
+    assert tj.metadata.uid is not None
+    await ctx.ensure_absent(r.SERVICE, tj.metadata.namespace or "", service_name(tj), tj.metadata.uid)
     return None
 
 
 async def _hand_off(ctx: Context, step: _Step) -> None:
-    """Train -> serve: create or update the ModelDeployment named by spec.output."""
-    output = step.tj.spec.output
+    """Train -> serve: create the ModelDeployment named by spec.output, once.
+
+    It is created, never updated: what a user or an autoscaler changes afterwards (replicas,
+    anything) stays. A ModelDeployment of that name that this job did not create is left alone
+    and reported as a conflict.
+    """
+    tj, output = step.tj, step.tj.spec.output
     if output is None:
         return
-    md = build_output_model_deployment(step.tj)
-    if md is not None:
-        await ctx.kube.apply(md)
+    md = build_output_model_deployment(tj)
     record = OutputModel(uri=output.uri, model_deployment=md["metadata"]["name"] if md else None)
-    if step.status.output_model != record:
-        step.status.output_model = record
-        if md is not None:
-            step.events.append(
-                ("Normal", "ModelHandedOff", f"ModelDeployment {md['metadata']['name']} serves {output.uri}")
+    if step.status.output_model == record:
+        return  # handed off already
+    if md is not None:
+        ns, name = tj.metadata.namespace or "", md["metadata"]["name"]
+        live = await ctx.live(r.MODEL_DEPLOYMENT, ns, name)
+        if live is None:
+            await ctx.kube.apply(md, force=False)  # one that appears meanwhile is a conflict, not ours
+            step.events.append(("Normal", "ModelHandedOff", f"ModelDeployment {name} serves {output.uri}"))
+        elif not created_by(live, tj):
+            raise ChildConflict(
+                "ModelDeployment", ns, name, "not created by this TrainingJob (spec.output.modelDeployment)"
             )
+    step.status.output_model = record
 
 
 def _fail(step: _Step, reason: str, message: str) -> None:
@@ -127,36 +232,41 @@ def _fail(step: _Step, reason: str, message: str) -> None:
     step.phase(TrainingPhase.FAILED, reason, message)
 
 
-async def _new_attempt(ctx: Context, step: _Step, reason: str, message: str, delay: int) -> float:
+async def _next_attempt(
+    ctx: Context, step: _Step, jobs: dict[int, Object], reason: str, message: str, delay: float, event: str
+) -> float:
+    """Decide on the next attempt (durably), then remove the current one."""
     status = step.status
-    await _delete_attempt(ctx, step.tj, status.attempt or 0)
     status.attempt = (status.attempt or 0) + 1
-    status.restart_after = step.now + timedelta(seconds=delay)
+    status.restart_after = step.now + timedelta(seconds=delay) if delay else None
     status.attempt_start_time = None
-    step.phase(TrainingPhase.RESTARTING, reason, message, event="Warning")
-    return float(delay)
+    status.active_workers = 0
+    step.phase(TrainingPhase.RESTARTING, reason, message, event=event)
+    await step.commit(ctx)
+    crash_point("attempt-committed")
+    await _sweep(ctx, step, jobs)
+    return max(delay, LEFTOVER_RECHECK_SECONDS)
 
 
-async def _on_failure(ctx: Context, step: _Step, failed_pods: list[dict[str, Any]]) -> float | None:
+async def _on_failure(
+    ctx: Context, step: _Step, jobs: dict[int, Object], failure: Failure, pods: list[Object], preempted: bool
+) -> float | None:
     tj, status = step.tj, step.status
     policy = tj.spec.failure_policy or FailurePolicy()
-    failure = classify_failure(failed_pods[0], policy, step.now)
     status.last_failure = failure
-    status.gpu_seconds = (status.gpu_seconds or 0.0) + gpu_seconds(
-        _attempt_pods(ctx, tj, status.attempt or 0), _gpus_per_worker(tj), step.now
-    )
-    if is_preemption(failed_pods[0]) and not policy.count_preemptions:
+    status.gpu_seconds = (status.gpu_seconds or 0.0) + gpu_seconds(pods, _gpus_per_worker(tj), step.now)
+    if preempted and not policy.count_preemptions:
         status.preemptions = (status.preemptions or 0) + 1
-        return await _new_attempt(ctx, step, "Preempted", failure.message or "", backoff_seconds(policy, 1))
+        delay = backoff_seconds(policy, 1)
+        return await _next_attempt(ctx, step, jobs, "Preempted", failure.message or "", delay, "Warning")
     restarts = status.restarts or 0
     if failure.retryable and restarts < policy.max_restarts:
         status.restarts = restarts + 1
         message = (
             f"{failure.message}; gang restart {restarts + 1}/{policy.max_restarts} from the last checkpoint"
         )
-        return await _new_attempt(
-            ctx, step, "RetryableFailure", message, backoff_seconds(policy, restarts + 1)
-        )
+        delay = backoff_seconds(policy, restarts + 1)
+        return await _next_attempt(ctx, step, jobs, "RetryableFailure", message, delay, "Warning")
     if failure.retryable:
         _fail(step, "RestartsExhausted", f"{failure.message}; maxRestarts ({policy.max_restarts}) exhausted")
     else:
@@ -164,38 +274,70 @@ async def _on_failure(ctx: Context, step: _Step, failed_pods: list[dict[str, Any
     return None
 
 
-async def _run(ctx: Context, step: _Step) -> float | None:
+async def _stop(ctx: Context, step: _Step, job: Object, reason: str, message: str) -> None:
+    """Fail the job for good (durably), then stop the workers that still run."""
+    _fail(step, reason, message)
+    step.status.active_workers = 0
+    await step.commit(ctx)
+    await ctx.delete_child(r.JOB, job)
+
+
+async def _suspend(ctx: Context, step: _Step, jobs: dict[int, Object]) -> None:
+    status = step.status
+    message = "spec.runPolicy.suspend is true: workers removed"
+    if (status.attempt or 0) in jobs:
+        # resuming starts a fresh attempt from the checkpoint; the running one is removed
+        status.attempt = (status.attempt or 0) + 1
+        status.active_workers = 0
+        step.phase(TrainingPhase.SUSPENDED, "Suspended", message)
+        await step.commit(ctx)
+        await _sweep(ctx, step, jobs)
+    status.active_workers = 0
+    step.phase(TrainingPhase.SUSPENDED, "Suspended", message)
+
+
+async def _start_attempt(ctx: Context, step: _Step) -> float | None:
+    """Create the current attempt's Job, once every worker of earlier attempts has exited."""
     tj, status = step.tj, step.status
-    ns = tj.metadata.namespace or ""
+    attempt = status.attempt or 0
+    leftovers = _leftover_pods(ctx, tj)
+    if leftovers:
+        message = f"attempt {attempt}: waiting for {len(leftovers)} worker(s) of an earlier attempt to exit"
+        phase = TrainingPhase.RESTARTING if attempt > 0 else TrainingPhase.PENDING
+        step.phase(phase, "WaitingForWorkersToExit", message)
+        return LEFTOVER_RECHECK_SECONDS
+    queue = tj.spec.scheduling.queue if tj.spec.scheduling else None
+    await ctx.create_child(_desired_job(tj, attempt))
+    status.attempt_start_time = step.now
+    status.restart_after = None
+    message = f"attempt {attempt}: {tj.spec.workers} worker(s) created" + (
+        f", queued in {queue}" if queue else ""
+    )
+    step.phase(TrainingPhase.PENDING, "WorkersCreated", message)
+    return None
+
+
+async def _run(ctx: Context, step: _Step, jobs: dict[int, Object]) -> float | None:
+    tj, status = step.tj, step.status
     run_policy = tj.spec.run_policy
     attempt = status.attempt or 0
     await ctx.ensure(build_headless_service(tj))
-    job = ctx.cache.get(r.JOB.kind, ns, job_name(tj, attempt))
 
     if run_policy and run_policy.suspend:
-        if job is not None:
-            await _delete_attempt(ctx, tj, attempt)
-            status.attempt = attempt + 1  # resuming starts a fresh attempt from the checkpoint
-        status.active_workers = 0
-        step.phase(TrainingPhase.SUSPENDED, "Suspended", "spec.runPolicy.suspend is true: workers removed")
+        await _suspend(ctx, step, jobs)
         return None
-
     if status.restart_after and step.now < status.restart_after:
         return (status.restart_after - step.now).total_seconds()
-
+    job = jobs.get(attempt)
     if job is None:
-        queue = tj.spec.scheduling.queue if tj.spec.scheduling else None
-        job = await ctx.kube.apply(build_worker_job(tj, attempt, suspend=queue is not None))
-        ctx.cache.upsert(r.JOB.kind, job)
-        status.attempt_start_time = step.now
-        status.restart_after = None
-        message = f"attempt {attempt}: {tj.spec.workers} worker(s) created" + (
-            f", queued in {queue}" if queue else ""
-        )
-        step.phase(TrainingPhase.PENDING, "WorkersCreated", message)
-        return None
+        return await _start_attempt(ctx, step)
 
-    pods = _attempt_pods(ctx, tj, attempt)
+    current = applied_hash(job)
+    if current is not None and current != applied_hash(stamped(_desired_job(tj, attempt))):
+        message = f"the worker template changed (generation {tj.metadata.generation}): restarting the gang"
+        return await _next_attempt(ctx, step, jobs, "SpecChanged", message, 0, "Normal")
+
+    pods = _pods_of(ctx, tj, job)
     obs = observe_attempt(job, pods, tj.spec.workers)
     checkpoint = reported_checkpoint(pods)
     if checkpoint is not None and (
@@ -206,8 +348,14 @@ async def _run(ctx: Context, step: _Step) -> float | None:
     status.succeeded_workers = obs.succeeded
     status.failed_workers = len(obs.failed_pods)
 
+    policy = tj.spec.failure_policy or FailurePolicy()
     if obs.failed_pods:
-        return await _on_failure(ctx, step, obs.failed_pods)
+        first = earliest_failure(obs.failed_pods)
+        failure = classify_failure(first, policy, step.now)
+        return await _on_failure(ctx, step, jobs, failure, pods, is_preemption(first))
+    if obs.job_failure is not None:
+        failure = job_failure(job, obs.job_failure, step.now)
+        return await _on_failure(ctx, step, jobs, failure, pods, False)
     if obs.complete:
         status.gpu_seconds = (status.gpu_seconds or 0.0) + gpu_seconds(pods, _gpus_per_worker(tj), step.now)
         status.completion_time = step.now
@@ -220,8 +368,8 @@ async def _run(ctx: Context, step: _Step) -> float | None:
         status.start_time = status.start_time or obs.started
     active_left = _seconds_left(step.now, status.start_time, active_deadline)
     if active_left is not None and active_left <= 0:
-        await _delete_attempt(ctx, tj, attempt)
-        _fail(step, "DeadlineExceeded", f"running longer than activeDeadlineSeconds ({active_deadline}s)")
+        message = f"running longer than activeDeadlineSeconds ({active_deadline}s)"
+        await _stop(ctx, step, job, "DeadlineExceeded", message)
         return None
     if obs.started is not None:
         step.phase(
@@ -243,21 +391,54 @@ async def _run(ctx: Context, step: _Step) -> float | None:
     if obs.pending_message:
         reason, message = "Unschedulable", f"{message}; {obs.pending_message}"
     pending_deadline = run_policy.pending_deadline_seconds if run_policy else None
-    pending_left = _seconds_left(step.now, status.attempt_start_time, pending_deadline)
+    since = status.attempt_start_time or _ts(job["metadata"].get("creationTimestamp"))
+    pending_left = _seconds_left(step.now, since, pending_deadline)
     if pending_left is not None:
         if pending_left <= 0:
-            await _delete_attempt(ctx, tj, attempt)
-            _fail(
-                step,
-                "PendingDeadlineExceeded",
-                f"workers not all running within {pending_deadline}s; {obs.pending_message or message}",
-            )
+            message = f"workers not all running within {pending_deadline}s; {obs.pending_message or message}"
+            await _stop(ctx, step, job, "PendingDeadlineExceeded", message)
             return None
         if status.phase != TrainingPhase.RESTARTING or obs.pending_message:
             step.phase(TrainingPhase.PENDING, reason, message)
         return max(1.0, pending_left)
     step.phase(TrainingPhase.PENDING, reason, message)
     return None
+
+
+async def _finished(ctx: Context, step: _Step, jobs: dict[int, Object]) -> float | None:
+    """A finished job: stop workers a failure left running, hand the model off, then the TTL."""
+    job = jobs.get(step.status.attempt or 0)
+    if job is not None and not _job_finished(job) and step.status.phase == TrainingPhase.FAILED:
+        await ctx.delete_child(r.JOB, job)  # e.g. a deadline: the decision was written, the delete not done
+    if step.status.phase == TrainingPhase.SUCCEEDED:
+        await _hand_off(ctx, step)
+    return await _finish_ttl(ctx, step, jobs)
+
+
+async def _reconcile(ctx: Context, step: _Step) -> float | None:
+    jobs = _jobs_by_attempt(ctx, step.tj)
+    await _sweep(ctx, step, jobs)
+    jobs = {n: job for n, job in jobs.items() if n >= (step.status.attempt or 0)}
+    if step.status.phase in FINISHED:
+        return await _finished(ctx, step, jobs)
+    requeue = await _run(ctx, step, jobs)
+    if step.status.phase in FINISHED:
+        return await _finished(ctx, step, _jobs_by_attempt(ctx, step.tj))
+    return requeue
+
+
+def _newly_stalled(tj: TrainingJob, failure: ReconcileFailure) -> bool:
+    """A Warning Event once per distinct failure, not once per retry."""
+    before = get_condition(tj.status.conditions if tj.status else None, "Stalled")
+    return (
+        before is None
+        or before.status != ConditionStatus.TRUE
+        or (before.reason, before.message)
+        != (
+            failure.reason,
+            failure.message,
+        )
+    )
 
 
 async def reconcile_training_job(ctx: Context, key: tuple[str, str]) -> float | None:
@@ -267,26 +448,19 @@ async def reconcile_training_job(ctx: Context, key: tuple[str, str]) -> float | 
     body, tj = loaded
 
     step = _Step(tj, body, ctx.now())
-    if step.status.phase in FINISHED:
-        if step.status.phase == TrainingPhase.SUCCEEDED:
-            await _hand_off(ctx, step)
-        requeue = await _finish_ttl(ctx, step)
-    else:
-        requeue = await _run(ctx, step)
-        if step.status.phase == TrainingPhase.SUCCEEDED:
-            await _hand_off(ctx, step)
-            requeue = await _finish_ttl(ctx, step)
-        elif step.status.phase == TrainingPhase.FAILED:
-            requeue = await _finish_ttl(ctx, step)
-
-    status = step.status
-    status.observed_generation = tj.metadata.generation
-    status.restarts = status.restarts or 0
-    status.attempt = status.attempt or 0
-    status.workers = f"{status.active_workers or 0}/{tj.spec.workers}"
-    if get_condition(status.conditions, "Created") is None:
-        step.phase(TrainingPhase.PENDING, "Created", "the TrainingJob was accepted")
-    await write_status(ctx, r.TRAINING_JOB, body, status.wire())
+    failure: ReconcileFailure | None = None
+    requeue: float | None = None
+    try:
+        requeue = await _reconcile(ctx, step)
+    except (ChildConflict, ApiError) as err:
+        failure = as_failure(err)
+        if failure is None:
+            raise
+    await write_status(ctx, r.TRAINING_JOB, step.body, step.wire(failure))
+    if failure is not None and _newly_stalled(tj, failure):
+        step.events.append(("Warning", failure.reason, failure.message))
     for type_, reason, message in step.events:
         ctx.announce(body, type_, reason, message)
+    if failure is not None:
+        raise Surfaced(f"{failure.reason}: {failure.message}")
     return requeue

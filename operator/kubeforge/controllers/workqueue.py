@@ -1,34 +1,71 @@
-"""A keyed work queue like controller-runtime's: events for one object coalesce into one reconcile.
+"""A keyed work queue like client-go's: events for one object coalesce into one reconcile.
 
 A key is processed by one worker at a time; a key enqueued while it is being processed runs again
-once afterwards (never concurrently, never lost). `requeue_after` schedules a delayed run (backoff,
-deadlines, TTLs) without holding a worker.
+once afterwards (never concurrently, never lost). `add_after` schedules a delayed run (deadlines,
+TTLs) without holding a worker. A failed reconcile is retried with per-key exponential backoff
+and jitter (client-go's ItemExponentialFailureRateLimiter: 5 ms doubling, capped), reset by the
+next success; a failure already shown in the object's status (`Surfaced`) is retried slowly.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 log = logging.getLogger(__name__)
 K = TypeVar("K", bound=Hashable)
 
 
+class Surfaced(Exception):
+    """A reconcile failed for a reason that is now in the object's status and Events.
+
+    It cannot go away without a change (a denial, an invalid child, a name clash), so it is
+    retried slowly; retrying fast would only load the API server.
+    """
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Delay before retry n (1, 2, ...): base * factor^(n-1), capped, with +-jitter."""
+
+    base: float = 0.005
+    factor: float = 2.0
+    cap: float = 300.0
+    jitter: float = 0.1
+    # the first retry of a Surfaced failure waits at least this long
+    surfaced_floor: float = 10.0
+
+    def delay(self, failures: int, surfaced: bool = False) -> float:
+        exponent = min(max(failures - 1, 0), 64)  # 2**64 * base is past any cap
+        delay = min(self.cap, self.base * self.factor**exponent)
+        if surfaced:
+            delay = min(self.cap, max(delay, self.surfaced_floor * self.factor**exponent))
+        return delay * (1 + random.uniform(-self.jitter, self.jitter))
+
+
 class WorkQueue(Generic[K]):
     def __init__(
-        self, name: str, reconcile: Callable[[K], Awaitable[float | None]], workers: int = 4
+        self,
+        name: str,
+        reconcile: Callable[[K], Awaitable[float | None]],
+        workers: int = 4,
+        backoff: Backoff | None = None,
     ) -> None:
         """`reconcile(key)` returns seconds after which to run again, or None."""
         self.name = name
         self._reconcile = reconcile
         self._workers = workers
+        self._backoff = backoff or Backoff()
         self._queue: asyncio.Queue[K] = asyncio.Queue()
         self._queued: set[K] = set()
         self._active: set[K] = set()
         self._dirty: set[K] = set()
         self._timers: dict[K, asyncio.TimerHandle] = {}
+        self._failures: dict[K, int] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self.processed = 0
         self.failures = 0
@@ -50,6 +87,21 @@ class WorkQueue(Generic[K]):
         if existing is not None:
             existing.cancel()
         self._timers[key] = loop.call_at(when, self._fire, key)
+
+    def forget(self, key: K) -> None:
+        """The object is gone: drop its backoff and pending timer (memory stays bounded by live keys)."""
+        self._failures.pop(key, None)
+        timer = self._timers.pop(key, None)
+        if timer is not None:
+            timer.cancel()
+
+    def failures_of(self, key: K) -> int:
+        """Consecutive failed reconciles of `key` (0 after a success)."""
+        return self._failures.get(key, 0)
+
+    def tracked(self) -> int:
+        """Keys the queue holds any state for (queued, active, timed or backing off)."""
+        return len(self._queued | self._active | self._dirty | set(self._timers) | set(self._failures))
 
     def _fire(self, key: K) -> None:
         self._timers.pop(key, None)
@@ -78,17 +130,40 @@ class WorkQueue(Generic[K]):
             delay: float | None = None
             try:
                 delay = await self._reconcile(key)
+                self._failures.pop(key, None)
             except asyncio.CancelledError:
                 raise
-            except Exception:
+            except Exception as err:
                 self.failures += 1
-                log.exception("%s: reconcile of %s failed; retrying in 5s", self.name, key)
-                delay = 5.0
+                failures = self._failures[key] = self._failures.get(key, 0) + 1
+                surfaced = isinstance(err, Surfaced)
+                delay = self._backoff.delay(failures, surfaced=surfaced)
+                if surfaced:
+                    log.info("%s: %s: %s; retrying in %.1fs", self.name, key, err, delay)
+                elif failures <= 3 or failures % 10 == 0:
+                    log.warning(
+                        "%s: reconcile of %s failed (%d in a row); retrying in %.3fs",
+                        self.name,
+                        key,
+                        failures,
+                        delay,
+                        exc_info=not _expected(err),
+                    )
             finally:
                 self.processed += 1
                 self._active.discard(key)
             if key in self._dirty:
                 self._dirty.discard(key)
-                self.add(key)
+                if self._failures.get(key):
+                    self.add_after(key, delay or 0.0)  # a failure's backoff holds even against new events
+                else:
+                    self.add(key)
             elif delay is not None:
                 self.add_after(key, delay)
+
+
+def _expected(err: Exception) -> bool:
+    """API errors are expected (the message says it all); anything else deserves a traceback."""
+    from kubeforge.k8s.client import ApiError
+
+    return isinstance(err, ApiError)

@@ -18,30 +18,46 @@ from typing import Any
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
+from urllib3.exceptions import HTTPError as TransportError
 
 from kubeforge.k8s.resources import EVENT, Resource, resource_for
 
 log = logging.getLogger(__name__)
 Object = dict[str, Any]
 APPLY_PATCH = "application/apply-patch+yaml"
+# (connect, read) seconds: no call may hang a reconcile worker; a timeout is retried with backoff
+REQUEST_TIMEOUT = (5.0, 30.0)
 
 
 class ApiError(Exception):
-    """An API call failed; `status` is the HTTP status (0 when the server was not reached)."""
+    """An API call failed; `status` is the HTTP status (0 when the server was not reached or timed out)."""
 
-    def __init__(self, status: int, reason: str, message: str) -> None:
-        super().__init__(f"{status} {reason}: {message}")
+    def __init__(self, status: int, reason: str, message: str, call: str = "") -> None:
+        super().__init__(f"{call + ': ' if call else ''}{status} {reason}: {message}")
         self.status = status
         self.reason = reason
         self.message = message
+        self.call = call  # e.g. "apply Service ns/name": what the operator was doing
 
     @property
     def retryable(self) -> bool:
-        """Conflicts, throttling and server errors go away; invalid objects and denials do not."""
+        """Conflicts, throttling, timeouts and server errors go away; invalid objects and denials do not."""
         return self.status in (0, 409, 429) or self.status >= 500
 
+    @property
+    def condition_reason(self) -> str:
+        """A CamelCase reason for a status condition: the API server's own (Forbidden, Invalid, ...)."""
+        reason = (
+            "".join(ch for ch in self.reason.title() if ch.isalnum()) if " " in self.reason else self.reason
+        )
+        return reason if reason and reason.isalnum() else f"Http{self.status}"
 
-def _error(exc: ApiException) -> ApiError:
+    def describe(self) -> str:
+        """One line for a condition and an Event: the call, the status and the API server's message."""
+        return f"{self.call + ': ' if self.call else ''}{self.status} {self.reason}: {self.message}"
+
+
+def _error(exc: ApiException, call: str) -> ApiError:
     message = exc.reason or ""
     reason = exc.reason or ""
     try:
@@ -50,7 +66,7 @@ def _error(exc: ApiException) -> ApiError:
         reason = body.get("reason", reason)
     except (TypeError, ValueError):
         pass
-    return ApiError(int(exc.status or 0), str(reason), str(message))
+    return ApiError(int(exc.status or 0), str(reason), str(message), call)
 
 
 def load_api_client(pool_size: int = 16, kubeconfig: str | None = None) -> k8s_client.ApiClient:
@@ -85,6 +101,7 @@ class Kube:
         body: Any = None,
         content_type: str | None = None,
         query: list[tuple[str, Any]] | None = None,
+        describe: str = "",
     ) -> Any:
         self.calls[verb] += 1
         headers = {"Accept": "application/json"}
@@ -104,7 +121,9 @@ class Kube:
                 body=body,
                 auth_settings=["BearerToken"],
             )
-            response = api.call_api(method_, url, header_params=header_params, body=payload)
+            response = api.call_api(
+                method_, url, header_params=header_params, body=payload, _request_timeout=REQUEST_TIMEOUT
+            )
             data = response.read()
             if not 200 <= response.status < 300:
                 raise ApiException(status=response.status, reason=response.reason, http_resp=response)
@@ -114,7 +133,9 @@ class Kube:
         try:
             return await loop.run_in_executor(self._pool, call)
         except ApiException as exc:
-            raise _error(exc) from None
+            raise _error(exc, describe or f"{method} {path}") from None
+        except TransportError as exc:  # connection refused or reset, timeouts
+            raise ApiError(0, type(exc).__name__, str(exc), describe or f"{method} {path}") from None
 
     @property
     def writes(self) -> int:
@@ -137,11 +158,15 @@ class Kube:
         items: list[Object] = result.get("items", [])
         return items
 
-    async def apply(self, obj: Object) -> Object:
-        """Server-side apply under our field manager; `force` takes back fields someone edited by hand."""
+    async def apply(self, obj: Object, *, force: bool = True) -> Object:
+        """Server-side apply under our field manager.
+
+        `force` takes back fields someone edited by hand on a child we already own; creating a
+        child is applied without it, so an object that appeared in the meantime is a conflict.
+        """
         resource = resource_for(obj["apiVersion"], obj["kind"])
         meta = obj["metadata"]
-        query = [("fieldManager", self.field_manager), ("force", "true")]
+        query = [("fieldManager", self.field_manager), ("force", "true" if force else "false")]
         result: Object = await self._call(
             "apply",
             "PATCH",
@@ -149,38 +174,78 @@ class Kube:
             body=obj,
             content_type=APPLY_PATCH,
             query=query,
+            describe=f"apply {obj['kind']} {meta.get('namespace')}/{meta['name']}",
         )
         return result
 
     async def create(self, obj: Object) -> Object:
         resource = resource_for(obj["apiVersion"], obj["kind"])
         query = [("fieldManager", self.field_manager)]
+        meta = obj["metadata"]
         result: Object = await self._call(
-            "create", "POST", resource.path(obj["metadata"].get("namespace")), body=obj, query=query
+            "create",
+            "POST",
+            resource.path(meta.get("namespace")),
+            body=obj,
+            query=query,
+            describe=f"create {obj['kind']} {meta.get('namespace')}/{meta['name']}",
         )
         return result
 
     async def delete(
-        self, resource: Resource, namespace: str | None, name: str, propagation: str = "Background"
+        self,
+        resource: Resource,
+        namespace: str | None,
+        name: str,
+        *,
+        uid: str,
+        propagation: str = "Background",
     ) -> bool:
-        """Delete; False when it was already gone."""
-        body = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": propagation}
+        """Delete exactly the object with `uid`; False when it was already gone (or replaced by another)."""
+        body = {
+            "kind": "DeleteOptions",
+            "apiVersion": "v1",
+            "propagationPolicy": propagation,
+            "preconditions": {"uid": uid},
+        }
         try:
-            await self._call("delete", "DELETE", resource.path(namespace, name), body=body)
+            await self._call(
+                "delete",
+                "DELETE",
+                resource.path(namespace, name),
+                body=body,
+                describe=f"delete {resource.kind} {namespace}/{name}",
+            )
             return True
         except ApiError as err:
-            if err.status == 404:
+            # 409 with a UID precondition: the name now belongs to another object, which is not ours to delete
+            if err.status == 404 or (err.status == 409 and "Precondition failed" in err.message):
                 return False
             raise
 
-    async def patch_status(self, resource: Resource, namespace: str, name: str, status: Object) -> Object:
-        """A merge patch of the status subresource (the spec is the user's: never touched)."""
+    async def patch_status(
+        self,
+        resource: Resource,
+        namespace: str,
+        name: str,
+        status: Object,
+        resource_version: str | None = None,
+    ) -> Object:
+        """A merge patch of the status subresource (the spec is the user's: never touched).
+
+        With `resource_version` the write is refused (409) unless the object is still at that
+        version: a status that records an intent (the next attempt) must not be based on a stale read.
+        """
+        body: Object = {"status": status}
+        if resource_version is not None:
+            body["metadata"] = {"resourceVersion": resource_version}
         result: Object = await self._call(
             "patch_status",
             "PATCH",
             resource.path(namespace, name, "status"),
-            body={"status": status},
+            body=body,
             content_type="application/merge-patch+json",
+            describe=f"update the status of {resource.kind} {namespace}/{name}",
         )
         return result
 

@@ -11,7 +11,12 @@ from kubeforge.api.modeldeployment import Endpoints, ModelDeployment, ModelDeplo
 from kubeforge.builders.modeldeployment import selector_string
 from kubeforge.builders.pods import gpu_summary
 from kubeforge.status.conditions import get_condition, set_condition
+from kubeforge.status.gitops import ReconcileFailure, Verdict, kstatus_conditions
 from kubeforge.status.pods import PodProblem, pod_problem, pod_ready
+
+# Degraded this long (an unschedulable GPU request, an image that cannot be pulled, a crash loop)
+# means the deployment cannot progress without a change: Stalled, which GitOps tools call Failed.
+DEFAULT_STALL_SECONDS = 300.0
 
 
 @dataclass(frozen=True)
@@ -34,6 +39,8 @@ class Observed:
     model_states: list[ModelState] | None = None
     model_probe_error: str | None = None
     warnings: list[str] = field(default_factory=list)
+    # a child could not be applied (name clash, denial, invalid): the spec is not realised
+    failure: ReconcileFailure | None = None
 
 
 @dataclass(frozen=True)
@@ -88,8 +95,23 @@ def _autoscaling_condition(obs: AutoscalerObservation) -> tuple[bool | None, str
     )
 
 
+def stall_check_in(status: ModelDeploymentStatus, now: datetime, stall_seconds: float) -> float | None:
+    """Seconds until a Degraded deployment counts as Stalled (None: not degraded, or already stalled)."""
+    degraded = get_condition(status.conditions, "Degraded")
+    stalled = get_condition(status.conditions, "Stalled")
+    if degraded is None or degraded.status != ConditionStatus.TRUE or degraded.last_transition_time is None:
+        return None
+    if stalled is not None and stalled.status == ConditionStatus.TRUE:
+        return None
+    return max(0.5, stall_seconds - (now - degraded.last_transition_time).total_seconds())
+
+
 def compute_status(
-    md: ModelDeployment, observed: Observed, previous: ModelDeploymentStatus | None, now: datetime
+    md: ModelDeployment,
+    observed: Observed,
+    previous: ModelDeploymentStatus | None,
+    now: datetime,
+    stall_seconds: float = DEFAULT_STALL_SECONDS,
 ) -> tuple[ModelDeploymentStatus, list[Transition]]:
     """The status a person and `kubectl wait` can trust, and the transitions to announce."""
     generation = md.metadata.generation
@@ -121,16 +143,16 @@ def compute_status(
     else:
         put("Degraded", False, "AsExpected", "no pod is stuck")
 
-    available = _deployment_condition(dep, "Available") if dep else None
-    if available is None:
+    # Available means someone can be served: at least one ready replica. (The Deployment's own
+    # Available only means "no more than maxUnavailable missing", which is true at 0 of 1 ready.)
+    if dep is None:
         put("Available", False, "Creating", "the Triton Deployment has no status yet")
+    elif desired == 0:
+        put("Available", False, "ScaledToZero", "no replica is wanted: requests wait for a scale-up")
+    elif ready_replicas >= 1:
+        put("Available", True, "ReplicasReady", f"{ready_replicas}/{desired} Triton servers ready")
     else:
-        put(
-            "Available",
-            available.get("status") == "True",
-            str(available.get("reason", "")),
-            str(available.get("message", "")),
-        )
+        put("Available", False, "NoReplicaReady", f"0/{desired} Triton servers ready")
 
     if rolled_out:
         put(
@@ -149,7 +171,10 @@ def compute_status(
             f"{updated}/{desired} updated, {ready_replicas}/{desired} ready",
         )
 
-    if desired == 0 and rolled_out:
+    failure = observed.failure
+    if failure:
+        put("Ready", False, failure.reason, failure.message)
+    elif desired == 0 and rolled_out:
         put("Ready", True, "ScaledToZero", "scaled to zero replicas")
     elif rolled_out:
         put(
@@ -192,9 +217,12 @@ def compute_status(
     else:
         conditions = [c for c in conditions if c.type != "AutoscalingReady"]
 
+    conditions = _gitops(conditions, failure, stall_seconds, generation, now)
     degraded = get_condition(conditions, "Degraded")
     ready = get_condition(conditions, "Ready")
-    if degraded and degraded.status == ConditionStatus.TRUE:
+    if failure:
+        phase = Phase.FAILED
+    elif degraded and degraded.status == ConditionStatus.TRUE:
         phase = Phase.DEGRADED
     elif ready and ready.status == ConditionStatus.TRUE:
         phase = Phase.READY
@@ -220,15 +248,55 @@ def compute_status(
     return status, _transitions(previous, status)
 
 
+def _gitops(
+    conditions: list[Condition],
+    failure: ReconcileFailure | None,
+    stall_seconds: float,
+    generation: int | None,
+    now: datetime,
+) -> list[Condition]:
+    """Reconciling while creating or rolling out; Stalled on a failure or when Degraded for too long."""
+    ready = get_condition(conditions, "Ready")
+    progressing = get_condition(conditions, "Progressing")
+    degraded = get_condition(conditions, "Degraded")
+    assert ready is not None and progressing is not None and degraded is not None
+    stalled = Verdict(False, "AsExpected", "nothing keeps the deployment from progressing")
+    if failure:
+        stalled = Verdict(True, failure.reason, failure.message)
+    elif degraded.status == ConditionStatus.TRUE:
+        since = degraded.last_transition_time
+        seconds = (now - since).total_seconds() if since else 0.0
+        if degraded.reason == "ProgressDeadlineExceeded" or seconds >= stall_seconds:
+            bound = (
+                "the Deployment's progress deadline"
+                if degraded.reason == "ProgressDeadlineExceeded"
+                else (f"longer than {int(stall_seconds)}s")
+            )
+            stalled = Verdict(True, degraded.reason, f"degraded {bound}: {degraded.message}")
+    reconciling = Verdict(False, "AsExpected", "the deployment matches its spec")
+    if not stalled.status and progressing.status == ConditionStatus.TRUE:
+        reconciling = Verdict(True, progressing.reason, progressing.message)
+    ready_verdict = Verdict(ready.status == ConditionStatus.TRUE, ready.reason, ready.message)
+    return kstatus_conditions(
+        conditions,
+        ready=ready_verdict,
+        reconciling=reconciling,
+        stalled=stalled,
+        generation=generation,
+        now=now,
+    )
+
+
 _ANNOUNCED: dict[str, tuple[str, str]] = {
     "Ready": ("Normal", "Warning"),
     "Degraded": ("Warning", "Normal"),
     "AutoscalingReady": ("Normal", "Warning"),
+    "Stalled": ("Warning", "Normal"),
 }
 
 
 def _transitions(previous: ModelDeploymentStatus | None, current: ModelDeploymentStatus) -> list[Transition]:
-    out = []
+    out: list[tuple[str, Transition]] = []
     for type_, (when_true, when_false) in _ANNOUNCED.items():
         now_c = get_condition(current.conditions, type_)
         before = get_condition(previous.conditions if previous else None, type_)
@@ -236,9 +304,16 @@ def _transitions(previous: ModelDeploymentStatus | None, current: ModelDeploymen
             continue
         if before is None and now_c.status == ConditionStatus.FALSE and type_ != "AutoscalingReady":
             continue  # "not degraded" or "not ready yet" at creation is not news
-        if before is None or before.status != now_c.status or before.reason != now_c.reason:
-            kind = when_true if now_c.status == ConditionStatus.TRUE else when_false
-            if type_ == "Ready" and now_c.reason in ("NotAllReplicasReady", "Creating"):
-                kind = "Normal"  # waiting for pods is not a problem yet; Degraded says when it is
-            out.append(Transition(kind, now_c.reason, now_c.message))
-    return out
+        changed = before is None or before.status != now_c.status or before.reason != now_c.reason
+        # each distinct reason to be stuck is news, even when the reason's name stays the same
+        if type_ == "Stalled" and now_c.status == ConditionStatus.TRUE and before is not None:
+            changed = changed or before.message != now_c.message
+        if not changed:
+            continue
+        kind = when_true if now_c.status == ConditionStatus.TRUE else when_false
+        if type_ == "Ready" and now_c.reason in ("NotAllReplicasReady", "Creating"):
+            kind = "Normal"  # waiting for pods is not a problem yet; Degraded says when it is
+        out.append((type_, Transition(kind, now_c.reason, now_c.message)))
+    # a failure sets Ready=False and Stalled=True with one reason: the Stalled event says it once
+    stalled = {t.reason for type_, t in out if type_ == "Stalled" and t.type == "Warning"}
+    return [t for type_, t in out if type_ == "Stalled" or t.reason not in stalled]

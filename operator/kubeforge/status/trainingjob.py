@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from kubeforge.api.common import Condition
+from kubeforge.api.common import Condition, ConditionStatus
 from kubeforge.api.trainingjob import CheckpointInfo, Failure, FailurePolicy, TrainingPhase
-from kubeforge.status.conditions import set_condition
+from kubeforge.status.conditions import get_condition, set_condition
+from kubeforge.status.gitops import ReconcileFailure, Verdict, kstatus_conditions
 from kubeforge.status.pods import pending_message
 
 PREEMPTION_REASONS = {
@@ -56,6 +57,21 @@ def is_preemption(pod: dict[str, Any]) -> bool:
     return False
 
 
+def failed_at(pod: dict[str, Any]) -> datetime | None:
+    """When a failed worker failed: its container's finish, else the pod's latest condition change."""
+    finished = _ts((_terminated(pod) or {}).get("finishedAt"))
+    if finished is not None:
+        return finished
+    changes = [_ts(c.get("lastTransitionTime")) for c in pod.get("status", {}).get("conditions") or []]
+    return max((t for t in changes if t), default=None)
+
+
+def earliest_failure(pods: list[dict[str, Any]]) -> dict[str, Any]:
+    """The worker that failed first: the cause, where the others often only followed it."""
+    far = datetime.max.replace(tzinfo=UTC)
+    return min(pods, key=lambda p: (failed_at(p) or far, worker_index(p) or 0, p["metadata"]["name"]))
+
+
 def classify_failure(pod: dict[str, Any], policy: FailurePolicy, now: datetime) -> Failure:
     """Why a worker failed, and whether the failure policy retries it."""
     name = pod["metadata"]["name"]
@@ -64,7 +80,16 @@ def classify_failure(pod: dict[str, Any], policy: FailurePolicy, now: datetime) 
         reason = pod.get("status", {}).get("reason") or "Preempted"
         message = pod.get("status", {}).get("message") or "the worker was evicted or preempted"
         return Failure(worker=index, pod=name, reason=reason, message=message, retryable=True, time=now)
-    terminated = _terminated(pod) or {}
+    terminated = _terminated(pod)
+    if terminated is None and pod.get("status", {}).get("reason"):
+        # the kubelet refused the pod before any container ran (UnexpectedAdmissionError,
+        # OutOfnvidia.com/gpu, NodeAffinity...): the node's fault, never the program's
+        reason = pod["status"]["reason"]
+        message = (
+            f"worker {index} ({name}) was rejected by its node: {pod['status'].get('message') or reason}"
+        )
+        return Failure(worker=index, pod=name, reason=reason, message=message, retryable=True, time=now)
+    terminated = terminated or {}
     code = terminated.get("exitCode")
     reason = terminated.get("reason") or pod.get("status", {}).get("reason") or "Error"
     retryable = code is not None and policy.is_retryable(int(code))
@@ -89,11 +114,21 @@ class AttemptObservation:
     complete: bool
     pending_message: str | None
     started: datetime | None  # when every worker was running
+    # the Job's own verdict (Failed or FailureTarget), which outlives a failed pod that vanished
+    job_failure: dict[str, Any] | None = None
 
 
 def observe_attempt(job: dict[str, Any], pods: list[dict[str, Any]], workers: int) -> AttemptObservation:
     status = job.get("status") or {}
     conditions = {c.get("type"): c.get("status") for c in status.get("conditions") or []}
+    job_failure = next(
+        (
+            c
+            for c in status.get("conditions") or []
+            if c.get("type") in ("Failed", "FailureTarget") and c.get("status") == "True"
+        ),
+        None,
+    )
     live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
     running = [p for p in live if p.get("status", {}).get("phase") == "Running"]
     failed = [p for p in pods if p.get("status", {}).get("phase") == "Failed"]
@@ -109,6 +144,19 @@ def observe_attempt(job: dict[str, Any], pods: list[dict[str, Any]], workers: in
         complete=conditions.get("Complete") == "True" or conditions.get("SuccessCriteriaMet") == "True",
         pending_message=pending_message(live),
         started=started,
+        job_failure=job_failure,
+    )
+
+
+def job_failure(job: dict[str, Any], condition: dict[str, Any], now: datetime) -> Failure:
+    """A failed attempt whose failed worker is no longer there to read (deleted or evicted and gone)."""
+    name = job["metadata"]["name"]
+    detail = condition.get("message") or condition.get("reason") or "the Job failed"
+    return Failure(
+        reason=str(condition.get("reason") or "JobFailed"),
+        message=f"Job {name} failed ({detail}); the failed worker's pod was gone before it could be read",
+        retryable=True,
+        time=now,
     )
 
 
@@ -176,3 +224,42 @@ def reported_checkpoint(pods: list[dict[str, Any]]) -> CheckpointInfo | None:
             if info is not None and (newest is None or (info.step or 0) > (newest.step or 0)):
                 newest = info
     return newest
+
+
+ACTIVE_PHASES = (TrainingPhase.PENDING, TrainingPhase.RUNNING, TrainingPhase.RESTARTING)
+
+
+def gitops_conditions(
+    conditions: list[Condition],
+    phase: TrainingPhase,
+    reason: str,
+    message: str,
+    failure: ReconcileFailure | None,
+    generation: int | None,
+    now: datetime,
+) -> list[Condition]:
+    """Ready (Succeeded), Reconciling (Pending, Running, Restarting), Stalled (Failed, or a failure)."""
+    if failure is not None:
+        stalled = Verdict(True, failure.reason, failure.message)
+    elif phase == TrainingPhase.FAILED:
+        stalled = Verdict(True, reason, message)
+    else:
+        stalled = Verdict(False, "AsExpected", "nothing keeps the job from progressing")
+    active = phase in ACTIVE_PHASES and not stalled.status
+    reconciling = Verdict(active, reason if active else "AsExpected", message if active else f"phase {phase}")
+    if failure is not None:
+        ready = Verdict(False, failure.reason, failure.message)
+    else:
+        ready = Verdict(phase == TrainingPhase.SUCCEEDED, reason, message)
+    return kstatus_conditions(
+        conditions, ready=ready, reconciling=reconciling, stalled=stalled, generation=generation, now=now
+    )
+
+
+def phase_reason(conditions: list[Condition] | None, phase: TrainingPhase | None) -> tuple[str, str]:
+    """The reason and message of the phase as last written (for a reconcile that did not change it)."""
+    for type_ in (phase.value if phase else "", "Reconciling", "Stalled", "Created"):
+        condition = get_condition(conditions, type_)
+        if condition is not None and condition.status == ConditionStatus.TRUE:
+            return condition.reason, condition.message
+    return "Created", "the TrainingJob was accepted"

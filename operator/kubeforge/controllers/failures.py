@@ -1,0 +1,44 @@
+"""Which errors a reconcile shows in status, and which it retries quickly.
+
+Conflicts, throttling, server errors and timeouts pass (the work queue retries them with a fast
+backoff). A name clash or an API error that no retry will fix (400, 403, 404, 422) becomes a
+`ReconcileFailure`: a condition with the API server's message, one Warning Event, a slow retry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from typing import Any
+
+from kubeforge.controllers.context import ChildConflict
+from kubeforge.k8s.client import ApiError
+from kubeforge.status.gitops import ReconcileFailure
+
+MAX_MESSAGE = 1000
+
+
+def as_failure(err: BaseException) -> ReconcileFailure | None:
+    """The failure to show for `err`; None for an error that a quick retry may fix."""
+    if isinstance(err, ChildConflict):
+        return ReconcileFailure("ChildConflict", str(err)[:MAX_MESSAGE])
+    if isinstance(err, ApiError) and not err.retryable:
+        return ReconcileFailure(err.condition_reason, err.describe()[:MAX_MESSAGE])
+    return None
+
+
+async def settle(*calls: Awaitable[Any]) -> tuple[list[Any], ReconcileFailure | None]:
+    """Run independent child applies concurrently and wait for all of them (none is left running).
+
+    Returns their results (None where one failed) and the first failure to show; an error that
+    is no failure (a conflict, a 5xx, a timeout) is raised once every call has finished.
+    """
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    failure: ReconcileFailure | None = None
+    for result in results:
+        if isinstance(result, BaseException):
+            found = as_failure(result)
+            if found is None:
+                raise result
+            failure = failure or found
+    return [None if isinstance(r, BaseException) else r for r in results], failure

@@ -1,0 +1,50 @@
+"""The conditions GitOps tools compute health from (kstatus: Flux, kpt, cli-utils; Argo CD's checks).
+
+kstatus reads, on any custom resource: `observedGeneration` behind `generation` -> InProgress;
+`Reconciling=True` -> InProgress; `Stalled=True` -> Failed; otherwise Current. Both are
+"abnormal-true" conditions: present and False when all is well. `Ready` says the same for tools
+and people that look for it (`kubectl wait --for=condition=Ready`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from kubeforge.api.common import Condition
+from kubeforge.status.conditions import set_condition
+
+
+@dataclass(frozen=True)
+class ReconcileFailure:
+    """Why a reconcile cannot progress without a change: a child name clash, a denial, an invalid child."""
+
+    reason: str  # ChildConflict, Forbidden, Invalid, ...
+    message: str
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One condition's value: True/False, a CamelCase reason and a message."""
+
+    status: bool
+    reason: str
+    message: str
+
+
+def kstatus_conditions(
+    conditions: list[Condition],
+    *,
+    ready: Verdict,
+    reconciling: Verdict,
+    stalled: Verdict,
+    generation: int | None,
+    now: datetime,
+) -> list[Condition]:
+    """`conditions` with Ready, Reconciling and Stalled set (never Reconciling and Stalled both True)."""
+    assert not (reconciling.status and stalled.status), "an object is either progressing or stalled"
+    for type_, verdict in (("Ready", ready), ("Reconciling", reconciling), ("Stalled", stalled)):
+        conditions = set_condition(
+            conditions, type_, verdict.status, verdict.reason, verdict.message, generation, now
+        )
+    return conditions
