@@ -8,6 +8,7 @@ from typing import Any
 from kubeforge.api import ModelDeployment
 from kubeforge.api.modeldeployment import ModelState
 from kubeforge.status.conditions import get_condition
+from kubeforge.status.gitops import ReconcileFailure
 from kubeforge.status.modeldeployment import AutoscalerObservation, Observed, compute_status
 from tests.data.invalid_specs import example
 
@@ -170,3 +171,73 @@ def test_autoscaling_mirrors_hpa_conditions_and_missing_keda() -> None:
 def test_scaled_to_zero_is_ready() -> None:
     status, _ = compute_status(_md(replicas=0), _observed(_deployment(0, 0, replicas=0), []), None, NOW)
     assert get_condition(status.conditions, "Ready").reason == "ScaledToZero"  # type: ignore[union-attr]
+
+
+# -- availability and GitOps health (kstatus: Reconciling / Stalled) ------------------------------
+
+
+def _conditions(status: Any) -> dict[str, tuple[str, str]]:
+    return {c.type: (c.status.value, c.reason) for c in status.conditions}
+
+
+def test_not_available_while_no_replica_is_ready() -> None:
+    # maxUnavailable 1 with one replica: the Deployment calls itself Available at 0 ready; we do not
+    dep = _deployment(0, 1, replicas=1)
+    dep["status"]["conditions"][0]["status"] = "True"
+    status, _ = compute_status(_md(replicas=1), _observed(dep, [_pod("a", ready=False)]), None, NOW)
+    assert _conditions(status)["Available"] == ("False", "NoReplicaReady")
+    one, _ = compute_status(
+        _md(replicas=2), _observed(_deployment(1, 2), [_pod("a"), _pod("b", False)]), None, NOW
+    )
+    assert _conditions(one)["Available"] == ("True", "ReplicasReady")
+
+
+def test_rolling_out_is_reconciling_and_ready_is_neither() -> None:
+    rolling, _ = compute_status(_md(), _observed(_deployment(1, 1), [_pod("a"), _pod("b", False)]), None, NOW)
+    assert _conditions(rolling)["Reconciling"] == ("True", "RollingOut")
+    assert _conditions(rolling)["Stalled"][0] == "False"
+    ready, _ = compute_status(_md(), _observed(_deployment(2, 2), [_pod("a"), _pod("b")]), rolling, NOW)
+    assert {t: _conditions(ready)[t][0] for t in ("Ready", "Reconciling", "Stalled")} == {
+        "Ready": "True",
+        "Reconciling": "False",
+        "Stalled": "False",
+    }
+
+
+def test_degraded_past_the_bound_is_stalled_once() -> None:
+    unschedulable = _pod(
+        "a",
+        ready=False,
+        conditions=[
+            {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "0/7 nodes"}
+        ],
+    )
+    observed = _observed(_deployment(0, 2), [unschedulable])
+    first, _ = compute_status(_md(), observed, None, NOW, stall_seconds=60)
+    assert _conditions(first)["Degraded"] == ("True", "Unschedulable")
+    assert _conditions(first)["Reconciling"][0] == "True"  # still within the bound: in progress
+    later, transitions = compute_status(_md(), observed, first, NOW + timedelta(seconds=61), stall_seconds=60)
+    assert _conditions(later)["Stalled"] == ("True", "Unschedulable")
+    assert _conditions(later)["Reconciling"][0] == "False"
+    assert [(t.type, t.reason) for t in transitions] == [("Warning", "Unschedulable")]
+    again, transitions = compute_status(
+        _md(), observed, later, NOW + timedelta(seconds=200), stall_seconds=60
+    )
+    assert again.conditions == later.conditions and transitions == []  # nothing new: no write, no Event
+
+
+def test_a_child_conflict_is_failed_with_the_clashing_object_named_once() -> None:
+    failure = ReconcileFailure("ChildConflict", "Service ns/resnet50 already exists and is not controlled")
+    observed = _observed(None, [], failure=failure)
+    status, transitions = compute_status(_md(), observed, None, NOW)
+    assert status.phase == "Failed"
+    assert _conditions(status)["Ready"] == ("False", "ChildConflict")
+    assert _conditions(status)["Stalled"] == ("True", "ChildConflict")
+    assert [(t.type, t.reason, t.message) for t in transitions] == [
+        ("Warning", "ChildConflict", failure.message)
+    ]
+    _, again = compute_status(_md(), observed, status, NOW)
+    assert again == []  # one Warning per distinct error, not per retry
+    other = ReconcileFailure("ChildConflict", "PodDisruptionBudget ns/resnet50 already exists")
+    _, distinct = compute_status(_md(), _observed(None, [], failure=other), status, NOW)
+    assert [t.message for t in distinct] == [other.message]

@@ -9,9 +9,13 @@ import pytest
 
 from kubeforge.api.trainingjob import FailurePolicy, TrainingPhase
 from kubeforge.status.conditions import get_condition
+from kubeforge.status.gitops import ReconcileFailure
 from kubeforge.status.trainingjob import (
     backoff_seconds,
     classify_failure,
+    earliest_failure,
+    gitops_conditions,
+    job_failure,
     observe_attempt,
     phase_conditions,
     reported_checkpoint,
@@ -103,3 +107,66 @@ def test_checkpoint_reported_in_the_termination_message() -> None:
     assert info is not None and (info.step, info.path, info.loss) == (500, "/c/ckpt-00000500.pt", 0.1)
     assert reported_checkpoint([_terminated_with("Traceback (most recent call last): ...")]) is None
     assert reported_checkpoint([_terminated_with('{"state": "running", "checkpoint": null}')]) is None
+
+
+def test_the_earliest_failure_is_the_cause() -> None:
+    def at(name: str, index: int, finished: str) -> dict[str, Any]:
+        pod = _failed(1, index=index)
+        pod["metadata"]["name"] = name
+        pod["status"]["containerStatuses"][0]["state"]["terminated"]["finishedAt"] = finished
+        return pod
+
+    follower = at("job-0-0", 0, "2026-11-28T12:00:09Z")  # rank 0 failed because rank 1 died first
+    cause = at("job-0-1", 1, "2026-11-28T12:00:02Z")
+    assert earliest_failure([follower, cause]) is cause
+
+
+def test_a_kubelet_admission_rejection_is_retryable() -> None:
+    pod = _failed(
+        None, reason="UnexpectedAdmissionError", message="Allocate failed due to no healthy devices"
+    )
+    failure = classify_failure(pod, FailurePolicy(), NOW)
+    assert failure.retryable and failure.exit_code is None
+    assert failure.reason == "UnexpectedAdmissionError"
+    assert "rejected by its node" in (failure.message or "")
+
+
+def test_a_failed_job_whose_pod_vanished_is_still_a_failure() -> None:
+    job = {
+        "metadata": {"name": "j-0"},
+        "spec": {},
+        "status": {
+            "failed": 1,
+            "conditions": [{"type": "FailureTarget", "status": "True", "reason": "BackoffLimitExceeded"}],
+        },
+    }
+    obs = observe_attempt(job, [], 2)
+    assert obs.failed_pods == [] and obs.job_failure is not None
+    failure = job_failure(job, obs.job_failure, NOW)
+    assert failure.retryable and failure.reason == "BackoffLimitExceeded"
+
+
+@pytest.mark.parametrize(
+    ("phase", "ready", "reconciling", "stalled"),
+    [
+        (TrainingPhase.PENDING, "False", "True", "False"),
+        (TrainingPhase.RUNNING, "False", "True", "False"),
+        (TrainingPhase.RESTARTING, "False", "True", "False"),
+        (TrainingPhase.SUSPENDED, "False", "False", "False"),
+        (TrainingPhase.SUCCEEDED, "True", "False", "False"),
+        (TrainingPhase.FAILED, "False", "False", "True"),
+    ],
+)
+def test_gitops_conditions_follow_the_phase(
+    phase: TrainingPhase, ready: str, reconciling: str, stalled: str
+) -> None:
+    conditions = gitops_conditions([], phase, "Reason", "message", None, 3, NOW)
+    got = {c.type: c.status.value for c in conditions}
+    assert got == {"Ready": ready, "Reconciling": reconciling, "Stalled": stalled}
+
+
+def test_a_failure_stalls_a_running_job() -> None:
+    failure = ReconcileFailure("ChildConflict", "Service ns/x-workers already exists")
+    conditions = gitops_conditions([], TrainingPhase.RUNNING, "AllWorkersRunning", "", failure, 3, NOW)
+    got = {c.type: (c.status.value, c.reason) for c in conditions}
+    assert got["Stalled"] == ("True", "ChildConflict") and got["Reconciling"][0] == "False"
