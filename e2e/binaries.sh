@@ -15,6 +15,10 @@ K8S_VERSION=${K8S_VERSION:-v1.34.4}
 ETCD_VERSION=${ETCD_VERSION:-v3.6.16}
 KWOK_VERSION=${KWOK_VERSION:-v0.7.0}
 HELM_VERSION=${HELM_VERSION:-v3.19.5}
+# The Kubernetes version helm assumes without a cluster (`helm template`): helm's release Makefile
+# stamps it from its go.mod's k8s.io/client-go (v0.34.x for v3.19.5: 1.34); unstamped it is 1.20.
+HELM_K8S=${HELM_K8S:-1.34}
+HELM_STAMP="$HELM_VERSION+k8s$HELM_K8S"
 KUEUE_VERSION=${KUEUE_VERSION:-v0.17.0}
 KSTATUS_VERSION=${KSTATUS_VERSION:-v0.37.2} # sigs.k8s.io/cli-utils (Flux's kstatus)
 
@@ -118,11 +122,12 @@ GO
   stamp kstatus "$version"
 }
 
-go_install() { # name module/cmd version [ldflags]
-  have "$1" "$3" && return
-  log "building $1 $3 from $2"
+go_install() { # name module/cmd version [ldflags] [stamp, default: version]
+  local tag=${5:-$3}
+  have "$1" "$tag" && return
+  log "building $1 $tag from $2"
   GOBIN="$BIN" go install -trimpath -ldflags "$LDSTRIP ${4:-}" "$2@$3"
-  stamp "$1" "$3"
+  stamp "$1" "$tag"
 }
 
 download_release() { # for machines with internet: official binaries
@@ -133,7 +138,7 @@ download_release() { # for machines with internet: official binaries
   done
   have etcd "$ETCD_VERSION" || { curl -fsSL "https://github.com/etcd-io/etcd/releases/download/$ETCD_VERSION/etcd-$ETCD_VERSION-$os-$arch.tar.gz" | tar -xz -C "$BIN" --strip-components=1 "etcd-$ETCD_VERSION-$os-$arch/etcd" && stamp etcd "$ETCD_VERSION"; }
   have kwok "$KWOK_VERSION" || { curl -fsSLo "$BIN/kwok" "https://github.com/kubernetes-sigs/kwok/releases/download/$KWOK_VERSION/kwok-$os-$arch" && chmod +x "$BIN/kwok" && stamp kwok "$KWOK_VERSION"; }
-  have helm "$HELM_VERSION" || { curl -fsSL "https://get.helm.sh/helm-$HELM_VERSION-$os-$arch.tar.gz" | tar -xz -C "$BIN" --strip-components=1 "$os-$arch/helm" && stamp helm "$HELM_VERSION"; }
+  have helm "$HELM_STAMP" || { curl -fsSL "https://get.helm.sh/helm-$HELM_VERSION-$os-$arch.tar.gz" | tar -xz -C "$BIN" --strip-components=1 "$os-$arch/helm" && stamp helm "$HELM_STAMP"; }
 }
 
 components=("$@")
@@ -144,7 +149,9 @@ for c in "${components[@]}"; do
     etcd) build_etcd ;;
     kubernetes) build_kubernetes ;;
     kwok) go_install kwok sigs.k8s.io/kwok/cmd/kwok "$KWOK_VERSION" "-X sigs.k8s.io/kwok/pkg/consts.Version=$KWOK_VERSION" ;;
-    helm) go_install helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION" "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" ;;
+    helm) go_install helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION" "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION
+      -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=${HELM_K8S%%.*} -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=${HELM_K8S#*.}
+      -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=${HELM_K8S%%.*} -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=${HELM_K8S#*.}" "$HELM_STAMP" ;;
     kueue) go_install kueue sigs.k8s.io/kueue/cmd/kueue "$KUEUE_VERSION" ;;
     kstatus) build_kstatus ;;
     *) echo "unknown component: $c" >&2; exit 2 ;;
