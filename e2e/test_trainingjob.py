@@ -88,7 +88,7 @@ def test_two_workers_succeed_then_ttl_removes_children(
         node = kubectl.json("get", "node", pod["spec"]["nodeName"])
         assert node["metadata"]["labels"]["nvidia.com/gpu.product"] == "NVIDIA-A100-SXM4-80GB"
         env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
-        assert env["MASTER_ADDR"] == "train-0-0.train" and env["WORLD_SIZE"] == "2"
+        assert env["MASTER_ADDR"] == "train-0-0.train-workers" and env["WORLD_SIZE"] == "2"
     # `kubectl wait` is how users block on a job
     kubectl("wait", "--for=condition=Succeeded", "tj/train", "--timeout=60s", namespace=namespace, timeout=70)
     tj = _tj(kubectl, namespace)
@@ -100,7 +100,7 @@ def test_two_workers_succeed_then_ttl_removes_children(
     wait_for(
         lambda: (
             kubectl("get", "job", "train-0", namespace=namespace, check=False).returncode != 0
-            and kubectl("get", "service", "train", namespace=namespace, check=False).returncode != 0
+            and kubectl("get", "service", "train-workers", namespace=namespace, check=False).returncode != 0
         ),
         timeout=60,
         message="TTL to delete the workers and the Service",

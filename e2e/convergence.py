@@ -1,0 +1,138 @@
+"""Whether an owner's children are exactly what the builders make of its current spec.
+
+The API server is the judge: the builders' output for the live spec is applied with a
+server-side **dry run** under the operator's field manager. Server-side apply removes every field
+that manager set before and no longer sets, so the dry-run result equals the live child only if
+the operator already applied the current desired object, removals included. A leftover env var,
+node selector or limit shows up as a difference. Then no child may exist that the builders do
+not make ("nothing more").
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from e2e.kube import Kubectl
+from kubeforge.api import ModelDeployment
+from kubeforge.api.trainingjob import TrainingJob
+from kubeforge.builders import autoscaling
+from kubeforge.builders.modeldeployment import (
+    build_pod_disruption_budget,
+    build_service,
+    build_triton_deployment,
+)
+from kubeforge.builders.trainingjob import build_headless_service, build_worker_job
+from kubeforge.k8s.semantic import stamped
+from kubeforge.settings import Settings
+
+FIELD_MANAGER = "kubeforge"
+COMPARED = ("spec",)
+COMPARED_META = ("labels", "annotations", "ownerReferences")
+# the children the operator may create, as kubectl names them, per owner kind
+CHILD_KINDS = {
+    "modeldeployment": (
+        "deployments.apps",
+        "services",
+        "poddisruptionbudgets.policy",
+        "horizontalpodautoscalers.autoscaling",
+    ),
+    "trainingjob": ("jobs.batch", "services"),
+}
+Object = dict[str, Any]
+
+
+def desired_model_deployment_children(md_body: Object, settings: Settings) -> list[Object]:
+    md = ModelDeployment.model_validate(md_body)
+    children = [build_triton_deployment(md, settings), build_service(md), build_pod_disruption_budget(md)]
+    children.append(autoscaling.build_hpa(md))
+    return [c for c in children if c is not None]
+
+
+def desired_training_job_children(tj_body: Object) -> list[Object]:
+    tj = TrainingJob.model_validate(tj_body)
+    children = [build_headless_service(tj)]
+    run_policy, scheduling = tj.spec.run_policy, tj.spec.scheduling
+    if not (run_policy and run_policy.suspend):
+        attempt = int((tj_body.get("status") or {}).get("attempt") or 0)
+        children.append(build_worker_job(tj, attempt, suspend=bool(scheduling and scheduling.queue)))
+    return children
+
+
+def _view(obj: Object) -> Object:
+    meta = obj.get("metadata") or {}
+    return {
+        **{k: obj.get(k) for k in COMPARED},
+        **{f"metadata.{k}": meta.get(k) for k in COMPARED_META},
+    }
+
+
+def differences(kubectl: Kubectl, desired: Object, namespace: str) -> list[str]:
+    """Where the live child differs from the result of applying `desired` (stamped) now; [] when converged."""
+    applied = stamped(desired)
+    kind, name = desired["kind"], desired["metadata"]["name"]
+    group = _group(desired)
+    resource = f"{kind.lower()}s" + (f".{group}" if group else "")
+    result = kubectl("get", resource, name, "-o", "json", namespace=namespace, check=False)
+    if result.returncode != 0:
+        return [f"{kind} {name} is missing"]
+    live = json.loads(result.stdout)
+    dry = kubectl(
+        "apply",
+        "--server-side",
+        "--dry-run=server",
+        f"--field-manager={FIELD_MANAGER}",
+        "--force-conflicts",
+        "-o",
+        "json",
+        "-f",
+        "-",
+        namespace=namespace,
+        input=json.dumps(applied),
+        check=False,
+    )
+    if dry.returncode != 0:  # e.g. an immutable Job template that the operator has not replaced yet
+        return [f"{kind} {name}: applying the desired object would fail: {dry.stderr.strip()[:300]}"]
+    want, have = _view(json.loads(dry.stdout)), _view(live)
+    return [
+        f"{kind} {name} {key}: live {json.dumps(have[key], sort_keys=True)[:400]} != desired "
+        f"{json.dumps(want[key], sort_keys=True)[:400]}"
+        for key in want
+        if want[key] != have[key]
+    ]
+
+
+def _group(obj: Object) -> str:
+    api_version = obj["apiVersion"]
+    return api_version.rpartition("/")[0] if "/" in api_version else ""
+
+
+def extra_children(
+    kubectl: Kubectl, owner_kind: str, owner: str, desired: list[Object], namespace: str
+) -> list[str]:
+    """Children labelled with the owner that the builders do not make."""
+    wanted = {(d["kind"], d["metadata"]["name"]) for d in desired}
+    selector = f"kubeforge.io/owner-kind={owner_kind},kubeforge.io/owner-name={owner}"
+    kinds = ",".join(CHILD_KINDS[owner_kind])
+    items = kubectl.json("get", kinds, "-l", selector, namespace=namespace)["items"]
+    return [
+        f"{i['kind']} {i['metadata']['name']} is not wanted"
+        for i in items
+        if (i["kind"], i["metadata"]["name"]) not in wanted and not i["metadata"].get("deletionTimestamp")
+    ]
+
+
+def model_deployment_differences(
+    kubectl: Kubectl, name: str, namespace: str, settings: Settings
+) -> list[str]:
+    body = kubectl.json("get", "md", name, namespace=namespace)
+    desired = desired_model_deployment_children(body, settings)
+    problems = [p for d in desired for p in differences(kubectl, d, namespace)]
+    return problems + extra_children(kubectl, "modeldeployment", name, desired, namespace)
+
+
+def training_job_differences(kubectl: Kubectl, name: str, namespace: str) -> list[str]:
+    body = kubectl.json("get", "tj", name, namespace=namespace)
+    desired = desired_training_job_children(body)
+    problems = [p for d in desired for p in differences(kubectl, d, namespace)]
+    return problems + extra_children(kubectl, "trainingjob", name, desired, namespace)
