@@ -20,7 +20,10 @@ import pytest
 import yaml
 from lupa import lua51
 
+from kubeforge.api.trainingjob import TrainingPhase
 from kubeforge.controllers.invalid import invalid_status
+from kubeforge.status.gitops import ReconcileFailure
+from kubeforge.status.trainingjob import gitops_conditions, phase_conditions
 
 ARGOCD = Path(__file__).resolve().parents[2] / "deploy" / "argocd"
 SCRIPTS = {
@@ -118,6 +121,16 @@ def _legacy_tj(phase: str, reason: str, message: str, observed: int = 1, generat
     return _tj(phase, *conditions, observed=observed, generation=generation)
 
 
+def _operator_tj(phase: TrainingPhase, failure: ReconcileFailure | None = None) -> Obj:
+    """A TrainingJob status from the operator's own reducers (as its controller chains them)."""
+    conditions = phase_conditions([], phase, "Because", f"the TrainingJob is {phase}", 1, NOW)
+    conditions = gitops_conditions(
+        conditions, phase, "Because", f"the TrainingJob is {phase}", failure, 1, NOW
+    )
+    status = {"observedGeneration": 1, "phase": phase.value, "conditions": [c.wire() for c in conditions]}
+    return _obj("TrainingJob", status)
+
+
 # -- ModelDeployment ------------------------------------------------------------------------------
 
 READY = cond("Ready", True, "AllReplicasReady", "1/1 Triton servers ready")
@@ -185,6 +198,7 @@ MODEL_DEPLOYMENTS: dict[str, Case] = {
         ),
         "Degraded",
         "InvalidSpec: spec.models: too short",
+        "Failed",
     ),
     # status of operators before Reconciling/Stalled: Degraded and phase decide
     "older operator: ready": Case(_md("Ready", READY, NOT_DEGRADED), "Healthy", "AllReplicasReady: 1/1"),
@@ -264,7 +278,24 @@ TRAINING_JOBS: dict[str, Case] = {
     "invalid spec, from the operator's refusal": Case(
         _obj("TrainingJob",
              invalid_status(_obj("TrainingJob", None), "spec.workers: >= 1", "Failed", NOW)[0]),
-        "Degraded", "InvalidSpec: spec.workers: >= 1",
+        "Degraded", "InvalidSpec: spec.workers: >= 1", "Failed",
+    ),
+    **{
+        f"operator's reducers: {phase}": Case(
+            _operator_tj(phase), health, f"Because: the TrainingJob is {phase}", verdict
+        )
+        for phase, health, verdict in (
+            (TrainingPhase.PENDING, "Progressing", "InProgress"),
+            (TrainingPhase.RUNNING, "Progressing", "InProgress"),
+            (TrainingPhase.RESTARTING, "Progressing", "InProgress"),
+            (TrainingPhase.SUCCEEDED, "Healthy", "Current"),
+            (TrainingPhase.FAILED, "Degraded", "Failed"),
+            (TrainingPhase.SUSPENDED, "Suspended", "InProgress"),
+        )
+    },
+    "operator's reducers: child conflict while running": Case(
+        _operator_tj(TrainingPhase.RUNNING, ReconcileFailure("ChildConflict", "Service x-workers: not ours")),
+        "Degraded", "ChildConflict: Service x-workers: not ours", "Failed",
     ),
     # status of operators before Ready/Reconciling/Stalled: the phase (or its condition) decides
     "older operator: pending": Case(
