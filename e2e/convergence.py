@@ -94,12 +94,22 @@ def differences(kubectl: Kubectl, desired: Object, namespace: str) -> list[str]:
     if dry.returncode != 0:  # e.g. an immutable Job template that the operator has not replaced yet
         return [f"{kind} {name}: applying the desired object would fail: {dry.stderr.strip()[:300]}"]
     want, have = _view(json.loads(dry.stdout)), _view(live)
-    return [
-        f"{kind} {name} {key}: live {json.dumps(have[key], sort_keys=True)[:400]} != desired "
-        f"{json.dumps(want[key], sort_keys=True)[:400]}"
-        for key in want
-        if want[key] != have[key]
-    ]
+    return [f"{kind} {name} {path}" for key in want for path in _paths(want[key], have[key], key)]
+
+
+def _paths(want: Any, have: Any, path: str) -> list[str]:
+    """Where two JSON values differ, as `path: live X, desired Y` lines."""
+    if isinstance(want, dict) and isinstance(have, dict):
+        return [
+            p for k in sorted(set(want) | set(have)) for p in _paths(want.get(k), have.get(k), f"{path}.{k}")
+        ]
+    if isinstance(want, list) and isinstance(have, list) and len(want) == len(have):
+        return [
+            p for i, (w, h) in enumerate(zip(want, have, strict=True)) for p in _paths(w, h, f"{path}[{i}]")
+        ]
+    if want == have:
+        return []
+    return [f"{path}: live {json.dumps(have)[:200]}, desired {json.dumps(want)[:200]}"]
 
 
 def _group(obj: Object) -> str:

@@ -59,11 +59,18 @@ class OperatorProcess:
     def is_running(self) -> bool:
         return self.process.is_running()
 
-    def start(self, timeout: float = 60.0, metrics: bool = False, extra_args: tuple[str, ...] = ()) -> None:
+    def start(
+        self,
+        timeout: float = 60.0,
+        metrics: bool = False,
+        extra_args: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
+    ) -> None:
         """Start the operator and wait until its liveness endpoint answers 200.
 
         With `metrics=True` it serves Prometheus metrics on a free port (read them
         with `metrics()`, `reconciles()`, `api_calls()`); otherwise `--metrics-port 0`.
+        `env` adds to its environment (e.g. KUBEFORGE_CRASH_AT for the crash-safety tests).
         """
         self.liveness_port, metrics_port = free_ports(2)
         self.metrics_port = metrics_port if metrics else 0
@@ -82,10 +89,16 @@ class OperatorProcess:
         ]
         # Unbuffered, so that the log shown after a failed test is complete up to that moment.
         # Pod IPs of simulated pods are not on this machine: the operator must not dial them.
-        env = dict(
-            os.environ, KUBECONFIG=str(self.kubeconfig), PYTHONUNBUFFERED="1", KUBEFORGE_MODEL_PROBE="false"
+        # A deployment degraded for 5 s counts as Stalled (300 s in production), so tests see it.
+        environ = dict(
+            os.environ,
+            KUBECONFIG=str(self.kubeconfig),
+            PYTHONUNBUFFERED="1",
+            KUBEFORGE_MODEL_PROBE="false",
+            KUBEFORGE_STALL_SECONDS="5",
+            **(env or {}),
         )
-        self.process.start(argv, env=env, cwd=REPO_ROOT)
+        self.process.start(argv, env=environ, cwd=REPO_ROOT)
         deadline = time.monotonic() + timeout
         while http_status(self.liveness_url) != 200:
             code = self.process.exit_code()

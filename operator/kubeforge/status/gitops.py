@@ -1,9 +1,11 @@
 """The conditions GitOps tools compute health from (kstatus: Flux, kpt, cli-utils; Argo CD's checks).
 
-kstatus reads, on any custom resource: `observedGeneration` behind `generation` -> InProgress;
-`Reconciling=True` -> InProgress; `Stalled=True` -> Failed; otherwise Current. Both are
-"abnormal-true" conditions: present and False when all is well. `Ready` says the same for tools
-and people that look for it (`kubectl wait --for=condition=Ready`).
+kstatus (sigs.k8s.io/cli-utils v0.37.2, status.Compute) reads, on a custom resource:
+`observedGeneration` behind `generation` -> InProgress; then the first `Reconciling=True` ->
+InProgress or `Stalled=True` -> Failed; then `Ready`: True -> Current, False -> InProgress;
+no Ready -> Current. Reconciling and Stalled are "abnormal-true" conditions: present and False when
+all is well. So: Current only when Ready, Failed only when Stalled (a suspended TrainingJob is
+InProgress: not Ready, nothing failed). `Ready` is also what `kubectl wait` and people look for.
 """
 
 from __future__ import annotations
