@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -39,6 +40,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         metrics_host=args.metrics_host,
         workers=args.workers,
         verbose=args.verbose,
+        leader_election=args.leader_elect,
+        lease_namespace=args.leader_election_namespace,
+        lease_name=args.leader_election_id,
+        shutdown_seconds=args.shutdown_seconds,
     )
 
 
@@ -54,6 +59,25 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--metrics-port", type=int, default=8081, help="Prometheus metrics port (0: off)")
     run.add_argument("--metrics-host", default="0.0.0.0", help="address the metrics server binds")
     run.add_argument("--workers", type=int, default=16, help="concurrent reconciles per kind")
+    run.add_argument(
+        "--leader-elect",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="run as one of several replicas: only the holder of a Lease reconciles (the chart turns it on)",
+    )
+    run.add_argument(
+        "--leader-election-namespace",
+        default=os.environ.get("POD_NAMESPACE", "default"),
+        help="namespace of the Lease (default: $POD_NAMESPACE, else default)",
+    )
+    run.add_argument("--leader-election-id", default="kubeforge-leader", help="name of the Lease")
+    run.add_argument(
+        "--shutdown-seconds",
+        type=float,
+        default=20.0,
+        help="on SIGTERM, how long in-flight reconciles may take to finish (keep it below the pod's "
+        "terminationGracePeriodSeconds)",
+    )
     run.add_argument("--verbose", "-v", action="store_true")
     run.set_defaults(func=_cmd_run)
 

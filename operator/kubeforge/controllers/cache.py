@@ -90,6 +90,38 @@ class ObjectCache:
                 if not keys:
                     del self._by_owner[(kind, owner)]
 
+    def replace(
+        self, kind: str, namespace: str | None, objects: list[Object], list_version: str
+    ) -> tuple[list[Object], list[Object]]:
+        """Make the cache hold exactly `objects` for `kind` (in `namespace`, or everywhere when None),
+        as a fresh list from the API server at `list_version` says.
+
+        Returns (changed or new, removed): the removed are the ghosts of objects deleted while no
+        watch was looking, which never sent a DELETED event. An object cached from a write newer
+        than the list is kept (its watch event follows).
+        """
+        listed = {(kind, o["metadata"].get("namespace", ""), o["metadata"]["name"]) for o in objects}
+        snapshot = _rv({"metadata": {"resourceVersion": list_version}})
+        stale = [
+            key
+            for key, obj in self._objects.items()
+            if key[0] == kind
+            and (namespace is None or key[1] == namespace)
+            and key not in listed
+            and not _rv(obj) > snapshot > 0
+        ]
+        removed = [self._objects[key] for key in stale]
+        for key in stale:
+            self.remove(*key)
+        changed = []
+        for obj in objects:
+            meta = obj["metadata"]
+            current = self._objects.get((kind, meta.get("namespace", ""), meta["name"]))
+            if current is None or current["metadata"].get("resourceVersion") != meta.get("resourceVersion"):
+                changed.append(obj)
+                self.upsert(kind, obj)
+        return changed, removed
+
     def get(self, kind: str, namespace: str, name: str) -> Object | None:
         return self._objects.get((kind, namespace, name))
 

@@ -80,6 +80,10 @@ class Context:
         self._events.add(task)
         task.add_done_callback(self._events.discard)
 
+    async def flush_events(self) -> None:
+        """Wait for the Events still being posted (at shutdown)."""
+        await asyncio.gather(*self._events, return_exceptions=True)
+
     async def live(self, resource: Resource, namespace: str, name: str) -> Object | None:
         """The object of that name: the cache holds every child we labelled, so a miss is read live
         (a user's object of the same name carries no label of ours and is never cached)."""

@@ -1,7 +1,11 @@
-"""kopf registrations: every watch event feeds the cache and enqueues the owning object.
+"""kopf runs the process (start-up, shutdown on SIGTERM, the liveness endpoint); informers feed the
+cache and the work queues; reconcilers run only on the replica that leads.
 
-No change-detection handlers (on.create/on.update) are used: they keep their diff base in the
-user's object. Watch events plus a level-triggered reconcile need no state in the object at all.
+Why informers of our own rather than kopf's watch handlers: after a 410 kopf lists again without
+telling its handlers, so objects deleted in the gap would stay in the cache for ever (see
+controllers/informer.py). No change-detection handlers (on.create/on.update) are used either: they
+keep their diff base in the user's object. Watch events plus a level-triggered reconcile need no
+state in the object at all.
 """
 
 from __future__ import annotations
@@ -12,34 +16,138 @@ from typing import Any
 
 import kopf
 
-from kubeforge import GROUP, VERSION
 from kubeforge.builders.meta import OWNER_KIND_LABEL, OWNER_NAME_LABEL
 from kubeforge.controllers.context import Context
+from kubeforge.controllers.informer import Informer
+from kubeforge.controllers.leader import LeaderElector, LeaseSettings
 from kubeforge.controllers.metrics import Timer, serve_metrics
-from kubeforge.controllers.modeldeployment import reconcile_model_deployment
+from kubeforge.controllers.modeldeployment import KEDA_API, MONITORING_API, reconcile_model_deployment
 from kubeforge.controllers.trainingjob import reconcile_training_job
 from kubeforge.controllers.workqueue import WorkQueue
 from kubeforge.k8s import resources as r
-from kubeforge.k8s.client import Kube, load_api_client
+from kubeforge.k8s.client import ApiError, Kube, load_api_client
 from kubeforge.settings import Settings
 
 log = logging.getLogger(__name__)
 Key = tuple[str, str]
+Object = dict[str, Any]
 CHILD_EVENT_DELAY = 0.5  # seconds
+OPTIONAL_API_SECONDS = 30.0  # how often to look for KEDA's and the Prometheus operator's APIs
 
-# (resource, kind of the owner it belongs to or None for our own kinds)
+OWNERS = (r.MODEL_DEPLOYMENT, r.TRAINING_JOB)
 CHILDREN = (r.DEPLOYMENT, r.SERVICE, r.PDB, r.HPA, r.JOB, r.POD)
+# children whose API exists only where KEDA / the Prometheus operator is installed
+OPTIONAL_CHILDREN = ((r.SCALED_OBJECT, KEDA_API), (r.SERVICE_MONITOR, MONITORING_API))
 
 
 class Runtime:
     """The operator's long-lived state, kept in kopf's memo."""
 
-    def __init__(self, ctx: Context, workers: int) -> None:
+    def __init__(self, ctx: Context, workers: int, namespaces: tuple[str, ...]) -> None:
         self.ctx = ctx
+        self.namespaces = namespaces
         self.md_queue: WorkQueue[Key] = WorkQueue("modeldeployment", self._md, workers)
         self.tj_queue: WorkQueue[Key] = WorkQueue("trainingjob", self._tj, workers)
+        self.informers: list[Informer] = []
+        self.elector: LeaderElector | None = None
         self.metrics_server: asyncio.Server | None = None
-        self.resync_task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._resync: asyncio.Task[None] | None = None
+
+    # -- events ------------------------------------------------------------------------------------
+
+    def _queue_of(self, kind: str) -> WorkQueue[Key]:
+        return self.md_queue if kind == r.MODEL_DEPLOYMENT.kind else self.tj_queue
+
+    def owner_changed(self, type_: str, obj: Object) -> None:
+        meta = obj["metadata"]
+        key = (meta.get("namespace", ""), meta["name"])
+        queue = self._queue_of(obj["kind"])
+        if type_ == "DELETED":
+            queue.forget(key)  # its backoff and timers go with it; the children go with the GC
+        else:
+            queue.add(key)
+
+    def child_changed(self, _: str, obj: Object) -> None:
+        """A child changed: reconcile its owner shortly, once for a burst of child events.
+
+        A rollout sends a storm of Deployment, ReplicaSet and pod events; folding them into one
+        reconcile CHILD_EVENT_DELAY later writes the owner's status once instead of per event.
+        """
+        labels = obj["metadata"].get("labels") or {}
+        owner_kind, owner_name = labels.get(OWNER_KIND_LABEL), labels.get(OWNER_NAME_LABEL)
+        key = (obj["metadata"].get("namespace", ""), owner_name or "")
+        if owner_kind == "modeldeployment":
+            self.md_queue.add_after(key, CHILD_EVENT_DELAY)
+        elif owner_kind == "trainingjob":
+            self.tj_queue.add_after(key, CHILD_EVENT_DELAY)
+
+    # -- informers ---------------------------------------------------------------------------------
+
+    def _inform(self, resource: r.Resource) -> list[Informer]:
+        """Start list+watch of `resource` in each namespace; children are selected server-side."""
+        owner = resource in OWNERS
+        started = [
+            Informer(
+                kube=self.ctx.kube,
+                cache=self.ctx.cache,
+                resource=resource,
+                namespace=ns,
+                on_change=self.owner_changed if owner else self.child_changed,
+                label_selector=None if owner else OWNER_KIND_LABEL,
+            )
+            for ns in self.namespaces or (None,)
+        ]
+        for informer in started:
+            self._tasks.append(asyncio.create_task(informer.run(), name=f"informer {informer.name}"))
+        self.informers += started
+        return started
+
+    async def start_informers(self) -> None:
+        """Watch owners and children, and wait until every cache is filled (a miss then means absent)."""
+        started = [i for resource in (*OWNERS, *CHILDREN) for i in self._inform(resource)]
+        started += await self._inform_optional()
+        await asyncio.gather(*(i.synced.wait() for i in started))
+        self._tasks.append(asyncio.create_task(self._watch_for_optional_apis(), name="optional APIs"))
+
+    async def _inform_optional(self) -> list[Informer]:
+        informed = {i.resource for i in self.informers}
+        started: list[Informer] = []
+        for resource, api in OPTIONAL_CHILDREN:
+            if resource in informed:
+                continue
+            try:
+                served = await self.ctx.kube.api_group_served(api)
+            except ApiError as err:
+                log.warning("could not tell whether %s is served: %s", api, err)
+                continue
+            if served:
+                log.info("%s is served: watching %s", api, resource.kind)
+                started += self._inform(resource)
+        return started
+
+    async def _watch_for_optional_apis(self) -> None:
+        """KEDA or the Prometheus operator installed later: start watching their kinds then."""
+        while True:
+            await asyncio.sleep(OPTIONAL_API_SECONDS)
+            await self._inform_optional()
+
+    # -- reconciling -------------------------------------------------------------------------------
+
+    async def start_reconciling(self) -> None:
+        """This replica leads (or runs alone): reconcile everything once, then on events."""
+        for kind, queue in ((r.MODEL_DEPLOYMENT.kind, self.md_queue), (r.TRAINING_JOB.kind, self.tj_queue)):
+            for key in self.ctx.cache.keys(kind):
+                queue.add(key)
+            queue.start()
+        if self._resync is None:
+            self._resync = asyncio.create_task(self.resync_forever(self.ctx.settings.resync_seconds))
+            self._tasks.append(self._resync)
+
+    async def stop_reconciling(self) -> None:
+        """Leadership lost: stop at once (writes are already refused); keys stay queued."""
+        await self.md_queue.pause()
+        await self.tj_queue.pause()
 
     async def resync_forever(self, period: float) -> None:
         """Reconcile every object every `period` seconds, like controller-runtime's SyncPeriod.
@@ -70,19 +178,29 @@ class Runtime:
         finally:
             self.ctx.metrics.observe(kind, timer.elapsed(), ok)
 
-    def enqueue_owner(self, obj: dict[str, Any]) -> None:
-        """A child changed: reconcile its owner shortly, once for a burst of child events.
+    # -- shutdown ----------------------------------------------------------------------------------
 
-        A rollout sends a storm of Deployment, ReplicaSet and pod events; folding them into one
-        reconcile CHILD_EVENT_DELAY later writes the owner's status once instead of per event.
-        """
-        labels = obj["metadata"].get("labels") or {}
-        owner_kind, owner_name = labels.get(OWNER_KIND_LABEL), labels.get(OWNER_NAME_LABEL)
-        key = (obj["metadata"].get("namespace", ""), owner_name or "")
-        if owner_kind == "modeldeployment":
-            self.md_queue.add_after(key, CHILD_EVENT_DELAY)
-        elif owner_kind == "trainingjob":
-            self.tj_queue.add_after(key, CHILD_EVENT_DELAY)
+    async def shutdown(self, seconds: float) -> None:
+        """SIGTERM: take no new key, let in-flight reconciles finish within `seconds`, give up the
+        Lease (a standby takes over within one retry period), stop watching."""
+        finished = all(await asyncio.gather(self.md_queue.drain(seconds), self.tj_queue.drain(seconds)))
+        if not finished:
+            log.warning("shutdown: reconciles still running after %.0fs were cancelled", seconds)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.elector is not None:
+            await self.elector.release()
+        if self.metrics_server is not None:
+            self.metrics_server.close()
+        await self.ctx.flush_events()
+        await self.ctx.kube.aclose()
+
+    def lead(self, lease: LeaseSettings) -> None:
+        """Reconcile only while holding the Lease; writes are gated on it too (Kube.may_write)."""
+        self.elector = LeaderElector(self.ctx.kube, lease, self.start_reconciling, self.stop_reconciling)
+        self.ctx.kube.may_write = self.elector.may_write
+        self._tasks.append(asyncio.create_task(self.elector.run(), name="leader election"))
 
 
 def _runtime(memo: Any) -> Runtime:
@@ -90,25 +208,11 @@ def _runtime(memo: Any) -> Runtime:
     return runtime
 
 
-async def _prefill(ctx: Context, namespaces: tuple[str, ...]) -> None:
-    """List every child kind once before reconciling, so a cache miss means 'absent'."""
-    for resource in (*CHILDREN, r.MODEL_DEPLOYMENT, r.TRAINING_JOB):
-        selector = None if resource in (r.MODEL_DEPLOYMENT, r.TRAINING_JOB) else OWNER_KIND_LABEL
-        for ns in namespaces or (None,):
-            for obj in await ctx.kube.list(resource, ns, label_selector=selector):
-                obj.setdefault("apiVersion", resource.api_version)
-                obj.setdefault("kind", resource.kind)
-                ctx.cache.upsert(resource.kind, obj)
-
-
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     settings.posting.enabled = False  # we post our own, meaningful Events
-    settings.watching.server_timeout = 300
-    settings.watching.client_timeout = 330
     settings.networking.request_timeout = 60
-    # no cluster-wide scanning of namespaces and CRDs: the chart installs the CRDs before the operator
-    # starts, and a namespaced install has no right to list either (kopf would retry 403s for a minute)
+    # kopf watches nothing here (our informers do), so it needs neither namespaces nor CRDs
     settings.scanning.disabled = True
     options = memo.options
     op_settings: Settings = options["settings"]
@@ -119,79 +223,25 @@ async def startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     )
     ctx = Context(kube=kube, settings=op_settings)
     ctx.metrics.api_calls = kube.calls
-    runtime = Runtime(ctx, workers=options["workers"])
+    runtime = Runtime(ctx, workers=workers, namespaces=op_settings.namespaces)
     memo.runtime = runtime
-    await _prefill(ctx, op_settings.namespaces)
-    runtime.md_queue.start()
-    runtime.tj_queue.start()
-    runtime.resync_task = asyncio.create_task(runtime.resync_forever(op_settings.resync_seconds))
+    await runtime.start_informers()
     if options["metrics_port"]:
-        runtime.metrics_server = await serve_metrics(ctx.metrics, "0.0.0.0", options["metrics_port"])
-    log.info("kubeforge started: %d objects cached", sum(ctx.cache.count(x.kind) for x in CHILDREN))
+        runtime.metrics_server = await serve_metrics(
+            ctx.metrics, options["metrics_host"], options["metrics_port"]
+        )
+    lease: LeaseSettings | None = options.get("lease")
+    if lease is not None:
+        runtime.lead(lease)
+    else:
+        await runtime.start_reconciling()
+    log.info(
+        "kubeforge started: %d objects cached%s",
+        sum(ctx.cache.count(x.kind) for x in (*OWNERS, *CHILDREN)),
+        f", leader election on Lease {lease.namespace}/{lease.name}" if lease else "",
+    )
 
 
 @kopf.on.cleanup()
 async def cleanup(memo: Any, **_: Any) -> None:
-    runtime = _runtime(memo)
-    if runtime.resync_task is not None:
-        runtime.resync_task.cancel()
-    await runtime.md_queue.stop()
-    await runtime.tj_queue.stop()
-    if runtime.metrics_server is not None:
-        runtime.metrics_server.close()
-    runtime.ctx.kube.close()
-
-
-def _on_watch_event(kind: str, event: Any, runtime: Runtime) -> dict[str, Any] | None:
-    obj = event.get("object")
-    if not obj:
-        return None
-    meta = obj["metadata"]
-    if event.get("type") == "DELETED":
-        runtime.ctx.cache.remove(kind, meta.get("namespace", ""), meta["name"])
-    else:
-        runtime.ctx.cache.upsert(kind, obj)
-    return dict(obj)
-
-
-def _on_owner_event(kind: str, queue: WorkQueue[Key], event: Any, runtime: Runtime) -> None:
-    obj = _on_watch_event(kind, event, runtime)
-    if not obj:
-        return
-    key = (obj["metadata"]["namespace"], obj["metadata"]["name"])
-    if event.get("type") == "DELETED":
-        queue.forget(key)  # its backoff and timers go with it; the children go with the garbage collector
-    else:
-        queue.add(key)
-
-
-@kopf.on.event(GROUP, VERSION, "modeldeployments")
-async def model_deployment_event(event: Any, memo: Any, **_: Any) -> None:
-    runtime = _runtime(memo)
-    _on_owner_event(r.MODEL_DEPLOYMENT.kind, runtime.md_queue, event, runtime)
-
-
-@kopf.on.event(GROUP, VERSION, "trainingjobs")
-async def training_job_event(event: Any, memo: Any, **_: Any) -> None:
-    runtime = _runtime(memo)
-    _on_owner_event(r.TRAINING_JOB.kind, runtime.tj_queue, event, runtime)
-
-
-def _register_child(resource: r.Resource) -> None:
-    async def child_event(event: Any, memo: Any, **_: Any) -> None:
-        runtime = _runtime(memo)
-        obj = _on_watch_event(resource.kind, event, runtime)
-        if obj:
-            runtime.enqueue_owner(obj)
-
-    child_event.__name__ = f"{resource.kind.lower()}_event"
-    kopf.on.event(
-        resource.api_version,
-        resource.plural,
-        labels={OWNER_KIND_LABEL: kopf.PRESENT},
-        id=child_event.__name__,
-    )(child_event)
-
-
-for _child in CHILDREN:
-    _register_child(_child)
+    await _runtime(memo).shutdown(memo.options.get("shutdown_seconds", 20.0))

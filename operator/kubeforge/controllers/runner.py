@@ -7,6 +7,7 @@ import logging
 
 import kopf
 
+from kubeforge.controllers.leader import LeaseSettings
 from kubeforge.settings import Settings
 
 
@@ -17,6 +18,10 @@ def run_operator(
     verbose: bool,
     metrics_host: str = "0.0.0.0",
     workers: int = 16,
+    leader_election: bool = False,
+    lease_namespace: str = "default",
+    lease_name: str = "kubeforge-leader",
+    shutdown_seconds: float = 20.0,
 ) -> int:
     """Run until interrupted; returns the exit code."""
     import kubeforge.controllers.handlers  # noqa: F401 - registers the kopf handlers
@@ -31,6 +36,8 @@ def run_operator(
             "metrics_port": metrics_port,
             "metrics_host": metrics_host,
             "workers": workers,
+            "lease": LeaseSettings(namespace=lease_namespace, name=lease_name) if leader_election else None,
+            "shutdown_seconds": shutdown_seconds,
         }
     )
     kopf.run(

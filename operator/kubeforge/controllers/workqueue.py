@@ -67,6 +67,7 @@ class WorkQueue(Generic[K]):
         self._timers: dict[K, asyncio.TimerHandle] = {}
         self._failures: dict[K, int] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._draining = False
         self.processed = 0
         self.failures = 0
 
@@ -108,23 +109,51 @@ class WorkQueue(Generic[K]):
         self.add(key)
 
     def start(self) -> None:
+        """Start the workers (again, after `pause`); keys queued meanwhile are processed."""
+        if self._tasks:
+            return
+        self._draining = False
         self._tasks = [
             asyncio.create_task(self._worker(), name=f"{self.name}-{i}") for i in range(self._workers)
         ]
 
+    async def pause(self) -> None:
+        """Stop the workers now (leadership lost); keys in flight are queued again, none is lost."""
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     async def stop(self) -> None:
         for timer in self._timers.values():
             timer.cancel()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.pause()
+
+    async def drain(self, timeout: float) -> bool:
+        """Graceful shutdown: take no new key, let in-flight reconciles finish within `timeout`.
+
+        True when every reconcile finished; the rest are cancelled (and reported False).
+        """
+        self._draining = True
+        for timer in self._timers.values():
+            timer.cancel()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self._active and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        finished = not self._active
+        await self.pause()
+        return finished
 
     def idle(self) -> bool:
         return not self._queued and not self._active
 
     async def _worker(self) -> None:
-        while True:
+        while not self._draining:
             key = await self._queue.get()
+            if self._draining:
+                self._queue.put_nowait(key)  # left for no one: shutting down
+                return
             self._queued.discard(key)
             self._active.add(key)
             delay: float | None = None
@@ -132,6 +161,8 @@ class WorkQueue(Generic[K]):
                 delay = await self._reconcile(key)
                 self._failures.pop(key, None)
             except asyncio.CancelledError:
+                self._active.discard(key)
+                self.add(key)  # cut short (leadership lost): it runs again when workers start
                 raise
             except Exception as err:
                 self.failures += 1

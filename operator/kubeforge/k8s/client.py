@@ -10,23 +10,31 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import ssl
 from collections import Counter
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
+import aiohttp
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError as TransportError
 
-from kubeforge.k8s.resources import EVENT, Resource, resource_for
+from kubeforge.k8s.resources import EVENT, LEASE, Resource, resource_for
 
 log = logging.getLogger(__name__)
 Object = dict[str, Any]
 APPLY_PATCH = "application/apply-patch+yaml"
-# (connect, read) seconds: no call may hang a reconcile worker; a timeout is retried with backoff
+# (connect, read) seconds: no call may hang a reconcile worker; a timeout is retried with backoff.
+# Writes get a short read timeout: with leader election, a write sent just before the renew
+# deadline must be over (or abandoned) before the Lease can expire (renew deadline + write timeout
+# < lease duration), so that a partitioned old leader never writes after a new one took over.
 REQUEST_TIMEOUT = (5.0, 30.0)
+WRITE_TIMEOUT = (1.5, 3.0)
+READ_VERBS = frozenset({"get", "list", "discovery"})
 
 
 class ApiError(Exception):
@@ -91,6 +99,9 @@ class Kube:
         self.calls: Counter[str] = Counter()
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kube")
         self._api_groups: dict[str, tuple[float, bool]] = {}
+        self._session: aiohttp.ClientSession | None = None
+        # with leader election: whether this replica may write now (lease writes are exempt)
+        self.may_write: Callable[[], bool] | None = None
 
     async def _call(
         self,
@@ -103,7 +114,11 @@ class Kube:
         query: list[tuple[str, Any]] | None = None,
         describe: str = "",
     ) -> Any:
+        gate = self.may_write
+        if gate is not None and verb not in READ_VERBS and not verb.startswith("lease") and not gate():
+            raise ApiError(0, "NotLeader", "this replica does not hold the leader Lease", describe)
         self.calls[verb] += 1
+        timeout = REQUEST_TIMEOUT if verb in READ_VERBS else WRITE_TIMEOUT
         headers = {"Accept": "application/json"}
         if content_type:
             headers["Content-Type"] = content_type
@@ -122,7 +137,7 @@ class Kube:
                 auth_settings=["BearerToken"],
             )
             response = api.call_api(
-                method_, url, header_params=header_params, body=payload, _request_timeout=REQUEST_TIMEOUT
+                method_, url, header_params=header_params, body=payload, _request_timeout=timeout
             )
             data = response.read()
             if not 200 <= response.status < 300:
@@ -150,13 +165,103 @@ class Kube:
                 return None
             raise
 
+    async def list_with_version(
+        self, resource: Resource, namespace: str | None, label_selector: str | None = None, page: int = 500
+    ) -> tuple[list[Object], str]:
+        """Every object (in pages, so a large cluster is not one huge response) and the list's
+        resourceVersion, from which a watch continues without a gap."""
+        items: list[Object] = []
+        token: str | None = None
+        while True:
+            query: list[tuple[str, Any]] = [("limit", page)]
+            if label_selector:
+                query.append(("labelSelector", label_selector))
+            if token:
+                query.append(("continue", token))
+            result = await self._call("list", "GET", resource.path(namespace), query=query)
+            for item in result.get("items", []):
+                item.setdefault("apiVersion", resource.api_version)
+                item.setdefault("kind", resource.kind)
+                items.append(item)
+            token = (result.get("metadata") or {}).get("continue")
+            if not token:
+                return items, str((result.get("metadata") or {}).get("resourceVersion", ""))
+
     async def list(
         self, resource: Resource, namespace: str | None, label_selector: str | None = None
     ) -> list[Object]:
-        query = [("labelSelector", label_selector)] if label_selector else []
-        result = await self._call("list", "GET", resource.path(namespace), query=query)
-        items: list[Object] = result.get("items", [])
+        items, _ = await self.list_with_version(resource, namespace, label_selector)
         return items
+
+    def _http(self) -> aiohttp.ClientSession:
+        """An aiohttp session with the client's credentials, for long-lived watch streams."""
+        if self._session is None:
+            config: Any = self.api.configuration
+            context = ssl.create_default_context(cafile=config.ssl_ca_cert) if config.verify_ssl else None
+            if context is None:
+                context = ssl.create_default_context()
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+            if config.cert_file:
+                context.load_cert_chain(config.cert_file, config.key_file)
+            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context))
+        return self._session
+
+    async def watch(
+        self,
+        resource: Resource,
+        namespace: str | None,
+        resource_version: str,
+        label_selector: str | None = None,
+        timeout_seconds: int = 300,
+    ) -> AsyncIterator[Object]:
+        """Watch events from `resource_version` on, with bookmarks, until the server ends the stream.
+
+        An `ERROR` event (410 Gone: the version is too old) is yielded as it is; the caller lists again.
+        """
+        config: Any = self.api.configuration
+        params = {
+            "watch": "true",
+            "allowWatchBookmarks": "true",
+            "resourceVersion": resource_version,
+            "timeoutSeconds": str(timeout_seconds),
+        }
+        if label_selector:
+            params["labelSelector"] = label_selector
+        headers = {"Accept": "application/json"}
+        token = config.get_api_key_with_prefix("authorization")  # refreshes a rotated in-cluster token
+        if token:
+            headers["Authorization"] = token
+        self.calls["watch"] += 1
+        url = config.host.rstrip("/") + resource.path(namespace)
+        client_timeout = aiohttp.ClientTimeout(
+            total=timeout_seconds + 30, sock_connect=REQUEST_TIMEOUT[0], sock_read=timeout_seconds + 30
+        )
+        try:
+            async with self._http().get(
+                url, params=params, headers=headers, timeout=client_timeout
+            ) as response:
+                if response.status != 200:
+                    text = await response.text()
+                    try:
+                        body = json.loads(text)
+                    except ValueError:
+                        body = {}
+                    raise ApiError(
+                        response.status,
+                        str(body.get("reason", response.reason)),
+                        str(body.get("message", text[:200])),
+                        f"watch {resource.kind}",
+                    )
+                buffer = b""
+                async for chunk in response.content.iter_any():
+                    buffer += chunk
+                    *lines, buffer = buffer.split(b"\n")
+                    for line in lines:
+                        if line.strip():
+                            yield json.loads(line)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise ApiError(0, type(exc).__name__, str(exc), f"watch {resource.kind}") from None
 
     async def apply(self, obj: Object, *, force: bool = True) -> Object:
         """Server-side apply under our field manager.
@@ -175,6 +280,32 @@ class Kube:
             content_type=APPLY_PATCH,
             query=query,
             describe=f"apply {obj['kind']} {meta.get('namespace')}/{meta['name']}",
+        )
+        return result
+
+    async def lease(self, namespace: str, name: str) -> Object | None:
+        """Read a coordination.k8s.io Lease (leader election: exempt from the leader's write gate)."""
+        try:
+            result: Object = await self._call("lease_get", "GET", LEASE.path(namespace, name))
+            return result
+        except ApiError as err:
+            if err.status == 404:
+                return None
+            raise
+
+    async def write_lease(self, lease: Object, *, create: bool) -> Object:
+        """Create a Lease, or replace it under its resourceVersion (409 when another replica won)."""
+        meta = lease["metadata"]
+        if create:
+            method, path = "POST", LEASE.path(meta["namespace"])
+        else:
+            method, path = "PUT", LEASE.path(meta["namespace"], meta["name"])
+        result: Object = await self._call(
+            "lease_write",
+            method,
+            path,
+            body=lease,
+            describe=f"write Lease {meta['namespace']}/{meta['name']}",
         )
         return result
 
@@ -295,6 +426,11 @@ class Kube:
             served = False
         self._api_groups[api_version] = (loop.time(), served)
         return served
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+        self.close()
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -44,6 +44,7 @@ PDB = Resource("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets")
 HPA = Resource("autoscaling/v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers")
 SCALED_OBJECT = Resource("keda.sh/v1alpha1", "ScaledObject", "scaledobjects")
 SERVICE_MONITOR = Resource("monitoring.coreos.com/v1", "ServiceMonitor", "servicemonitors")
+LEASE = Resource("coordination.k8s.io/v1", "Lease", "leases")
 
 _ALL = (
     MODEL_DEPLOYMENT,
@@ -58,6 +59,7 @@ _ALL = (
     HPA,
     SCALED_OBJECT,
     SERVICE_MONITOR,
+    LEASE,
 )
 _BY_KIND = {(r.api_version, r.kind): r for r in _ALL}
 
