@@ -36,8 +36,12 @@ class Runtime:
 
     def __init__(self, ctx: Context, workers: int) -> None:
         self.ctx = ctx
-        self.md_queue: WorkQueue[Key] = WorkQueue("modeldeployment", self._md, workers)
-        self.tj_queue: WorkQueue[Key] = WorkQueue("trainingjob", self._tj, workers)
+        self.md_queue: WorkQueue[Key] = WorkQueue(
+            "modeldeployment", self._md, workers, hooks=ctx.metrics.queue_hooks("modeldeployment")
+        )
+        self.tj_queue: WorkQueue[Key] = WorkQueue(
+            "trainingjob", self._tj, workers, hooks=ctx.metrics.queue_hooks("trainingjob")
+        )
         self.metrics_server: asyncio.Server | None = None
         self.resync_task: asyncio.Task[None] | None = None
 
@@ -126,7 +130,9 @@ async def startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     runtime.tj_queue.start()
     runtime.resync_task = asyncio.create_task(runtime.resync_forever(op_settings.resync_seconds))
     if options["metrics_port"]:
-        runtime.metrics_server = await serve_metrics(ctx.metrics, "0.0.0.0", options["metrics_port"])
+        runtime.metrics_server = await serve_metrics(
+            ctx.metrics, options["metrics_host"], options["metrics_port"]
+        )
     log.info("kubeforge started: %d objects cached", sum(ctx.cache.count(x.kind) for x in CHILDREN))
 
 
