@@ -7,7 +7,7 @@ with the server's response, so a reconcile never acts on a version older than it
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from typing import Any
 
 from kubeforge.builders.meta import OWNER_KIND_LABEL, OWNER_NAME_LABEL
@@ -135,3 +135,7 @@ class ObjectCache:
 
     def count(self, kind: str) -> int:
         return sum(1 for k in self._objects if k[0] == kind)
+
+    def counts(self) -> Counter[str]:
+        """Cached objects by kind (one pass; read by the metrics at scrape time)."""
+        return Counter(kind for kind, _, _ in self._objects)

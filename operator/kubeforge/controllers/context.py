@@ -74,6 +74,10 @@ class Context:
     now: Callable[[], datetime] = utcnow
     _events: set[asyncio.Task[None]] = field(default_factory=set)
 
+    def __post_init__(self) -> None:
+        if self.metrics.cache_objects is None:
+            self.metrics.cache_objects = self.cache.counts  # kubeforge_cache_objects, read at scrape time
+
     def announce(self, owner: Object, type_: str, reason: str, message: str) -> None:
         """Post an Event in the background: Events are best effort and never delay a reconcile."""
         task = asyncio.create_task(self.kube.event(owner, type_, reason, message))

@@ -20,7 +20,7 @@ from kubeforge.builders.meta import OWNER_KIND_LABEL, OWNER_NAME_LABEL
 from kubeforge.controllers.context import Context
 from kubeforge.controllers.informer import Informer
 from kubeforge.controllers.leader import LeaderElector, LeaseSettings
-from kubeforge.controllers.metrics import Timer, serve_metrics
+from kubeforge.controllers.metrics import serve_metrics
 from kubeforge.controllers.modeldeployment import KEDA_API, MONITORING_API, reconcile_model_deployment
 from kubeforge.controllers.trainingjob import reconcile_training_job
 from kubeforge.controllers.workqueue import WorkQueue
@@ -46,8 +46,12 @@ class Runtime:
     def __init__(self, ctx: Context, workers: int, namespaces: tuple[str, ...]) -> None:
         self.ctx = ctx
         self.namespaces = namespaces
-        self.md_queue: WorkQueue[Key] = WorkQueue("modeldeployment", self._md, workers)
-        self.tj_queue: WorkQueue[Key] = WorkQueue("trainingjob", self._tj, workers)
+        self.md_queue: WorkQueue[Key] = WorkQueue(
+            "modeldeployment", self._md, workers, hooks=ctx.metrics.queue_hooks("modeldeployment")
+        )
+        self.tj_queue: WorkQueue[Key] = WorkQueue(
+            "trainingjob", self._tj, workers, hooks=ctx.metrics.queue_hooks("trainingjob")
+        )
         self.informers: list[Informer] = []
         self.elector: LeaderElector | None = None
         self.metrics_server: asyncio.Server | None = None
@@ -140,12 +144,14 @@ class Runtime:
             for key in self.ctx.cache.keys(kind):
                 queue.add(key)
             queue.start()
+        self.ctx.metrics.set_leader(True)
         if self._resync is None:
             self._resync = asyncio.create_task(self.resync_forever(self.ctx.settings.resync_seconds))
             self._tasks.append(self._resync)
 
     async def stop_reconciling(self) -> None:
         """Leadership lost: stop at once (writes are already refused); keys stay queued."""
+        self.ctx.metrics.set_leader(False)
         await self.md_queue.pause()
         await self.tj_queue.pause()
 
@@ -169,14 +175,9 @@ class Runtime:
         return await self._timed("TrainingJob", reconcile_training_job, key)
 
     async def _timed(self, kind: str, fn: Any, key: Key) -> float | None:
-        timer = Timer()
-        ok = False
-        try:
+        with self.ctx.metrics.reconciling(kind):  # latency, and errors by reason
             result: float | None = await fn(self.ctx, key)
-            ok = True
             return result
-        finally:
-            self.ctx.metrics.observe(kind, timer.elapsed(), ok)
 
     # -- shutdown ----------------------------------------------------------------------------------
 
@@ -200,6 +201,8 @@ class Runtime:
         """Reconcile only while holding the Lease; writes are gated on it too (Kube.may_write)."""
         self.elector = LeaderElector(self.ctx.kube, lease, self.start_reconciling, self.stop_reconciling)
         self.ctx.kube.may_write = self.elector.may_write
+        self.ctx.metrics.identity = self.elector.identity
+        self.ctx.metrics.set_leader(False)
         self._tasks.append(asyncio.create_task(self.elector.run(), name="leader election"))
 
 

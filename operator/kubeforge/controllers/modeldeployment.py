@@ -123,7 +123,7 @@ async def reconcile_model_deployment(ctx: Context, key: tuple[str, str]) -> floa
     for transition in transitions:
         ctx.announce(body, transition.type, transition.reason, transition.message)
     if failure is not None:
-        raise Surfaced(f"{failure.reason}: {failure.message}")
+        raise Surfaced(f"{failure.reason}: {failure.message}", reason=failure.reason)
     requeue = [stall_check_in(status, now, ctx.settings.stall_seconds)]
     if autoscaler is not None and autoscaler.missing_reason:
         requeue.append(MISSING_API_SECONDS)  # notice KEDA once it is installed; no watch event says so

@@ -462,5 +462,5 @@ async def reconcile_training_job(ctx: Context, key: tuple[str, str]) -> float | 
     for type_, reason, message in step.events:
         ctx.announce(body, type_, reason, message)
     if failure is not None:
-        raise Surfaced(f"{failure.reason}: {failure.message}")
+        raise Surfaced(f"{failure.reason}: {failure.message}", reason=failure.reason)
     return requeue

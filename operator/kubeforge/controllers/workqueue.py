@@ -5,6 +5,8 @@ once afterwards (never concurrently, never lost). `add_after` schedules a delaye
 TTLs) without holding a worker. A failed reconcile is retried with per-key exponential backoff
 and jitter (client-go's ItemExponentialFailureRateLimiter: 5 ms doubling, capped), reset by the
 next success; a failure already shown in the object's status (`Surfaced`) is retried slowly.
+Optional `QueueHooks` see a key enter the ready queue, a worker pick it, and a failure's retry
+(the operator's metrics: depth, wait time, retries).
 """
 
 from __future__ import annotations
@@ -26,6 +28,27 @@ class Surfaced(Exception):
     It cannot go away without a change (a denial, an invalid child, a name clash), so it is
     retried slowly; retrying fast would only load the API server.
     """
+
+    def __init__(self, message: str, reason: str = "") -> None:
+        super().__init__(message)
+        # the condition's reason (ChildConflict, Forbidden, ...): a metric label from a small set
+        self.reason = reason
+
+
+class QueueHooks:
+    """Instrumentation points of a WorkQueue; this base class does nothing.
+
+    Called on the event loop, synchronously, so they must be cheap and must not raise.
+    """
+
+    def enqueued(self, key: Hashable) -> None:
+        """`key` entered the ready queue (it waits for a worker; delayed keys enter when due)."""
+
+    def picked(self, key: Hashable) -> None:
+        """A worker took `key` from the ready queue."""
+
+    def retried(self, key: Hashable) -> None:
+        """A reconcile of `key` failed and a retry is scheduled."""
 
 
 @dataclass(frozen=True)
@@ -54,12 +77,14 @@ class WorkQueue(Generic[K]):
         reconcile: Callable[[K], Awaitable[float | None]],
         workers: int = 4,
         backoff: Backoff | None = None,
+        hooks: QueueHooks | None = None,
     ) -> None:
         """`reconcile(key)` returns seconds after which to run again, or None."""
         self.name = name
         self._reconcile = reconcile
         self._workers = workers
         self._backoff = backoff or Backoff()
+        self._hooks = hooks or QueueHooks()
         self._queue: asyncio.Queue[K] = asyncio.Queue()
         self._queued: set[K] = set()
         self._active: set[K] = set()
@@ -77,6 +102,7 @@ class WorkQueue(Generic[K]):
         elif key not in self._queued:
             self._queued.add(key)
             self._queue.put_nowait(key)
+            self._hooks.enqueued(key)
 
     def add_after(self, key: K, delay: float) -> None:
         """Run `key` after `delay` seconds; an earlier pending timer for it wins."""
@@ -154,6 +180,7 @@ class WorkQueue(Generic[K]):
             if self._draining:
                 self._queue.put_nowait(key)  # left for no one: shutting down
                 return
+            self._hooks.picked(key)
             self._queued.discard(key)
             self._active.add(key)
             delay: float | None = None
@@ -168,6 +195,7 @@ class WorkQueue(Generic[K]):
                 self.failures += 1
                 failures = self._failures[key] = self._failures.get(key, 0) + 1
                 surfaced = isinstance(err, Surfaced)
+                self._hooks.retried(key)
                 delay = self._backoff.delay(failures, surfaced=surfaced)
                 if surfaced:
                     log.info("%s: %s: %s; retrying in %.1fs", self.name, key, err, delay)
