@@ -88,6 +88,13 @@ class OperatorProcess:
             )
         )
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU the process has used so far (/proc/<pid>/stat)."""
+        pid = self.process.pid()
+        assert pid is not None
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def rss_mb(self) -> float:
         pid = self.process.pid()
         assert pid is not None
@@ -99,12 +106,18 @@ class OperatorProcess:
 
 @contextmanager
 def operator(
-    cluster: Cluster, state: Path, namespaces: tuple[str, ...] = (), resync: float = 600.0
+    cluster: Cluster,
+    state: Path,
+    namespaces: tuple[str, ...] = (),
+    resync: float = 600.0,
+    extra_args: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
+    name: str = "operator",
 ) -> Iterator[OperatorProcess]:
     liveness, metrics = free_ports(2)
     # the marker must occur in the command line: the liveness URL's free port makes it unique
     marker = f"http://127.0.0.1:{liveness}/healthz"
-    process = ManagedProcess("operator", state / "operator.pid", state / "operator.log", marker=marker)
+    process = ManagedProcess(name, state / f"{name}.pid", state / f"{name}.log", marker=marker)
     args = [
         sys.executable,
         "-m",
@@ -119,13 +132,15 @@ def operator(
     ]
     for ns in namespaces:
         args += ["--namespace", ns]
-    env = {
+    args += extra_args
+    environ = {
         **os.environ,
         "KUBECONFIG": str(cluster.kubeconfig),
         "KUBEFORGE_MODEL_PROBE": "false",
         "KUBEFORGE_RESYNC_SECONDS": str(resync),
+        **(env or {}),
     }
-    process.start(args, env=env)
+    process.start(args, env=environ)
     op = OperatorProcess(process, metrics)
     deadline = time.monotonic() + 60
     while True:

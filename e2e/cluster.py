@@ -135,6 +135,7 @@ class Cluster:
             for name in COMPONENTS
         }
         self.timings: dict[str, float] = {}
+        self._launched: dict[str, tuple[list[str | Path], dict[str, str]]] = {}
 
     # -- paths and clients -------------------------------------------------------------------------
 
@@ -381,7 +382,28 @@ class Cluster:
     # -- helpers ----------------------------------------------------------------------------------
 
     def _start(self, name: str, bin_dir: Path, args: list[str], env: Mapping[str, str] | None = None) -> None:
-        self.processes[name].start([bin_dir / name, *args], env={**os.environ, **(env or {})})
+        argv: list[str | Path] = [bin_dir / name, *args]
+        environ = {**os.environ, **(env or {})}
+        self._launched[name] = (argv, environ)
+        self.processes[name].start(argv, env=environ)
+
+    def restart(self, component: str, timeout: float = 60.0) -> float:
+        """Stop one component (SIGTERM, SIGKILL after 10 s) and start it again with the same command
+        line, as a crash and a supervisor's restart would; returns the seconds until it was healthy
+        again. For the fault-injection tests: the API server and etcd keep their data and ports."""
+        started = time.monotonic()
+        argv, environ = self._launched[component]
+        self.processes[component].stop()
+        self.processes[component].start(argv, env=environ)
+        ports = self.ports
+        ready: dict[str, Callable[[], bool]] = {
+            "etcd": lambda: http_status(f"http://127.0.0.1:{ports.etcd_client}/health") == 200,
+            "kube-apiserver": lambda: self._api_status("/readyz") == 200,
+        }
+        self._wait(component, ready.get(component, lambda: True), time.monotonic() + timeout)
+        if component == "etcd":  # the API server reconnects by itself
+            self._wait("kube-apiserver", ready["kube-apiserver"], time.monotonic() + timeout)
+        return time.monotonic() - started
 
     def _wait(self, component: str, ready: Callable[[], bool], deadline: float) -> None:
         """Poll `ready` until it holds; fail early with the log of any component that exited."""

@@ -196,6 +196,24 @@ def operator(cluster: Cluster) -> Iterator[OperatorProcess]:
     proc.stop()
 
 
+@pytest.fixture
+def own_operator(cluster: Cluster, operator: OperatorProcess) -> Iterator[OperatorProcess]:
+    """An operator of the test's own (not started yet: `own_operator.start(env=...)`), for tests that
+    kill, restart or configure it. The session's operator is stopped meanwhile (one operator at a
+    time) and started again afterwards."""
+    operator.stop()
+    mine = OperatorProcess(
+        cluster.kubeconfig,
+        cluster.state_dir / "own-operator.log",
+        cluster.state_dir / "run" / "own-operator.pid",
+    )
+    try:
+        yield mine
+    finally:
+        mine.stop()
+        operator.start(metrics=True)
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
     operator = getattr(item, "funcargs", {}).get("operator")

@@ -23,7 +23,7 @@ from kubeforge.builders.modeldeployment import (
     build_triton_deployment,
 )
 from kubeforge.builders.trainingjob import build_headless_service, build_worker_job
-from kubeforge.k8s.semantic import stamped
+from kubeforge.k8s.semantic import applied_hash, controller_uid, stamped
 from kubeforge.settings import Settings
 
 FIELD_MANAGER = "kubeforge"
@@ -146,3 +146,45 @@ def training_job_differences(kubectl: Kubectl, name: str, namespace: str) -> lis
     desired = desired_training_job_children(body)
     problems = [p for d in desired for p in differences(kubectl, d, namespace)]
     return problems + extra_children(kubectl, "trainingjob", name, desired, namespace)
+
+
+def namespace_problems(kubectl: Kubectl, namespace: str, settings: Settings) -> list[str]:
+    """Everything wrong with a namespace after a storm of faults, in one list per kind.
+
+    Every owner observed its generation; every child the builders make exists once, controlled by
+    its owner, applied from the current spec (its desired-hash annotation equals the builders'
+    object's hash); no child exists that no owner wants (an orphan or a duplicate).
+    """
+    problems: list[str] = []
+    owners = [
+        *kubectl.json("get", "md", namespace=namespace)["items"],
+        *kubectl.json("get", "tj", namespace=namespace)["items"],
+    ]
+    desired: dict[tuple[str, str], Object] = {}
+    for owner in owners:
+        meta, status = owner["metadata"], owner.get("status") or {}
+        if status.get("observedGeneration") != meta["generation"]:
+            problems.append(f"{owner['kind']} {meta['name']}: generation {meta['generation']} not observed")
+        children = (
+            desired_model_deployment_children(owner, settings)
+            if owner["kind"] == "ModelDeployment"
+            else desired_training_job_children(owner)
+        )
+        desired.update({(c["kind"], c["metadata"]["name"]): c for c in children})
+    kinds = ",".join(sorted({k for kinds in CHILD_KINDS.values() for k in kinds}))
+    live = kubectl.json("get", kinds, "-l", "kubeforge.io/owner-kind", namespace=namespace)["items"]
+    seen: set[tuple[str, str]] = set()
+    for child in live:
+        key = (child["kind"], child["metadata"]["name"])
+        if child["metadata"].get("deletionTimestamp"):
+            continue
+        seen.add(key)
+        want = desired.get(key)
+        if want is None:
+            problems.append(f"{key[0]} {key[1]}: not wanted by any owner (orphan)")
+        elif controller_uid(child) != controller_uid(want):
+            problems.append(f"{key[0]} {key[1]}: controlled by {controller_uid(child)}, not its owner")
+        elif applied_hash(child) != applied_hash(stamped(want)):
+            problems.append(f"{key[0]} {key[1]}: not applied from the current spec")
+    problems += [f"{kind} {name}: missing" for kind, name in sorted(set(desired) - seen)]
+    return problems

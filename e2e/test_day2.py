@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 import yaml
 
-from e2e.cluster import Cluster
 from e2e.kstatus import compute
 from e2e.kube import Kubectl, find_condition, wait_condition, wait_for
 from e2e.operator_proc import OperatorProcess
@@ -417,22 +416,6 @@ def test_an_edit_to_a_running_training_job_restarts_the_gang_with_it(
 
 
 # -- crash safety ----------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def own_operator(cluster: Cluster, operator: OperatorProcess) -> Iterator[OperatorProcess]:
-    """The session's operator stopped for the test (one operator at a time), started again after."""
-    operator.stop()
-    mine = OperatorProcess(
-        cluster.kubeconfig,
-        cluster.state_dir / "crash-operator.log",
-        cluster.state_dir / "run" / "crash-operator.pid",
-    )
-    try:
-        yield mine
-    finally:
-        mine.stop()
-        operator.start(metrics=True)
 
 
 @pytest.mark.parametrize("point", ["attempt-committed", "attempt-deleted"])
