@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import ipaddress
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,6 +115,22 @@ def create_pki(directory: Path, service_ip: str) -> ClusterPKI:
     )
 
 
+def issue_serving_certificate(
+    ca: CertKey, directory: Path, file_name: str, ip_addresses: Sequence[str]
+) -> CertKey:
+    """Issue a serving certificate for `ip_addresses` from an existing CA (`ca` with its key).
+
+    For a server that stands in for the API server (the fault-injecting proxy of
+    e2e/faultproxy.py): signed by the cluster's CA, it is trusted by every client
+    of the cluster, so a kubeconfig needs only a new server URL to go through it.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    authority = _CertificateAuthority.load(directory, ca)
+    sans: list[x509.GeneralName] = [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ip_addresses]
+    now = dt.datetime.now(dt.UTC)
+    return authority.issue(file_name, _name(file_name), ExtendedKeyUsageOID.SERVER_AUTH, sans, now)
+
+
 @dataclass(frozen=True)
 class _CertificateAuthority:
     directory: Path
@@ -135,6 +152,15 @@ class _CertificateAuthority:
             .sign(key, hashes.SHA256())
         )
         return cls(directory, name, key, _write(directory, file_name, cert, key))
+
+    @classmethod
+    def load(cls, directory: Path, paths: CertKey) -> _CertificateAuthority:
+        """An existing CA read from its files; what it issues is written to `directory`."""
+        cert = x509.load_pem_x509_certificate(paths.cert.read_bytes())
+        key = serialization.load_pem_private_key(paths.key.read_bytes(), password=None)
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise TypeError(f"{paths.key} is not an ECDSA key (create_pki writes only those)")
+        return cls(directory, cert.subject, key, paths)
 
     def issue(
         self,
