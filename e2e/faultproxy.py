@@ -107,7 +107,8 @@ class RequestRecord:
     `status` is what the client was answered; None while it has no answer yet
     (held by `pause()`, waiting for the API server) or when its connection was
     dropped first. `fault` says which fault answered ("inject", "gone"); None when
-    the API server did.
+    the API server did. `forwarded` is `time.monotonic()` when it was sent on to the API
+    server; None when it never was (e.g. its client gave up while `pause()` held it).
     """
 
     time: float
@@ -116,6 +117,7 @@ class RequestRecord:
     status: int | None
     watch: bool
     fault: str | None = None
+    forwarded: float | None = None
 
 
 @dataclass(frozen=True)
@@ -477,9 +479,14 @@ class FaultProxy:
         if delay:
             await asyncio.sleep(delay)
         await self._flowing.wait()
+        if request.transport is None or request.transport.is_closing():
+            # the client gave up while the request was held: in a real partition it never arrives
+            return web.Response(status=499)
         answer = self._take_fault(request.method, request.path, watch, request.headers.get("Accept", ""))
         if answer is not None:
             return await self._answer(request, index, answer)
+        with self._lock:
+            self._records[index] = replace(self._records[index], forwarded=time.monotonic())
         return await self._forward(request, index, body)
 
     async def _answer(

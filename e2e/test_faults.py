@@ -179,7 +179,11 @@ def _observed(kubectl: Kubectl, namespace: str, name: str, timeout: float = 60) 
         if result.returncode != 0:
             return None
         obj: dict[str, Any] = json.loads(result.stdout)
-        return obj if (obj.get("status") or {}).get("observedGeneration") == obj["metadata"]["generation"] else None
+        return (
+            obj
+            if (obj.get("status") or {}).get("observedGeneration") == obj["metadata"]["generation"]
+            else None
+        )
 
     return wait_for(ready, timeout=timeout, message=f"md/{name} reconciled")
 
@@ -193,7 +197,12 @@ def _cached(operator: OperatorProcess, kind: str) -> float:
 
 
 def test_a_relist_after_410_recreates_deleted_children_and_forgets_deleted_owners(
-    kubectl: Kubectl, namespace: str, own_operator: OperatorProcess, models: str, cluster: Cluster, tmp_path: Any
+    kubectl: Kubectl,
+    namespace: str,
+    own_operator: OperatorProcess,
+    models: str,
+    cluster: Cluster,
+    tmp_path: Any,
 ) -> None:
     with FaultProxy(cluster.kubeconfig, tmp_path) as proxy:
         own_operator.kubeconfig = proxy.kubeconfig
@@ -219,7 +228,10 @@ def test_a_relist_after_410_recreates_deleted_children_and_forgets_deleted_owner
 
         def recreated() -> bool:
             result = kubectl("get", "service", "keep", "-o", "json", namespace=namespace, check=False)
-            return result.returncode == 0 and json.loads(result.stdout)["metadata"]["ownerReferences"][0]["uid"] == keep_uid
+            return (
+                result.returncode == 0
+                and json.loads(result.stdout)["metadata"]["ownerReferences"][0]["uid"] == keep_uid
+            )
 
         wait_for(recreated, timeout=60, message="the deleted child recreated")
         wait_for(
@@ -235,7 +247,12 @@ def test_a_relist_after_410_recreates_deleted_children_and_forgets_deleted_owner
 
 
 def test_injected_conflicts_throttling_and_server_errors_back_off_and_converge(
-    kubectl: Kubectl, namespace: str, own_operator: OperatorProcess, models: str, cluster: Cluster, tmp_path: Any
+    kubectl: Kubectl,
+    namespace: str,
+    own_operator: OperatorProcess,
+    models: str,
+    cluster: Cluster,
+    tmp_path: Any,
 ) -> None:
     with FaultProxy(cluster.kubeconfig, tmp_path) as proxy:
         own_operator.kubeconfig = proxy.kubeconfig
@@ -246,17 +263,26 @@ def test_injected_conflicts_throttling_and_server_errors_back_off_and_converge(
         for i in range(5):
             kubectl.apply(json.dumps(_md(namespace, f"md-{i}")))
         settings = Settings.from_env()
-        wait_for(lambda: not namespace_problems(kubectl, namespace, settings), timeout=90, message="convergence")
+        wait_for(
+            lambda: not namespace_problems(kubectl, namespace, settings), timeout=90, message="convergence"
+        )
         writes = proxy.requests(method="PATCH") + proxy.requests(method="POST") + proxy.requests(method="PUT")
     # 5 objects x (Deployment, Service, a few status writes) + the 15 refused: a storm would be hundreds
     assert writes <= 60, f"{writes} writes for 5 ModelDeployments and 15 injected errors"
 
 
 def test_two_replicas_fail_over_and_a_partitioned_leader_never_writes_after_its_lease(
-    kubectl: Kubectl, namespace: str, own_operator: OperatorProcess, models: str, cluster: Cluster, tmp_path: Any
+    kubectl: Kubectl,
+    namespace: str,
+    own_operator: OperatorProcess,
+    models: str,
+    cluster: Cluster,
+    tmp_path: Any,
 ) -> None:
     args = ("--leader-elect", "--leader-election-namespace", namespace)
-    second = OperatorProcess(cluster.kubeconfig, cluster.state_dir / "replica-b.log", cluster.state_dir / "run" / "replica-b.pid")
+    second = OperatorProcess(
+        cluster.kubeconfig, cluster.state_dir / "replica-b.log", cluster.state_dir / "run" / "replica-b.pid"
+    )
 
     def holder() -> str:
         lease = kubectl.json("get", "lease", "kubeforge-leader", namespace=namespace)
@@ -284,7 +310,10 @@ def test_two_replicas_fail_over_and_a_partitioned_leader_never_writes_after_its_
             late = [
                 r
                 for r in proxy.records()
-                if r.method in ("POST", "PUT", "PATCH", "DELETE") and r.time > took_over and "/leases/" not in r.path
+                if r.method in ("POST", "PUT", "PATCH", "DELETE")
+                and r.forwarded is not None
+                and r.forwarded > took_over
+                and "/leases/" not in r.path
             ]
             assert late == [], f"the old leader wrote after losing the Lease: {late}"
             print(f"partition -> standby leading: {took_over - partitioned:.1f}s")
