@@ -218,7 +218,7 @@ def test_leader_election_role_grants_exactly_the_lease(
 
 
 def _lease_arg(manifests: list[Manifest]) -> str:
-    args = one(manifests, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+    args: list[str] = one(manifests, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
     (lease,) = [
         a.removeprefix("--leader-election-id=") for a in args if a.startswith("--leader-election-id=")
     ]
