@@ -218,6 +218,7 @@ def test_two_replicas_elect_one_leader_and_fail_over(
 ) -> None:
     """Two replicas as the chart runs them: one holds the Lease and writes, the other only reads; after a
     SIGKILL of the leader (no release of the Lease) the standby leads once the Lease has expired."""
+    bound_claim(kubectl, SERVE_NS, "models")  # the same claim as the first test's (apply: idempotent)
     replicas: dict[str, OperatorProcess] = {}
     try:
         for name in (f"{RELEASE}-a", f"{RELEASE}-b"):
