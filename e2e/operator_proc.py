@@ -155,6 +155,10 @@ class OperatorProcess:
         """SIGTERM (kopf shuts down gracefully), SIGKILL after `timeout`."""
         self.process.stop(timeout)
 
+    def kill(self) -> None:
+        """SIGKILL: no shutdown handler runs (with leader election, the Lease is not released)."""
+        self.process.kill()
+
 
 _SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>[^}]*)\})?\s+(?P<value>\S+)")
 _LABEL = re.compile(r'(?P<key>[a-zA-Z_][a-zA-Z0-9_]*)="(?P<value>(?:[^"\\]|\\.)*)"')

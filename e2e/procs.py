@@ -84,6 +84,15 @@ class ManagedProcess:
         """Stop the process group: SIGTERM, then SIGKILL after `timeout` seconds."""
         stop_all([self], timeout)
 
+    def kill(self, timeout: float = 5.0) -> None:
+        """SIGKILL the process group now (no graceful shutdown: a crash, an OOM kill), then reap it."""
+        pid = self.pid()
+        if pid is None:
+            return
+        _signal_group(pid, signal.SIGKILL)
+        _wait_gone(pid, timeout)
+        _reap(self)
+
 
 def stop_all(processes: Iterable[ManagedProcess], timeout: float = 10.0) -> None:
     """Stop several processes at once (they shut down in parallel), then remove their pid files."""

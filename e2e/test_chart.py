@@ -1,9 +1,11 @@
-"""The Helm chart against a real control plane: install, RBAC sufficient and not excessive, upgrade, uninstall.
+"""The Helm chart against a real control plane: install, RBAC sufficient and not excessive, two replicas
+with leader election and a failover, upgrade, uninstall.
 
 The module starts its own cluster: the session's cluster has its own operator running with admin rights,
 which would reconcile the same objects as the one here. The chart's operator Deployment runs on kwok's
 simulated nodes (no container really runs); the operator under test runs locally as the chart's
-ServiceAccount, with a token of that account, so every call it makes is authorized by the chart's RBAC.
+ServiceAccount, with a token of that account and the installed Deployment's arguments (leader election
+included), so every call it makes is authorized by the chart's RBAC.
 The API server also runs the OwnerReferencesPermissionEnforcement admission plugin (as OpenShift does),
 which checks the operator's right to set blockOwnerDeletion on its children.
 """
@@ -15,6 +17,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -52,6 +55,10 @@ CHART_KINDS = (
     "poddisruptionbudgets",
 )
 DENIED = re.compile(r"\b403\b|forbidden", re.IGNORECASE)
+LEASE = f"{RELEASE}-leader"
+LEASES = "leases.coordination.k8s.io"
+# A standby only fills and keeps its cache, looks for the optional APIs and reads the Lease (Kube.calls verbs).
+STANDBY_CALLS = frozenset({"list", "watch", "discovery", "lease_get"})
 
 
 @pytest.fixture(scope="module")
@@ -106,17 +113,27 @@ def installed(helm: Helm, cluster: Cluster, kubectl: Kubectl) -> str:
     return helm.install(RELEASE, NAMESPACE, cluster.kubeconfig, values=VALUES).stdout
 
 
-def _operator(cluster: Cluster, kubectl: Kubectl, *args: str) -> OperatorProcess:
-    """`python -m kubeforge run` authenticated as the chart's ServiceAccount (model probe off)."""
-    config = service_account_kubeconfig(
-        kubectl, NAMESPACE, RELEASE, cluster.state_dir / "operator.kubeconfig"
-    )
+def _chart_args(kubectl: Kubectl) -> tuple[str, ...]:
+    """The installed Deployment's operator arguments, less `run` and the liveness and metrics ports
+    (OperatorProcess picks free local ones)."""
+    deployment = kubectl.json("get", "deployment", RELEASE, namespace=NAMESPACE)
+    args: list[str] = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[0] == "run", args
+    return tuple(a for a in args[1:] if not a.startswith(("--liveness=", "--metrics-port=")))
+
+
+def _operator(
+    cluster: Cluster, kubectl: Kubectl, name: str = f"{RELEASE}-0", metrics: bool = False
+) -> OperatorProcess:
+    """`python -m kubeforge run` as the chart runs it, authenticated as the chart's ServiceAccount, as the
+    pod `name` (POD_NAME: its identity in the Lease). Model probe off (OperatorProcess)."""
+    config = service_account_kubeconfig(kubectl, NAMESPACE, RELEASE, cluster.state_dir / f"{name}.kubeconfig")
     operator = OperatorProcess(
-        config, cluster.state_dir / "operator.log", cluster.state_dir / "run" / "operator.pid"
+        config, cluster.state_dir / f"{name}.log", cluster.state_dir / "run" / f"{name}.pid"
     )
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("KUBEFORGE_MODEL_PROBE", "false")
-        operator.start(extra_args=args)
+    operator.start(
+        metrics=metrics, extra_args=_chart_args(kubectl), env={"POD_NAME": name, "POD_NAMESPACE": NAMESPACE}
+    )
     return operator
 
 
@@ -124,10 +141,16 @@ def _denials(operator: OperatorProcess, offset: int = 0) -> list[str]:
     return [line for line in operator.log_text(offset).splitlines() if DENIED.search(line)]
 
 
-def _model_deployment(namespace: str) -> str:
+def _model_deployment(namespace: str, name: str = "resnet50") -> str:
     doc = yaml.safe_load((EXAMPLES / "model-deployment.yaml").read_text())
     doc["metadata"]["namespace"] = namespace
+    doc["metadata"]["name"] = name
     return json.dumps(doc)
+
+
+def _lease(kubectl: Kubectl) -> dict[str, Any]:
+    lease: dict[str, Any] = kubectl.json("get", "lease", LEASE, namespace=NAMESPACE)
+    return lease
 
 
 def _training_job(namespace: str) -> str:
@@ -170,6 +193,8 @@ def test_the_service_account_runs_both_scenarios(
         for kind in ("deployment", "service", "hpa"):
             child = kubectl.json("get", kind, "resnet50", namespace=SERVE_NS)
             assert child["metadata"]["ownerReferences"][0]["uid"] == md["metadata"]["uid"], kind
+        # the chart's --leader-elect: the one replica leads under its pod name
+        assert _lease(kubectl)["spec"]["holderIdentity"] == f"{RELEASE}-0"
 
         bound_claim(kubectl, TRAIN_NS, "training-checkpoints")
         kubectl.apply(_training_job(TRAIN_NS))
@@ -188,6 +213,70 @@ def test_the_service_account_runs_both_scenarios(
         operator.stop()
 
 
+def test_two_replicas_elect_one_leader_and_fail_over(
+    installed: str, cluster: Cluster, kubectl: Kubectl, record_property: Any
+) -> None:
+    """Two replicas as the chart runs them: one holds the Lease and writes, the other only reads; after a
+    SIGKILL of the leader (no release of the Lease) the standby leads once the Lease has expired."""
+    bound_claim(kubectl, SERVE_NS, "models")  # the same claim as the first test's (apply: idempotent)
+    replicas: dict[str, OperatorProcess] = {}
+    try:
+        for name in (f"{RELEASE}-a", f"{RELEASE}-b"):
+            replicas[name] = _operator(cluster, kubectl, name, metrics=True)
+        holder = wait_for(
+            lambda: _lease(kubectl)["spec"].get("holderIdentity") or None,
+            timeout=30,
+            message="a Lease holder",
+        )
+        assert holder in replicas, holder
+        standby_name = next(name for name in replicas if name != holder)
+        leader, standby = replicas[holder], replicas[standby_name]
+        assert f"leader election: {holder} now leads" in leader.log_text()
+        assert "now leads" not in standby.log_text()
+
+        kubectl.apply(_model_deployment(SERVE_NS, "resnet50-ha-1"))
+        wait_condition(kubectl, "md", "resnet50-ha-1", "Ready", namespace=SERVE_NS, timeout=90)
+        lease = _lease(kubectl)
+        assert lease["spec"]["holderIdentity"] == holder
+        assert leader.reconciles("ModelDeployment") > 0 and leader.api_calls()["apply"] > 0
+        # only the leader writes: the standby kept its cache and read the Lease, nothing else
+        assert standby.reconciles() == 0
+        calls = standby.api_calls()
+        assert set(calls) <= STANDBY_CALLS, calls
+        assert calls["lease_get"] > 0 and calls["list"] > 0
+
+        killed_at = time.monotonic()
+        leader.kill()
+        wait_for(
+            lambda: standby.reconciles() > 0, timeout=30, interval=0.1, message="a reconcile by the standby"
+        )
+        failover = time.monotonic() - killed_at
+        record_property("failover_seconds", round(failover, 1))
+        print(
+            f"\nfailover: {failover:.1f}s from SIGKILL of {holder} to the first reconcile by {standby_name}"
+        )
+        taken = _lease(kubectl)["spec"]
+        assert taken["holderIdentity"] == standby_name
+        assert taken["leaseTransitions"] == lease["spec"]["leaseTransitions"] + 1
+        # not before the Lease expired (12 s after the last renewal the standby saw), within ~2 retries after
+        assert 9.0 < failover < 16.0, (
+            f"failover took {failover:.1f}s; expected ~12-14 s (Lease 12 s, renew deadline 7 s, retry 1.5 s)"
+        )
+
+        kubectl.apply(_model_deployment(SERVE_NS, "resnet50-ha-2"))
+        md = wait_condition(kubectl, "md", "resnet50-ha-2", "Ready", namespace=SERVE_NS, timeout=90)
+        assert md["status"]["observedGeneration"] == md["metadata"]["generation"]
+        child = kubectl.json("get", "deployment", "resnet50-ha-2", namespace=SERVE_NS)
+        assert child["metadata"]["ownerReferences"][0]["uid"] == md["metadata"]["uid"]
+        assert standby.api_calls()["apply"] > 0
+        for name, operator in replicas.items():
+            assert not _denials(operator), f"{name}:\n" + "\n".join(_denials(operator))
+    finally:
+        for operator in replicas.values():
+            operator.stop()  # the survivor releases the Lease: the next operator leads at once
+        kubectl("delete", "md", "resnet50-ha-1", "resnet50-ha-2", "--ignore-not-found", namespace=SERVE_NS)
+
+
 # (verb, resource, namespace or None for all, subresource): what the operator needs, as control ...
 ALLOWED = [
     ("patch", "deployments.apps", SERVE_NS, None),
@@ -196,6 +285,10 @@ ALLOWED = [
     ("watch", "pods", None, None),
     ("patch", "modeldeployments.kubeforge.io", SERVE_NS, "status"),
     ("create", "events", TRAIN_NS, None),
+    # leader election: its one Lease by name, and create (which a name cannot restrict), in the release namespace
+    ("get", f"{LEASES}/{LEASE}", NAMESPACE, None),
+    ("update", f"{LEASES}/{LEASE}", NAMESPACE, None),
+    ("create", LEASES, NAMESPACE, None),
 ]
 # ... and what it must not be able to do.
 DENIED_ACTIONS = [
@@ -217,6 +310,15 @@ DENIED_ACTIONS = [
     ("create", "customresourcedefinitions.apiextensions.k8s.io", None, None),
     ("get", "configmaps", SERVE_NS, None),
     ("patch", "nodes", None, None),
+    # no other Lease (e.g. kube-controller-manager's), no other verb, no other namespace
+    ("get", f"{LEASES}/kube-controller-manager", "kube-system", None),
+    ("update", f"{LEASES}/another-operator", NAMESPACE, None),
+    ("list", LEASES, NAMESPACE, None),
+    ("watch", LEASES, NAMESPACE, None),
+    ("patch", f"{LEASES}/{LEASE}", NAMESPACE, None),
+    ("delete", f"{LEASES}/{LEASE}", NAMESPACE, None),
+    ("create", LEASES, SERVE_NS, None),
+    ("update", f"{LEASES}/{LEASE}", SERVE_NS, None),
 ]
 
 
@@ -264,11 +366,17 @@ def test_upgrade_to_namespaced_mode(
         ("list", "namespaces", None),
         ("list", "customresourcedefinitions.apiextensions.k8s.io", None),
         ("get", "secrets", SERVE_NS),
+        ("create", LEASES, SERVE_NS),
     ]:
         assert not can_i(kubectl, SERVICE_ACCOUNT, verb, resource, namespace), (verb, resource, namespace)
+    # the Lease stays where it was: in the release namespace
+    for verb, resource in [("get", f"{LEASES}/{LEASE}"), ("update", f"{LEASES}/{LEASE}"), ("create", LEASES)]:
+        assert can_i(kubectl, SERVICE_ACCOUNT, verb, resource, NAMESPACE), (verb, resource)
 
     # the namespaced operator still serves its namespace, and only that one
-    operator = _operator(cluster, kubectl, "--namespace", SERVE_NS)
+    # the chart's arguments now include --namespace=chart-serve (and still --leader-elect)
+    assert f"--namespace={SERVE_NS}" in _chart_args(kubectl)
+    operator = _operator(cluster, kubectl)
     try:
         # one ModelDeployment outside the watched namespace (applied first: it has had time to be seen) ...
         bound_claim(kubectl, OTHER_NS, "models")
@@ -286,6 +394,7 @@ def test_upgrade_to_namespaced_mode(
         denied = _denials(operator)
         assert not denied, "\n".join(denied)
         assert "status" not in kubectl.json("get", "md", "resnet50", namespace=OTHER_NS)
+        assert _lease(kubectl)["spec"]["holderIdentity"] == f"{RELEASE}-0"
     finally:
         operator.stop()
 

@@ -18,11 +18,33 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}}},
         "rbac": {"keda": False},
     },
-    # The operator is one active instance (kopf standalone, no peering): "ha" here is what a
-    # production install adds around it: a PDB, a priority class, pinned digest, placement.
+    # What a production install adds around the defaults (two replicas, leader election, a PDB,
+    # a spread over nodes): a third replica, a spread over zones too, placement, a pinned digest.
     "ha": {
+        "replicas": 3,
+        "topologySpreadConstraints": [
+            {
+                "maxSkew": 1,
+                "topologyKey": key,
+                "whenUnsatisfiable": "ScheduleAnyway",
+                "labelSelector": {"matchLabels": {"app.kubernetes.io/instance": "kubeforge"}},
+            }
+            for key in ("topology.kubernetes.io/zone", "kubernetes.io/hostname")
+        ],
+        "affinity": {
+            "nodeAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": {
+                    "nodeSelectorTerms": [
+                        {
+                            "matchExpressions": [
+                                {"key": "node-role.kubernetes.io/control-plane", "operator": "DoesNotExist"}
+                            ]
+                        }
+                    ]
+                }
+            }
+        },
         "image": {"digest": "sha256:" + "a" * 64},
-        "podDisruptionBudget": {"enabled": True},
         "priorityClassName": "system-cluster-critical",
         "nodeSelector": {"kubernetes.io/os": "linux"},
         "tolerations": [{"key": "CriticalAddonsOnly", "operator": "Exists"}],

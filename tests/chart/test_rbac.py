@@ -1,4 +1,5 @@
-"""The chart's RBAC grants exactly what the operator uses: no Secrets, no wildcards, namespaced when asked."""
+"""The chart's RBAC grants exactly what the operator uses: no Secrets, no wildcards, namespaced when asked,
+and the leader-election Lease by name in the release namespace only."""
 
 from __future__ import annotations
 
@@ -28,7 +29,20 @@ OPERATOR_USES: dict[r.Resource, frozenset[str]] = {
     r.HPA: WRITE,
     r.SCALED_OBJECT: WRITE,  # rbac.keda
     r.SERVICE_MONITOR: WRITE,  # rbac.prometheusOperator
+    r.LEASE: frozenset(),  # not in these rules: the leader-election Role (LEASE_RULES) grants it
 }
+LEASE_ROLE = "kubeforge-leader-election"
+# What controllers/leader.py does with its Lease: GET it, POST it when absent, PUT it (renew, take
+# over, release). A POST's URL names no object, so `create` cannot be restricted by resourceNames.
+LEASE_RULES = [
+    {
+        "apiGroups": ["coordination.k8s.io"],
+        "resources": ["leases"],
+        "resourceNames": ["kubeforge-leader"],
+        "verbs": ["get", "update"],
+    },
+    {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+]
 SUBRESOURCES: dict[tuple[str, str], frozenset[str]] = {
     ("kubeforge.io", "modeldeployments/status"): frozenset({"get", "patch", "update"}),
     ("kubeforge.io", "trainingjobs/status"): frozenset({"get", "patch", "update"}),
@@ -62,6 +76,22 @@ def _all_rules(manifests: list[Manifest]) -> list[dict[str, Any]]:
     return [rule for m in manifests if m["kind"] in ("Role", "ClusterRole") for rule in m["rules"]]
 
 
+def _operator_rules(manifests: list[Manifest]) -> list[dict[str, Any]]:
+    """The rules of every Role/ClusterRole but the leader-election Role."""
+    return [
+        rule
+        for m in manifests
+        if m["kind"] in ("Role", "ClusterRole") and m["metadata"]["name"] != LEASE_ROLE
+        for rule in m["rules"]
+    ]
+
+
+def _lease_role(manifests: list[Manifest], kind: str = "Role") -> Manifest:
+    found = [m for m in of_kind(manifests, kind) if m["metadata"]["name"] == LEASE_ROLE]
+    assert len(found) == 1, f"expected one {kind} {LEASE_ROLE}, got {len(found)}"
+    return found[0]
+
+
 def test_every_resource_the_operator_knows_is_accounted_for() -> None:
     known = {v for v in vars(r).values() if isinstance(v, r.Resource)}
     assert known == set(OPERATOR_USES), (
@@ -83,15 +113,25 @@ def test_cluster_scope_grants_exactly_what_the_operator_uses(rendered: dict[str,
     assert binding["subjects"] == [
         {"kind": "ServiceAccount", "name": "kubeforge", "namespace": "kubeforge-system"}
     ]
-    assert not of_kind(manifests, "Role") and not of_kind(manifests, "RoleBinding")
+    # the only Role is the leader-election one
+    assert [m["metadata"]["name"] for m in of_kind(manifests, "Role")] == [LEASE_ROLE]
+    assert [m["metadata"]["name"] for m in of_kind(manifests, "RoleBinding")] == [LEASE_ROLE]
 
 
 def test_namespaced_mode_has_no_cluster_wide_grant(rendered: dict[str, list[Manifest]]) -> None:
     manifests = rendered["namespaced"]
     assert not of_kind(manifests, "ClusterRole")
     assert not of_kind(manifests, "ClusterRoleBinding")
-    roles = {m["metadata"]["namespace"]: m for m in of_kind(manifests, "Role")}
-    bindings = {m["metadata"]["namespace"]: m for m in of_kind(manifests, "RoleBinding")}
+    roles = {
+        m["metadata"]["namespace"]: m
+        for m in of_kind(manifests, "Role")
+        if m["metadata"]["name"] != LEASE_ROLE
+    }
+    bindings = {
+        m["metadata"]["namespace"]: m
+        for m in of_kind(manifests, "RoleBinding")
+        if m["metadata"]["name"] != LEASE_ROLE
+    }
     assert set(roles) == set(bindings) == {"a", "b"}
     for namespace, role in roles.items():
         assert _grants(role["rules"]) == _expected(), namespace
@@ -115,7 +155,7 @@ def test_optional_integrations_follow_their_toggles(helm: Helm, keda: bool, moni
                 "rbac": {"create": True, "keda": keda, "prometheusOperator": monitoring},
             }
         )
-        grants = _grants(_all_rules(manifests))
+        grants = _grants(_operator_rules(manifests))
         assert grants == _expected(keda, monitoring)
 
 
@@ -138,9 +178,68 @@ def test_no_secrets_and_no_wildcards(rendered: dict[str, list[Manifest]], name: 
 
 
 def test_pods_are_only_read(rendered: dict[str, list[Manifest]]) -> None:
-    grants = _grants(_all_rules(rendered["default"]))
+    grants = _grants(_operator_rules(rendered["default"]))
     assert grants[("", "pods")] == READ
     assert not any(resource.startswith("pods/") for _, resource in grants)
+
+
+def test_every_kind_the_informers_cache_is_listed_and_watched(rendered: dict[str, list[Manifest]]) -> None:
+    """controllers/handlers.py lists and watches owners, children and (when served) optional children."""
+    from kubeforge.controllers import handlers
+
+    informed = [
+        *handlers.OWNERS,
+        *handlers.CHILDREN,
+        *(resource for resource, _ in handlers.OPTIONAL_CHILDREN),
+    ]
+    for name in ("default", "namespaced"):
+        grants = _grants(_operator_rules(rendered[name]))
+        for resource in informed:
+            assert {"list", "watch"} <= grants[(resource.group, resource.plural)], (name, resource.kind)
+        assert "create" in grants[("", "events")], name
+
+
+@pytest.mark.parametrize("name", ["default", "namespaced"])
+def test_leader_election_role_grants_exactly_the_lease(
+    rendered: dict[str, list[Manifest]], name: str
+) -> None:
+    manifests = rendered[name]
+    role = _lease_role(manifests)
+    assert role["metadata"]["namespace"] == "kubeforge-system"  # the release namespace, in both modes
+    assert role["rules"] == LEASE_RULES
+    binding = _lease_role(manifests, "RoleBinding")
+    assert binding["metadata"]["namespace"] == "kubeforge-system"
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": LEASE_ROLE}
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "kubeforge", "namespace": "kubeforge-system"}
+    ]
+    # nowhere else: no Lease rule in the operator's ClusterRole or per-namespace Roles
+    assert ("coordination.k8s.io", "leases") not in _grants(_operator_rules(manifests))
+
+
+def _lease_arg(manifests: list[Manifest]) -> str:
+    args: list[str] = one(manifests, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+    (lease,) = [
+        a.removeprefix("--leader-election-id=") for a in args if a.startswith("--leader-election-id=")
+    ]
+    return lease
+
+
+@pytest.mark.parametrize(
+    ("release", "values", "lease"),
+    [
+        ("kubeforge", {}, "kubeforge-leader"),
+        ("ml", {}, "ml-kubeforge-leader"),  # two releases in one namespace never share a Lease
+        ("kubeforge", {"leaderElection": {"leaseName": "platform-ml-leader"}}, "platform-ml-leader"),
+    ],
+)
+def test_the_role_names_the_lease_the_operator_uses(
+    helm: Helm, release: str, values: dict[str, Any], lease: str
+) -> None:
+    manifests = helm.template(values, release=release)
+    role = next(m for m in of_kind(manifests, "Role") if m["metadata"]["name"].endswith("-leader-election"))
+    assert role["rules"][0]["resourceNames"] == [lease]
+    assert _lease_arg(manifests) == lease
 
 
 def test_rbac_can_be_left_to_the_platform_team(helm: Helm) -> None:

@@ -23,7 +23,22 @@ def _container(manifests: list[Manifest]) -> dict[str, Any]:
 
 
 def _env(manifests: list[Manifest]) -> dict[str, str]:
-    return {e["name"]: e["value"] for e in _container(manifests)["env"]}
+    """The container's literal environment (the operator's settings)."""
+    return {e["name"]: e["value"] for e in _container(manifests)["env"] if "value" in e}
+
+
+def _downward_env(manifests: list[Manifest]) -> dict[str, str]:
+    """The container's environment from the downward API: name -> field path."""
+    return {
+        e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"]
+        for e in _container(manifests)["env"]
+        if "fieldRef" in e.get("valueFrom", {})
+    }
+
+
+def _pod(manifests: list[Manifest]) -> dict[str, Any]:
+    pod: dict[str, Any] = one(manifests, "Deployment")["spec"]["template"]["spec"]
+    return pod
 
 
 @pytest.mark.parametrize("name", VALUE_SETS)
@@ -115,12 +130,18 @@ def test_operator_pod_is_locked_down(rendered: dict[str, list[Manifest]], name: 
 
 
 @pytest.mark.parametrize("name", VALUE_SETS)
-def test_operator_runs_standalone_with_liveness_and_metrics(
+def test_operator_runs_with_leader_election_liveness_and_metrics(
     rendered: dict[str, list[Manifest]], name: str
 ) -> None:
+    from kubeforge.cli import build_parser
+
     deployment = one(rendered[name], "Deployment")
-    assert deployment["spec"]["replicas"] == 1
-    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    assert deployment["spec"]["replicas"] == VALUE_SETS[name].get("replicas", 2)
+    # a new pod starts as a standby before an old one stops
+    assert deployment["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+    }
     container = _container(rendered[name])
     args = container["args"]
     assert args[0] == "run"
@@ -128,11 +149,70 @@ def test_operator_runs_standalone_with_liveness_and_metrics(
     assert "--metrics-port=8081" in args
     namespaces = [a.removeprefix("--namespace=") for a in args if a.startswith("--namespace=")]
     assert namespaces == VALUE_SETS[name].get("watchNamespaces", [])
+    # the operator's own parser reads the arguments: always leader election, on the release's Lease
+    parsed = build_parser().parse_args(args)
+    assert parsed.leader_elect is True
+    assert parsed.leader_election_namespace == "kubeforge-system"
+    assert parsed.leader_election_id == "kubeforge-leader"
+    # in-flight reconciles get --shutdown-seconds, then the Lease is released before the kubelet's SIGKILL
+    grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert (parsed.shutdown_seconds, grace) == (20, 30)
+    # the replica's identity in the Lease, and the Lease's default namespace
+    assert _downward_env(rendered[name]) == {
+        "POD_NAME": "metadata.name",
+        "POD_NAMESPACE": "metadata.namespace",
+    }
     probe = container["livenessProbe"]["httpGet"]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert probe["path"] == "/healthz" and ports[probe["port"]] == 8080
     assert ports["metrics"] == 8081
     assert "command" not in container  # the image's ENTRYPOINT: kubeforge
+
+
+def test_one_replica_still_elects_itself(helm: Helm) -> None:
+    manifests = helm.template({"replicas": 1})
+    assert one(manifests, "Deployment")["spec"]["replicas"] == 1
+    assert "--leader-elect" in _container(manifests)["args"]
+
+
+def test_replicas_are_spread_over_nodes_by_default(rendered: dict[str, list[Manifest]]) -> None:
+    pod = _pod(rendered["default"])
+    pod_labels = one(rendered["default"], "Deployment")["spec"]["template"]["metadata"]["labels"]
+    (spread,) = pod["topologySpreadConstraints"]
+    selector = spread.pop("labelSelector")["matchLabels"]
+    assert spread == {
+        "maxSkew": 1,
+        "topologyKey": "kubernetes.io/hostname",
+        "whenUnsatisfiable": "ScheduleAnyway",  # a preference: a one-node cluster still runs every replica
+        "matchLabelKeys": ["pod-template-hash"],
+    }
+    assert selector == {
+        "app.kubernetes.io/name": "kubeforge",
+        "app.kubernetes.io/instance": "kubeforge",
+        "app.kubernetes.io/component": "operator",
+    }
+    assert selector.items() <= pod_labels.items()
+    assert "affinity" not in pod
+
+
+def test_user_spread_and_affinity_are_kept(rendered: dict[str, list[Manifest]], helm: Helm) -> None:
+    pod = _pod(rendered["ha"])
+    assert pod["topologySpreadConstraints"] == VALUE_SETS["ha"]["topologySpreadConstraints"]
+    assert pod["affinity"] == VALUE_SETS["ha"]["affinity"]
+    assert "topologySpreadConstraints" not in _pod(helm.template({"topologySpreadConstraints": []}))
+    affinity = {
+        "podAntiAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": [
+                {
+                    "topologyKey": "kubernetes.io/hostname",
+                    "labelSelector": {"matchLabels": {"app.kubernetes.io/instance": "kubeforge"}},
+                }
+            ]
+        }
+    }
+    pod = _pod(helm.template({"affinity": affinity}))
+    assert pod["affinity"] == affinity
+    assert pod["topologySpreadConstraints"][0]["topologyKey"] == "kubernetes.io/hostname"
 
 
 def test_settings_are_passed_as_environment(rendered: dict[str, list[Manifest]]) -> None:
@@ -204,19 +284,38 @@ def test_service_monitor_needs_the_service(helm: Helm) -> None:
         helm.template({"metrics": {"service": {"enabled": False}, "serviceMonitor": {"enabled": True}}})
 
 
-def test_pod_disruption_budget(rendered: dict[str, list[Manifest]], helm: Helm) -> None:
-    assert not of_kind(rendered["default"], "PodDisruptionBudget")
-    pdb = one(rendered["ha"], "PodDisruptionBudget")
-    # one replica: minAvailable 1 would block every node drain
-    assert pdb["spec"]["maxUnavailable"] == 1 and "minAvailable" not in pdb["spec"]
+@pytest.mark.parametrize("name", VALUE_SETS)
+def test_pod_disruption_budget_keeps_one_replica_through_drains(
+    rendered: dict[str, list[Manifest]], name: str
+) -> None:
+    pdb = one(rendered[name], "PodDisruptionBudget")
+    # more than one replica: a drain evicts the next one only once another is Ready again
+    assert pdb["spec"]["minAvailable"] == 1 and "maxUnavailable" not in pdb["spec"]
+    # a crash-looping operator pod must not block node drains
     assert pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
-    pod_labels = one(rendered["ha"], "Deployment")["spec"]["template"]["metadata"]["labels"]
+    pod_labels = one(rendered[name], "Deployment")["spec"]["template"]["metadata"]["labels"]
     assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
-    custom = one(
-        helm.template({"podDisruptionBudget": {"enabled": True, "minAvailable": "50%"}}),
-        "PodDisruptionBudget",
-    )
-    assert custom["spec"]["minAvailable"] == "50%" and "maxUnavailable" not in custom["spec"]
+
+
+@pytest.mark.parametrize(
+    ("values", "budget"),
+    [
+        # one replica: minAvailable 1 would block every node drain
+        ({"replicas": 1}, {"maxUnavailable": 1}),
+        ({"replicas": 0}, {"maxUnavailable": 1}),
+        ({"podDisruptionBudget": {"enabled": True, "minAvailable": "50%"}}, {"minAvailable": "50%"}),
+        ({"podDisruptionBudget": {"enabled": True, "maxUnavailable": 2}}, {"maxUnavailable": 2}),
+        ({"replicas": 1, "podDisruptionBudget": {"enabled": True, "minAvailable": 0}}, {"minAvailable": 0}),
+    ],
+    ids=["one replica", "paused", "minAvailable", "maxUnavailable", "minAvailable 0"],
+)
+def test_pod_disruption_budget_values(helm: Helm, values: dict[str, Any], budget: dict[str, Any]) -> None:
+    spec = one(helm.template(values), "PodDisruptionBudget")["spec"]
+    assert {k: v for k, v in spec.items() if k in ("minAvailable", "maxUnavailable")} == budget
+
+
+def test_pod_disruption_budget_can_be_turned_off(helm: Helm) -> None:
+    assert not of_kind(helm.template({"podDisruptionBudget": {"enabled": False}}), "PodDisruptionBudget")
 
 
 def test_existing_service_account(helm: Helm) -> None:

@@ -15,7 +15,20 @@ SCHEMA = json.loads((CHART_DIR / "values.schema.json").read_text())
 INVALID: dict[str, tuple[dict[str, Any], str]] = {
     "unknown top-level key": ({"replicaCount": 1}, "additional properties 'replicaCount' not allowed"),
     "misspelt nested key": ({"image": {"repo": "x"}}, "additional properties 'repo' not allowed"),
-    "two replicas (kopf runs standalone)": ({"replicas": 2}, "maximum"),
+    "negative replicas": ({"replicas": -1}, "/replicas"),
+    "lease name not a DNS name": ({"leaderElection": {"leaseName": "Leader_1"}}, "/leaderElection/leaseName"),
+    "unknown leader election key": (
+        {"leaderElection": {"leaseDuration": 15}},
+        "additional properties 'leaseDuration' not allowed",
+    ),
+    "spread constraint without a topology key": (
+        {"topologySpreadConstraints": [{"maxSkew": 1, "whenUnsatisfiable": "ScheduleAnyway"}]},
+        "/topologySpreadConstraints",
+    ),
+    "PDB maxUnavailable as a word": (
+        {"podDisruptionBudget": {"maxUnavailable": "one"}},
+        "/podDisruptionBudget/maxUnavailable",
+    ),
     "replicas as a string": ({"replicas": "1"}, "/replicas"),
     "namespace not a DNS label": ({"watchNamespaces": ["Team_A"]}, "/watchNamespaces/0"),
     "the same namespace twice": ({"watchNamespaces": ["a", "a"]}, "/watchNamespaces"),
@@ -63,6 +76,11 @@ def test_invalid_values_are_refused(helm: Helm, case: str) -> None:
     "values",
     [
         {"replicas": 0},
+        {"replicas": 1},
+        {"replicas": 5},  # any number: one leads, the others stand by
+        {"leaderElection": {"leaseName": "ml-platform.kubeforge-leader"}},
+        {"topologySpreadConstraints": []},
+        {"podDisruptionBudget": {"enabled": True, "maxUnavailable": "50%"}},
         {"watchNamespaces": ["team-a", "b2"]},
         {"image": {"tag": "0.2.0-rc.1", "pullPolicy": "Always"}},
         {"resources": {"requests": {"cpu": 0.5, "memory": "300M"}, "limits": {"memory": "1Gi"}}},
@@ -85,6 +103,7 @@ def test_top_level_and_every_object_value_are_closed() -> None:
         "serviceAccount",
         "rbac",
         "metrics",
+        "leaderElection",
         "podDisruptionBudget",
         "networkPolicy",
     ]
@@ -100,3 +119,8 @@ def test_every_default_value_is_described_by_the_schema() -> None:
 
     defaults = yaml.safe_load((CHART_DIR / "values.yaml").read_text())
     assert set(defaults) <= set(SCHEMA["properties"])
+
+
+def test_replicas_have_no_maximum() -> None:
+    replicas = SCHEMA["properties"]["replicas"]
+    assert replicas["minimum"] == 0 and "maximum" not in replicas

@@ -41,6 +41,11 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- end }}
 
+{{/* The leader-election Lease, in the release namespace. */}}
+{{- define "kubeforge.leaseName" -}}
+{{- default (printf "%s-leader" (include "kubeforge.fullname" .)) .Values.leaderElection.leaseName }}
+{{- end }}
+
 {{/* repository@digest, or repository:tag (tag defaults to the appVersion). */}}
 {{- define "kubeforge.image" -}}
 {{- if .Values.image.digest }}
@@ -58,6 +63,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 What the operator does through the API, verb by verb (operator/kubeforge/k8s/client.py: reads, list+watch,
 server-side apply = PATCH, which creates an absent object and so needs `create` too; merge patches of
 the status subresource; DELETE of children no longer wanted; POST of Events). No Secrets, no wildcards.
+The informers (controllers/informer.py) list and watch every kind below that they cache; discovery
+(`/apis/<group>/<version>`) is open to every authenticated user. The leader-election Lease is not here:
+it is a Role of its own in the release namespace (rbac.yaml).
 */}}
 {{- define "kubeforge.rbacRules" -}}
 # Our two kinds: cached and watched.

@@ -229,7 +229,9 @@ class Kube:
         if label_selector:
             params["labelSelector"] = label_selector
         headers = {"Accept": "application/json"}
-        token = config.get_api_key_with_prefix("authorization")  # refreshes a rotated in-cluster token
+        # the same key the generated client authenticates with (kubernetes >= 26 stores the token as
+        # BearerToken; older releases as authorization); the call refreshes a rotated in-cluster token
+        token = config.get_api_key_with_prefix("BearerToken", alias="authorization")
         if token:
             headers["Authorization"] = token
         self.calls["watch"] += 1
