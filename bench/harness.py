@@ -148,7 +148,7 @@ def operator(
             op.metrics()
             break
         except OSError:
-            if time.monotonic() > deadline or not process.is_running():
+            if time.monotonic() > deadline or process.exit_code() is not None:
                 raise RuntimeError(f"operator did not start:\n{process.log_tail()}") from None
             time.sleep(0.2)
     try:
