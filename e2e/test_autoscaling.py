@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from e2e.kube import Kubectl, find_condition, wait_for
+from e2e.operator_proc import OperatorProcess
 from e2e.storage import bound_claim
 
 pytestmark = pytest.mark.e2e
@@ -154,4 +155,41 @@ def test_switching_engines_and_turning_autoscaling_off(
         lambda: kubectl.json("get", "deployment", "resnet50", namespace=namespace)["spec"]["replicas"] == 2,
         timeout=60,
         message="spec.replicas back in control",
+    )
+
+
+def test_optional_children_are_watched_and_known_after_a_restart(
+    kubectl: Kubectl, namespace: str, own_operator: OperatorProcess, third_party_crds: None
+) -> None:
+    """ScaledObjects are children like any other: a deleted one is recreated, and an operator that
+    restarted (SIGKILL) still knows its ScaledObject, so switching to the HPA removes it: never two
+    autoscalers on one /scale."""
+    bound_claim(kubectl, namespace, "models")
+    own_operator.start()
+    kubectl.apply(_md(namespace, engine="keda"))
+    first = wait_for(
+        lambda: kubectl.json("get", "scaledobject", "resnet50", namespace=namespace),
+        timeout=60,
+        message="the ScaledObject",
+    )
+    kubectl("delete", "scaledobject", "resnet50", namespace=namespace)
+
+    def recreated() -> bool:
+        result = kubectl("get", "scaledobject", "resnet50", "-o", "json", namespace=namespace, check=False)
+        return (
+            result.returncode == 0
+            and json.loads(result.stdout)["metadata"]["uid"] != first["metadata"]["uid"]
+        )
+
+    wait_for(recreated, timeout=30, message="the deleted ScaledObject recreated")
+    own_operator.kill()
+    own_operator.start()
+    kubectl.apply(_md(namespace, engine="hpa"))
+    wait_for(
+        lambda: kubectl.json("get", "hpa", "resnet50", namespace=namespace), timeout=60, message="the HPA"
+    )
+    wait_for(
+        lambda: kubectl("get", "scaledobject", "resnet50", namespace=namespace, check=False).returncode != 0,
+        timeout=30,
+        message="the ScaledObject removed by the restarted operator",
     )
