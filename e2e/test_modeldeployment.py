@@ -85,11 +85,11 @@ def test_hpa_is_accepted_and_reports_through_status(
     able = find_condition(hpa, "AbleToScale")
     # the real controller-manager found the ModelDeployment's /scale ...
     assert able is not None and able["status"] == "True", hpa["status"]
-    # ... and, with no metrics server here, says the metric is unavailable; status mirrors it
+    # ... and, with no metrics API here, cannot read the metric; the status says what to install
     active = find_condition(hpa, "ScalingActive")
     assert active is not None and active["status"] == "False"
-    assert condition["status"] == "False"
-    assert condition["reason"] == active["reason"]
+    assert (condition["status"], condition["reason"]) == ("False", "MetricsApiNotServed")
+    assert "prometheus-adapter" in condition["message"]
 
 
 def test_kubectl_scale_without_autoscaling(

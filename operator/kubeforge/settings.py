@@ -25,6 +25,8 @@ class Settings:
     model_probe: bool = True
     # a ModelDeployment Degraded this long is Stalled (GitOps tools then call it Failed)
     stall_seconds: float = 300.0
+    # an HPA target metric absent this long is reported as MetricAbsent
+    metric_absent_seconds: float = 300.0
     namespaces: tuple[str, ...] = field(default_factory=tuple)
 
     @classmethod
@@ -37,5 +39,8 @@ class Settings:
             cluster_domain=env.get("KUBEFORGE_CLUSTER_DOMAIN", cls.cluster_domain),
             resync_seconds=float(env.get("KUBEFORGE_RESYNC_SECONDS", cls.resync_seconds)),
             stall_seconds=float(env.get("KUBEFORGE_STALL_SECONDS", cls.stall_seconds)),
+            metric_absent_seconds=float(
+                env.get("KUBEFORGE_METRIC_ABSENT_SECONDS", cls.metric_absent_seconds)
+            ),
             model_probe=env.get("KUBEFORGE_MODEL_PROBE", "true").lower() not in ("0", "false", "no", "off"),
         )

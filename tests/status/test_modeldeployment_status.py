@@ -241,3 +241,62 @@ def test_a_child_conflict_is_failed_with_the_clashing_object_named_once() -> Non
     other = ReconcileFailure("ChildConflict", "PodDisruptionBudget ns/resnet50 already exists")
     _, distinct = compute_status(_md(), _observed(None, [], failure=other), status, NOW)
     assert [t.message for t in distinct] == [other.message]
+
+
+# -- the autoscaling loop: absent metrics, scale to zero, cold start -------------------------------
+
+
+def _hpa_failing_since(since: datetime) -> dict[str, Any]:
+    return {
+        "status": {
+            "conditions": [
+                {"type": "AbleToScale", "status": "True", "reason": "SucceededGetScale", "message": "ok"},
+                {
+                    "type": "ScalingActive",
+                    "status": "False",
+                    "reason": "FailedGetPodsMetric",
+                    "message": "unable to get metric nv_queue_time_us: no metrics returned",
+                    "lastTransitionTime": since.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                },
+            ]
+        }
+    }
+
+
+def test_a_metric_absent_past_the_bound_says_so() -> None:
+    observed = _observed(
+        _deployment(2, 2),
+        [],
+        autoscaler=AutoscalerObservation("hpa", _hpa_failing_since(NOW - timedelta(seconds=30))),
+    )
+    early, _ = compute_status(_md(), observed, None, NOW, metric_absent_seconds=60)
+    assert _conditions(early)["AutoscalingReady"] == ("False", "FailedGetPodsMetric")  # may still come
+    late, _ = compute_status(_md(), observed, early, NOW + timedelta(seconds=31), metric_absent_seconds=60)
+    cond = get_condition(late.conditions, "AutoscalingReady")
+    assert cond is not None and (cond.status, cond.reason) == ("False", "MetricAbsent")
+    assert "prometheus-adapter-rules.yaml" in cond.message and "no metrics returned" in cond.message
+
+
+def test_scaled_to_zero_has_its_phase_and_reads_0_of_0() -> None:
+    status, _ = compute_status(_md(replicas=0), _observed(_deployment(0, 0, replicas=0), []), None, NOW)
+    assert (status.phase, status.ready) == ("ScaledToZero", "0/0")
+    assert _conditions(status)["Available"] == ("False", "ScaledToZero")
+
+
+def test_a_scale_up_from_zero_records_the_cold_start() -> None:
+    zero, _ = compute_status(_md(replicas=0), _observed(_deployment(0, 0, replicas=0), []), None, NOW)
+    woken, _ = compute_status(
+        _md(replicas=1), _observed(_deployment(0, 0, replicas=1), [_pod("a", ready=False)]), zero, NOW
+    )
+    assert woken.cold_start is not None and woken.cold_start.activated_at == NOW
+    assert woken.cold_start.seconds is None
+    ready_at = NOW + timedelta(seconds=12)
+    ready, transitions = compute_status(
+        _md(replicas=1), _observed(_deployment(1, 1, replicas=1), [_pod("a")]), woken, ready_at
+    )
+    assert ready.cold_start is not None and ready.cold_start.seconds == 12.0
+    assert ("Normal", "ColdStart") in [(t.type, t.reason) for t in transitions]
+    again, transitions = compute_status(
+        _md(replicas=1), _observed(_deployment(1, 1, replicas=1), [_pod("a")]), ready, ready_at
+    )
+    assert again.cold_start == ready.cold_start and transitions == []  # recorded once

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, ClassVar, Literal
 
@@ -385,8 +386,21 @@ class Phase(StrEnum):
     PENDING = "Pending"
     PROGRESSING = "Progressing"
     READY = "Ready"
+    SCALED_TO_ZERO = "ScaledToZero"
     DEGRADED = "Degraded"
     FAILED = "Failed"
+
+
+class ColdStart(ApiModel):
+    """The last scale-up from zero replicas: from the autoscaler's activation to a ready server.
+
+    While it lasts, requests find no ready endpoint (the Service has none): clients must retry,
+    as nothing buffers them in front of Triton.
+    """
+
+    activated_at: datetime = Field(description="When the replicas went from 0 to at least 1.")
+    ready_at: datetime | None = Field(default=None, description="When the first server was ready again.")
+    seconds: float | None = Field(default=None, description="readyAt - activatedAt: the cold start's length.")
 
 
 class ModelDeploymentStatus(ApiModel):
@@ -395,7 +409,9 @@ class ModelDeploymentStatus(ApiModel):
     model_config = ApiModel.model_config | {"extra": "ignore"}
 
     observed_generation: int | None = Field(default=None, description="The generation the status describes.")
-    phase: Phase | None = Field(default=None, description="Pending, Progressing, Ready, Degraded or Failed.")
+    phase: Phase | None = Field(
+        default=None, description="Pending, Progressing, Ready, ScaledToZero, Degraded or Failed."
+    )
     replicas: int | None = Field(
         default=None, description="Server pods that exist (the /scale subresource's replicas)."
     )
@@ -419,8 +435,13 @@ class ModelDeploymentStatus(ApiModel):
     )
     endpoints: Endpoints | None = Field(default=None, description="Where to send inference requests.")
     models: list[ModelState] | None = Field(default=None, description="Per-model state read from Triton.")
+    cold_start: ColdStart | None = Field(
+        default=None, description="The last scale-up from zero (autoscaling with minReplicas 0)."
+    )
     conditions: ConditionList | None = Field(
-        default=None, description="Ready, Available, Progressing, Degraded, ModelsReady, AutoscalingReady."
+        default=None,
+        description="Ready, Available, Progressing, Degraded, ModelsReady, AutoscalingReady, "
+        "Reconciling, Stalled.",
     )
 
 

@@ -243,7 +243,8 @@ class TrainingJobStatus(ApiModel):
         default=None, description="Pending, Running, Restarting, Succeeded, Failed, Suspended."
     )
     conditions: ConditionList | None = Field(
-        default=None, description="Created, Running, Restarting, Succeeded, Failed, Suspended."
+        default=None,
+        description="Created, Running, Restarting, Succeeded, Failed, Suspended; Ready, Reconciling, Stalled.",
     )
     attempt: int | None = Field(
         default=None, description="Current attempt, from 0; each gang restart adds one."

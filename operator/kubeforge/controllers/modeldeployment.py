@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from kubeforge.api.common import ConditionStatus
 from kubeforge.api.modeldeployment import ModelDeployment, ModelDeploymentStatus, ModelState
 from kubeforge.builders import autoscaling
 from kubeforge.builders.modeldeployment import (
@@ -21,11 +22,16 @@ from kubeforge.controllers.status_patch import write_status
 from kubeforge.controllers.workqueue import Surfaced
 from kubeforge.k8s import resources as r
 from kubeforge.k8s.semantic import controller_uid
+from kubeforge.status.conditions import get_condition
 from kubeforge.status.modeldeployment import AutoscalerObservation, Observed, compute_status, stall_check_in
 from kubeforge.status.pods import pod_ready
 
 log = logging.getLogger(__name__)
 KEDA_API = "keda.sh/v1alpha1"
+# the aggregated APIs the autoscalers read: prometheus-adapter, metrics-server, KEDA's metrics server
+CUSTOM_METRICS_API = "custom.metrics.k8s.io/v1beta1"
+RESOURCE_METRICS_API = "metrics.k8s.io/v1beta1"
+EXTERNAL_METRICS_API = "external.metrics.k8s.io/v1beta1"
 MODEL_PROBE_SECONDS = 30.0
 MISSING_API_SECONDS = 30.0
 MONITORING_API = "monitoring.coreos.com/v1"
@@ -52,7 +58,11 @@ async def _autoscaler(ctx: Context, md: ModelDeployment) -> AutoscalerObservatio
     if md.spec.autoscaling is None:
         return None
     if scaled_object is None:
-        return AutoscalerObservation("hpa", ctx.cache.get(r.HPA.kind, ns, name))
+        hpa = ctx.cache.get(r.HPA.kind, ns, name)
+        missing = await _missing_metrics_api(ctx, md)
+        if missing is not None:
+            return AutoscalerObservation("hpa", hpa, missing_reason=missing[0], missing_message=missing[1])
+        return AutoscalerObservation("hpa", hpa)
     if not keda_served:
         return AutoscalerObservation(
             "keda",
@@ -60,7 +70,35 @@ async def _autoscaler(ctx: Context, md: ModelDeployment) -> AutoscalerObservatio
             missing_message="autoscaling needs KEDA (engine keda or minReplicas 0) but the keda.sh/v1alpha1 "
             "API is not served: install KEDA, or use engine hpa with minReplicas >= 1",
         )
+    if not await ctx.kube.api_group_served(EXTERNAL_METRICS_API):
+        return AutoscalerObservation(
+            "keda",
+            ctx.cache.get(r.SCALED_OBJECT.kind, ns, name),
+            missing_reason="KedaMetricsServerMissing",
+            missing_message=f"KEDA's CRDs are installed but {EXTERNAL_METRICS_API} is not served: KEDA's "
+            "metrics API server (keda-operator-metrics-apiserver) is missing or down, so the HPA KEDA "
+            "creates cannot read the trigger's value",
+        )
     return AutoscalerObservation("keda", ctx.cache.get(r.SCALED_OBJECT.kind, ns, name))
+
+
+async def _missing_metrics_api(ctx: Context, md: ModelDeployment) -> tuple[str, str] | None:
+    """Whether an API the HPA's metrics come from is not served: (reason, message), or None."""
+    pairs = autoscaling.targets(md.spec.autoscaling) if md.spec.autoscaling else []
+    triton_metrics = any(metric is not None for metric, _ in pairs)
+    cpu = any(metric is None for metric, _ in pairs)
+    if triton_metrics and not await ctx.kube.api_group_served(CUSTOM_METRICS_API):
+        return (
+            "MetricsApiNotServed",
+            f"the HPA reads Triton's metrics from {CUSTOM_METRICS_API}, which is not served: install "
+            "prometheus-adapter with the rules in charts/prometheus-adapter-rules.yaml (see the chart's README)",
+        )
+    if cpu and not await ctx.kube.api_group_served(RESOURCE_METRICS_API):
+        return (
+            "MetricsApiNotServed",
+            f"cpuUtilization needs {RESOURCE_METRICS_API} (metrics-server), which is not served",
+        )
+    return None
 
 
 async def _monitoring(ctx: Context, md: ModelDeployment) -> None:
@@ -118,15 +156,19 @@ async def reconcile_model_deployment(ctx: Context, key: tuple[str, str]) -> floa
     )
     previous = ModelDeploymentStatus.model_validate(body["status"]) if body.get("status") else None
     now = ctx.now()
-    status, transitions = compute_status(md, observed, previous, now, ctx.settings.stall_seconds)
+    status, transitions = compute_status(
+        md, observed, previous, now, ctx.settings.stall_seconds, ctx.settings.metric_absent_seconds
+    )
     await write_status(ctx, r.MODEL_DEPLOYMENT, body, status.wire())
     for transition in transitions:
         ctx.announce(body, transition.type, transition.reason, transition.message)
     if failure is not None:
         raise Surfaced(f"{failure.reason}: {failure.message}", reason=failure.reason)
     requeue = [stall_check_in(status, now, ctx.settings.stall_seconds)]
-    if autoscaler is not None and autoscaler.missing_reason:
-        requeue.append(MISSING_API_SECONDS)  # notice KEDA once it is installed; no watch event says so
+    scaling = get_condition(status.conditions, "AutoscalingReady")
+    if scaling is not None and scaling.status != ConditionStatus.TRUE:
+        # an API installed later, or a metric absent long enough, sends no watch event: look again
+        requeue.append(MISSING_API_SECONDS)
     if ctx.settings.model_probe and states is not None:
         requeue.append(MODEL_PROBE_SECONDS)  # Triton's model state sends no watch events: look again soon
     return min((s for s in requeue if s is not None), default=None)

@@ -423,7 +423,8 @@ class Kube:
             await self._call("discovery", "GET", f"/apis/{api_version}")
             served = True
         except ApiError as err:
-            if err.status != 404:
+            # 503: an aggregated API (custom/external metrics) is registered, but its server is not up
+            if err.status not in (404, 503):
                 raise
             served = False
         self._api_groups[api_version] = (loop.time(), served)

@@ -7,7 +7,14 @@ from datetime import datetime
 from typing import Any
 
 from kubeforge.api.common import Condition, ConditionStatus
-from kubeforge.api.modeldeployment import Endpoints, ModelDeployment, ModelDeploymentStatus, ModelState, Phase
+from kubeforge.api.modeldeployment import (
+    ColdStart,
+    Endpoints,
+    ModelDeployment,
+    ModelDeploymentStatus,
+    ModelState,
+    Phase,
+)
 from kubeforge.builders.modeldeployment import selector_string
 from kubeforge.builders.pods import gpu_summary
 from kubeforge.status.conditions import get_condition, set_condition
@@ -17,6 +24,10 @@ from kubeforge.status.pods import PodProblem, pod_problem, pod_ready
 # Degraded this long (an unschedulable GPU request, an image that cannot be pulled, a crash loop)
 # means the deployment cannot progress without a change: Stalled, which GitOps tools call Failed.
 DEFAULT_STALL_SECONDS = 300.0
+# an HPA that cannot read its metric this long: the metric is not coming (no scrape, no adapter rule)
+DEFAULT_METRIC_ABSENT_SECONDS = 300.0
+# the HPA's words for "the metrics API answered, but not with this metric"
+METRIC_FAILURES = ("FailedGetPodsMetric", "FailedGetResourceMetric", "FailedGetExternalMetric")
 
 
 @dataclass(frozen=True)
@@ -65,7 +76,13 @@ def _first_problem(pods: list[dict[str, Any]]) -> PodProblem | None:
     return None
 
 
-def _autoscaling_condition(obs: AutoscalerObservation) -> tuple[bool | None, str, str, int | None]:
+def _ts(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
+
+
+def _autoscaling_condition(
+    obs: AutoscalerObservation, now: datetime, absent_seconds: float
+) -> tuple[bool | None, str, str, int | None]:
     """(status, reason, message, desired replicas) of AutoscalingReady, mirroring the autoscaler's own."""
     if obs.missing_reason:
         return False, obs.missing_reason, obs.missing_message, None
@@ -81,6 +98,15 @@ def _autoscaling_condition(obs: AutoscalerObservation) -> tuple[bool | None, str
             if c is None:
                 return None, "Pending", "the HorizontalPodAutoscaler has not reported yet", desired
             if c.get("status") != "True":
+                since = _ts(c.get("lastTransitionTime"))
+                absent_for = (now - since).total_seconds() if since else 0.0
+                if c.get("reason") in METRIC_FAILURES and absent_for >= absent_seconds:
+                    message = (
+                        f"no value of the target metric for {int(absent_for)}s (bound {int(absent_seconds)}s): "
+                        "is Prometheus scraping the Triton pods, and does the adapter have the rules of "
+                        f"charts/prometheus-adapter-rules.yaml? The HPA says: {c.get('message', '')}"
+                    )
+                    return False, "MetricAbsent", message, desired
                 return False, str(c.get("reason", type_)), f"{type_}: {c.get('message', '')}", desired
         return True, "ScalingActive", str(conds["ScalingActive"].get("message", "")), desired
     ready = conds.get("Ready")
@@ -106,12 +132,26 @@ def stall_check_in(status: ModelDeploymentStatus, now: datetime, stall_seconds: 
     return max(0.5, stall_seconds - (now - degraded.last_transition_time).total_seconds())
 
 
+def _cold_start(
+    previous: ModelDeploymentStatus | None, desired: int, ready_replicas: int, now: datetime
+) -> ColdStart | None:
+    """Start timing when the replicas leave zero; stop at the first ready server."""
+    last = previous.cold_start if previous else None
+    was_zero = previous is not None and previous.phase == Phase.SCALED_TO_ZERO
+    if was_zero and desired > 0:
+        last = ColdStart(activated_at=now)
+    if last is not None and last.ready_at is None and ready_replicas >= 1:
+        last = last.model_copy(update={"ready_at": now, "seconds": (now - last.activated_at).total_seconds()})
+    return last
+
+
 def compute_status(
     md: ModelDeployment,
     observed: Observed,
     previous: ModelDeploymentStatus | None,
     now: datetime,
     stall_seconds: float = DEFAULT_STALL_SECONDS,
+    metric_absent_seconds: float = DEFAULT_METRIC_ABSENT_SECONDS,
 ) -> tuple[ModelDeploymentStatus, list[Transition]]:
     """The status a person and `kubectl wait` can trust, and the transitions to announce."""
     generation = md.metadata.generation
@@ -148,7 +188,12 @@ def compute_status(
     if dep is None:
         put("Available", False, "Creating", "the Triton Deployment has no status yet")
     elif desired == 0:
-        put("Available", False, "ScaledToZero", "no replica is wanted: requests wait for a scale-up")
+        put(
+            "Available",
+            False,
+            "ScaledToZero",
+            "no replica is wanted: requests find no server until the autoscaler scales up",
+        )
     elif ready_replicas >= 1:
         put("Available", True, "ReplicasReady", f"{ready_replicas}/{desired} Triton servers ready")
     else:
@@ -210,7 +255,9 @@ def compute_status(
 
     desired_replicas = desired
     if observed.autoscaler is not None:
-        scaling, reason, message, hpa_desired = _autoscaling_condition(observed.autoscaler)
+        scaling, reason, message, hpa_desired = _autoscaling_condition(
+            observed.autoscaler, now, metric_absent_seconds
+        )
         put("AutoscalingReady", scaling, reason, message)
         if hpa_desired is not None:
             desired_replicas = int(hpa_desired)
@@ -225,7 +272,7 @@ def compute_status(
     elif degraded and degraded.status == ConditionStatus.TRUE:
         phase = Phase.DEGRADED
     elif ready and ready.status == ConditionStatus.TRUE:
-        phase = Phase.READY
+        phase = Phase.SCALED_TO_ZERO if desired == 0 else Phase.READY
     elif dep is not None:
         phase = Phase.PROGRESSING
     else:
@@ -243,9 +290,18 @@ def compute_status(
         gpu=gpu_summary(md.spec.gpu),
         endpoints=Endpoints(**observed.endpoints),
         models=models,
+        cold_start=_cold_start(previous, desired, ready_replicas, now),
         conditions=sorted(conditions, key=lambda c: c.type),
     )
-    return status, _transitions(previous, status)
+    transitions = _transitions(previous, status)
+    cold = status.cold_start
+    if cold and cold.seconds is not None and (previous is None or previous.cold_start != cold):
+        transitions.append(
+            Transition(
+                "Normal", "ColdStart", f"scaled up from zero: first server ready in {cold.seconds:.1f}s"
+            )
+        )
+    return status, transitions
 
 
 def _gitops(
