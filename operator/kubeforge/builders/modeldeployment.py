@@ -62,6 +62,8 @@ def triton_args(md: ModelDeployment) -> list[str]:
         f"--metrics-port={METRICS_PORT}",
         "--allow-metrics=true",
         f"--allow-gpu-metrics={'true' if md.spec.gpu else 'false'}",
+        # per-model latency quantiles (nv_inference_request_summary_us): the dashboard's p99
+        "--metrics-config=summary_latencies=true",
     ]
     if mode == ModelControlMode.EXPLICIT:
         # explicit mode loads nothing at start-up unless told which models to load

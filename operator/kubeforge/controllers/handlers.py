@@ -69,6 +69,8 @@ class Runtime:
         queue = self._queue_of(obj["kind"])
         if type_ == "DELETED":
             queue.forget(key)  # its backoff and timers go with it; the children go with the GC
+            if obj["kind"] == r.MODEL_DEPLOYMENT.kind:
+                self.ctx.metrics.forget_model_deployment(*key)
         else:
             queue.add(key)
 

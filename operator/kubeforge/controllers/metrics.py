@@ -9,12 +9,13 @@ when Prometheus scrapes, so the hot path does not change.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import socket
 import time
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 import prometheus_client as prom
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
@@ -174,6 +175,12 @@ class OperatorMetrics:
             ["identity"],
             registry=registry,
         )
+        self.replicas = prom.Gauge(
+            "kubeforge_modeldeployment_replicas",
+            "Replicas of each ModelDeployment: desired (its spec or autoscaler) and ready (serving).",
+            ["namespace", "modeldeployment", "state"],
+            registry=registry,
+        )
         registry.register(_ReadAtScrape(self))
 
     def observe(self, kind: str, seconds: float, ok: bool, reason: str | None = None) -> None:
@@ -203,6 +210,17 @@ class OperatorMetrics:
             self.queue_retries.labels(queue=queue),
             clock,
         )
+
+    def set_replicas(self, namespace: str, name: str, desired: int, ready: int) -> None:
+        """A ModelDeployment's desired and ready replicas, for dashboards (no kube-state-metrics needed)."""
+        self.replicas.labels(namespace=namespace, modeldeployment=name, state="desired").set(desired)
+        self.replicas.labels(namespace=namespace, modeldeployment=name, state="ready").set(ready)
+
+    def forget_model_deployment(self, namespace: str, name: str) -> None:
+        """Drop a deleted ModelDeployment's series (cardinality follows the live objects)."""
+        for state in ("desired", "ready"):
+            with suppress(KeyError):
+                self.replicas.remove(namespace, name, state)
 
     def set_leader(self, leading: bool) -> None:
         """Whether this replica leads; `kubeforge_leader` has no sample until the first call."""

@@ -160,6 +160,7 @@ async def reconcile_model_deployment(ctx: Context, key: tuple[str, str]) -> floa
         md, observed, previous, now, ctx.settings.stall_seconds, ctx.settings.metric_absent_seconds
     )
     await write_status(ctx, r.MODEL_DEPLOYMENT, body, status.wire())
+    ctx.metrics.set_replicas(ns, name, status.desired_replicas or 0, status.ready_replicas or 0)
     for transition in transitions:
         ctx.announce(body, transition.type, transition.reason, transition.message)
     if failure is not None:
