@@ -9,7 +9,6 @@ when Prometheus scrapes, so the hot path does not change.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 import socket
 import time
