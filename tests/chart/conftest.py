@@ -17,6 +17,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
     "monitoring": {
         "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}}},
         "rbac": {"keda": False},
+        "dashboards": {"enabled": True},
     },
     # What a production install adds around the defaults (two replicas, leader election, a PDB,
     # a spread over nodes): a third replica, a spread over zones too, placement, a pinned digest.

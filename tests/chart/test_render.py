@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -333,3 +334,19 @@ def test_existing_service_account(helm: Helm) -> None:
 def test_service_account_token_is_not_mounted_by_default(rendered: dict[str, list[Manifest]]) -> None:
     # only the operator pod opts in (test_operator_pod_is_locked_down)
     assert one(rendered["default"], "ServiceAccount")["automountServiceAccountToken"] is False
+
+
+def test_the_grafana_dashboard_ships_for_the_sidecar(rendered: dict[str, list[Manifest]]) -> None:
+    """A ConfigMap with the sidecar's label holding the importable dashboard (its queries are run
+    against a real Prometheus in e2e/test_autoscaling_loop.py)."""
+    assert not [m for m in rendered["default"] if m["kind"] == "ConfigMap"]  # off by default
+    dashboard = one(rendered["monitoring"], "ConfigMap")
+    assert dashboard["metadata"]["name"] == "kubeforge-dashboard"
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    board = json.loads(dashboard["data"]["kubeforge.json"])
+    assert board == json.loads((CHART_DIR / "dashboards" / "kubeforge.json").read_text())
+    queries = [t["expr"] for p in board["panels"] for t in p.get("targets", [])]
+    assert len(queries) >= 10 and all(q.strip() for q in queries)
+    titles = {p["title"] for p in board["panels"]}
+    assert {"Inferences per second", "Queue time per request", "p99 request latency"} <= titles
+    assert {"Replicas: desired vs ready", "GPU utilisation", "Reconcile errors per second"} <= titles
