@@ -1,0 +1,162 @@
+"""A real tritonserver for every simulated serving pod: the data plane behind kwok's pods.
+
+kwok runs no containers, so the autoscaling loop would have nothing to measure. `PodServers`
+follows a ModelDeployment's pods: for each pod that is Running it runs the pod template's own init
+container (the repository assembly) and tritonserver container locally (kubeforge.testing.triton_pod,
+with the operator's rendered config, on free loopback ports), and publishes the server's metrics
+port as a Prometheus scrape target labelled with the pod's `namespace` and `pod`, exactly the labels
+Prometheus' Kubernetes discovery gives a real pod. When a pod goes, its server stops and its target
+is removed. Everything downstream of the scrape (Prometheus, the adapter or KEDA, the HPA, /scale)
+is real.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from e2e.kube import Kubectl
+from kubeforge.testing.triton import TritonServer
+from kubeforge.testing.triton_pod import run_init_container, run_triton_container
+
+log = logging.getLogger(__name__)
+Target = tuple[str, dict[str, str]]  # (host:port, labels)
+
+
+@dataclass
+class _Served:
+    server: TritonServer
+    stack: ExitStack
+
+
+@dataclass
+class PodServers:
+    """Keep one local tritonserver per Running pod of `name` in `namespace`.
+
+    `publish(targets)` is called with the scrape targets whenever they change (e.g.
+    `Prometheus.set_targets`). `pvc_root` holds the claims the model sources name
+    (`pvc://<claim>/...` -> `<pvc_root>/<claim>/...`).
+    """
+
+    kubectl: Kubectl
+    namespace: str
+    name: str
+    pvc_root: Path
+    work_dir: Path
+    publish: Callable[[list[Target]], None]
+    poll_seconds: float = 0.5
+    servers: dict[str, _Served] = field(default_factory=dict)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    errors: list[str] = field(default_factory=list)
+
+    def __enter__(self) -> PodServers:
+        self._thread = threading.Thread(target=self._run, name=f"pod servers {self.name}", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=60)
+        with self._lock:
+            for pod in list(self.servers):
+                self._stop_server(pod)
+        self.publish([])
+
+    def grpc_addresses(self) -> list[str]:
+        """host:port of every ready server (where a test sends load, as a Service would)."""
+        with self._lock:
+            return [s.server.grpc_url for s in self.servers.values()]
+
+    def _pods(self) -> list[dict[str, Any]]:
+        selector = f"kubeforge.io/owner-kind=modeldeployment,kubeforge.io/owner-name={self.name}"
+        items: list[dict[str, Any]] = self.kubectl.json(
+            "get", "pods", "-l", selector, namespace=self.namespace
+        )["items"]
+        return [
+            p
+            for p in items
+            if p.get("status", {}).get("phase") == "Running" and not p["metadata"].get("deletionTimestamp")
+        ]
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._sync()
+            except Exception as err:  # the loop must outlive one bad poll; the test reads `errors`
+                self.errors.append(repr(err))
+                log.exception("pod servers: sync failed")
+            self._stop.wait(self.poll_seconds)
+
+    def _sync(self) -> None:
+        pods = {p["metadata"]["name"]: p for p in self._pods()}
+        changed = False
+        for gone in set(self.servers) - set(pods):
+            with self._lock:
+                self._stop_server(gone)
+            changed = True
+        for name, pod in pods.items():
+            if name not in self.servers and not self._stop.is_set():
+                served = self._start_server(pod)
+                with self._lock:
+                    self.servers[name] = served
+                changed = True
+        if changed:
+            self.publish(self.targets())
+
+    def targets(self) -> list[Target]:
+        with self._lock:
+            return [
+                (
+                    f"{s.server.host}:{s.server.metrics_port}",
+                    {"namespace": self.namespace, "pod": pod},
+                )
+                for pod, s in sorted(self.servers.items())
+            ]
+
+    def _start_server(self, pod: dict[str, Any]) -> _Served:
+        name = pod["metadata"]["name"]
+        spec = pod["spec"]
+        repository = self.work_dir / name / "models"
+        repository.mkdir(parents=True, exist_ok=True)
+        paths = {"/models": repository, "/mnt/pvc": self.pvc_root}
+        for init in spec.get("initContainers") or []:
+            done = run_init_container(init, paths=paths)
+            if done.returncode != 0:
+                raise RuntimeError(f"init container of {name} failed: {done.stdout}{done.stderr}")
+        triton = next(c for c in spec["containers"] if c["name"] == "triton")
+        stack = ExitStack()
+        server = stack.enter_context(run_triton_container(triton, paths=paths))
+        server.wait_until("ready", timeout=120)
+        log.info("pod servers: %s/%s serves on %s", self.namespace, name, server.http_url)
+        return _Served(server, stack)
+
+    def _stop_server(self, pod: str) -> None:
+        served = self.servers.pop(pod, None)
+        if served is not None:
+            served.stack.close()
+
+    def wait_for_servers(self, count: int, timeout: float = 180) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.servers) < count:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{len(self.servers)}/{count} pod servers after {timeout}s; {self.errors}")
+            time.sleep(0.2)
+
+
+def round_robin(addresses: Callable[[], list[str]]) -> Iterator[str]:
+    """Cycle through the current servers, re-reading them each round (a Service's load balancing)."""
+    while True:
+        current = addresses()
+        if not current:
+            time.sleep(0.1)
+            continue
+        yield from current
