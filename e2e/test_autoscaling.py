@@ -49,7 +49,7 @@ def test_without_keda_the_condition_says_so(kubectl: Kubectl, namespace: str, op
     if kubectl("get", "crd", "scaledobjects.keda.sh", check=False).returncode == 0:
         pytest.fail("KEDA's CRDs are already installed: this test must run before test_keda_scaled_object_*")
     bound_claim(kubectl, namespace, "models")
-    kubectl.apply(_md(namespace, engine="keda", minReplicas=0))
+    kubectl.apply(_md(namespace, engine="keda", minReplicas=0, activation={"source": "ingress-nginx"}))
     condition = wait_for(
         lambda: (c := _autoscaling_condition(kubectl, namespace)) and c["reason"] == "KedaNotInstalled" and c,
         timeout=60,
@@ -87,7 +87,7 @@ def test_keda_scaled_object_and_service_monitor_are_created(
     kubectl: Kubectl, namespace: str, operator: Any, third_party_crds: None
 ) -> None:
     bound_claim(kubectl, namespace, "models")
-    kubectl.apply(_md(namespace, engine="keda", minReplicas=0))
+    kubectl.apply(_md(namespace, engine="keda", minReplicas=0, activation={"source": "ingress-nginx"}))
     so = wait_for(
         lambda: kubectl.json("get", "scaledobject", "resnet50", namespace=namespace),
         timeout=60,

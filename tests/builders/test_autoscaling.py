@@ -85,7 +85,10 @@ def test_no_autoscaler_when_off(md_body: dict[str, Any]) -> None:
     assert build_scaled_object(md, Settings()) is None
 
 
-@pytest.mark.parametrize("autoscaling", [{"engine": "keda"}, {"engine": "keda", "minReplicas": 0}])
+ZERO = {"engine": "keda", "minReplicas": 0, "activation": {"source": "ingress-nginx"}}
+
+
+@pytest.mark.parametrize("autoscaling", [{"engine": "keda"}, ZERO])
 def test_keda_scaled_object(md_body: dict[str, Any], autoscaling: dict[str, Any]) -> None:
     md = _md(md_body, **autoscaling)
     assert build_hpa(md) is None
@@ -93,7 +96,8 @@ def test_keda_scaled_object(md_body: dict[str, Any], autoscaling: dict[str, Any]
     assert so is not None
     assert so["spec"]["scaleTargetRef"]["kind"] == "ModelDeployment"
     assert so["spec"]["minReplicaCount"] == autoscaling.get("minReplicas", 1)
-    queue, rate = so["spec"]["triggers"]
+    queue, rate, *activation = so["spec"]["triggers"]
+    assert len(activation) == (1 if "activation" in autoscaling else 0)
     assert queue["type"] == rate["type"] == "prometheus"
     assert queue["metricType"] == "Value" and rate["metricType"] == "AverageValue"
     assert queue["metadata"]["serverAddress"] == "http://prom:9090"
@@ -139,3 +143,20 @@ def test_service_monitor(md: ModelDeployment) -> None:
     assert sm is not None
     assert sm["spec"]["endpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "15s"}]
     assert sm["spec"]["selector"]["matchLabels"]["kubeforge.io/owner-name"] == "resnet50"
+
+
+def test_scale_to_zero_wakes_on_demand_in_front_of_the_pods(md_body: dict[str, Any]) -> None:
+    """At zero replicas no Triton reports anything: the activation trigger reads the ingress."""
+    so = build_scaled_object(_md(md_body, **ZERO), Settings(prometheus_address="http://prom:9090"))
+    assert so is not None
+    trigger = so["spec"]["triggers"][-1]
+    assert trigger["name"] == "activation"
+    assert trigger["metadata"]["query"] == (
+        'sum(rate(nginx_ingress_controller_requests{exported_namespace="team-a",'
+        'exported_service="resnet50"}[1m]))'
+    )
+    assert trigger["metadata"]["activationThreshold"] == "0"
+    assert trigger["metadata"]["threshold"] == "200"  # requests/s per replica, as inferencesPerSecond
+    custom = {**ZERO, "activation": {"query": 'sum(rate(envoy_requests{svc="resnet50"}[1m]))'}}
+    so = build_scaled_object(_md(md_body, **custom), Settings())
+    assert so is not None and so["spec"]["triggers"][-1]["metadata"]["query"] == custom["activation"]["query"]

@@ -83,6 +83,26 @@ INVALID_SPECS = [
         _set("spec.autoscaling.minReplicas", 0),
         "minReplicas: 0 (scale to zero) needs autoscaling.engine: keda",
     ),
+    InvalidSpec(
+        "md-scale-to-zero-without-activation",
+        MD,
+        _set("spec.autoscaling", {"engine": "keda", "minReplicas": 0, "maxReplicas": 2}),
+        "minReplicas: 0 needs autoscaling.activation",
+    ),
+    InvalidSpec(
+        "md-activation-source-and-query",
+        MD,
+        _set(
+            "spec.autoscaling",
+            {
+                "engine": "keda",
+                "minReplicas": 0,
+                "maxReplicas": 2,
+                "activation": {"source": "ingress-nginx", "query": "up"},
+            },
+        ),
+        "autoscaling.activation needs exactly one of source and query",
+    ),
     InvalidSpec("md-no-models", MD, _set("spec.models", []), "spec.models"),
     InvalidSpec(
         "md-batching-without-batch-size",

@@ -259,6 +259,41 @@ class ScalingBehavior(ApiModel):
     )
 
 
+class ActivationSource(StrEnum):
+    INGRESS_NGINX = "ingress-nginx"
+
+
+class Activation(ApiModel):
+    """What wakes a ModelDeployment scaled to zero: demand that is visible while no replica exists.
+
+    With no pod there is no Triton to report a queue, so the signal must come from in front of the
+    pods. Nothing here buffers requests: until the first replica is ready, the front answers them
+    (ingress-nginx: 503) and clients retry; status.coldStart says how long that took.
+    """
+
+    source: ActivationSource | None = Field(
+        default=None,
+        description="ingress-nginx: the rate of requests ingress-nginx counts for this ModelDeployment's "
+        "Service (nginx_ingress_controller_requests, labels exported_namespace/exported_service as "
+        "kube-prometheus-stack scrapes them); they are counted even while no endpoint exists.",
+    )
+    query: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=2000,
+        description="Or any PromQL returning the demand for this ModelDeployment (a value > 0 wakes it), "
+        "e.g. your gateway's request rate for its Service.",
+    )
+
+    rules = (
+        Rule(
+            cel="has(self.source) != has(self.query)",
+            message="autoscaling.activation needs exactly one of source and query",
+            check=lambda a: (a.source is None) != (a.query is None),
+        ),
+    )
+
+
 class Autoscaling(ApiModel):
     """Autoscaling rules: a HorizontalPodAutoscaler, or a KEDA ScaledObject (which can scale to zero)."""
 
@@ -270,6 +305,9 @@ class Autoscaling(ApiModel):
         description="Per-replica targets; the autoscaler scales on the one that asks for most replicas.",
     )
     behavior: ScalingBehavior | None = Field(default=None, description="Stabilisation windows.")
+    activation: Activation | None = Field(
+        default=None, description="The demand signal that wakes it from zero (required with minReplicas 0)."
+    )
 
     rules = (
         Rule(
@@ -281,6 +319,12 @@ class Autoscaling(ApiModel):
             cel="self.minReplicas > 0 || self.engine == 'keda'",
             message="autoscaling.minReplicas: 0 (scale to zero) needs autoscaling.engine: keda",
             check=lambda a: a.min_replicas > 0 or a.engine == AutoscalingEngine.KEDA,
+        ),
+        Rule(
+            cel="self.minReplicas > 0 || has(self.activation)",
+            message="autoscaling.minReplicas: 0 needs autoscaling.activation: with no replica there is no "
+            "Triton to report demand, so something in front of the pods must (e.g. source: ingress-nginx)",
+            check=lambda a: a.min_replicas > 0 or a.activation is not None,
         ),
     )
 

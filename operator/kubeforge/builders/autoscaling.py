@@ -162,6 +162,22 @@ def keda_query(md: ModelDeployment, metric: TritonMetric) -> str:
     return metric.promql(deployment_selector(md), by="namespace")
 
 
+# Activation alone must never ask for more than one replica: the Triton targets size the rest.
+ACTIVATION_ONLY_THRESHOLD = 1_000_000
+
+
+def activation_query(md: ModelDeployment) -> str | None:
+    """PromQL for the demand that wakes the ModelDeployment from zero, if it has an activation."""
+    autoscaling = md.spec.autoscaling
+    activation = autoscaling.activation if autoscaling else None
+    if activation is None:
+        return None
+    if activation.query is not None:
+        return activation.query
+    ns, name = md.metadata.namespace, md.metadata.name
+    return f'sum(rate(nginx_ingress_controller_requests{{exported_namespace="{ns}",exported_service="{name}"}}[1m]))'
+
+
 def build_scaled_object(md: ModelDeployment, settings: Settings) -> Object | None:
     """A KEDA ScaledObject on the ModelDeployment's /scale; it can scale to zero."""
     autoscaling = md.spec.autoscaling
@@ -181,6 +197,21 @@ def build_scaled_object(md: ModelDeployment, settings: Settings) -> Object | Non
                     "serverAddress": settings.prometheus_address,
                     "query": keda_query(md, metric),
                     "threshold": str(target),
+                    "activationThreshold": "0",
+                },
+            }
+        )
+    demand = activation_query(md)
+    if demand is not None:
+        triggers.append(
+            {
+                "type": "prometheus",
+                "name": "activation",
+                "metricType": "AverageValue",
+                "metadata": {
+                    "serverAddress": settings.prometheus_address,
+                    "query": demand,
+                    "threshold": str(autoscaling.targets.inferences_per_second or ACTIVATION_ONLY_THRESHOLD),
                     "activationThreshold": "0",
                 },
             }
