@@ -157,6 +157,10 @@ def test_scale_to_zero_wakes_on_demand_in_front_of_the_pods(md_body: dict[str, A
     )
     assert trigger["metadata"]["activationThreshold"] == "0"
     assert trigger["metadata"]["threshold"] == "200"  # requests/s per replica, as inferencesPerSecond
+    assert so["spec"]["cooldownPeriod"] == 300  # idle this long before the last replica goes
+    quick = {**ZERO, "behavior": {"scaleDownStabilizationSeconds": 10}}
+    so = build_scaled_object(_md(md_body, **quick), Settings())
+    assert so is not None and so["spec"]["cooldownPeriod"] == 10
     custom = {**ZERO, "activation": {"query": 'sum(rate(envoy_requests{svc="resnet50"}[1m]))'}}
     so = build_scaled_object(_md(md_body, **custom), Settings())
     assert so is not None and so["spec"]["triggers"][-1]["metadata"]["query"] == custom["activation"]["query"]

@@ -255,7 +255,10 @@ class ScalingBehavior(ApiModel):
         default=0, ge=0, le=3600, description="Look-back window before scaling up (HPA default 0)."
     )
     scale_down_stabilization_seconds: int = Field(
-        default=300, ge=0, le=3600, description="Look-back window before scaling down (HPA default 300)."
+        default=300,
+        ge=0,
+        le=3600,
+        description="Look-back window before scaling down (HPA default 300); with KEDA also the cooldown before the last replica goes.",
     )
 
 

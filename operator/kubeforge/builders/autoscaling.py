@@ -225,7 +225,8 @@ def build_scaled_object(md: ModelDeployment, settings: Settings) -> Object | Non
             "minReplicaCount": autoscaling.min_replicas,
             "maxReplicaCount": autoscaling.max_replicas,
             "pollingInterval": 15,
-            "cooldownPeriod": 300,
+            # how long a quiet ModelDeployment keeps its last replica: the scale-down look-back window
+            "cooldownPeriod": _behavior(autoscaling)["scaleDown"]["stabilizationWindowSeconds"],
             "advanced": {"horizontalPodAutoscalerConfig": {"behavior": _behavior(autoscaling)}},
             "triggers": triggers,
         },
