@@ -62,8 +62,7 @@ class IngressFront:
 
     @property
     def address(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"{host}:{port}"
+        return f"{LOOPBACK}:{self._server.server_address[1]}"
 
     def __enter__(self) -> IngressFront:
         self._thread.start()

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,10 +71,10 @@ class PodServers:
                 self._stop_server(pod)
         self.publish([])
 
-    def grpc_addresses(self) -> list[str]:
-        """host:port of every ready server (where a test sends load, as a Service would)."""
+    def http_addresses(self) -> list[str]:
+        """host:port of every ready server's HTTP API (what a Service would balance over)."""
         with self._lock:
-            return [s.server.grpc_url for s in self.servers.values()]
+            return [s.server.http_address for s in self.servers.values()]
 
     def _pods(self) -> list[dict[str, Any]]:
         selector = f"kubeforge.io/owner-kind=modeldeployment,kubeforge.io/owner-name={self.name}"
@@ -150,13 +150,3 @@ class PodServers:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{len(self.servers)}/{count} pod servers after {timeout}s; {self.errors}")
             time.sleep(0.2)
-
-
-def round_robin(addresses: Callable[[], list[str]]) -> Iterator[str]:
-    """Cycle through the current servers, re-reading them each round (a Service's load balancing)."""
-    while True:
-        current = addresses()
-        if not current:
-            time.sleep(0.1)
-            continue
-        yield from current
