@@ -29,6 +29,7 @@ import yaml
 from e2e.cluster import REPO_ROOT, Cluster, ensure_binaries
 from e2e.kube import Kubectl, wait_condition, wait_for
 from e2e.operator_proc import OperatorProcess, operator_available
+from e2e.storage import bound_claim
 from tests.harness import missing
 
 E2E_DIR = Path(__file__).resolve().parent
@@ -194,6 +195,13 @@ def operator(cluster: Cluster) -> Iterator[OperatorProcess]:
     proc.start(metrics=True)
     yield proc
     proc.stop()
+
+
+@pytest.fixture
+def models_claim(kubectl: Kubectl, namespace: str) -> str:
+    """A bound claim `models` in the test's namespace: where the examples' model sources live."""
+    bound_claim(kubectl, namespace, "models")
+    return "models"
 
 
 @pytest.fixture

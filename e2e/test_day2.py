@@ -55,12 +55,6 @@ def _warnings(kubectl: Kubectl, namespace: str, name: str) -> list[dict[str, Any
     return [e for e in events["items"] if e["type"] == "Warning"]
 
 
-@pytest.fixture
-def models_claim(kubectl: Kubectl, namespace: str) -> str:
-    bound_claim(kubectl, namespace, "models")
-    return "models"
-
-
 # -- 1. a field removed from the spec leaves the children -----------------------------------------
 
 

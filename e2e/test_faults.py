@@ -14,6 +14,9 @@ import os
 import random
 import signal
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,7 +26,6 @@ from e2e.convergence import namespace_problems
 from e2e.faultproxy import FaultProxy
 from e2e.kube import Kubectl, wait_for
 from e2e.operator_proc import OperatorProcess
-from e2e.storage import bound_claim
 from kubeforge.settings import Settings
 
 pytestmark = pytest.mark.e2e
@@ -99,14 +101,8 @@ def _settled(kubectl: Kubectl, namespace: str, timeout: float = 180) -> None:
         )
 
 
-@pytest.fixture
-def models(kubectl: Kubectl, namespace: str) -> str:
-    bound_claim(kubectl, namespace, "models")
-    return "models"
-
-
 def test_sigkill_at_random_moments_during_a_burst(
-    kubectl: Kubectl, namespace: str, own_operator: OperatorProcess, models: str
+    kubectl: Kubectl, namespace: str, own_operator: OperatorProcess, models_claim: str
 ) -> None:
     rng = random.Random(SEED)
     own_operator.start()
@@ -122,7 +118,7 @@ def test_sigkill_at_random_moments_during_a_burst(
 
 
 def test_api_server_and_etcd_restarts_during_a_burst(
-    kubectl: Kubectl, namespace: str, own_operator: OperatorProcess, models: str, cluster: Cluster
+    kubectl: Kubectl, namespace: str, own_operator: OperatorProcess, models_claim: str, cluster: Cluster
 ) -> None:
     own_operator.start()
     kubectl.apply(_burst(namespace, workers_exit_after="10s"))
@@ -138,7 +134,7 @@ def test_api_server_and_etcd_restarts_during_a_burst(
 
 
 def test_sigterm_during_a_burst_finishes_in_flight_work_and_exits_0(
-    kubectl: Kubectl, namespace: str, own_operator: OperatorProcess, models: str
+    kubectl: Kubectl, namespace: str, own_operator: OperatorProcess, models_claim: str
 ) -> None:
     bound = 20.0
     own_operator.start(extra_args=("--shutdown-seconds", str(bound)))
@@ -188,6 +184,17 @@ def _observed(kubectl: Kubectl, namespace: str, name: str, timeout: float = 60) 
     return wait_for(ready, timeout=timeout, message=f"md/{name} reconciled")
 
 
+@contextmanager
+def _behind_proxy(
+    operator: OperatorProcess, cluster: Cluster, state: Path, **start: Any
+) -> Iterator[FaultProxy]:
+    """The operator started with a fault-injecting proxy between it and the API server."""
+    with FaultProxy(cluster.kubeconfig, state) as proxy:
+        operator.kubeconfig = proxy.kubeconfig
+        operator.start(metrics=True, **start)
+        yield proxy
+
+
 def _cached(operator: OperatorProcess, kind: str) -> float:
     return sum(
         value
@@ -200,13 +207,11 @@ def test_a_relist_after_410_recreates_deleted_children_and_forgets_deleted_owner
     kubectl: Kubectl,
     namespace: str,
     own_operator: OperatorProcess,
-    models: str,
+    models_claim: str,
     cluster: Cluster,
-    tmp_path: Any,
+    tmp_path: Path,
 ) -> None:
-    with FaultProxy(cluster.kubeconfig, tmp_path) as proxy:
-        own_operator.kubeconfig = proxy.kubeconfig
-        own_operator.start(metrics=True)
+    with _behind_proxy(own_operator, cluster, tmp_path) as proxy:
         for name in ("keep", "gone"):
             kubectl.apply(json.dumps(_md(namespace, name)))
             _observed(kubectl, namespace, name)
@@ -250,13 +255,11 @@ def test_injected_conflicts_throttling_and_server_errors_back_off_and_converge(
     kubectl: Kubectl,
     namespace: str,
     own_operator: OperatorProcess,
-    models: str,
+    models_claim: str,
     cluster: Cluster,
-    tmp_path: Any,
+    tmp_path: Path,
 ) -> None:
-    with FaultProxy(cluster.kubeconfig, tmp_path) as proxy:
-        own_operator.kubeconfig = proxy.kubeconfig
-        own_operator.start(metrics=True)
+    with _behind_proxy(own_operator, cluster, tmp_path) as proxy:
         proxy.inject(409, "PATCH", r"/deployments/", count=5)
         proxy.inject(429, "PATCH", r"/services/", count=5)
         proxy.inject(500, "PATCH", r"/modeldeployments/[^/]+/status", count=5)
@@ -275,9 +278,9 @@ def test_two_replicas_fail_over_and_a_partitioned_leader_never_writes_after_its_
     kubectl: Kubectl,
     namespace: str,
     own_operator: OperatorProcess,
-    models: str,
+    models_claim: str,
     cluster: Cluster,
-    tmp_path: Any,
+    tmp_path: Path,
 ) -> None:
     args = ("--leader-elect", "--leader-election-namespace", namespace)
     second = OperatorProcess(
@@ -288,9 +291,9 @@ def test_two_replicas_fail_over_and_a_partitioned_leader_never_writes_after_its_
         lease = kubectl.json("get", "lease", "kubeforge-leader", namespace=namespace)
         return str(lease["spec"].get("holderIdentity") or "")
 
-    with FaultProxy(cluster.kubeconfig, tmp_path) as proxy:
-        own_operator.kubeconfig = proxy.kubeconfig
-        own_operator.start(metrics=True, extra_args=args, env={"POD_NAME": "replica-a"})
+    with _behind_proxy(
+        own_operator, cluster, tmp_path, extra_args=args, env={"POD_NAME": "replica-a"}
+    ) as proxy:
         wait_for(lambda: holder() == "replica-a", timeout=30, message="replica-a leading")
         try:
             second.start(metrics=True, extra_args=args, env={"POD_NAME": "replica-b"})

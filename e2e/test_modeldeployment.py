@@ -10,7 +10,6 @@ import pytest
 import yaml
 
 from e2e.kube import Kubectl, find_condition, wait_condition, wait_for
-from e2e.storage import bound_claim
 
 pytestmark = pytest.mark.e2e
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "model-deployment.yaml"
@@ -25,12 +24,6 @@ def _example(namespace: str, **spec: Any) -> str:
         else:
             doc["spec"][key] = value
     return json.dumps(doc)
-
-
-@pytest.fixture
-def models_claim(kubectl: Kubectl, namespace: str) -> str:
-    bound_claim(kubectl, namespace, "models")
-    return "models"
 
 
 def _pods(kubectl: Kubectl, namespace: str, name: str) -> list[dict[str, Any]]:

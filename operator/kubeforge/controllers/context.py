@@ -96,16 +96,21 @@ class Context:
             return cached
         return await self.kube.get(resource, namespace, name)
 
-    async def ensure(self, desired: Object) -> Object:
-        """Apply `desired` unless the live child already matches it (then: no write).
-
-        Raises ChildConflict when the name is taken by an object that the owner does not control.
-        """
+    async def _ours(self, desired: Object) -> tuple[Object, Object | None]:
+        """`desired` as applied (with its hash) and the live child of its name, checked to be ours."""
         desired = stamped(desired)
         meta = desired["metadata"]
         resource = resource_for(desired["apiVersion"], desired["kind"])
         live = await self.live(resource, meta["namespace"], meta["name"])
         check_ownership(desired, live)
+        return desired, live
+
+    async def ensure(self, desired: Object) -> Object:
+        """Apply `desired` unless the live child already matches it (then: no write).
+
+        Raises ChildConflict when the name is taken by an object that the owner does not control.
+        """
+        desired, live = await self._ours(desired)
         if live is not None:
             self.cache.upsert(desired["kind"], live)  # ours: kinds that are not watched are cached here
         if up_to_date(desired, live):
@@ -120,11 +125,7 @@ class Context:
 
         For children whose spec cannot change once created (a Job's pod template).
         """
-        desired = stamped(desired)
-        meta = desired["metadata"]
-        resource = resource_for(desired["apiVersion"], desired["kind"])
-        live = await self.live(resource, meta["namespace"], meta["name"])
-        check_ownership(desired, live)
+        desired, live = await self._ours(desired)
         if live is not None:
             return live
         created = await self.kube.apply(desired, force=False)

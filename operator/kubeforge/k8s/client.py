@@ -156,9 +156,12 @@ class Kube:
     def writes(self) -> int:
         return sum(n for verb, n in self.calls.items() if verb not in ("get", "list", "discovery"))
 
-    async def get(self, resource: Resource, namespace: str | None, name: str) -> Object | None:
+    async def get(
+        self, resource: Resource, namespace: str | None, name: str, *, verb: str = "get"
+    ) -> Object | None:
+        """The object, or None when it does not exist. (`verb` names the call in the counts.)"""
         try:
-            result: Object = await self._call("get", "GET", resource.path(namespace, name))
+            result: Object = await self._call(verb, "GET", resource.path(namespace, name))
             return result
         except ApiError as err:
             if err.status == 404:
@@ -287,13 +290,7 @@ class Kube:
 
     async def lease(self, namespace: str, name: str) -> Object | None:
         """Read a coordination.k8s.io Lease (leader election: exempt from the leader's write gate)."""
-        try:
-            result: Object = await self._call("lease_get", "GET", LEASE.path(namespace, name))
-            return result
-        except ApiError as err:
-            if err.status == 404:
-                return None
-            raise
+        return await self.get(LEASE, namespace, name, verb="lease_get")
 
     async def write_lease(self, lease: Object, *, create: bool) -> Object:
         """Create a Lease, or replace it under its resourceVersion (409 when another replica won)."""
