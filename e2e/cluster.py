@@ -32,7 +32,7 @@ from typing import Any
 from e2e.kube import Kubectl
 from e2e.net import component_health, free_ports, http_status
 from e2e.nodes import SimulatedNode, default_nodes
-from e2e.pki import FRONT_PROXY_CLIENT, ClusterPKI, create_pki, write_kubeconfig
+from e2e.pki import FRONT_PROXY_CLIENT, CertKey, ClusterPKI, create_pki, write_kubeconfig
 from e2e.procs import ManagedProcess, stop_all
 
 log = logging.getLogger(__name__)
@@ -164,6 +164,11 @@ class Cluster:
     def kubeconfig(self) -> Path:
         """The admin (system:masters) kubeconfig."""
         return self.state_dir / "kubeconfig"
+
+    @property
+    def ca(self) -> CertKey:
+        """The cluster's CA with its key: what it signs, every client of the cluster trusts."""
+        return CertKey(self.state_dir / "pki" / "ca.crt", self.state_dir / "pki" / "ca.key")
 
     @property
     def ports(self) -> Ports:
@@ -346,6 +351,10 @@ class Cluster:
             "--requestheader-extra-headers-prefix=X-Remote-Extra-",
             f"--proxy-client-cert-file={pki.front_proxy_client.cert}",
             f"--proxy-client-key-file={pki.front_proxy_client.key}",
+            # Aggregated API servers (the metrics adapters of e2e/monitoring.py) run on loopback and
+            # no kube-proxy gives a ClusterIP a meaning here: the API server dials the address in
+            # the APIService's Service's EndpointSlice instead (e2e/README.md, "Aggregated APIs").
+            "--enable-aggregator-routing=true",
             *self.extra_args.get("kube-apiserver", []),
         ]
 
