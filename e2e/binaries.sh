@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Provides the pinned binaries of the local control plane (etcd, kube-apiserver,
-# kube-controller-manager, kube-scheduler), kwok, helm, Kueue and a kstatus CLI, cached outside
+# kube-controller-manager, kube-scheduler), kwok, helm, Kueue, a kstatus CLI and the autoscaling
+# stack (Prometheus, prometheus-adapter, KEDA's operator and metrics API server), cached outside
 # the repo so only the first run on a machine pays for them.
 #
 # Without internet (this project's CI) each one is built from its Go module via
-# the module proxy; with KUBEFORGE_DOWNLOAD=1 the official release archives are
-# downloaded instead.
+# the module proxy; with KUBEFORGE_DOWNLOAD=1 the official release archives of the
+# control plane, kwok and helm are downloaded instead (the others are always built:
+# prometheus-adapter publishes no binaries, and our Prometheus is a smaller build).
 #
 # usage: e2e/binaries.sh [component ...]   (default: the cluster set + helm)
 #        prints the directory holding the binaries on its last line.
@@ -21,6 +23,11 @@ HELM_K8S=${HELM_K8S:-1.34}
 HELM_STAMP="$HELM_VERSION+k8s$HELM_K8S"
 KUEUE_VERSION=${KUEUE_VERSION:-v0.17.0}
 KSTATUS_VERSION=${KSTATUS_VERSION:-v0.37.2} # sigs.k8s.io/cli-utils (Flux's kstatus)
+# Prometheus publishes its Go module as v0.3XX.Y for release v3.XX.Y (v0.316.0 is v3.16.0).
+PROMETHEUS_VERSION=${PROMETHEUS_VERSION:-v0.316.0}
+PROMETHEUS_ADAPTER_VERSION=${PROMETHEUS_ADAPTER_VERSION:-v0.12.0}
+# Also the version of the KEDA CRDs the e2e tests install (e2e/monitoring.py KEDA_VERSION).
+KEDA_VERSION=${KEDA_VERSION:-v2.21.0}
 
 CACHE=${KUBEFORGE_CACHE:-$HOME/.cache/kubeforge}
 BIN="$CACHE/bin"
@@ -122,12 +129,55 @@ GO
   stamp kstatus "$version"
 }
 
-go_install() { # name module/cmd version [ldflags] [stamp, default: version]
+go_install() { # name module/cmd version [ldflags] [stamp, default: version] [build tags]
   local tag=${5:-$3}
   have "$1" "$tag" && return
   log "building $1 $tag from $2"
-  GOBIN="$BIN" go install -trimpath -ldflags "$LDSTRIP ${4:-}" "$2@$3"
+  GOBIN="$BIN" go install -trimpath ${6:+-tags "$6"} -ldflags "$LDSTRIP ${4:-}" "$2@$3"
   stamp "$1" "$tag"
+}
+
+go_build_in_module() { # module version ldflags name=./pkg ...
+  # Builds in the module's own folder in the module cache, with its own go.mod and go.sum (as its
+  # Makefile does), where `go install pkg@version` refuses: KEDA's go.mod has replace and exclude
+  # directives, and for prometheus-adapter go install also reads the module's version list (for
+  # deprecation notices), which the proxy refuses (403) while it serves every file of v0.12.0.
+  # go build writes nothing there (-mod=readonly); the binaries land in $BIN under the given names.
+  local module=$1 version=$2 ld=$3 names=() pkgs=() pair
+  shift 3
+  for pair in "$@"; do names+=("${pair%%=*}"); pkgs+=("${pair#*=}"); done
+  local missing=0 name
+  for name in "${names[@]}"; do have "$name" "$version" || missing=1; done
+  [ "$missing" = 1 ] || return 0
+  log "building ${names[*]} $version from $module"
+  local src out="$WORK/${names[0]}-$version"
+  src=$(go mod download -json "$module@$version" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
+  rm -rf "$out" && mkdir -p "$out"
+  # One go build for all packages: their shared dependencies compile once, in parallel.
+  (cd "$src" && go build -trimpath -ldflags "$LDSTRIP $ld" -o "$out/" "${pkgs[@]}")
+  for pair in "$@"; do
+    mv -f "$out/$(basename "${pair#*=}")" "$BIN/${pair%%=*}"
+    stamp "${pair%%=*}" "$version"
+  done
+  rm -rf "$out"
+}
+
+build_prometheus() {
+  # Only the file and HTTP service discoveries (plugins/minimum.go): `remove_all_sd` leaves out the
+  # cloud ones (AWS, Azure, GCE, Kubernetes, ...), which are most of the build. Without the
+  # `builtinassets` tag the web UI is not embedded; the HTTP API the tests query is all there.
+  local release minor=${PROMETHEUS_VERSION#v0.}
+  release="3.$((10#${minor%%.*} - 300)).${minor#*.}"
+  go_install prometheus github.com/prometheus/prometheus/cmd/prometheus "$PROMETHEUS_VERSION" \
+    "-X github.com/prometheus/common/version.Version=$release -X github.com/prometheus/common/version.Branch=HEAD" \
+    "$PROMETHEUS_VERSION+remove_all_sd" remove_all_sd
+}
+
+build_keda() {
+  # KEDA's operator (which also serves the gRPC metrics service) and its metrics API server, named
+  # as KEDA's Makefile names them.
+  go_build_in_module github.com/kedacore/keda/v2 "$KEDA_VERSION" \
+    "-X github.com/kedacore/keda/v2/version.Version=${KEDA_VERSION#v}" keda=./cmd/operator keda-adapter=./cmd/adapter
 }
 
 download_release() { # for machines with internet: official binaries
@@ -154,6 +204,10 @@ for c in "${components[@]}"; do
       -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=${HELM_K8S%%.*} -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=${HELM_K8S#*.}" "$HELM_STAMP" ;;
     kueue) go_install kueue sigs.k8s.io/kueue/cmd/kueue "$KUEUE_VERSION" ;;
     kstatus) build_kstatus ;;
+    prometheus) build_prometheus ;;
+    prometheus-adapter) go_build_in_module sigs.k8s.io/prometheus-adapter "$PROMETHEUS_ADAPTER_VERSION" "" \
+      prometheus-adapter=./cmd/adapter ;;
+    keda) build_keda ;;
     *) echo "unknown component: $c" >&2; exit 2 ;;
   esac
 done

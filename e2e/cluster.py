@@ -32,7 +32,7 @@ from typing import Any
 from e2e.kube import Kubectl
 from e2e.net import component_health, free_ports, http_status
 from e2e.nodes import SimulatedNode, default_nodes
-from e2e.pki import FRONT_PROXY_CLIENT, ClusterPKI, create_pki, write_kubeconfig
+from e2e.pki import FRONT_PROXY_CLIENT, CertKey, ClusterPKI, create_pki, write_kubeconfig
 from e2e.procs import ManagedProcess, stop_all
 
 log = logging.getLogger(__name__)
@@ -48,8 +48,14 @@ KUBERNETES_SERVICE_IP = "10.96.0.1"
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
-# Command-line tools the e2e tests run beside the cluster (kstatus: Flux's status library, e2e/kstatus.py).
-TOOLS = ("kstatus",)
+# What the e2e tests run beside the cluster: e2e/binaries.sh component -> the binaries it leaves.
+# kstatus: Flux's status library (e2e/kstatus.py); the rest: the autoscaling stack (e2e/monitoring.py).
+TOOLS: dict[str, tuple[str, ...]] = {
+    "kstatus": ("kstatus",),
+    "prometheus": ("prometheus",),
+    "prometheus-adapter": ("prometheus-adapter",),
+    "keda": ("keda", "keda-adapter"),
+}
 # The cluster's own files under the state directory; anything else there (e.g. the dev
 # operator's log) is left alone when a cluster is recreated.
 _OWNED = ("cluster.json", "kubeconfig", "pki", "kubeconfigs", "etcd", "kwok", "logs", "run", "kubectl-cache")
@@ -83,10 +89,25 @@ def ensure_binaries(cache_dir: Path | None = None) -> Path:
     if result.returncode != 0 or not lines:
         raise ClusterError(f"{BINARIES_SCRIPT} failed with exit status {result.returncode}")
     bin_dir = Path(lines[-1])
-    missing = [name for name in (*COMPONENTS, *TOOLS) if not (bin_dir / name).is_file()]
+    tool_binaries = [name for names in TOOLS.values() for name in names]
+    missing = [name for name in (*COMPONENTS, *tool_binaries) if not (bin_dir / name).is_file()]
     if missing:
         raise ClusterError(f"{BINARIES_SCRIPT} left no {', '.join(missing)} in {bin_dir}")
     return bin_dir
+
+
+def tool_binary(component: str, name: str | None = None) -> Path:
+    """The binary `name` (default: `component`) of one e2e/binaries.sh component (a TOOLS key), built if missing.
+
+    Milliseconds when cached: the script only compares version stamps then.
+    """
+    result = subprocess.run(
+        ["bash", str(BINARIES_SCRIPT), component], stdout=subprocess.PIPE, text=True, check=False
+    )
+    lines = result.stdout.strip().splitlines()
+    if result.returncode != 0 or not lines:
+        raise ClusterError(f"{BINARIES_SCRIPT} {component} failed with exit status {result.returncode}")
+    return Path(lines[-1]) / (name or component)
 
 
 @dataclass(frozen=True)
@@ -143,6 +164,11 @@ class Cluster:
     def kubeconfig(self) -> Path:
         """The admin (system:masters) kubeconfig."""
         return self.state_dir / "kubeconfig"
+
+    @property
+    def ca(self) -> CertKey:
+        """The cluster's CA with its key: what it signs, every client of the cluster trusts."""
+        return CertKey(self.state_dir / "pki" / "ca.crt", self.state_dir / "pki" / "ca.key")
 
     @property
     def ports(self) -> Ports:
@@ -325,6 +351,10 @@ class Cluster:
             "--requestheader-extra-headers-prefix=X-Remote-Extra-",
             f"--proxy-client-cert-file={pki.front_proxy_client.cert}",
             f"--proxy-client-key-file={pki.front_proxy_client.key}",
+            # Aggregated API servers (the metrics adapters of e2e/monitoring.py) run on loopback and
+            # no kube-proxy gives a ClusterIP a meaning here: the API server dials the address in
+            # the APIService's Service's EndpointSlice instead (e2e/README.md, "Aggregated APIs").
+            "--enable-aggregator-routing=true",
             *self.extra_args.get("kube-apiserver", []),
         ]
 

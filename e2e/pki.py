@@ -98,37 +98,52 @@ def create_pki(directory: Path, service_ip: str) -> ClusterPKI:
     )
     return ClusterPKI(
         ca=ca.paths,
-        apiserver=ca.issue("apiserver", _name("kube-apiserver"), server, apiserver_sans, now),
+        apiserver=ca.issue("apiserver", _name("kube-apiserver"), [server], apiserver_sans, now),
         service_account_key=sa_key_path,
         service_account_pub=sa_pub_path,
         # system:masters is bound to cluster-admin by the bootstrap RBAC policy.
-        admin=ca.issue("admin", _name("kubeforge-admin", "system:masters"), client, [], now),
+        admin=ca.issue("admin", _name("kubeforge-admin", "system:masters"), [client], [], now),
         # The bootstrap policy binds these user names to the components' ClusterRoles.
         controller_manager=ca.issue(
-            "controller-manager", _name("system:kube-controller-manager"), client, [], now
+            "controller-manager", _name("system:kube-controller-manager"), [client], [], now
         ),
-        scheduler=ca.issue("scheduler", _name("system:kube-scheduler"), client, [], now),
+        scheduler=ca.issue("scheduler", _name("system:kube-scheduler"), [client], [], now),
         front_proxy_ca=front_proxy_ca.paths,
         front_proxy_client=front_proxy_ca.issue(
-            FRONT_PROXY_CLIENT, _name(FRONT_PROXY_CLIENT), client, [], now
+            FRONT_PROXY_CLIENT, _name(FRONT_PROXY_CLIENT), [client], [], now
         ),
     )
 
 
 def issue_serving_certificate(
-    ca: CertKey, directory: Path, file_name: str, ip_addresses: Sequence[str]
+    ca: CertKey,
+    directory: Path,
+    file_name: str,
+    ip_addresses: Sequence[str],
+    *,
+    dns_names: Sequence[str] = (),
+    client_auth: bool = False,
 ) -> CertKey:
-    """Issue a serving certificate for `ip_addresses` from an existing CA (`ca` with its key).
+    """Issue a serving certificate for `ip_addresses` and `dns_names` from an existing CA (`ca` with its key).
 
     For a server that stands in for the API server (the fault-injecting proxy of
     e2e/faultproxy.py): signed by the cluster's CA, it is trusted by every client
     of the cluster, so a kubeconfig needs only a new server URL to go through it.
+    For an aggregated API server (e2e/monitoring.py): the API server checks its
+    certificate against the APIService's caBundle for the name `<service>.<namespace>.svc`,
+    whatever address it dials, so that name goes into `dns_names`. `client_auth` adds
+    the client usage, for a certificate that is also shown to a peer (KEDA's operator
+    and metrics server authenticate each other over mutual TLS with one certificate).
     """
     directory.mkdir(parents=True, exist_ok=True)
     authority = _CertificateAuthority.load(directory, ca)
     sans: list[x509.GeneralName] = [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ip_addresses]
+    sans += [x509.DNSName(name) for name in dns_names]
+    usages = [ExtendedKeyUsageOID.SERVER_AUTH]
+    if client_auth:
+        usages.append(ExtendedKeyUsageOID.CLIENT_AUTH)
     now = dt.datetime.now(dt.UTC)
-    return authority.issue(file_name, _name(file_name), ExtendedKeyUsageOID.SERVER_AUTH, sans, now)
+    return authority.issue(file_name, _name(file_name), usages, sans, now)
 
 
 @dataclass(frozen=True)
@@ -166,7 +181,7 @@ class _CertificateAuthority:
         self,
         file_name: str,
         subject: x509.Name,
-        usage: x509.ObjectIdentifier,
+        usages: Sequence[x509.ObjectIdentifier],
         sans: list[x509.GeneralName],
         now: dt.datetime,
     ) -> CertKey:
@@ -175,7 +190,7 @@ class _CertificateAuthority:
             _builder(subject, self.name, key.public_key(), now)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(_key_usage(cert_sign=False), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage(list(usages)), critical=False)
             .add_extension(
                 x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()), critical=False
             )
@@ -202,6 +217,27 @@ def write_kubeconfig(path: Path, server: str, ca_cert: Path, client: CertKey, na
                 },
             }
         ],
+        "contexts": [{"name": name, "context": {"cluster": name, "user": name}}],
+        "current-context": name,
+        "preferences": {},
+    }
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    path.chmod(0o600)
+
+
+def write_token_kubeconfig(path: Path, server: str, ca_cert: Path, token: str, name: str) -> None:
+    """Write a kubeconfig that authenticates with a bearer token (a ServiceAccount's, from TokenRequest).
+
+    For the components that run out of cluster as a ServiceAccount would in a pod, so that the
+    RBAC their charts grant is the RBAC they are tested with (e2e/monitoring.py).
+    """
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {"name": name, "cluster": {"server": server, "certificate-authority-data": _b64(ca_cert)}}
+        ],
+        "users": [{"name": name, "user": {"token": token}}],
         "contexts": [{"name": name, "context": {"cluster": name, "user": name}}],
         "current-context": name,
         "preferences": {},

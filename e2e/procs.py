@@ -15,9 +15,11 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import TracebackType
+from typing import Self
 
 
 @dataclass
@@ -92,6 +94,89 @@ class ManagedProcess:
         _signal_group(pid, signal.SIGKILL)
         _wait_gone(pid, timeout)
         _reap(self)
+
+
+class StartError(RuntimeError):
+    """A background service did not come up; the message ends with the log of the process that failed."""
+
+
+class BackgroundService:
+    """Processes that together make one service, with all their files under `state_dir`.
+
+    A subclass implements `_launch(deadline)`, starting each process with `_run`. `start()` tries
+    a second time when a port picked free was taken before the process bound it (another test
+    session starting at the same moment), `stop()` ends them all (the last started first), and
+    `with service:` does both.
+    """
+
+    def __init__(self, state_dir: Path, names: Sequence[str]) -> None:
+        self.state_dir = state_dir.resolve()
+        self.processes = {
+            name: ManagedProcess(
+                name=name,
+                pid_file=self.state_dir / f"{name}.pid",
+                log_file=self.state_dir / f"{name}.log",
+                # every command line names a file in the state directory
+                marker=f"{self.state_dir}{os.sep}",
+            )
+            for name in names
+        }
+
+    def start(self, timeout: float = 90.0) -> Self:
+        """Start everything and wait until it serves; returns self.
+
+        On any failure what was started is stopped again (`with` calls no `stop()` when the
+        start fails); a port taken meanwhile gets one more try with new ports.
+        """
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        for attempt in (1, 2):
+            try:
+                self._launch(time.monotonic() + timeout)
+                return self
+            except BaseException as error:
+                self.stop()
+                if attempt == 2 or "address already in use" not in str(error):
+                    raise
+        raise AssertionError("unreachable")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the processes (SIGTERM, SIGKILL after `timeout`)."""
+        stop_all(reversed(list(self.processes.values())), timeout)
+
+    def log_file(self, name: str) -> Path:
+        return self.processes[name].log_file
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        self.stop()
+
+    def _launch(self, deadline: float) -> None:
+        raise NotImplementedError
+
+    def _run(
+        self,
+        name: str,
+        argv: Sequence[str | Path],
+        ready: Callable[[], bool],
+        deadline: float,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        """Start one process and poll `ready` until it holds; fail at once, with its log, if it exits."""
+        process = self.processes[name]
+        process.start(argv, env={**os.environ, **(env or {})}, cwd=self.state_dir)
+        while not ready():
+            code = process.exit_code()
+            if code is not None:
+                raise StartError(
+                    f"{name} exited with status {code}; end of {process.log_file}:\n{process.log_tail()}"
+                )
+            if time.monotonic() > deadline:
+                raise StartError(
+                    f"{name} not ready in time; end of {process.log_file}:\n{process.log_tail()}"
+                )
+            time.sleep(0.2)
 
 
 def stop_all(processes: Iterable[ManagedProcess], timeout: float = 10.0) -> None:

@@ -15,12 +15,14 @@ import pytest
 import yaml
 
 from e2e.kube import Kubectl, find_condition, wait_for
+from e2e.monitoring import KEDA_MODULE, KEDA_VERSION
 from e2e.operator_proc import OperatorProcess
 from e2e.storage import bound_claim
 
 pytestmark = pytest.mark.e2e
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "model-deployment.yaml"
-KEDA = "github.com/kedacore/keda/v2@v2.18.0"
+# The CRDs of the KEDA that e2e/monitoring.py runs (e2e/binaries.sh builds the same version).
+KEDA = f"{KEDA_MODULE}@{KEDA_VERSION}"
 PROMETHEUS_OPERATOR = "github.com/prometheus-operator/prometheus-operator@v0.85.0"
 
 
