@@ -186,6 +186,7 @@ def _dcgm_stand_in(servers: PodServers) -> Iterator[Callable[[], list[Target]]]:
         def do_GET(self) -> None:
             body = b'# TYPE DCGM_FI_DEV_GPU_UTIL gauge\nDCGM_FI_DEV_GPU_UTIL{gpu="0"} 42\n'
             self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")  # Prometheus 3 requires one
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
@@ -232,9 +233,8 @@ def test_hpa_adds_replicas_when_requests_queue_and_removes_them_after(
             )
             scale_out = time.monotonic() - started
             with _dcgm_stand_in(servers) as gpu_targets:
-                prometheus.set_targets(
-                    [*servers.targets(), (front.address, CONTROLLER_LABELS), *extra, *gpu_targets()]
-                )
+                extra += gpu_targets()  # kept in every later publish of the pod servers' targets
+                prometheus.set_targets([*servers.targets(), (front.address, CONTROLLER_LABELS), *extra])
                 # every dashboard panel returns data from this Prometheus, mid-load
                 for title, query in _dashboard_queries(namespace):
                     _has_data(prometheus, title, query)
