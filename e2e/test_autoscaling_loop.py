@@ -347,3 +347,24 @@ def _one_request(front: IngressFront) -> int:
         return int(err.code)
     except OSError:
         return 0
+
+
+def test_a_metric_that_never_comes_is_reported_as_absent(
+    kubectl: Kubectl,
+    namespace: str,
+    own_operator: OperatorProcess,
+    models_claim: str,
+    adapter: PrometheusAdapter,
+) -> None:
+    """The adapter serves custom.metrics, but nothing scrapes the pods (no data plane here): after the
+    bound (10 s in this test, 5 minutes by default) the status says what to check."""
+    own_operator.start(env={"KUBEFORGE_METRIC_ABSENT_SECONDS": "10"})
+    kubectl.apply(_md(namespace, {"engine": "hpa", "minReplicas": 1, "maxReplicas": 2}))
+
+    def absent() -> dict[str, Any] | None:
+        condition = find_condition(_status(kubectl, namespace), "AutoscalingReady")
+        return condition if condition and condition["reason"] == "MetricAbsent" else None
+
+    condition = wait_for(absent, timeout=120, message="AutoscalingReady=False/MetricAbsent")
+    assert condition["status"] == "False"
+    assert "is Prometheus scraping the Triton pods" in condition["message"]
