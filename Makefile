@@ -59,6 +59,7 @@ run: install ## run the operator in the foreground against $$KUBECONFIG
 bench: install binaries ## the benchmarks; results into bench/results/
 	$(PY) -m bench.run
 	$(PY) -m bench.resilience
+	$(PY) -m bench.autoscaling
 
 bench-smoke: install binaries ## a tiny run of the benchmark harness
 	$(PY) -m bench.run --smoke

@@ -12,7 +12,9 @@ ScaledObject's activation query reads. It buffers nothing, like ingress-nginx.
 from __future__ import annotations
 
 import itertools
+import json
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections import Counter
@@ -20,6 +22,11 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from kubeforge.testing.triton import LOOPBACK
+
+# a request for kubeforge.testing.workloads' fixed-cost model (one FP32[16] input)
+INFER_BODY = json.dumps(
+    {"inputs": [{"name": "INPUT", "shape": [16], "datatype": "FP32", "data": [0.5] * 16}]}
+).encode()
 
 # the labels Prometheus gives the controller's own pod (they push the request's labels to exported_*)
 CONTROLLER_LABELS = {"namespace": "ingress-nginx", "service": "ingress-nginx-controller"}
@@ -111,3 +118,50 @@ class IngressFront:
             )
             lines.append(f"nginx_ingress_controller_requests{{{labels}}} {count}")
         return "\n".join(lines) + "\n"
+
+
+class Load:
+    """Closed-loop clients sending inference requests through the front, bounded in time and count."""
+
+    def __init__(
+        self, front: IngressFront, model: str, clients: int, seconds: float, max_requests: int = 50_000
+    ) -> None:
+        self.url = f"http://{front.address}/v2/models/{model}/infer"
+        self.body = INFER_BODY
+        self.deadline = time.monotonic() + seconds
+        self.budget = max_requests
+        self.stopped = threading.Event()
+        self.threads = [threading.Thread(target=self._loop, daemon=True) for _ in range(clients)]
+
+    def _loop(self) -> None:
+        while not self.stopped.is_set() and time.monotonic() < self.deadline and self.budget > 0:
+            self.budget -= 1
+            request = urllib.request.Request(self.url, data=self.body, method="POST")
+            try:
+                with urllib.request.urlopen(request, timeout=30) as response:
+                    response.read()
+            except (urllib.error.URLError, OSError):
+                time.sleep(0.05)
+
+    def __enter__(self) -> Load:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stopped.set()
+        for thread in self.threads:
+            thread.join(timeout=40)
+
+
+def one_request(front: IngressFront, model: str) -> int:
+    """One inference request through the front; its HTTP status (0: no answer at all)."""
+    url = f"http://{front.address}/v2/models/{model}/infer"
+    request = urllib.request.Request(url, data=INFER_BODY, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as err:
+        return int(err.code)
+    except OSError:
+        return 0

@@ -19,8 +19,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,7 +27,7 @@ from typing import Any
 import pytest
 
 from e2e.cluster import Cluster
-from e2e.front import CONTROLLER_LABELS, IngressFront
+from e2e.front import CONTROLLER_LABELS, IngressFront, Load, one_request
 from e2e.kube import Kubectl, find_condition, wait_for
 from e2e.monitoring import Keda, PrometheusAdapter
 from e2e.operator_proc import OperatorProcess
@@ -107,40 +105,6 @@ def _data_plane(
         front_target.append((front.address, CONTROLLER_LABELS))
         publish(servers.targets())
         yield servers, front
-
-
-class Load:
-    """Closed-loop clients sending inference requests through the front, bounded in time and count."""
-
-    def __init__(self, front: IngressFront, clients: int, seconds: float, max_requests: int = 50_000) -> None:
-        self.url = f"http://{front.address}/v2/models/{MODEL.name}/infer"
-        self.body = json.dumps(
-            {"inputs": [{"name": "INPUT", "shape": [16], "datatype": "FP32", "data": [0.5] * 16}]}
-        ).encode()
-        self.deadline = time.monotonic() + seconds
-        self.budget = max_requests
-        self.stopped = threading.Event()
-        self.threads = [threading.Thread(target=self._loop, daemon=True) for _ in range(clients)]
-
-    def _loop(self) -> None:
-        while not self.stopped.is_set() and time.monotonic() < self.deadline and self.budget > 0:
-            self.budget -= 1
-            request = urllib.request.Request(self.url, data=self.body, method="POST")
-            try:
-                with urllib.request.urlopen(request, timeout=30) as response:
-                    response.read()
-            except (urllib.error.URLError, OSError):
-                time.sleep(0.05)
-
-    def __enter__(self) -> Load:
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.stopped.set()
-        for thread in self.threads:
-            thread.join(timeout=40)
 
 
 def _replicas(kubectl: Kubectl, namespace: str, at_least: int) -> Callable[[], dict[str, Any] | None]:
@@ -227,7 +191,7 @@ def test_hpa_adds_replicas_when_requests_queue_and_removes_them_after(
         servers.wait_for_servers(1)
         _autoscaling_ready(kubectl, namespace)
         started = time.monotonic()
-        with Load(front, clients=6, seconds=240):
+        with Load(front, MODEL.name, clients=6, seconds=240):
             scaled = wait_for(
                 _replicas(kubectl, namespace, 2), timeout=180, message="a second replica serving"
             )
@@ -273,7 +237,7 @@ def test_hpa_scales_out_on_inferences_per_second(
     with _data_plane(kubectl, namespace, prometheus, tmp_path, []) as (servers, front):
         servers.wait_for_servers(1)
         _autoscaling_ready(kubectl, namespace)
-        with Load(front, clients=4, seconds=240):  # ~50/s on one replica: 2.5x the target
+        with Load(front, MODEL.name, clients=4, seconds=240):  # ~50/s on one replica: 2.5x the target
             wait_for(_replicas(kubectl, namespace, 2), timeout=180, message="a second replica serving")
     assert not servers.errors, servers.errors
 
@@ -317,7 +281,10 @@ def test_keda_scales_to_zero_when_idle_and_wakes_on_a_request(
         # ModelDeployment on that count; the client retries until a replica serves
         woken = time.monotonic()
         answered = wait_for(
-            lambda: _one_request(front) == 200, timeout=180, interval=1.0, message="served after waking"
+            lambda: one_request(front, MODEL.name) == 200,
+            timeout=180,
+            interval=1.0,
+            message="served after waking",
         )
         first_answer = time.monotonic() - woken
         assert answered and front.requests[503] >= 1
@@ -330,23 +297,6 @@ def test_keda_scales_to_zero_when_idle_and_wakes_on_a_request(
         f"idle -> 0 in {idle_to_zero:.0f}s; first request answered {first_answer:.0f}s after the first try; coldStart {cold:.1f}s"
     )
     assert not servers.errors, servers.errors
-
-
-def _one_request(front: IngressFront) -> int:
-    request = urllib.request.Request(
-        f"http://{front.address}/v2/models/{MODEL.name}/infer",
-        data=json.dumps(
-            {"inputs": [{"name": "INPUT", "shape": [16], "datatype": "FP32", "data": [0.5] * 16}]}
-        ).encode(),
-        method="POST",
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as err:
-        return int(err.code)
-    except OSError:
-        return 0
 
 
 def test_a_metric_that_never_comes_is_reported_as_absent(
