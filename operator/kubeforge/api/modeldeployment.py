@@ -70,6 +70,9 @@ class TensorSpec(ApiModel):
     dims: list[Annotated[int, Field(ge=-1)]] = Field(
         min_length=1, description="Shape without the batch dimension; -1 for a variable size."
     )
+    optional: bool | None = Field(
+        default=None, description="An input a request may leave out (Triton's `optional: true`)."
+    )
 
 
 class DynamicBatching(ApiModel):
@@ -119,6 +122,12 @@ class TritonModelConfig(ApiModel):
     outputs: list[TensorSpec] | None = Field(default=None, description="Model outputs.")
     parameters: StringMap | None = Field(
         default=None, description="Backend parameters (config.pbtxt `parameters`)."
+    )
+    decoupled: bool | None = Field(
+        default=None,
+        description="The model may send any number of responses per request, e.g. one per generated token "
+        "(Triton's decoupled model_transaction_policy); its streaming endpoints are then listed in "
+        "status.endpoints.generateStream.",
     )
 
     rules = (
@@ -379,6 +388,11 @@ class Endpoints(ApiModel):
     http: str | None = Field(default=None, description="KServe v2 HTTP/REST endpoint.")
     grpc: str | None = Field(default=None, description="KServe v2 gRPC endpoint (host:port).")
     metrics: str | None = Field(default=None, description="Prometheus metrics endpoint.")
+    generate_stream: list[str] | None = Field(
+        default=None,
+        description="Server-sent-events URLs (Triton's generate_stream) of the models that stream their "
+        "responses (decoupled, or vLLM); gRPC clients stream through the grpc endpoint.",
+    )
 
 
 class Phase(StrEnum):
