@@ -290,7 +290,10 @@ class Engine:
         """
         # the cancelled go first, so their slots take waiting requests in this same step
         self.running = [s for s in self.running if not self._cancelled(s)]
-        self._admit(block and not self.running)
+        idle = block and not self.running
+        if idle:  # about to wait for a request: say there are none in flight now, not after it came
+            self.observer.active(self.waiting.qsize())
+        self._admit(idle)
         if self.running:
             self._advance()
         self.observer.active(len(self.running) + self.waiting.qsize())
