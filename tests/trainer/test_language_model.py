@@ -3,9 +3,13 @@ TorchScript copy computes what the module computes, and the corpus splits withou
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
+from kubeforge.trainer.__main__ import EXIT_USAGE
+from kubeforge.trainer.__main__ import main as trainer_main
 from kubeforge.trainer.language_model import ByteTransformer, LanguageModel
 from kubeforge.trainer.models import build_model
 from kubeforge.trainer.text_data import (
@@ -96,3 +100,19 @@ def test_corpus_is_shipped_and_split_by_position() -> None:
 def test_windows_refuse_a_text_shorter_than_one() -> None:
     with pytest.raises(ValueError, match="no window"):
         windows(torch.arange(10), 10, 5)
+
+
+@pytest.mark.parametrize(
+    ("model", "export_format"),
+    [
+        ("kubeforge.trainer.language_model:ByteTransformer", "python"),
+        ("kubeforge.trainer.models:MLP", "python-llm"),
+    ],
+)
+def test_an_export_format_that_does_not_fit_the_model_is_refused_before_training(
+    model: str, export_format: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    argv = ["--model", model, "--steps", "1", "--output-uri", str(tmp_path), "--export-format", export_format]
+    assert trainer_main(argv) == EXIT_USAGE
+    assert f"export it as {'python-llm' if export_format == 'python' else 'python or pytorch'}" in caplog.text
+    assert not any(tmp_path.iterdir())
