@@ -8,10 +8,13 @@ import re
 import shutil
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 
 import pytest
 
+from kubeforge.api import ModelDeployment
+from kubeforge.builders.autoscaling import ACTIVE_STREAMS, TIME_TO_FIRST_TOKEN, keda_query
 from kubeforge.testing.streaming import (
     Stream,
     StreamError,
@@ -21,6 +24,8 @@ from kubeforge.testing.streaming import (
     stream_sse,
 )
 from kubeforge.testing.triton import TritonServer, run_tritonserver
+from tests.autoscaling.promql import Scrapes, Vector, evaluate, parse_exposition
+from tests.data.invalid_specs import example
 from tests.trainer.runs import LM_MODEL_NAME, ReferenceRun
 
 pytestmark = [pytest.mark.torch, pytest.mark.triton]
@@ -32,6 +37,7 @@ PROMPT = "The Light of the Sun"
 TOKENS = "kubeforge_generated_tokens_total"
 PASSES = "kubeforge_forward_passes_total"
 ACTIVE = "kubeforge_active_streams"
+POD = {"namespace": "team-a", "pod": "resnet50-5bb75f8dc6-d9xrc"}  # the labels Prometheus adds on scraping
 
 
 @pytest.fixture(scope="module")
@@ -139,6 +145,42 @@ def test_concurrent_streams_share_forward_passes(server: TritonServer) -> None:
     tokens, passes = after[TOKENS] - before[TOKENS], after[PASSES] - before[PASSES]
     assert tokens == 600
     assert passes < 0.75 * tokens, (tokens, passes)  # batched: several streams advanced per forward pass
+
+
+def _scrape(server: TritonServer) -> dict[str, Vector]:
+    with urllib.request.urlopen(server.metrics_url, timeout=10) as response:
+        return parse_exposition(response.read().decode(), POD)
+
+
+def test_the_autoscaling_queries_read_the_streaming_metrics(server: TritonServer) -> None:
+    doc = example("model-deployment.yaml")
+    doc["metadata"].update(namespace=POD["namespace"], uid="u")
+    md = ModelDeployment.model_validate(doc)
+    before = _scrape(server)
+    streams: list[Stream] = []
+    threads = [
+        threading.Thread(
+            target=lambda seed=seed: streams.append(
+                stream_sse(server.http_url, MODEL, {"text_input": PROMPT, "max_tokens": 1500, "seed": seed})
+            )
+        )
+        for seed in range(3)
+    ]
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    assert _wait_for(lambda: model_metrics(server.metrics_url, MODEL)[ACTIVE] == 3, 10.0)
+    busy = _scrape(server)
+    for thread in threads:
+        thread.join(60)
+    after = _scrape(server)
+    in_flight = evaluate(keda_query(md, ACTIVE_STREAMS), Scrapes(before, busy, 1.0))
+    assert sum(in_flight.values()) == 3
+    assert sum(evaluate(keda_query(md, ACTIVE_STREAMS), Scrapes(busy, after, 1.0)).values()) == 0
+    window = Scrapes(before, after, time.monotonic() - started)
+    mean_ttft_ms = sum(evaluate(keda_query(md, TIME_TO_FIRST_TOKEN), window).values())
+    # the model's clock starts when Triton hands it the request, the client's when it sends it
+    assert 0 < mean_ttft_ms <= 1000 * max(s.time_to_first_token for s in streams), mean_ttft_ms
 
 
 def test_the_model_reports_its_metrics(server: TritonServer) -> None:

@@ -237,11 +237,23 @@ class AutoscalingTargets(ApiModel):
     cpu_utilization: int | None = Field(
         default=None, ge=1, le=100, description="Average CPU utilisation in percent of the CPU request."
     )
+    active_streams: int | None = Field(
+        default=None,
+        ge=1,
+        description="Streams in flight (generating or waiting for a slot) per replica, as a streaming "
+        "model reports them (kubeforge_active_streams; python-llm exports do).",
+    )
+    time_to_first_token_milliseconds: int | None = Field(
+        default=None,
+        ge=1,
+        description="Average time to first token (ms) per replica, as a streaming model reports it "
+        "(kubeforge_time_to_first_token_seconds; python-llm exports do).",
+    )
 
     rules = (
         Rule(
             cel="has(self.queueTimeMicroseconds) || has(self.inferencesPerSecond) || has(self.gpuUtilization) "
-            "|| has(self.cpuUtilization)",
+            "|| has(self.cpuUtilization) || has(self.activeStreams) || has(self.timeToFirstTokenMilliseconds)",
             message="autoscaling.targets needs at least one target",
             check=lambda t: any(
                 v is not None
@@ -250,6 +262,8 @@ class AutoscalingTargets(ApiModel):
                     t.inferences_per_second,
                     t.gpu_utilization,
                     t.cpu_utilization,
+                    t.active_streams,
+                    t.time_to_first_token_milliseconds,
                 )
             ),
         ),
