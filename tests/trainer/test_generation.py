@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -12,7 +13,7 @@ import torch
 
 from kubeforge.trainer.generation import Engine, FinishReason, SamplingParams, TextStream, sample
 from kubeforge.trainer.language_model import ByteTransformer
-from kubeforge.trainer.triton_llm_model import sampling_params
+from kubeforge.trainer.triton_llm_model import ResponseStream, sampling_params
 
 pytestmark = pytest.mark.torch
 
@@ -317,3 +318,67 @@ def test_request_values_become_sampling_parameters() -> None:
 def test_bad_request_values_are_refused_with_their_name(values: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         sampling_params(values, 100)
+
+
+class FakeSender:
+    """A decoupled response sender: records (response, flags); can refuse to send or report cancellation."""
+
+    def __init__(self, refuse: bool = False) -> None:
+        self.sent: list[tuple[Any, int]] = []
+        self.refuse = refuse
+        self.asked = 0
+
+    def send(self, response: Any = None, flags: int = 0) -> None:
+        if self.refuse:
+            raise RuntimeError("Response sender has been closed")
+        self.sent.append((response, flags))
+
+    def is_cancelled(self) -> bool:
+        self.asked += 1
+        return False
+
+
+FINAL = 1
+PB_UTILS = SimpleNamespace(
+    TRITONSERVER_RESPONSE_COMPLETE_FINAL=FINAL,
+    InferenceResponse=lambda output_tensors=None, error=None: {"outputs": output_tensors, "error": error},
+    Tensor=lambda name, array: (name, array.tolist()),
+    TritonError=str,
+)
+
+
+def test_responses_stream_one_per_byte_or_come_whole() -> None:
+    streaming = FakeSender()
+    stream = ResponseStream(streaming, PB_UTILS, streaming=True)
+    stream.send("a", None)
+    stream.send("b", FinishReason.LENGTH)
+    assert [(r["outputs"], flags) for r, flags in streaming.sent] == [
+        ([("text_output", [b"a"]), ("finish_reason", [b""])], 0),
+        ([("text_output", [b"b"]), ("finish_reason", [b"length"])], FINAL),
+    ]
+    whole = FakeSender()
+    stream = ResponseStream(whole, PB_UTILS, streaming=False)
+    for text in ("a", "b", "c"):
+        stream.send(text, None)
+    stream.send("d", FinishReason.STOP)
+    assert [(r["outputs"], flags) for r, flags in whole.sent] == [
+        ([("text_output", [b"abcd"]), ("finish_reason", [b"stop"])], FINAL)
+    ]
+
+
+def test_a_cancelled_request_gets_only_the_final_flag() -> None:
+    sender = FakeSender()
+    ResponseStream(sender, PB_UTILS, streaming=True).send("", FinishReason.CANCELLED)
+    assert sender.sent == [(None, FINAL)]
+
+
+def test_a_gone_client_reads_as_cancelled_and_the_server_is_asked_sparingly() -> None:
+    gone = ResponseStream(FakeSender(refuse=True), PB_UTILS, streaming=True)
+    assert not gone.cancelled()
+    gone.send("a", None)  # the client closed the connection: sending fails
+    assert gone.cancelled()
+    sender = FakeSender()
+    stream = ResponseStream(sender, PB_UTILS, streaming=True)
+    for _ in range(50):
+        assert not stream.cancelled()
+    assert sender.asked == 1  # one round trip to the server per 20 ms, not one per step

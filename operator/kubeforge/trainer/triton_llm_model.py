@@ -26,6 +26,7 @@ import importlib.util
 import json
 import logging
 import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from types import ModuleType
@@ -45,6 +46,7 @@ DEFAULT_MAX_TOKENS_LIMIT = 4096
 PROMPT_INPUT = "text_input"
 SCALAR_INPUTS = ("max_tokens", "temperature", "top_k", "top_p", "seed", "stream")
 STOP_INPUT = "stop"
+CANCEL_CHECK_SECONDS = 0.02
 TEXT_OUTPUT = "text_output"
 FINISH_OUTPUT = "finish_reason"
 
@@ -117,7 +119,12 @@ def request_values(request: Any, pb_utils: Any) -> tuple[bytes, dict[str, Any]]:
     prompt = pb_utils.get_input_tensor_by_name(request, PROMPT_INPUT)
     if prompt is None:
         raise ValueError(f"input {PROMPT_INPUT} is required")
-    values: dict[str, Any] = json.loads(request.parameters() or "{}")
+    # "triton_"-prefixed parameters are Triton's own (e.g. triton_enable_empty_final_response)
+    values: dict[str, Any] = {
+        key: value
+        for key, value in json.loads(request.parameters() or "{}").items()
+        if not key.startswith("triton_")
+    }
     for name in SCALAR_INPUTS:
         tensor = pb_utils.get_input_tensor_by_name(request, name)
         if tensor is not None:
@@ -138,6 +145,7 @@ class ResponseStream:
         self.streaming = streaming
         self.collected: list[str] = []
         self.gone = False
+        self.checked = 0.0
 
     def _response(self, text: str, finish_reason: str) -> Any:
         return self.pb_utils.InferenceResponse(
@@ -173,7 +181,13 @@ class ResponseStream:
         self._send(self.pb_utils.InferenceResponse(error=self.pb_utils.TritonError(message)), final=True)
 
     def cancelled(self) -> bool:
-        return self.gone or bool(self.sender.is_cancelled())
+        # is_cancelled() asks the server (a round trip to the Triton process): at most every
+        # CANCEL_CHECK_SECONDS per request, not at every step of every request
+        now = time.monotonic()
+        if not self.gone and now - self.checked >= CANCEL_CHECK_SECONDS:
+            self.checked = now
+            self.gone = bool(self.sender.is_cancelled())
+        return self.gone
 
 
 class TritonMetrics:
