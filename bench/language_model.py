@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -214,7 +215,8 @@ def table(results: dict[str, Any]) -> str:
         f"# Language model serving, {results['date']}\n\n"
         f"Machine: {m['cores']} cores, {m['memory_gib']} GiB, {m['platform']}; tritonserver 2.51 (nvidia-pytriton) "
         f"on CPU; the model trained {results['training_steps']} steps (validation loss {results['validation_loss']:.3f}). "
-        "Client and server share the cores.\n\n"
+        f"Client and server share the cores; 1-minute load average {results['load_average_at_start']:.1f} at the "
+        f"start, {results['load_average_at_end']:.1f} at the end.\n\n"
     )
     return head + "| measure | result |\n|---|---|\n" + "\n".join(f"| {a} | {b} |" for a, b in rows) + "\n"
 
@@ -227,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=300, help="training steps before serving (default 300)")
     args = parser.parse_args(argv)
     results: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine()}
+    # other work on the machine moves these figures: the 1-minute load average says how much there was
+    results["load_average_at_start"] = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="kubeforge-bench-lm-") as tmp:
         steps = 20 if args.smoke else args.steps
         print(f"training {steps} steps ...", flush=True)
@@ -236,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         results["training_s"] = time.monotonic() - started
         results["validation_loss"] = _validation_loss(Path(tmp) / "train.log")
         results.update(asyncio.run(measure(repository, args.smoke)))
+    results["load_average_at_end"] = os.getloadavg()[0]
     text = table(results)
     print(text)
     if not args.smoke:

@@ -203,9 +203,8 @@ class Sequence:
     generator: torch.Generator
     text: TextStream
     slot: int = -1
-    tokens: list[int] = field(
-        default_factory=list
-    )  # the bytes in the window the cache holds, + the next input
+    # the bytes of the window the cache holds, then the next input
+    tokens: list[int] = field(default_factory=list)
     cached: int = 0  # positions of the slot's cache that hold this sequence's keys and values
     generated: int = 0
 
