@@ -60,9 +60,11 @@ bench: install binaries ## the benchmarks; results into bench/results/
 	$(PY) -m bench.run
 	$(PY) -m bench.resilience
 	$(PY) -m bench.autoscaling
+	$(PY) -m bench.language_model
 
 bench-smoke: install binaries ## a tiny run of the benchmark harness
 	$(PY) -m bench.run --smoke
+	$(PY) -m bench.language_model --smoke
 
 clean: dev-down
 	rm -rf $(VENV) .dev .e2e

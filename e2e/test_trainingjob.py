@@ -209,6 +209,46 @@ def test_train_then_serve_creates_the_model_deployment(
     }
 
 
+def test_a_language_model_is_handed_off_as_a_streaming_model(
+    kubectl: Kubectl, namespace: str, operator: Any, checkpoints: str
+) -> None:
+    bound_claim(kubectl, namespace, "model-store")
+    doc = yaml.safe_load((EXAMPLES / "language-model.yaml").read_text())
+    doc["metadata"]["namespace"] = namespace
+    validation = {"step": 500, "loss": 1.62, "perplexity": 5.05}
+    message = json.dumps({**PROGRESS, "validation": validation})
+    doc["spec"]["podMetadata"] = {
+        "annotations": {EXIT_CODE: "0", EXIT_AFTER: "2s", "sim.kubeforge.io/message": message}
+    }
+    kubectl.apply(json.dumps(doc))
+    wait_condition(kubectl, "tj", "opticks-lm", "Succeeded", "True", namespace=namespace, timeout=60)
+    assert _tj(kubectl, namespace, "opticks-lm")["status"]["validation"] == validation
+    worker = kubectl.json("get", "jobs", namespace=namespace)["items"][0]["spec"]["template"]["spec"]
+    env = {e["name"]: e.get("value") for e in worker["containers"][0]["env"]}
+    assert env["KUBEFORGE_EXPORT_FORMAT"] == "python-llm"
+
+    md = wait_condition(kubectl, "md", "opticks-lm-serving", "Ready", "True", namespace=namespace, timeout=90)
+    assert md["spec"]["models"] == [
+        {
+            "name": "opticks",
+            "source": "pvc://model-store/language/opticks",
+            "format": "python",
+            "config": {"maxBatchSize": 0, "decoupled": True},
+        }
+    ]
+    assert md["status"]["endpoints"]["generateStream"] == [
+        f"http://opticks-lm-serving.{namespace}.svc.cluster.local:8000/v2/models/opticks/generate_stream"
+    ]
+    # the init container renders the decoupled policy over the exported config.pbtxt
+    pod = kubectl.json("get", "deployment", "opticks-lm-serving", namespace=namespace)["spec"]["template"][
+        "spec"
+    ]
+    plan = json.loads(
+        next(e["value"] for e in pod["initContainers"][0]["env"] if e["name"] == "KUBEFORGE_MODELS")
+    )
+    assert "model_transaction_policy {\n  decoupled: true\n}" in plan[0]["configPbtxt"]
+
+
 def test_kubectl_wait_times_out_honestly_while_running(
     kubectl: Kubectl, namespace: str, operator: Any, checkpoints: str
 ) -> None:

@@ -122,7 +122,13 @@ def test_generated_promql_parses(md: ModelDeployment) -> None:
         _md(
             md.model_dump(by_alias=True, mode="json"),
             engine="keda",
-            targets={"queueTimeMicroseconds": 1, "inferencesPerSecond": 1, "gpuUtilization": 50},
+            targets={
+                "queueTimeMicroseconds": 1,
+                "inferencesPerSecond": 1,
+                "gpuUtilization": 50,
+                "activeStreams": 8,
+                "timeToFirstTokenMilliseconds": 200,
+            },
         ),
         Settings(),
     )
@@ -136,6 +142,31 @@ def test_generated_promql_parses(md: ModelDeployment) -> None:
             .replace("<<.GroupBy>>", "pod")
         )
         promql_parser.parse(query)
+
+
+def test_streaming_targets_read_the_models_own_metrics(md_body: dict[str, Any]) -> None:
+    streaming = {"activeStreams": 8, "timeToFirstTokenMilliseconds": 200}
+    hpa = build_hpa(_md(md_body, targets=streaming))
+    assert hpa is not None
+    assert [
+        (m["pods"]["metric"]["name"], m["pods"]["target"]["averageValue"]) for m in hpa["spec"]["metrics"]
+    ] == [
+        ("kubeforge_active_streams", "8"),
+        ("kubeforge_time_to_first_token_milliseconds", "200"),
+    ]
+    so = build_scaled_object(_md(md_body, engine="keda", targets=streaming), Settings())
+    assert so is not None
+    streams, ttft = so["spec"]["triggers"]
+    # streams add up over pods (desired = total / 8); a mean time to first token does not
+    assert (streams["metricType"], ttft["metricType"]) == ("AverageValue", "Value")
+    sel = 'namespace="team-a",pod=~"resnet50-[a-z0-9]+-[a-z0-9]+"'
+    assert streams["metadata"]["query"] == f"sum by (namespace) (kubeforge_active_streams{{{sel}}})"
+    assert ttft["metadata"]["query"] == (
+        f"sum by (namespace) (rate(kubeforge_time_to_first_token_seconds_sum{{{sel}}}[1m])) / "
+        f"clamp_min(sum by (namespace) (rate(kubeforge_time_to_first_token_seconds_count{{{sel}}}[1m])), 0.001) * 1000"
+    )
+    names = [r["name"]["as"] for r in prometheus_adapter_rules()["rules"]["custom"]]
+    assert names[-2:] == ["kubeforge_active_streams", "kubeforge_time_to_first_token_milliseconds"]
 
 
 def test_service_monitor(md: ModelDeployment) -> None:

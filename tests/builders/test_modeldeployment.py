@@ -210,3 +210,30 @@ def test_endpoints(md: ModelDeployment) -> None:
         "grpc": "resnet50.team-a.svc.cluster.local:8001",
         "metrics": "http://resnet50.team-a.svc.cluster.local:8002/metrics",
     }
+
+
+def test_streaming_models_get_a_generate_stream_endpoint(md_body: dict[str, Any]) -> None:
+    models = [
+        {"name": "lm", "source": "pvc://models/lm", "format": "python", "config": {"decoupled": True}},
+        {
+            "name": "classifier",
+            "source": "pvc://models/c",
+            "format": "python",
+            "config": {"decoupled": False},
+        },
+        {"name": "llama", "source": "pvc://models/llama", "format": "vllm"},  # vLLM is always decoupled
+        {"name": "resnet", "source": "pvc://models/r", "format": "onnx"},
+    ]
+    urls = endpoints(_variant(md_body, models=models), Settings())
+    assert urls["generate_stream"] == [
+        "http://resnet50.team-a.svc.cluster.local:8000/v2/models/lm/generate_stream",
+        "http://resnet50.team-a.svc.cluster.local:8000/v2/models/llama/generate_stream",
+    ]
+
+
+def test_a_decoupled_model_renders_its_transaction_policy(md_body: dict[str, Any]) -> None:
+    models = [{"name": "lm", "source": "pvc://models/lm", "format": "python", "config": {"decoupled": True}}]
+    deployment = build_triton_deployment(_variant(md_body, models=models), Settings())
+    init = deployment["spec"]["template"]["spec"]["initContainers"][0]
+    plan = json.loads(next(e["value"] for e in init["env"] if e["name"] == "KUBEFORGE_MODELS"))
+    assert "model_transaction_policy {\n  decoupled: true\n}" in plan[0]["configPbtxt"]

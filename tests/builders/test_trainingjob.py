@@ -7,9 +7,11 @@ from typing import Any
 
 import pytest
 
-from kubeforge.api import TrainingJob
+from kubeforge.api import ModelDeployment, TrainingJob
+from kubeforge.builders.modeldeployment import endpoints
 from kubeforge.builders.output import build_output_model_deployment
 from kubeforge.builders.trainingjob import build_headless_service, build_worker_job
+from kubeforge.settings import Settings
 
 
 def _variant(body: dict[str, Any], **spec: Any) -> TrainingJob:
@@ -132,3 +134,50 @@ def test_output_model_deployment_gets_the_trained_source(tj_body: dict[str, Any]
     ]
     assert md["spec"]["replicas"] == 2
     assert "ownerReferences" not in md["metadata"]
+
+
+def test_a_language_model_is_handed_off_as_a_decoupled_model(tj_body: dict[str, Any]) -> None:
+    template = {"name": "lm-serving", "spec": {"replicas": 1}}
+    output = {
+        "uri": "pvc://model-store/lm",
+        "modelName": "opticks",
+        "format": "python-llm",
+        "modelDeployment": template,
+    }
+    tj = _variant(tj_body, output=output)
+    assert _env(build_worker_job(tj, 0, suspend=False))["KUBEFORGE_EXPORT_FORMAT"] == "python-llm"
+    md = build_output_model_deployment(tj)
+    assert md is not None
+    # served by the Python backend; decoupled is rendered over the exported config.pbtxt, which keeps the rest
+    assert md["spec"]["models"] == [
+        {
+            "name": "opticks",
+            "source": "pvc://model-store/lm/opticks",
+            "format": "python",
+            "config": {"maxBatchSize": 0, "decoupled": True},
+        }
+    ]
+    served = ModelDeployment.model_validate({**md, "metadata": {**md["metadata"], "uid": "u"}})
+    assert endpoints(served, Settings())["generate_stream"] == [
+        "http://lm-serving.team-a.svc.cluster.local:8000/v2/models/opticks/generate_stream"
+    ]
+
+
+def test_a_template_entry_for_the_trained_model_is_kept(tj_body: dict[str, Any]) -> None:
+    mine = {
+        "name": "opticks",
+        "source": "pvc://elsewhere/x",
+        "format": "python",
+        "config": {"decoupled": True, "instanceGroups": [{"count": 2}]},
+    }
+    template = {"name": "lm-serving", "spec": {"models": [mine]}}
+    output = {
+        "uri": "pvc://model-store/lm",
+        "modelName": "opticks",
+        "format": "python-llm",
+        "modelDeployment": template,
+    }
+    md = build_output_model_deployment(_variant(tj_body, output=output))
+    assert md is not None
+    assert md["spec"]["models"][0]["source"] == "pvc://model-store/lm/opticks"
+    assert md["spec"]["models"][0]["config"]["instanceGroups"] == [{"kind": "KIND_AUTO", "count": 2}]

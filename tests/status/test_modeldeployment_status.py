@@ -66,6 +66,18 @@ def test_all_ready_is_ready() -> None:
     assert [t.reason for t in transitions] == ["AllReplicasReady"]
 
 
+def test_streaming_urls_reach_the_status() -> None:
+    urls = ["http://resnet50.ns.svc.cluster.local:8000/v2/models/lm/generate_stream"]
+    observed = Observed(
+        deployment=_deployment(2, 2),
+        pods=[],
+        endpoints={"http": "h", "grpc": "g", "metrics": "m", "generate_stream": urls},
+    )
+    status, _ = compute_status(_md(), observed, None, NOW)
+    assert status.endpoints is not None and status.endpoints.generate_stream == urls
+    assert status.wire()["endpoints"]["generateStream"] == urls
+
+
 def test_rollout_in_progress_is_progressing_not_ready() -> None:
     status, _ = compute_status(_md(), _observed(_deployment(2, 1), [_pod("a"), _pod("b")]), None, NOW)
     assert status.phase == "Progressing"

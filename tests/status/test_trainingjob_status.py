@@ -19,6 +19,7 @@ from kubeforge.status.trainingjob import (
     observe_attempt,
     phase_conditions,
     reported_checkpoint,
+    reported_validation,
 )
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
@@ -107,6 +108,15 @@ def test_checkpoint_reported_in_the_termination_message() -> None:
     assert info is not None and (info.step, info.path, info.loss) == (500, "/c/ckpt-00000500.pt", 0.1)
     assert reported_checkpoint([_terminated_with("Traceback (most recent call last): ...")]) is None
     assert reported_checkpoint([_terminated_with('{"state": "running", "checkpoint": null}')]) is None
+
+
+def test_validation_reported_in_the_termination_message() -> None:
+    newer = '{"state":"succeeded","step":100,"validation":{"step":100,"loss":2.47,"perplexity":11.8}}'
+    older = '{"state":"running","step":60,"validation":{"step":50,"loss":2.65,"perplexity":14.2}}'
+    info = reported_validation([_terminated_with(newer), _terminated_with(older, 1)])
+    assert info is not None and (info.step, info.loss, info.perplexity) == (100, 2.47, 11.8)
+    assert reported_validation([_terminated_with('{"state":"running","validation":null}')]) is None
+    assert reported_validation([_terminated_with("not json")]) is None
 
 
 def test_the_earliest_failure_is_the_cause() -> None:

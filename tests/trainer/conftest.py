@@ -8,7 +8,15 @@ from typing import NoReturn
 import pytest
 
 from tests.harness import TORCH, available, missing
-from tests.trainer.runs import MODEL_NAME, TRAINING_ARGS, ReferenceRun, run, torchrun_argv
+from tests.trainer.runs import (
+    LM_MODEL_NAME,
+    LM_TRAINING_ARGS,
+    MODEL_NAME,
+    TRAINING_ARGS,
+    ReferenceRun,
+    run,
+    torchrun_argv,
+)
 
 
 class _NeedsTorch(pytest.Module):
@@ -37,3 +45,21 @@ def reference_run(tmp_path_factory: pytest.TempPathFactory) -> ReferenceRun:
     result = run(torchrun_argv(2, args), root / "train.log")
     assert result.returncode == 0, result.output
     return ReferenceRun(result, checkpoint_dir, repository, root / "termination-log")
+
+
+@pytest.fixture(scope="session")
+def language_model_run(tmp_path_factory: pytest.TempPathFactory) -> ReferenceRun:
+    """The byte-level language model trained by 2 ranks and exported as a streaming Triton model."""
+    root = tmp_path_factory.mktemp("language-model")
+    checkpoint_dir, repository = root / "checkpoints", root / "repository"
+    args = [
+        *LM_TRAINING_ARGS,
+        "--checkpoint-dir", str(checkpoint_dir),
+        "--output-uri", str(repository),
+        "--model-name", LM_MODEL_NAME,
+        "--export-format", "python-llm",
+        "--termination-log", str(root / "termination-log"),
+    ]  # fmt: skip
+    result = run(torchrun_argv(2, args), root / "train.log")
+    assert result.returncode == 0, result.output
+    return ReferenceRun(result, checkpoint_dir, repository, root / "termination-log", LM_MODEL_NAME)

@@ -32,8 +32,29 @@ TRAINING_ARGS = (
 TOTAL_STEPS = 40
 MODEL_NAME = "mlp"
 
+# The language model's run: 2 ranks, 100 AdamW steps of 16 windows of 128 bytes per rank, exported as a
+# streaming model. Its validation loss must end below LM_VALIDATION_LOSS_BELOW nats per byte: the
+# corpus's unigram entropy is 3.17 (a model that ignores context cannot go below it) and 100 steps
+# reach about 2.47 (perplexity 11.8); uniform guessing is ln 256 = 5.55.
+LM_TRAINING_ARGS = (
+    "--model", "kubeforge.trainer.language_model:ByteTransformer",
+    "--steps", "100",
+    "--batch-size", "16",
+    "--optimizer", "adamw",
+    "--lr", "0.003",
+    "--seed", "7",
+    "--eval-every", "50",
+    "--checkpoint-every", "50",
+    "--keep-last", "2",
+    "--log-every", "1",
+)  # fmt: skip
+LM_TOTAL_STEPS = 100
+LM_MODEL_NAME = "opticks"
+LM_VALIDATION_LOSS_BELOW = 2.6
+
 _DIGEST = re.compile(r"\[rank (\d+)\] .*parameters at step (\d+): sha256 ([0-9a-f]{64})")
 _LOSS = re.compile(r"\[rank 0\] .*step (\d+)/\d+ loss ([0-9.]+)")
+_VALIDATION = re.compile(r"\[rank 0\] .*step (\d+)/\d+ validation loss ([0-9.]+)")
 
 
 @dataclass
@@ -51,19 +72,25 @@ class Run:
         """step -> mean loss over ranks, as rank 0 logged it."""
         return {int(step): float(loss) for step, loss in _LOSS.findall(self.output)}
 
+    def validation_losses(self) -> dict[int, float]:
+        """step -> validation loss, as rank 0 logged it."""
+        return {int(step): float(loss) for step, loss in _VALIDATION.findall(self.output)}
+
 
 @dataclass(frozen=True)
 class ReferenceRun:
-    """An uninterrupted 2-rank run of ``TRAINING_ARGS`` that exported the python flavour to ``repository``."""
+    """An uninterrupted 2-rank run of ``TRAINING_ARGS`` that exported the python flavour to ``repository``
+    (or of ``LM_TRAINING_ARGS``, exported as python-llm, with ``model_name`` ``LM_MODEL_NAME``)."""
 
     run: Run
     checkpoint_dir: Path
     repository: Path
     termination_log: Path
+    model_name: str = MODEL_NAME
 
     @property
     def model_dir(self) -> Path:
-        return self.repository / MODEL_NAME
+        return self.repository / self.model_name
 
 
 def trainer_env(**extra: str) -> dict[str, str]:

@@ -53,6 +53,7 @@ CASES: list[tuple[str, ModelSpec, dict[str, Any]]] = [
         ),
         {
             "name": "m",
+            "platform": "pytorch_libtorch",
             "backend": "pytorch",
             "max_batch_size": 16,
             "dynamic_batching": {"preferred_batch_size": [4, 16], "max_queue_delay_microseconds": "500"},
@@ -92,6 +93,28 @@ CASES: list[tuple[str, ModelSpec, dict[str, Any]]] = [
         "ensemble is a platform, not a backend",
         spec("ensemble", {"maxBatchSize": 4}),
         {"name": "m", "platform": "ensemble", "max_batch_size": 4},
+    ),
+    (
+        "a decoupled model with optional inputs",
+        spec(
+            "python",
+            {
+                "decoupled": True,
+                "inputs": [
+                    {"name": "text_input", "dataType": "TYPE_STRING", "dims": [1]},
+                    {"name": "stop", "dataType": "TYPE_STRING", "dims": [-1], "optional": True},
+                ],
+            },
+        ),
+        {
+            "name": "m",
+            "backend": "python",
+            "input": [
+                {"name": "text_input", "data_type": "TYPE_STRING", "dims": ["1"]},
+                {"name": "stop", "data_type": "TYPE_STRING", "dims": ["-1"], "optional": True},
+            ],
+            "model_transaction_policy": {"decoupled": True},
+        },
     ),
     (
         "parameters become string_value entries",

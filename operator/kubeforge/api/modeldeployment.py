@@ -71,6 +71,9 @@ class TensorSpec(ApiModel):
     dims: list[Annotated[int, Field(ge=-1)]] = Field(
         min_length=1, description="Shape without the batch dimension; -1 for a variable size."
     )
+    optional: bool | None = Field(
+        default=None, description="An input a request may leave out (Triton's `optional: true`)."
+    )
 
 
 class DynamicBatching(ApiModel):
@@ -120,6 +123,12 @@ class TritonModelConfig(ApiModel):
     outputs: list[TensorSpec] | None = Field(default=None, description="Model outputs.")
     parameters: StringMap | None = Field(
         default=None, description="Backend parameters (config.pbtxt `parameters`)."
+    )
+    decoupled: bool | None = Field(
+        default=None,
+        description="The model may send any number of responses per request, e.g. one per generated token "
+        "(Triton's decoupled model_transaction_policy); its streaming endpoints are then listed in "
+        "status.endpoints.generateStream.",
     )
 
     rules = (
@@ -229,11 +238,23 @@ class AutoscalingTargets(ApiModel):
     cpu_utilization: int | None = Field(
         default=None, ge=1, le=100, description="Average CPU utilisation in percent of the CPU request."
     )
+    active_streams: int | None = Field(
+        default=None,
+        ge=1,
+        description="Streams in flight (generating or waiting for a slot) per replica, as a streaming "
+        "model reports them (kubeforge_active_streams; python-llm exports do).",
+    )
+    time_to_first_token_milliseconds: int | None = Field(
+        default=None,
+        ge=1,
+        description="Average time to first token (ms) per replica, as a streaming model reports it "
+        "(kubeforge_time_to_first_token_seconds; python-llm exports do).",
+    )
 
     rules = (
         Rule(
             cel="has(self.queueTimeMicroseconds) || has(self.inferencesPerSecond) || has(self.gpuUtilization) "
-            "|| has(self.cpuUtilization)",
+            "|| has(self.cpuUtilization) || has(self.activeStreams) || has(self.timeToFirstTokenMilliseconds)",
             message="autoscaling.targets needs at least one target",
             check=lambda t: any(
                 v is not None
@@ -242,6 +263,8 @@ class AutoscalingTargets(ApiModel):
                     t.inferences_per_second,
                     t.gpu_utilization,
                     t.cpu_utilization,
+                    t.active_streams,
+                    t.time_to_first_token_milliseconds,
                 )
             ),
         ),
@@ -427,6 +450,11 @@ class Endpoints(ApiModel):
     http: str | None = Field(default=None, description="KServe v2 HTTP/REST endpoint.")
     grpc: str | None = Field(default=None, description="KServe v2 gRPC endpoint (host:port).")
     metrics: str | None = Field(default=None, description="Prometheus metrics endpoint.")
+    generate_stream: list[str] | None = Field(
+        default=None,
+        description="Server-sent-events URLs (Triton's generate_stream) of the models that stream their "
+        "responses (decoupled, or vLLM); gRPC clients stream through the grpc endpoint.",
+    )
 
 
 class Phase(StrEnum):

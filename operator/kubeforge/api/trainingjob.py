@@ -134,9 +134,11 @@ class Output(ApiModel):
         "the trained model is <uri>/<modelName>.",
     )
     model_name: str = Field(pattern=MODEL_NAME_PATTERN, description="Model name in the exported repository.")
-    format: Literal["pytorch", "python"] = Field(
+    format: Literal["pytorch", "python", "python-llm"] = Field(
         default="python",
-        description="pytorch (TorchScript for the libtorch backend) or python (a Python-backend wrapper).",
+        description="pytorch (TorchScript for the libtorch backend), python (a Python-backend wrapper), or "
+        "python-llm (a language model served by a decoupled Python-backend model that streams tokens "
+        "through Triton's generate_stream and gRPC streaming; the ModelDeployment gets config.decoupled).",
     )
     model_deployment: ModelDeploymentTemplate | None = Field(
         default=None, description="Create or update this ModelDeployment when training succeeds."
@@ -226,6 +228,16 @@ class CheckpointInfo(ApiModel):
     time: datetime | None = Field(default=None, description="When it was written.")
 
 
+class ValidationInfo(ApiModel):
+    """The newest validation the trainer reported (models with held-out data, such as language models)."""
+
+    step: int | None = Field(default=None, description="Training step of the validation.")
+    loss: float | None = Field(
+        default=None, description="Mean cross-entropy per predicted token on the held-out data (nats)."
+    )
+    perplexity: float | None = Field(default=None, description="exp(loss).")
+
+
 class OutputModel(ApiModel):
     """The trained model handed to serving."""
 
@@ -277,6 +289,9 @@ class TrainingJobStatus(ApiModel):
     )
     last_checkpoint: CheckpointInfo | None = Field(
         default=None, description="The newest checkpoint reported."
+    )
+    validation: ValidationInfo | None = Field(
+        default=None, description="The newest validation loss and perplexity reported."
     )
     output_model: OutputModel | None = Field(
         default=None, description="The exported model and its ModelDeployment."

@@ -1,7 +1,8 @@
 """Autoscaling children of a ModelDeployment: an HPA on its /scale, or a KEDA ScaledObject; a ServiceMonitor.
 
-Targets are named in the user's terms (queue time, inference rate, GPU utilisation); this module
-owns the PromQL that turns Triton's and DCGM's counters into those figures, once, for the three
+Targets are named in the user's terms (queue time, inference rate, GPU utilisation, and for streaming
+models the streams in flight and the time to first token); this module owns the PromQL that turns
+Triton's, DCGM's and the streaming model's counters into those figures, once, for the three
 consumers: the HPA's Pods metrics (served by prometheus-adapter with the rules below), KEDA's
 Prometheus triggers, and the tests that evaluate the formulas on a real Triton's counters.
 """
@@ -55,7 +56,22 @@ GPU_UTILIZATION = TritonMetric(
     template="avg by ({by}) (DCGM_FI_DEV_GPU_UTIL{{{sel}}})",
     additive=False,
 )
-METRICS = (QUEUE_TIME, INFERENCE_RATE, GPU_UTILIZATION)
+# A streaming model's own metrics (kubeforge.trainer.triton_llm_model reports them from the Python backend)
+ACTIVE_STREAMS = TritonMetric(
+    name="kubeforge_active_streams",
+    series="kubeforge_active_streams",
+    template="sum by ({by}) (kubeforge_active_streams{{{sel}}})",
+    additive=True,
+)
+TIME_TO_FIRST_TOKEN = TritonMetric(
+    name="kubeforge_time_to_first_token_milliseconds",
+    series="kubeforge_time_to_first_token_seconds_count",
+    # the mean of the histogram's observations in the window; an idle server reads 0, not NaN
+    template="sum by ({by}) (rate(kubeforge_time_to_first_token_seconds_sum{{{sel}}}[{w}])) / "
+    "clamp_min(sum by ({by}) (rate(kubeforge_time_to_first_token_seconds_count{{{sel}}}[{w}])), 0.001) * 1000",
+    additive=False,
+)
+METRICS = (QUEUE_TIME, INFERENCE_RATE, GPU_UTILIZATION, ACTIVE_STREAMS, TIME_TO_FIRST_TOKEN)
 
 
 def targets(autoscaling: Autoscaling) -> list[tuple[TritonMetric | None, int]]:
@@ -70,6 +86,10 @@ def targets(autoscaling: Autoscaling) -> list[tuple[TritonMetric | None, int]]:
         out.append((GPU_UTILIZATION, t.gpu_utilization))
     if t.cpu_utilization is not None:
         out.append((None, t.cpu_utilization))
+    if t.active_streams is not None:
+        out.append((ACTIVE_STREAMS, t.active_streams))
+    if t.time_to_first_token_milliseconds is not None:
+        out.append((TIME_TO_FIRST_TOKEN, t.time_to_first_token_milliseconds))
     return out
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kubeforge.api.modeldeployment import ModelControlMode, ModelDeployment, ModelSpec
+from kubeforge.api.modeldeployment import ModelControlMode, ModelDeployment, ModelFormat, ModelSpec
 from kubeforge.builders import pods
 from kubeforge.builders.meta import Object, object_meta, owner_reference, recommended_labels, selector_labels
 from kubeforge.settings import Settings
@@ -254,10 +254,25 @@ def build_pod_disruption_budget(md: ModelDeployment) -> Object | None:
     }
 
 
-def endpoints(md: ModelDeployment, settings: Settings) -> dict[str, str]:
+def streams(model: ModelSpec) -> bool:
+    """Whether a model answers with a stream of responses: decoupled in its config, or vLLM (always is)."""
+    return model.format == ModelFormat.VLLM or bool(model.config and model.config.decoupled)
+
+
+def endpoints(md: ModelDeployment, settings: Settings) -> dict[str, str | list[str]]:
+    """The Service's in-cluster URLs; `generate_stream` lists the server-sent-events URL of each streaming model.
+
+    https://github.com/triton-inference-server/server/blob/main/docs/protocol/extension_generate.md
+    """
     host = f"{md.metadata.name}.{md.metadata.namespace}.svc.{settings.cluster_domain}"
-    return {
+    urls: dict[str, str | list[str]] = {
         "http": f"http://{host}:{HTTP_PORT}",
         "grpc": f"{host}:{GRPC_PORT}",
         "metrics": f"http://{host}:{METRICS_PORT}/metrics",
     }
+    streaming = [
+        f"http://{host}:{HTTP_PORT}/v2/models/{m.name}/generate_stream" for m in md.spec.models if streams(m)
+    ]
+    if streaming:
+        urls["generate_stream"] = streaming
+    return urls

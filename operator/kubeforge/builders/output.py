@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from kubeforge import API_VERSION
-from kubeforge.api.modeldeployment import ModelFormat, ModelSpec
-from kubeforge.api.trainingjob import TrainingJob
+from kubeforge.api.modeldeployment import ModelFormat, ModelSpec, TritonModelConfig
+from kubeforge.api.trainingjob import Output, TrainingJob
 from kubeforge.builders.meta import MANAGED_BY
 
 TRAINED_BY_LABEL = "kubeforge.io/trained-by"
@@ -20,6 +20,24 @@ def output_model_uri(tj: TrainingJob) -> str | None:
     return f"{output.uri.rstrip('/')}/{output.model_name}" if output else None
 
 
+def trained_model_spec(output: Output, source: str) -> ModelSpec:
+    """How the ModelDeployment serves the exported model, by the format the trainer exported it in.
+
+    A `python-llm` export is a Python-backend model whose config.pbtxt (written by the trainer) is
+    decoupled; the spec says so too (`config.decoupled`, rendered over the exported config, which
+    keeps the rest), because the operator cannot read the exported file and lists a streaming
+    model's generate_stream URL in status.endpoints from the spec alone.
+    """
+    if output.format == "python-llm":
+        return ModelSpec(
+            name=output.model_name,
+            source=source,
+            format=ModelFormat.PYTHON,
+            config=TritonModelConfig(decoupled=True),
+        )
+    return ModelSpec(name=output.model_name, source=source, format=ModelFormat(output.format))
+
+
 def build_output_model_deployment(tj: TrainingJob) -> dict[str, Any] | None:
     """The ModelDeployment of spec.output.modelDeployment, with the trained model's source filled in.
 
@@ -31,7 +49,7 @@ def build_output_model_deployment(tj: TrainingJob) -> dict[str, Any] | None:
     template = output.model_deployment
     source = output_model_uri(tj)
     assert source is not None
-    trained = ModelSpec(name=output.model_name, source=source, format=ModelFormat(output.format))
+    trained = trained_model_spec(output, source)
     existing = {m.name: m for m in template.spec.models}
     if output.model_name in existing:
         trained = existing[output.model_name].model_copy(update={"source": source})

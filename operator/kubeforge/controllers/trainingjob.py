@@ -60,6 +60,7 @@ from kubeforge.status.trainingjob import (
     phase_conditions,
     phase_reason,
     reported_checkpoint,
+    reported_validation,
 )
 
 log = logging.getLogger(__name__)
@@ -344,6 +345,11 @@ async def _run(ctx: Context, step: _Step, jobs: dict[int, Object]) -> float | No
         status.last_checkpoint is None or (checkpoint.step or 0) >= (status.last_checkpoint.step or 0)
     ):
         status.last_checkpoint = checkpoint
+    validation = reported_validation(pods)
+    if validation is not None and (
+        status.validation is None or (validation.step or 0) >= (status.validation.step or 0)
+    ):
+        status.validation = validation
     status.active_workers = obs.running
     status.succeeded_workers = obs.succeeded
     status.failed_workers = len(obs.failed_pods)

@@ -44,7 +44,7 @@ class AutoscalerObservation:
 class Observed:
     deployment: dict[str, Any] | None
     pods: list[dict[str, Any]]
-    endpoints: dict[str, str]
+    endpoints: dict[str, str | list[str]]
     autoscaler: AutoscalerObservation | None = None
     # per-model state from Triton's repository index; None when no ready pod could be asked
     model_states: list[ModelState] | None = None
@@ -288,7 +288,7 @@ def compute_status(
         selector=selector_string(md),
         model=",".join(m.name for m in md.spec.models),
         gpu=gpu_summary(md.spec.gpu),
-        endpoints=Endpoints(**observed.endpoints),
+        endpoints=Endpoints.model_validate(observed.endpoints),
         models=models,
         cold_start=_cold_start(previous, desired, ready_replicas, now),
         conditions=sorted(conditions, key=lambda c: c.type),

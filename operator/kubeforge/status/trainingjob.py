@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from kubeforge.api.common import Condition, ConditionStatus
-from kubeforge.api.trainingjob import CheckpointInfo, Failure, FailurePolicy, TrainingPhase
+from kubeforge.api.trainingjob import CheckpointInfo, Failure, FailurePolicy, TrainingPhase, ValidationInfo
 from kubeforge.status.conditions import get_condition, set_condition
 from kubeforge.status.gitops import ReconcileFailure, Verdict, kstatus_conditions
 from kubeforge.status.pods import pending_message
@@ -206,24 +206,38 @@ def phase_conditions(
     return sorted(out, key=lambda c: c.type)
 
 
-def reported_checkpoint(pods: list[dict[str, Any]]) -> CheckpointInfo | None:
-    """The newest checkpoint the trainer reported in a worker's termination message, if any.
+Reported = TypeVar("Reported", CheckpointInfo, ValidationInfo)
+
+
+def _newest_reported(pods: list[dict[str, Any]], key: str, model: type[Reported]) -> Reported | None:
+    """The entry `key` of the progress document with the highest step among the workers' termination
+    messages, if any.
 
     The reference trainer (kubeforge.trainer.progress) writes its progress document there on exit;
-    a program that writes anything else, or nothing, simply reports no checkpoint.
+    a program that writes anything else, or nothing, simply reports nothing.
     """
-    newest: CheckpointInfo | None = None
+    newest: Reported | None = None
     for pod in pods:
         for cs in pod.get("status", {}).get("containerStatuses") or []:
             message = ((cs.get("state") or {}).get("terminated") or {}).get("message") or ""
             try:
-                checkpoint = json.loads(message).get("checkpoint")
-                info = CheckpointInfo.model_validate(checkpoint) if checkpoint else None
+                entry = json.loads(message).get(key)
+                info = model.model_validate(entry) if entry else None
             except (ValueError, AttributeError):
                 continue
             if info is not None and (newest is None or (info.step or 0) > (newest.step or 0)):
                 newest = info
     return newest
+
+
+def reported_checkpoint(pods: list[dict[str, Any]]) -> CheckpointInfo | None:
+    """The newest checkpoint the trainer reported in a worker's termination message, if any."""
+    return _newest_reported(pods, "checkpoint", CheckpointInfo)
+
+
+def reported_validation(pods: list[dict[str, Any]]) -> ValidationInfo | None:
+    """The newest validation (loss, perplexity) the trainer reported in a worker's termination message."""
+    return _newest_reported(pods, "validation", ValidationInfo)
 
 
 ACTIVE_PHASES = (TrainingPhase.PENDING, TrainingPhase.RUNNING, TrainingPhase.RESTARTING)

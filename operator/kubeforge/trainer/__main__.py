@@ -13,6 +13,8 @@ import torch.distributed as dist
 from kubeforge.trainer.config import TrainerConfig, parse_args
 from kubeforge.trainer.distributed import init_distributed, shutdown_distributed
 from kubeforge.trainer.export import MODEL_NAME, export_triton_model
+from kubeforge.trainer.language_model import LanguageModel
+from kubeforge.trainer.llm_export import export_language_model
 from kubeforge.trainer.loop import Trainer, TrainResult
 from kubeforge.trainer.models import ModelSpecError, build_model, parameter_digest
 from kubeforge.trainer.preemption import PREEMPTED_EXIT_CODE
@@ -35,12 +37,19 @@ def _configure_logging() -> None:
     )
 
 
-def _output_target(config: TrainerConfig, model_class: str) -> tuple[Path, str] | None:
-    """Where the export goes, checked before training so a bad URI costs seconds, not a training run."""
+def _output_target(config: TrainerConfig, model: object) -> tuple[Path, str] | None:
+    """Where the export goes, checked before training so a bad URI or format costs seconds, not a run."""
     if config.output_uri is None:
         return None
     repository = resolve_output_path(config.output_uri, config.pvc_root)
-    model_name = config.model_name or model_class.lower()
+    is_language_model = isinstance(model, LanguageModel)
+    if is_language_model != (config.export_format == "python-llm"):
+        wanted = "python-llm" if is_language_model else "python or pytorch"
+        raise UnsupportedOutputError(
+            f"{type(model).__name__} is {'a language' if is_language_model else 'not a language'} model: "
+            f"export it as {wanted}, not {config.export_format}"
+        )
+    model_name = config.model_name or type(model).__name__.lower()
     if not MODEL_NAME.match(model_name):
         raise UnsupportedOutputError(f"model name {model_name!r} must match {MODEL_NAME.pattern}")
     return repository, model_name
@@ -51,9 +60,17 @@ def _finish(config: TrainerConfig, result: TrainResult, target: tuple[Path, str]
     output = None
     if target is not None and config.output_uri is not None:
         repository, model_name = target
-        model_dir = export_triton_model(
-            result.model, result.example, repository, model_name, config.export_format, config.max_batch_size
-        )
+        if config.export_format == "python-llm":
+            model_dir = export_language_model(result.model, repository, model_name)
+        else:
+            model_dir = export_triton_model(
+                result.model,
+                result.example,
+                repository,
+                model_name,
+                config.export_format,
+                config.max_batch_size,
+            )
         output = OutputRecord(uri=config.output_uri, path=str(model_dir))
         log.info("exported %s (%s backend) to %s", model_name, config.export_format, model_dir)
     result.progress.report(result.step, result.loss, state="succeeded", output=output)
@@ -67,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     seed_everything(config.seed)
     try:
         model = build_model(config.model)
-        target = _output_target(config, type(model).__name__)
+        target = _output_target(config, model)
     except (ModelSpecError, UnsupportedOutputError) as exc:
         log.error("%s", exc)
         return EXIT_USAGE

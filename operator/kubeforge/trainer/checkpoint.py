@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
-from typing import Any, TypedDict, cast
+from typing import Any, NotRequired, TypedDict, cast
 
 import torch
 
@@ -39,9 +39,14 @@ class CheckpointState(TypedDict):
     model: dict[str, Any]  # state_dict of the unwrapped model (no DDP "module." prefix)
     optimizer: dict[str, Any]
     rng: list[RngState]  # one per rank, indexed by rank
+    # the newest validation ({"step", "loss", "perplexity"}), so a resumed run reports it until its next
+    # one; absent from checkpoints of models without a validation set and of earlier trainers
+    validation: NotRequired[dict[str, float] | None]
 
 
-REQUIRED_KEYS = frozenset(CheckpointState.__annotations__)
+OPTIONAL_KEYS = frozenset({"validation"})
+# spelt out: with postponed annotations, TypedDict.__required_keys__ cannot see NotRequired (Python 3.11)
+REQUIRED_KEYS = frozenset(CheckpointState.__annotations__) - OPTIONAL_KEYS
 
 
 class CheckpointError(Exception):

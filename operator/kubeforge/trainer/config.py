@@ -9,8 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-ExportFormat = Literal["python", "pytorch"]
-EXPORT_FORMATS: tuple[ExportFormat, ...] = ("python", "pytorch")
+from kubeforge.trainer.text_data import DEFAULT_CORPUS
+
+ExportFormat = Literal["python", "pytorch", "python-llm"]
+EXPORT_FORMATS: tuple[ExportFormat, ...] = ("python", "pytorch", "python-llm")
+OptimizerName = Literal["sgd", "adamw"]
+OPTIMIZERS: tuple[OptimizerName, ...] = ("sgd", "adamw")
 DEFAULT_MODEL = "kubeforge.trainer.models:MLP"
 DEFAULT_EPOCHS = 3
 DEFAULT_PVC_ROOT = "/mnt/pvc"
@@ -35,8 +39,11 @@ class TrainerConfig:
     batch_size: int = 32
     lr: float = 0.05
     momentum: float = 0.9
+    optimizer: OptimizerName = "sgd"
     seed: int = 0
     dataset_size: int = 4096
+    corpus: Path = DEFAULT_CORPUS
+    eval_every: int = 100
     checkpoint_dir: Path | None = None
     checkpoint_every: int = 100
     keep_last: int = 3
@@ -89,11 +96,29 @@ def build_parser() -> argparse.ArgumentParser:
     length.add_argument("--steps", type=_positive_int, help="optimizer steps to train in total")
     length.add_argument("--epochs", type=_positive_int, help=f"epochs to train (default: {DEFAULT_EPOCHS})")
     parser.add_argument("--batch-size", type=_positive_int, default=32, help="per-rank batch size")
-    parser.add_argument("--lr", type=float, default=0.05, help="SGD learning rate")
+    parser.add_argument("--lr", type=float, default=0.05, help="learning rate")
     parser.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    parser.add_argument(
+        "--optimizer",
+        choices=OPTIMIZERS,
+        default="sgd",
+        help="sgd (with --momentum; the default) or adamw (what transformers train well with)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the data, the model and the data order")
     parser.add_argument(
         "--dataset-size", type=_positive_int, default=4096, help="samples in the synthetic dataset"
+    )
+    parser.add_argument(
+        "--corpus",
+        type=Path,
+        default=DEFAULT_CORPUS,
+        help="text a language model learns (default: the shipped public-domain corpus)",
+    )
+    parser.add_argument(
+        "--eval-every",
+        type=_positive_int,
+        default=100,
+        help="validation loss every N steps and at the end (models with a validation set)",
     )
     parser.add_argument(
         "--checkpoint-dir", type=Path, help=f"checkpoints and progress.json (env {ENV_CHECKPOINT_DIR})"
@@ -113,7 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--export-format",
         choices=EXPORT_FORMATS,
-        help=f"python (Python backend, the default) or pytorch (libtorch backend) (env {ENV_EXPORT_FORMAT})",
+        help="python (Python backend, the default), pytorch (libtorch backend), or python-llm (a language "
+        f"model as a decoupled Python-backend model that streams tokens) (env {ENV_EXPORT_FORMAT})",
     )
     parser.add_argument(
         "--max-batch-size", type=_positive_int, default=64, help="max_batch_size of the exported config.pbtxt"
@@ -158,8 +184,11 @@ def parse_args(argv: Sequence[str] | None = None, environ: Mapping[str, str] | N
         batch_size=args.batch_size,
         lr=args.lr,
         momentum=args.momentum,
+        optimizer=args.optimizer,
         seed=args.seed,
         dataset_size=args.dataset_size,
+        corpus=args.corpus,
+        eval_every=args.eval_every,
         checkpoint_dir=checkpoint_dir,
         checkpoint_every=args.checkpoint_every,
         keep_last=args.keep_last,

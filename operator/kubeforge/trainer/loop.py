@@ -3,13 +3,15 @@
 Determinism is a feature here: a run that is preempted and resumed ends with bit-identical parameters
 to one that was not, because everything a step depends on is either a pure function of the seed
 (data, data order) or saved in the checkpoint (parameters, optimizer moments, sampler position, RNG).
+Validation reads the parameters and nothing else, so it changes nothing that training computes.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.distributed as dist
@@ -28,12 +30,12 @@ from kubeforge.trainer.checkpoint import (
     save_checkpoint,
 )
 from kubeforge.trainer.config import TrainerConfig
-from kubeforge.trainer.data import ResumableDistributedSampler, batches_per_epoch, synthetic_classification
+from kubeforge.trainer.data import ResumableDistributedSampler, batches_per_epoch
 from kubeforge.trainer.distributed import DistContext
-from kubeforge.trainer.models import model_signature
 from kubeforge.trainer.preemption import PreemptionWatch
-from kubeforge.trainer.progress import CheckpointRecord, ProgressReporter, utc_now
+from kubeforge.trainer.progress import CheckpointRecord, ProgressReporter, ValidationRecord, utc_now
 from kubeforge.trainer.rng import RngState, capture_rng_state, restore_rng_state, seed_everything
+from kubeforge.trainer.tasks import Task, cross_entropy, task_for, validation_loss
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +100,13 @@ def _agree(loss: torch.Tensor, stop_requested: bool, ctx: DistContext) -> tuple[
     return total_loss / ctx.world_size, stops > 0
 
 
+def build_optimizer(config: TrainerConfig, parameters: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
+    """SGD with momentum (the classifiers' default), or AdamW (what transformers train well with)."""
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(parameters, lr=config.lr)
+    return torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum)
+
+
 class Trainer:
     """One rank's view of a training run; ``run`` trains until done or preempted."""
 
@@ -105,16 +114,13 @@ class Trainer:
         self.config = config
         self.ctx = ctx
         self.model = model.to(ctx.device)
-        input_shape, num_classes = model_signature(model)
-        # the dataset seed is the run's seed on every rank: all ranks must index the same samples
-        self.dataset: TensorDataset = synthetic_classification(
-            config.dataset_size, input_shape, num_classes, config.seed
-        )
+        self.task: Task = task_for(model, config)
+        self.dataset = self.task.training
         self.sampler = ResumableDistributedSampler(self.dataset, ctx.world_size, ctx.rank, config.seed)
         self.steps_per_epoch = batches_per_epoch(self.sampler, config.batch_size)
         if self.steps_per_epoch < 1:
             raise ValueError(
-                f"dataset of {config.dataset_size} samples over {ctx.world_size} ranks gives no full batch "
+                f"dataset of {len(self.dataset)} samples over {ctx.world_size} ranks gives no full batch "
                 f"of {config.batch_size}; lower --batch-size or raise --dataset-size"
             )
         self.total_steps = total_steps_for(config, self.steps_per_epoch)
@@ -133,8 +139,7 @@ class Trainer:
         self.ddp = DistributedDataParallel(
             self.model, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None
         )
-        self.optimizer = torch.optim.SGD(self.ddp.parameters(), lr=config.lr, momentum=config.momentum)
-        self.loss_fn = nn.CrossEntropyLoss()
+        self.optimizer = build_optimizer(config, self.ddp.parameters())
         if resumed is not None:
             self._restore(resumed)
         else:
@@ -145,6 +150,11 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = state["step"]
         self.loss = state["loss"]
+        validation = state.get("validation")
+        if validation is not None:
+            self.progress.record_validation(
+                ValidationRecord(int(validation["step"]), validation["loss"], validation["perplexity"])
+            )
         if len(state["rng"]) == self.ctx.world_size:
             restore_rng_state(state["rng"][self.ctx.rank])
         else:
@@ -183,7 +193,7 @@ class Trainer:
 
     def _train_step(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         self.optimizer.zero_grad(set_to_none=True)
-        loss: torch.Tensor = self.loss_fn(self.ddp(inputs.to(self.ctx.device)), labels.to(self.ctx.device))
+        loss = cross_entropy(self.ddp(inputs.to(self.ctx.device)), labels.to(self.ctx.device))
         loss.backward()  # type: ignore[no-untyped-call]  # DDP averages the gradients over ranks here
         self.optimizer.step()
         return loss
@@ -207,6 +217,8 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "rng": rng_states,
         }
+        if self.progress.validation is not None:
+            state["validation"] = asdict(self.progress.validation)
         path = save_checkpoint(self.config.checkpoint_dir, state)
         for removed in prune_checkpoints(self.config.checkpoint_dir, self.config.keep_last):
             log.debug("pruned %s", removed)
@@ -243,6 +255,12 @@ class Trainer:
     def _after_step(self, preempted: bool) -> None:
         config = self.config
         finished = self.step >= self.total_steps
+        if (
+            self.task.validation is not None
+            and not preempted
+            and (finished or self.step % config.eval_every == 0)
+        ):
+            self._validate(self.task.validation)
         if self.step % config.log_every == 0 or finished:
             log.info("step %d/%d loss %.6f", self.step, self.total_steps, self.loss)
             self.progress.report(self.step, self.loss)
@@ -250,3 +268,22 @@ class Trainer:
             self._checkpoint()
         if config.sleep_per_step and not (preempted or finished):
             time.sleep(config.sleep_per_step)
+
+    def _validate(self, validation: TensorDataset) -> None:
+        loss = validation_loss(
+            self.model,
+            validation,
+            self.ctx.rank,
+            self.ctx.world_size,
+            self.config.batch_size,
+            self.ctx.device,
+        )
+        record = ValidationRecord.of(self.step, loss)
+        self.progress.record_validation(record)
+        log.info(
+            "step %d/%d validation loss %.4f perplexity %.3f",
+            self.step,
+            self.total_steps,
+            loss,
+            record.perplexity,
+        )

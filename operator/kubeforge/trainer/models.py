@@ -6,6 +6,9 @@ exported Triton config from it:
 
 - ``input_shape``: the shape of one sample, without the batch dimension, e.g. ``(16,)`` or ``(1, 8, 8)``;
 - ``num_classes``: the number of logits it returns per sample.
+
+A causal language model declares ``vocab_size`` and ``context_length`` instead
+(``language_model.LanguageModel``); the trainer then learns a text corpus with it.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from typing import Protocol, cast, runtime_checkable
 
 import torch
 from torch import nn
+
+from kubeforge.trainer.language_model import LanguageModel
 
 
 @runtime_checkable
@@ -77,8 +82,11 @@ def build_model(spec: str) -> nn.Module:
     model = cls()
     if not isinstance(model, nn.Module):
         raise ModelSpecError(f"model {spec!r}: {class_name} is not a torch.nn.Module")
-    if not isinstance(model, TrainableModel):
-        raise ModelSpecError(f"model {spec!r}: {class_name} must define input_shape and num_classes")
+    if not isinstance(model, (TrainableModel, LanguageModel)):
+        raise ModelSpecError(
+            f"model {spec!r}: {class_name} must define input_shape and num_classes (a classifier) "
+            "or vocab_size and context_length (a language model)"
+        )
     return model
 
 

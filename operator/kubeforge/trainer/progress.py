@@ -16,14 +16,19 @@ checkpoint, and when training ends, so a reader never sees a partial document. I
         "time": "2026-01-02T03:03:59Z",
         "loss": 0.1044
       },
+      "validation": {                     # the newest validation, or null for a model without a
+        "step": 100,                      #   validation set (the classifiers) and before the first
+        "loss": 1.9302,                   # mean cross-entropy per target (per byte for the language
+        "perplexity": 6.891               #   model), over every rank's share of the held-out data;
+      },                                  #   perplexity = exp(loss)
       "output": {                         # only once succeeded and exported, else null
         "uri": "pvc://models/mnist",      # the repository as given (--output-uri)
         "path": "/mnt/pvc/models/mnist/mlp"   # the model directory written in it
       }
     }
 
-``checkpoint`` mirrors ``status.lastCheckpoint`` of the TrainingJob API; ``output.uri`` is what the
-operator hands to the ModelDeployment it creates.
+``checkpoint`` mirrors ``status.lastCheckpoint`` of the TrainingJob API, ``validation``
+``status.validation``; ``output.uri`` is what the operator hands to the ModelDeployment it creates.
 
 The operator cannot read the checkpoint volume, so rank 0 also copies each document (compact, one
 line) to the container's termination message file (``--termination-log``, env
@@ -34,6 +39,7 @@ the worker exits, the last progress is in its pod's ``status.containerStatuses[]
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -61,6 +67,20 @@ class CheckpointRecord:
 
 
 @dataclass(frozen=True)
+class ValidationRecord:
+    """The newest validation loss, as reported in progress.json."""
+
+    step: int
+    loss: float
+    perplexity: float
+
+    @classmethod
+    def of(cls, step: int, loss: float) -> ValidationRecord:
+        """The record of a mean cross-entropy ``loss`` (nats); perplexity overflows to inf, never raises."""
+        return cls(step, loss, math.exp(loss) if loss < 700 else math.inf)
+
+
+@dataclass(frozen=True)
 class OutputRecord:
     """The exported model, as reported in progress.json."""
 
@@ -76,10 +96,15 @@ class ProgressReporter:
         self.termination_log = termination_log
         self.total_steps = total_steps
         self.checkpoint: CheckpointRecord | None = None
+        self.validation: ValidationRecord | None = None
 
     def record_checkpoint(self, record: CheckpointRecord) -> None:
         """Remember the newest checkpoint; it is reported with every following write."""
         self.checkpoint = record
+
+    def record_validation(self, record: ValidationRecord) -> None:
+        """Remember the newest validation; it is reported with every following write."""
+        self.validation = record
 
     def report(
         self,
@@ -98,6 +123,7 @@ class ProgressReporter:
             "loss": loss,
             "time": utc_now(),
             "checkpoint": asdict(self.checkpoint) if self.checkpoint else None,
+            "validation": asdict(self.validation) if self.validation else None,
             "output": asdict(output) if output else None,
         }
         if self.path is not None:

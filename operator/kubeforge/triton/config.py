@@ -1,4 +1,8 @@
-"""Render a model's Triton `config.pbtxt` from its ModelDeployment spec. Pure: no I/O.
+"""Render a Triton `config.pbtxt`: the one renderer of that format in Kubeforge. Pure: no I/O.
+
+Everything Kubeforge writes as config.pbtxt comes from here: the ModelDeployment's
+spec.models[].config (through the repository init container) and the trainer's exported models
+(`kubeforge.trainer.export`), both described by the API's `TritonModelConfig`.
 
 The text is protobuf text format of Triton's `ModelConfig` message
 (https://github.com/triton-inference-server/common/blob/main/protobuf/model_config.proto);
@@ -75,11 +79,14 @@ def _list_of_messages(name: str, messages: list[list[str]]) -> list[str]:
 
 
 def _tensor(tensor: TensorSpec) -> list[str]:
-    return [
+    lines = [
         f"name: {quote(tensor.name)}",
         f"data_type: {tensor.data_type}",
         f"dims: {_int_list(tensor.dims)}",
     ]
+    if tensor.optional:
+        lines.append("optional: true")
+    return lines
 
 
 def _instance_group(group: InstanceGroup) -> list[str]:
@@ -107,19 +114,21 @@ def _parameters(parameters: dict[str, str]) -> list[str]:
     return lines
 
 
-def _identity(model: ModelSpec) -> list[str]:
-    lines = [f"name: {quote(model.name)}"]
-    if model.format == ModelFormat.ENSEMBLE:
+def _identity(name: str, model_format: ModelFormat) -> list[str]:
+    lines = [f"name: {quote(name)}"]
+    if model_format == ModelFormat.ENSEMBLE:
         # an ensemble has no backend: it is a platform of its own
-        lines.append('platform: "ensemble"')
-    else:
-        lines.append(f"backend: {quote(model.format.backend)}")
-    return lines
+        return [*lines, 'platform: "ensemble"']
+    if model_format == ModelFormat.PYTORCH:
+        # TorchScript's platform name, which every Triton release reads (the backend name alone
+        # needs a release that resolves backends by name)
+        lines.append('platform: "pytorch_libtorch"')
+    return [*lines, f"backend: {quote(model_format.backend)}"]
 
 
-def config_lines(model: ModelSpec, config: TritonModelConfig) -> list[str]:
-    """The config.pbtxt lines (without the header comment) for a model and its config."""
-    lines = [*_identity(model), f"max_batch_size: {config.max_batch_size}"]
+def config_lines(name: str, model_format: ModelFormat, config: TritonModelConfig) -> list[str]:
+    """The config.pbtxt lines (without a header comment) of a model, its format and its config."""
+    lines = [*_identity(name, model_format), f"max_batch_size: {config.max_batch_size}"]
     if config.inputs:
         lines += _list_of_messages("input", [_tensor(t) for t in config.inputs])
     if config.outputs:
@@ -128,9 +137,19 @@ def config_lines(model: ModelSpec, config: TritonModelConfig) -> list[str]:
         lines += _list_of_messages("instance_group", [_instance_group(g) for g in config.instance_groups])
     if config.dynamic_batching is not None:
         lines += _dynamic_batching(config.dynamic_batching)
+    if config.decoupled is not None:
+        # https://github.com/triton-inference-server/server/blob/main/docs/user_guide/decoupled_models.md
+        lines += _block("model_transaction_policy", [f"decoupled: {'true' if config.decoupled else 'false'}"])
     if config.parameters:
         lines += _parameters(config.parameters)
     return lines
+
+
+def render_config(
+    name: str, model_format: ModelFormat, config: TritonModelConfig, header: str = HEADER
+) -> str:
+    """The whole config.pbtxt text: a header comment saying who wrote it, then the ModelConfig."""
+    return header + "\n".join(config_lines(name, model_format, config)) + "\n"
 
 
 def render_model_config(model: ModelSpec) -> str | None:
@@ -141,7 +160,7 @@ def render_model_config(model: ModelSpec) -> str | None:
     """
     if model.config is None:
         return None
-    return HEADER + "\n".join(config_lines(model, model.config)) + "\n"
+    return render_config(model.name, model.format, model.config)
 
 
 def recommended_dynamic_batching(model_format: ModelFormat, max_batch_size: int) -> DynamicBatching | None:
