@@ -231,6 +231,9 @@ class Engine:
         self.clock = clock
         with torch.no_grad():
             self.k_cache, self.v_cache = model.new_cache(max_streams)
+        # inputs go where the model is (a GPU instance's model.py moves it there); sampling stays on the
+        # CPU, where each request's seeded generator lives
+        self.device = self.k_cache.device
         self.free_slots = list(range(max_streams - 1, -1, -1))
         self.waiting: queue.Queue[Sequence | None] = queue.Queue()
         self.running: list[Sequence] = []
@@ -327,15 +330,15 @@ class Engine:
     def _prefill(self, sequence: Sequence, tokens: list[int]) -> torch.Tensor:
         """Cache ``tokens`` at positions 0.. of the sequence's slot; the logits of the byte after them."""
         logits = self.model.forward_cached(
-            torch.tensor([tokens]),
-            torch.tensor([sequence.slot]),
-            torch.arange(len(tokens)).unsqueeze(0),
+            torch.tensor([tokens], device=self.device),
+            torch.tensor([sequence.slot], device=self.device),
+            torch.arange(len(tokens), device=self.device).unsqueeze(0),
             self.k_cache,
             self.v_cache,
         )
         sequence.cached = len(tokens)
         self.observer.forward_pass(1)
-        return logits[0]
+        return logits[0].cpu()
 
     def _advance(self) -> None:
         """One byte more for every running sequence: one batched pass, plus a prompt pass for any that
@@ -345,12 +348,12 @@ class Engine:
         rows: list[tuple[Sequence, torch.Tensor]] = []
         if batch:
             logits = self.model.forward_cached(
-                torch.tensor([[s.tokens[-1]] for s in batch]),
-                torch.tensor([s.slot for s in batch]),
-                torch.tensor([[s.cached] for s in batch]),
+                torch.tensor([[s.tokens[-1]] for s in batch], device=self.device),
+                torch.tensor([s.slot for s in batch], device=self.device),
+                torch.tensor([[s.cached] for s in batch], device=self.device),
                 self.k_cache,
                 self.v_cache,
-            )
+            ).cpu()
             self.observer.forward_pass(len(batch))
             for sequence, row in zip(batch, logits, strict=True):
                 sequence.cached += 1
