@@ -27,7 +27,7 @@ import pytest
 import yaml
 
 from e2e.cluster import REPO_ROOT, Cluster, ensure_binaries
-from e2e.kube import Kubectl, wait_condition, wait_for
+from e2e.kube import Kubectl, fresh_namespace, wait_condition, wait_for
 from e2e.operator_proc import OperatorProcess, operator_available
 from e2e.storage import bound_claim
 from tests.harness import missing
@@ -154,16 +154,8 @@ def namespace(kubectl: Kubectl, request: pytest.FixtureRequest) -> Iterator[str]
     """A fresh namespace for one test (its pods may be created at once), deleted afterwards."""
     slug = "".join(c if c.isalnum() else "-" for c in request.node.name.lower()).strip("-")
     name = f"e2e-{slug[:40].rstrip('-')}-{uuid.uuid4().hex[:5]}"
-    kubectl("create", "namespace", name)
-    kubectl("label", "namespace", name, "kubeforge.io/e2e=true")
-    # The ServiceAccount admission plugin refuses pods until the controller made `default`.
-    wait_for(
-        lambda: kubectl("get", "serviceaccount", "default", namespace=name, check=False).returncode == 0,
-        timeout=30,
-        message=f"ServiceAccount {name}/default",
-    )
-    yield name
-    kubectl("delete", "namespace", name, "--wait=false", check=False)
+    with fresh_namespace(kubectl, name):
+        yield name
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -143,3 +144,20 @@ def wait_condition(
         return f"{kind}/{name} condition {condition_type}={status} (conditions: {conditions})"
 
     return wait_for(check, timeout=timeout, interval=0.25, message=describe)
+
+
+@contextmanager
+def fresh_namespace(kubectl: Kubectl, name: str) -> Iterator[str]:
+    """Create a labelled namespace that can take pods at once, and delete it afterwards (not waiting)."""
+    kubectl("create", "namespace", name)
+    kubectl("label", "namespace", name, "kubeforge.io/e2e=true")
+    # The ServiceAccount admission plugin refuses pods until the controller made `default`.
+    wait_for(
+        lambda: kubectl("get", "serviceaccount", "default", namespace=name, check=False).returncode == 0,
+        timeout=30,
+        message=f"ServiceAccount {name}/default",
+    )
+    try:
+        yield name
+    finally:
+        kubectl("delete", "namespace", name, "--wait=false", check=False)

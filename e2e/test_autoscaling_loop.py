@@ -169,6 +169,34 @@ def _dcgm_stand_in(servers: PodServers) -> Iterator[Callable[[], list[Target]]]:
         exporter.server_close()
 
 
+def _hpa(max_replicas: int, targets: dict[str, int]) -> dict[str, Any]:
+    """engine hpa from one replica, reacting at once both ways (the test's timescale)."""
+    return {
+        "engine": "hpa",
+        "minReplicas": 1,
+        "maxReplicas": max_replicas,
+        "targets": targets,
+        "behavior": {"scaleUpStabilizationSeconds": 0, "scaleDownStabilizationSeconds": 0},
+    }
+
+
+@contextmanager
+def _serving_with_hpa(
+    kubectl: Kubectl,
+    namespace: str,
+    prometheus: Prometheus,
+    root: Path,
+    extra: list[Target],
+    autoscaling: dict[str, Any],
+) -> Iterator[tuple[PodServers, IngressFront]]:
+    """The ModelDeployment applied, its first server up, and the HPA reading its metric."""
+    kubectl.apply(_md(namespace, autoscaling))
+    with _data_plane(kubectl, namespace, prometheus, root, extra) as (servers, front):
+        servers.wait_for_servers(1)
+        _autoscaling_ready(kubectl, namespace)
+        yield servers, front
+
+
 def test_hpa_adds_replicas_when_requests_queue_and_removes_them_after(
     kubectl: Kubectl,
     namespace: str,
@@ -178,18 +206,9 @@ def test_hpa_adds_replicas_when_requests_queue_and_removes_them_after(
     adapter: PrometheusAdapter,
     tmp_path: Path,
 ) -> None:
-    autoscaling = {
-        "engine": "hpa",
-        "minReplicas": 1,
-        "maxReplicas": 3,
-        "targets": {"queueTimeMicroseconds": 20000},
-        "behavior": {"scaleUpStabilizationSeconds": 0, "scaleDownStabilizationSeconds": 0},
-    }
-    kubectl.apply(_md(namespace, autoscaling))
     extra: list[Target] = [(f"127.0.0.1:{operator.metrics_port}", {"job": "kubeforge"})]
-    with _data_plane(kubectl, namespace, prometheus, tmp_path, extra) as (servers, front):
-        servers.wait_for_servers(1)
-        _autoscaling_ready(kubectl, namespace)
+    hpa = _hpa(3, {"queueTimeMicroseconds": 20000})
+    with _serving_with_hpa(kubectl, namespace, prometheus, tmp_path, extra, hpa) as (servers, front):
         started = time.monotonic()
         with Load(front, MODEL.name, clients=6, seconds=240):
             scaled = wait_for(
@@ -226,19 +245,12 @@ def test_hpa_scales_out_on_inferences_per_second(
     adapter: PrometheusAdapter,
     tmp_path: Path,
 ) -> None:
-    autoscaling = {
-        "engine": "hpa",
-        "minReplicas": 1,
-        "maxReplicas": 2,
-        "targets": {"inferencesPerSecond": 20},
-        "behavior": {"scaleUpStabilizationSeconds": 0, "scaleDownStabilizationSeconds": 0},
-    }
-    kubectl.apply(_md(namespace, autoscaling))
-    with _data_plane(kubectl, namespace, prometheus, tmp_path, []) as (servers, front):
-        servers.wait_for_servers(1)
-        _autoscaling_ready(kubectl, namespace)
-        with Load(front, MODEL.name, clients=4, seconds=240):  # ~50/s on one replica: 2.5x the target
-            wait_for(_replicas(kubectl, namespace, 2), timeout=180, message="a second replica serving")
+    hpa = _hpa(2, {"inferencesPerSecond": 20})
+    with (
+        _serving_with_hpa(kubectl, namespace, prometheus, tmp_path, [], hpa) as (servers, front),
+        Load(front, MODEL.name, clients=4, seconds=240),  # ~50/s on one replica: 2.5x the target
+    ):
+        wait_for(_replicas(kubectl, namespace, 2), timeout=180, message="a second replica serving")
     assert not servers.errors, servers.errors
 
 

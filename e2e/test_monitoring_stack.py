@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import pytest
 
 from e2e.cluster import Cluster
-from e2e.kube import Kubectl, find_condition, wait_for
+from e2e.kube import Kubectl, find_condition, fresh_namespace, wait_for
 from e2e.monitoring import Keda, Prometheus, PrometheusAdapter
 from kubeforge.testing.triton import TritonServer, run_tritonserver
 from kubeforge.testing.workloads import drive_load, fixed_cost_model, write_model
@@ -33,16 +33,8 @@ MODEL = "fixed"
 @pytest.fixture(scope="module")
 def namespace(kubectl: Kubectl) -> Iterator[str]:
     """One namespace for the module: the scrape labels, the pod and the ScaledObject all name it."""
-    name = f"e2e-monitoring-{uuid.uuid4().hex[:5]}"
-    kubectl("create", "namespace", name)
-    kubectl("label", "namespace", name, "kubeforge.io/e2e=true")
-    wait_for(
-        lambda: kubectl("get", "serviceaccount", "default", namespace=name, check=False).returncode == 0,
-        timeout=30,
-        message=f"ServiceAccount {name}/default",
-    )
-    yield name
-    kubectl("delete", "namespace", name, "--wait=false", check=False)
+    with fresh_namespace(kubectl, f"e2e-monitoring-{uuid.uuid4().hex[:5]}") as name:
+        yield name
 
 
 @pytest.fixture(scope="module")
