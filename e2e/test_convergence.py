@@ -100,6 +100,10 @@ MD_SAMPLES: dict[str, tuple[Patch, Patch | None]] = {
         },
         {"autoscaling": {"targets": {"inferencesPerSecond": None}}},
     ),
+    "autoscaling.activation": (
+        {"autoscaling": {**AUTOSCALING, "activation": {"source": "ingress-nginx"}}},
+        {"autoscaling": {"activation": None}},
+    ),
     "autoscaling.behavior": (
         {"autoscaling": {**AUTOSCALING, "behavior": {"scaleDownStabilizationSeconds": 30}}},
         {"autoscaling": {"behavior": None}},
