@@ -75,7 +75,13 @@ def test_hpa_is_accepted_and_reports_through_status(
         return condition if condition and condition["reason"] == "MetricsApiNotServed" else None
 
     condition = wait_for(hpa_reported, timeout=90, message="AutoscalingReady=False/MetricsApiNotServed")
-    hpa = kubectl.json("get", "hpa", "resnet50", namespace=namespace)
+
+    def hpa_conditions() -> dict[str, Any] | None:
+        hpa: dict[str, Any] = kubectl.json("get", "hpa", "resnet50", namespace=namespace)
+        ready = find_condition(hpa, "AbleToScale") and find_condition(hpa, "ScalingActive")
+        return hpa if ready else None
+
+    hpa = wait_for(hpa_conditions, timeout=90, message="the HPA controller's own conditions")
     able = find_condition(hpa, "AbleToScale")
     # the real controller-manager found the ModelDeployment's /scale ...
     assert able is not None and able["status"] == "True", hpa["status"]
