@@ -25,8 +25,8 @@ $(VENV)/.installed: pyproject.toml hack/install-torch.sh
 	hack/install-torch.sh $(VENV)
 	touch $@
 
-binaries: ## build (or reuse) etcd, kube-*, kwok, helm, kueue, kstatus, prometheus(-adapter), keda under ~/.cache/kubeforge/bin
-	e2e/binaries.sh etcd kubernetes kwok helm kueue kstatus prometheus prometheus-adapter keda
+binaries: ## build (or reuse) etcd, kube-*, kwok, helm, kueue, lws, kstatus, prometheus(-adapter), keda under ~/.cache/kubeforge/bin
+	e2e/binaries.sh etcd kubernetes kwok helm kueue lws kstatus prometheus prometheus-adapter keda
 
 manifests: install ## regenerate CRDs, the chart's CRDs and docs/api.md from the API models
 	$(PY) -m kubeforge.generate

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Provides the pinned binaries of the local control plane (etcd, kube-apiserver,
-# kube-controller-manager, kube-scheduler), kwok, helm, Kueue, a kstatus CLI and the autoscaling
-# stack (Prometheus, prometheus-adapter, KEDA's operator and metrics API server), cached outside
-# the repo so only the first run on a machine pays for them.
+# kube-controller-manager, kube-scheduler), kwok, helm, Kueue, LeaderWorkerSet, a kstatus CLI and
+# the autoscaling stack (Prometheus, prometheus-adapter, KEDA's operator and metrics API server),
+# cached outside the repo so only the first run on a machine pays for them.
 #
 # Without internet (this project's CI) each one is built from its Go module via
 # the module proxy; with KUBEFORGE_DOWNLOAD=1 the official release archives of the
@@ -28,6 +28,8 @@ PROMETHEUS_VERSION=${PROMETHEUS_VERSION:-v0.316.0}
 PROMETHEUS_ADAPTER_VERSION=${PROMETHEUS_ADAPTER_VERSION:-v0.12.0}
 # Also the version of the KEDA CRDs the e2e tests install (e2e/monitoring.py KEDA_VERSION).
 KEDA_VERSION=${KEDA_VERSION:-v2.21.0}
+# LeaderWorkerSet; also the version of its CRDs and webhooks the e2e tests install (e2e/lws.py).
+LWS_VERSION=${LWS_VERSION:-v0.7.0}
 
 CACHE=${KUBEFORGE_CACHE:-$HOME/.cache/kubeforge}
 BIN="$CACHE/bin"
@@ -180,6 +182,13 @@ build_keda() {
     "-X github.com/kedacore/keda/v2/version.Version=${KEDA_VERSION#v}" keda=./cmd/operator keda-adapter=./cmd/adapter
 }
 
+build_lws() {
+  # The manager's main package is the module's ./cmd (LWS's Makefile: go build cmd/main.go), so
+  # `go install` would name the binary "cmd"; built in the module, named as its image names it.
+  go_build_in_module sigs.k8s.io/lws "$LWS_VERSION" \
+    "-X sigs.k8s.io/lws/pkg/version.GitVersion=$LWS_VERSION" lws=./cmd
+}
+
 download_release() { # for machines with internet: official binaries
   local os=linux arch; arch=$(go env GOARCH 2>/dev/null || echo amd64)
   local k8s="https://dl.k8s.io/release/$K8S_VERSION/bin/$os/$arch"
@@ -208,6 +217,7 @@ for c in "${components[@]}"; do
     prometheus-adapter) go_build_in_module sigs.k8s.io/prometheus-adapter "$PROMETHEUS_ADAPTER_VERSION" "" \
       prometheus-adapter=./cmd/adapter ;;
     keda) build_keda ;;
+    lws) build_lws ;;
     *) echo "unknown component: $c" >&2; exit 2 ;;
   esac
 done

@@ -49,9 +49,11 @@ SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
 # What the e2e tests run beside the cluster: e2e/binaries.sh component -> the binaries it leaves.
-# kstatus: Flux's status library (e2e/kstatus.py); the rest: the autoscaling stack (e2e/monitoring.py).
+# kstatus: Flux's status library (e2e/kstatus.py); lws: LeaderWorkerSet's controller (e2e/lws.py); the
+# rest: the autoscaling stack (e2e/monitoring.py).
 TOOLS: dict[str, tuple[str, ...]] = {
     "kstatus": ("kstatus",),
+    "lws": ("lws",),
     "prometheus": ("prometheus",),
     "prometheus-adapter": ("prometheus-adapter",),
     "keda": ("keda", "keda-adapter"),
