@@ -179,7 +179,10 @@ def cpu_node(name: str, index: int, zone: str, cpu: int = 32, memory_gi: int = 1
 
 
 def default_nodes() -> list[SimulatedNode]:
-    """The nodes of every local cluster: 2x 8 A100, 2x 8 H100, 1 MIG node, 2 CPU nodes."""
+    """The nodes of every local cluster: 2x 8 A100, 4x 8 H100, 1 MIG node, 2 CPU nodes.
+
+    Four H100 nodes hold two multi-node replicas (LeaderWorkerSet groups) of 2 nodes x 8 GPUs.
+    """
     return [
         a100_node("gpu-a100-0", 1, "local-a"),
         a100_node("gpu-a100-1", 2, "local-b"),
@@ -188,4 +191,6 @@ def default_nodes() -> list[SimulatedNode]:
         mig_node("gpu-mig-0", 5, "local-a"),
         cpu_node("cpu-0", 6, "local-a"),
         cpu_node("cpu-1", 7, "local-b"),
+        h100_node("gpu-h100-2", 8, "local-a"),
+        h100_node("gpu-h100-3", 9, "local-b"),
     ]
