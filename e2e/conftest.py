@@ -28,6 +28,7 @@ import yaml
 
 from e2e.cluster import REPO_ROOT, Cluster, ensure_binaries
 from e2e.kube import Kubectl, fresh_namespace, wait_condition, wait_for
+from e2e.lws import LeaderWorkerSetController
 from e2e.operator_proc import OperatorProcess, operator_available
 from e2e.storage import bound_claim
 from tests.harness import missing
@@ -115,6 +116,7 @@ def _clean_abandoned_runs() -> None:
         if owner and Path(f"/proc/{owner}").exists():
             continue
         Cluster(run).stop(timeout=5)
+        LeaderWorkerSetController(Cluster(run)).stop(timeout=5)
         OperatorProcess(run / "kubeconfig", run / "operator.log", run / "run" / "operator.pid").stop(
             timeout=5
         )
@@ -187,6 +189,18 @@ def operator(cluster: Cluster) -> Iterator[OperatorProcess]:
     proc.start(metrics=True)
     yield proc
     proc.stop()
+
+
+@pytest.fixture(scope="session")
+def lws(cluster: Cluster) -> Iterator[LeaderWorkerSetController]:
+    """LeaderWorkerSet's controller with its CRD and webhooks (e2e/lws.py), for the rest of the session.
+
+    Its pod webhook sees only pods labelled `leaderworkerset.sigs.k8s.io/name`; other tests' pods
+    never reach it.
+    """
+    controller = LeaderWorkerSetController(cluster).start()
+    yield controller
+    controller.stop()
 
 
 @pytest.fixture

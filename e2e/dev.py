@@ -23,6 +23,7 @@ import yaml
 
 from e2e.cluster import REPO_ROOT, Cluster, ClusterError
 from e2e.kube import Kubectl, KubectlError, find_condition
+from e2e.lws import LeaderWorkerSetController
 from e2e.operator_proc import RUNNER_MODULE, OperatorError, OperatorProcess, operator_available
 from e2e.storage import bound_claim
 
@@ -34,6 +35,11 @@ SIM_EXIT_CODE = "sim.kubeforge.io/exit-code"
 
 def _operator() -> OperatorProcess:
     return OperatorProcess(DEV_DIR / "kubeconfig", DEV_DIR / "operator.log", DEV_DIR / "operator.pid")
+
+
+def _lws(cluster: Cluster) -> LeaderWorkerSetController:
+    """LeaderWorkerSet's controller: examples/llm-multinode.yaml runs as a LeaderWorkerSet."""
+    return LeaderWorkerSetController(cluster, state_dir=DEV_DIR / "lws")
 
 
 def up(wait: float, finish_jobs_after: str | None) -> int:
@@ -59,6 +65,15 @@ def up(wait: float, finish_jobs_after: str | None) -> int:
     kubectl.apply(CRDS_DIR, server_side=True)
     kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", str(CRDS_DIR))
     print(f"  CRDs established: {', '.join(p.stem for p in crds)}")
+
+    lws = _lws(cluster)
+    lws.stop()  # restarted on every `up`, like the operator: its webhooks then name its new port
+    try:
+        lws.start()
+    except (RuntimeError, KubectlError) as error:
+        print(f"error: LeaderWorkerSet controller: {error}", file=sys.stderr)
+        return 1
+    print(f"  LeaderWorkerSet controller running, log: {_rel(lws.log_file('lws'))}")
 
     operator = _operator()
     # Restarted on every `up`, so that it runs the code as it is now in the checkout.
@@ -116,7 +131,11 @@ def down() -> int:
         operator.stop()
         print("Stopped the operator")
     cluster = Cluster(DEV_DIR)
-    running = [name for name, proc in cluster.processes.items() if proc.is_running()]
+    lws = _lws(cluster)
+    running = [
+        name for name, proc in [*lws.processes.items(), *cluster.processes.items()] if proc.is_running()
+    ]
+    lws.stop()
     cluster.stop()
     print(f"Stopped {', '.join(running)}" if running else "No dev cluster was running")
     return 0
@@ -124,7 +143,11 @@ def down() -> int:
 
 def status() -> int:
     cluster = Cluster(DEV_DIR)
-    for name, proc in [*cluster.processes.items(), ("operator", _operator().process)]:
+    for name, proc in [
+        *cluster.processes.items(),
+        *_lws(cluster).processes.items(),
+        ("operator", _operator().process),
+    ]:
         pid = proc.pid()
         print(f"{name:24} {'running, pid ' + str(pid) if pid else 'stopped'}  {_rel(proc.log_file)}")
     return 0 if cluster.is_running() else 1
