@@ -102,6 +102,11 @@ it is a Role of its own in the release namespace (rbac.yaml).
 - apiGroups: ["batch"]
   resources: ["jobs"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# A replica spanning several nodes runs as a LeaderWorkerSet group (sigs.k8s.io/lws), only where
+# leaderworkerset.x-k8s.io is served; LWS itself creates the group's pods and headless Service.
+- apiGroups: ["leaderworkerset.x-k8s.io"]
+  resources: ["leaderworkersets"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 # Pods are only observed (readiness, exit codes, scheduling problems); their Jobs/Deployments own them.
 - apiGroups: [""]
   resources: ["pods"]

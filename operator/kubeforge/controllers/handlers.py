@@ -21,7 +21,12 @@ from kubeforge.controllers.context import Context
 from kubeforge.controllers.informer import Informer
 from kubeforge.controllers.leader import LeaderElector, LeaseSettings
 from kubeforge.controllers.metrics import serve_metrics
-from kubeforge.controllers.modeldeployment import KEDA_API, MONITORING_API, reconcile_model_deployment
+from kubeforge.controllers.modeldeployment import (
+    KEDA_API,
+    LWS_API,
+    MONITORING_API,
+    reconcile_model_deployment,
+)
 from kubeforge.controllers.trainingjob import reconcile_training_job
 from kubeforge.controllers.workqueue import WorkQueue
 from kubeforge.k8s import resources as r
@@ -36,8 +41,12 @@ OPTIONAL_API_SECONDS = 30.0  # how often to look for KEDA's and the Prometheus o
 
 OWNERS = (r.MODEL_DEPLOYMENT, r.TRAINING_JOB)
 CHILDREN = (r.DEPLOYMENT, r.SERVICE, r.PDB, r.HPA, r.JOB, r.POD)
-# children whose API exists only where KEDA / the Prometheus operator is installed
-OPTIONAL_CHILDREN = ((r.SCALED_OBJECT, KEDA_API), (r.SERVICE_MONITOR, MONITORING_API))
+# children whose API exists only where KEDA / the Prometheus operator / LeaderWorkerSet is installed
+OPTIONAL_CHILDREN = (
+    (r.SCALED_OBJECT, KEDA_API),
+    (r.SERVICE_MONITOR, MONITORING_API),
+    (r.LEADER_WORKER_SET, LWS_API),
+)
 
 
 class Runtime:
@@ -133,7 +142,7 @@ class Runtime:
         return started
 
     async def _watch_for_optional_apis(self) -> None:
-        """KEDA or the Prometheus operator installed later: start watching their kinds then."""
+        """KEDA, the Prometheus operator or LWS installed later: start watching their kinds then."""
         while True:
             await asyncio.sleep(OPTIONAL_API_SECONDS)
             await self._inform_optional()

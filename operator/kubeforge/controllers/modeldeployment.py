@@ -8,6 +8,13 @@ from typing import Any
 from kubeforge.api.common import ConditionStatus
 from kubeforge.api.modeldeployment import ModelDeployment, ModelDeploymentStatus, ModelState
 from kubeforge.builders import autoscaling
+from kubeforge.builders.leaderworkerset import (
+    LEADER_INDEX,
+    WORKER_INDEX_LABEL,
+    build_leader_service,
+    build_leaderworkerset,
+    leaderworkerset_name,
+)
 from kubeforge.builders.modeldeployment import (
     HTTP_PORT,
     build_pod_disruption_budget,
@@ -23,6 +30,7 @@ from kubeforge.controllers.workqueue import Surfaced
 from kubeforge.k8s import resources as r
 from kubeforge.k8s.semantic import controller_uid
 from kubeforge.status.conditions import get_condition
+from kubeforge.status.gitops import ReconcileFailure
 from kubeforge.status.modeldeployment import AutoscalerObservation, Observed, compute_status, stall_check_in
 from kubeforge.status.pods import pod_ready
 
@@ -35,6 +43,14 @@ EXTERNAL_METRICS_API = "external.metrics.k8s.io/v1beta1"
 MODEL_PROBE_SECONDS = 30.0
 MISSING_API_SECONDS = 30.0
 MONITORING_API = "monitoring.coreos.com/v1"
+LWS_API = "leaderworkerset.x-k8s.io/v1"
+LWS_NOT_INSTALLED = ReconcileFailure(
+    "LeaderWorkerSetNotInstalled",
+    f"a replica of this ModelDeployment spans several nodes (nodesPerReplica, or its llm's "
+    f"tensorParallelSize x pipelineParallelSize over gpu.count), which runs as a LeaderWorkerSet, but the "
+    f"{LWS_API} API is not served: install LeaderWorkerSet (https://lws.sigs.k8s.io), or fit a replica on "
+    "one node",
+)
 
 
 async def _ensure_optional(
@@ -101,6 +117,29 @@ async def _missing_metrics_api(ctx: Context, md: ModelDeployment) -> tuple[str, 
     return None
 
 
+async def _workload(ctx: Context, md: ModelDeployment) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """Apply the Deployment, or the LeaderWorkerSet when a replica spans nodes, and remove the other.
+
+    The new one is applied before the old one is deleted, and the old one stays when the new one
+    cannot be applied: a switch never leaves the ModelDeployment with neither.
+    Returns (deployment, leaderworkerset) as applied or found.
+    """
+    ns, name, uid = md.metadata.namespace or "", md.metadata.name, md.metadata.uid
+    assert uid is not None
+    if md.spec.replica_nodes > 1:
+        lws = await ctx.ensure(build_leaderworkerset(md, ctx.settings))
+        await ctx.ensure_absent(r.DEPLOYMENT, ns, name, uid)
+        return None, lws
+    deployment = await ctx.ensure(build_triton_deployment(md, ctx.settings))
+    await ctx.ensure_absent(r.LEADER_WORKER_SET, ns, leaderworkerset_name(md), uid)
+    return deployment, None
+
+
+def _ours(ctx: Context, md: ModelDeployment, resource: r.Resource, name: str) -> dict[str, Any] | None:
+    cached = ctx.cache.get(resource.kind, md.metadata.namespace or "", name)
+    return cached if cached is not None and controller_uid(cached) == md.metadata.uid else None
+
+
 async def _monitoring(ctx: Context, md: ModelDeployment) -> None:
     if not await ctx.kube.api_group_served(MONITORING_API):
         return  # pods carry prometheus.io/* annotations either way
@@ -124,6 +163,10 @@ async def _probe_models(
     return list(result.models), result.error
 
 
+async def _nothing() -> None:
+    return None
+
+
 async def reconcile_model_deployment(ctx: Context, key: tuple[str, str]) -> float | None:
     ns, name = key
     loaded = await load_or_refuse(ctx, r.MODEL_DEPLOYMENT, ModelDeployment, key)
@@ -131,22 +174,31 @@ async def reconcile_model_deployment(ctx: Context, key: tuple[str, str]) -> floa
         return None
     body, md = loaded
 
+    multi_node = md.spec.replica_nodes > 1
+    missing_lws = multi_node and not await ctx.kube.api_group_served(LWS_API)
     # the children do not depend on each other: apply them concurrently
-    (deployment, _, _, autoscaler, _), failure = await settle(
-        ctx.ensure(build_triton_deployment(md, ctx.settings)),
-        ctx.ensure(build_service(md)),
+    (workload, _, _, autoscaler, _), failure = await settle(
+        _workload(ctx, md) if not missing_lws else _nothing(),
+        ctx.ensure(build_leader_service(md) if multi_node else build_service(md)),
         _ensure_optional(ctx, r.PDB, md, build_pod_disruption_budget(md)),
         _autoscaler(ctx, md),
         _monitoring(ctx, md),
     )
-    if deployment is None:  # not applied this time: report on our own Deployment, if any
-        cached = ctx.cache.get(r.DEPLOYMENT.kind, ns, name)
-        deployment = cached if cached is not None and controller_uid(cached) == md.metadata.uid else None
+    if missing_lws:
+        # the Deployment of a single-node spec, if any, keeps serving meanwhile
+        failure = LWS_NOT_INSTALLED
+    deployment, leaderworkerset = workload or (None, None)
+    if workload is None:  # not applied this time: report on our own, if any
+        deployment = _ours(ctx, md, r.DEPLOYMENT, name)
+        leaderworkerset = _ours(ctx, md, r.LEADER_WORKER_SET, leaderworkerset_name(md))
 
     pods = ctx.cache.owned(r.POD.kind, "modeldeployment", ns, name)
-    states, probe_error = await _probe_models(ctx, pods)
+    # a group's workers run no Triton: only leaders are asked for their models
+    servers = [p for p in pods if (p["metadata"].get("labels") or {}).get(WORKER_INDEX_LABEL) == LEADER_INDEX]
+    states, probe_error = await _probe_models(ctx, servers if multi_node else pods)
     observed = Observed(
         deployment=deployment,
+        leaderworkerset=leaderworkerset,
         pods=pods,
         endpoints=endpoints(md, ctx.settings),
         autoscaler=autoscaler,
@@ -163,9 +215,12 @@ async def reconcile_model_deployment(ctx: Context, key: tuple[str, str]) -> floa
     ctx.metrics.set_replicas(ns, name, status.desired_replicas or 0, status.ready_replicas or 0)
     for transition in transitions:
         ctx.announce(body, transition.type, transition.reason, transition.message)
-    if failure is not None:
+    if failure is not None and failure is not LWS_NOT_INSTALLED:
         raise Surfaced(f"{failure.reason}: {failure.message}", reason=failure.reason)
     requeue = [stall_check_in(status, now, ctx.settings.stall_seconds)]
+    if missing_lws:
+        # like a missing KEDA: LWS installed later sends no event here, so look again (no backoff)
+        requeue.append(MISSING_API_SECONDS)
     scaling = get_condition(status.conditions, "AutoscalingReady")
     if scaling is not None and scaling.status != ConditionStatus.TRUE:
         # an API installed later, or a metric absent long enough, sends no watch event: look again

@@ -44,6 +44,7 @@ PDB = Resource("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets")
 HPA = Resource("autoscaling/v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers")
 SCALED_OBJECT = Resource("keda.sh/v1alpha1", "ScaledObject", "scaledobjects")
 SERVICE_MONITOR = Resource("monitoring.coreos.com/v1", "ServiceMonitor", "servicemonitors")
+LEADER_WORKER_SET = Resource("leaderworkerset.x-k8s.io/v1", "LeaderWorkerSet", "leaderworkersets")
 LEASE = Resource("coordination.k8s.io/v1", "Lease", "leases")
 
 _ALL = (
@@ -59,6 +60,7 @@ _ALL = (
     HPA,
     SCALED_OBJECT,
     SERVICE_MONITOR,
+    LEADER_WORKER_SET,
     LEASE,
 )
 _BY_KIND = {(r.api_version, r.kind): r for r in _ALL}

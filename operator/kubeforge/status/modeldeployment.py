@@ -15,10 +15,12 @@ from kubeforge.api.modeldeployment import (
     ModelState,
     Phase,
 )
+from kubeforge.builders.leaderworkerset import leader_selector_string
 from kubeforge.builders.modeldeployment import selector_string
 from kubeforge.builders.pods import gpu_summary
 from kubeforge.status.conditions import get_condition, set_condition
 from kubeforge.status.gitops import ReconcileFailure, Verdict, kstatus_conditions
+from kubeforge.status.leaderworkerset import count_groups
 from kubeforge.status.pods import PodProblem, pod_problem, pod_ready
 
 # Degraded this long (an unschedulable GPU request, an image that cannot be pulled, a crash loop)
@@ -52,6 +54,69 @@ class Observed:
     warnings: list[str] = field(default_factory=list)
     # a child could not be applied (name clash, denial, invalid): the spec is not realised
     failure: ReconcileFailure | None = None
+    # a replica spanning several nodes runs as a LeaderWorkerSet group instead of a Deployment
+    leaderworkerset: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Workload:
+    """The serving workload (a Deployment, or a LeaderWorkerSet's groups) reduced to what status says.
+
+    `replicas` are Triton servers: pods of a Deployment, groups of a LeaderWorkerSet.
+    """
+
+    name: str  # "the Triton Deployment" / "the LeaderWorkerSet"
+    exists: bool
+    replicas: int
+    ready: int
+    updated: int
+    rolled_out: bool
+    deadline: str | None = None  # the Deployment's ProgressDeadlineExceeded message
+    recreating: str | None = None  # a group being recreated after one of its pods failed
+
+
+def _deployment_workload(dep: dict[str, Any] | None, desired: int) -> Workload:
+    dep_status = (dep or {}).get("status", {})
+    replicas = int(dep_status.get("replicas", 0) or 0)
+    ready = int(dep_status.get("readyReplicas", 0) or 0) if dep else 0
+    updated = int(dep_status.get("updatedReplicas", 0) or 0)
+    current = dep is not None and int(dep_status.get("observedGeneration", 0) or 0) >= int(
+        dep["metadata"].get("generation", 0) or 0
+    )
+    progress = _deployment_condition(dep, "Progressing") if dep else None
+    return Workload(
+        name="the Triton Deployment",
+        exists=dep is not None,
+        replicas=replicas,
+        ready=ready,
+        updated=updated,
+        rolled_out=current and updated >= desired and replicas == desired and ready >= desired,
+        deadline=(
+            str(progress.get("message", ""))
+            if progress and progress.get("reason") == "ProgressDeadlineExceeded"
+            else None
+        ),
+    )
+
+
+def _leaderworkerset_workload(
+    lws: dict[str, Any] | None, pods: list[dict[str, Any]], desired: int
+) -> Workload:
+    groups = count_groups(lws, pods, desired)
+    return Workload(
+        name="the LeaderWorkerSet",
+        exists=lws is not None,
+        replicas=groups.groups,
+        ready=groups.ready,
+        updated=groups.updated,
+        rolled_out=(
+            lws is not None
+            and groups.updated_ready >= desired
+            and groups.groups == desired
+            and groups.recreating is None
+        ),
+        recreating=groups.recreating,
+    )
 
 
 @dataclass(frozen=True)
@@ -157,17 +222,17 @@ def compute_status(
     generation = md.metadata.generation
     conditions: list[Condition] = list(previous.conditions or []) if previous else []
     desired = md.spec.replicas
-    dep = observed.deployment
-    dep_status = (dep or {}).get("status", {})
-    replicas = int(dep_status.get("replicas", 0) or 0)
+    multi_node = md.spec.replica_nodes > 1
+    workload = (
+        _leaderworkerset_workload(observed.leaderworkerset, observed.pods, desired)
+        if multi_node
+        else _deployment_workload(observed.deployment, desired)
+    )
+    replicas, ready_replicas, updated = workload.replicas, workload.ready, workload.updated
+    rolled_out = workload.rolled_out
+    servers = "groups" if multi_node else "Triton servers"
     live_pods = [p for p in observed.pods if not p["metadata"].get("deletionTimestamp")]
     ready_pods = sum(1 for p in live_pods if pod_ready(p))
-    ready_replicas = int(dep_status.get("readyReplicas", 0) or 0) if dep else 0
-    updated = int(dep_status.get("updatedReplicas", 0) or 0)
-    dep_current = dep is not None and int(dep_status.get("observedGeneration", 0) or 0) >= int(
-        dep["metadata"].get("generation", 0) or 0
-    )
-    rolled_out = dep_current and updated >= desired and replicas == desired and ready_replicas >= desired
 
     def put(type_: str, status: bool | None, reason: str, message: str) -> None:
         nonlocal conditions
@@ -175,18 +240,17 @@ def compute_status(
 
     # Degraded: pods stuck for a reason a person must act on
     problem = _first_problem(live_pods)
-    progress = _deployment_condition(dep, "Progressing") if dep else None
     if problem:
         put("Degraded", True, problem.reason, f"pod {problem.pod}: {problem.message}")
-    elif progress and progress.get("reason") == "ProgressDeadlineExceeded":
-        put("Degraded", True, "ProgressDeadlineExceeded", str(progress.get("message", "")))
+    elif workload.deadline is not None:
+        put("Degraded", True, "ProgressDeadlineExceeded", workload.deadline)
     else:
         put("Degraded", False, "AsExpected", "no pod is stuck")
 
     # Available means someone can be served: at least one ready replica. (The Deployment's own
     # Available only means "no more than maxUnavailable missing", which is true at 0 of 1 ready.)
-    if dep is None:
-        put("Available", False, "Creating", "the Triton Deployment has no status yet")
+    if not workload.exists:
+        put("Available", False, "Creating", f"{workload.name} has no status yet")
     elif desired == 0:
         put(
             "Available",
@@ -195,9 +259,9 @@ def compute_status(
             "no replica is wanted: requests find no server until the autoscaler scales up",
         )
     elif ready_replicas >= 1:
-        put("Available", True, "ReplicasReady", f"{ready_replicas}/{desired} Triton servers ready")
+        put("Available", True, "ReplicasReady", f"{ready_replicas}/{desired} {servers} ready")
     else:
-        put("Available", False, "NoReplicaReady", f"0/{desired} Triton servers ready")
+        put("Available", False, "NoReplicaReady", f"0/{desired} {servers} ready")
 
     if rolled_out:
         put(
@@ -206,8 +270,10 @@ def compute_status(
             "RolloutComplete",
             f"{ready_replicas}/{desired} replicas ready and up to date",
         )
-    elif dep is None:
-        put("Progressing", True, "Creating", "creating the Triton Deployment")
+    elif not workload.exists:
+        put("Progressing", True, "Creating", f"creating {workload.name}")
+    elif workload.recreating is not None:
+        put("Progressing", True, "GroupRecreating", workload.recreating)
     else:
         put(
             "Progressing",
@@ -226,12 +292,14 @@ def compute_status(
             "Ready",
             True,
             "AllReplicasReady",
-            f"{ready_replicas}/{desired} Triton servers ready with all models loaded",
+            f"{ready_replicas}/{desired} {servers} ready with all models loaded",
         )
+    elif workload.recreating is not None:
+        put("Ready", False, "GroupRecreating", workload.recreating)
     elif problem:
         put("Ready", False, problem.reason, f"pod {problem.pod}: {problem.message}")
     else:
-        put("Ready", False, "NotAllReplicasReady", f"{ready_replicas}/{desired} Triton servers ready")
+        put("Ready", False, "NotAllReplicasReady", f"{ready_replicas}/{desired} {servers} ready")
 
     models = observed.model_states
     if models is not None:
@@ -273,7 +341,7 @@ def compute_status(
         phase = Phase.DEGRADED
     elif ready and ready.status == ConditionStatus.TRUE:
         phase = Phase.SCALED_TO_ZERO if desired == 0 else Phase.READY
-    elif dep is not None:
+    elif workload.exists:
         phase = Phase.PROGRESSING
     else:
         phase = Phase.PENDING
@@ -285,7 +353,7 @@ def compute_status(
         desired_replicas=desired_replicas,
         ready_replicas=ready_replicas,
         ready=f"{ready_replicas}/{desired}",
-        selector=selector_string(md),
+        selector=leader_selector_string(md) if multi_node else selector_string(md),
         model=",".join(m.name for m in md.spec.models),
         gpu=gpu_summary(md.spec.gpu),
         endpoints=Endpoints.model_validate(observed.endpoints),
