@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from kubeforge.api.common import ConditionStatus
@@ -28,6 +29,7 @@ from kubeforge.controllers.invalid import load_or_refuse
 from kubeforge.controllers.status_patch import write_status
 from kubeforge.controllers.workqueue import Surfaced
 from kubeforge.k8s import resources as r
+from kubeforge.k8s.client import ApiError
 from kubeforge.k8s.semantic import controller_uid
 from kubeforge.status.conditions import get_condition
 from kubeforge.status.gitops import ReconcileFailure
@@ -117,22 +119,35 @@ async def _missing_metrics_api(ctx: Context, md: ModelDeployment) -> tuple[str, 
     return None
 
 
-async def _workload(ctx: Context, md: ModelDeployment) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+@dataclass(frozen=True)
+class Workload:
+    deployment: dict[str, Any] | None = None
+    leaderworkerset: dict[str, Any] | None = None
+    lws_missing: bool = False  # a replica spans nodes, and the LeaderWorkerSet API is not served
+
+
+async def _workload(ctx: Context, md: ModelDeployment) -> Workload:
     """Apply the Deployment, or the LeaderWorkerSet when a replica spans nodes, and remove the other.
 
     The new one is applied before the old one is deleted, and the old one stays when the new one
     cannot be applied: a switch never leaves the ModelDeployment with neither.
-    Returns (deployment, leaderworkerset) as applied or found.
     """
     ns, name, uid = md.metadata.namespace or "", md.metadata.name, md.metadata.uid
     assert uid is not None
     if md.spec.replica_nodes > 1:
-        lws = await ctx.ensure(build_leaderworkerset(md, ctx.settings))
+        if not await ctx.kube.api_group_served(LWS_API):
+            return Workload(lws_missing=True)
+        try:
+            lws = await ctx.ensure(build_leaderworkerset(md, ctx.settings))
+        except ApiError as err:
+            if err.status != 404:
+                raise
+            return Workload(lws_missing=True)  # uninstalled since discovery was last asked
         await ctx.ensure_absent(r.DEPLOYMENT, ns, name, uid)
-        return None, lws
+        return Workload(leaderworkerset=lws)
     deployment = await ctx.ensure(build_triton_deployment(md, ctx.settings))
     await ctx.ensure_absent(r.LEADER_WORKER_SET, ns, leaderworkerset_name(md), uid)
-    return deployment, None
+    return Workload(deployment=deployment)
 
 
 def _ours(ctx: Context, md: ModelDeployment, resource: r.Resource, name: str) -> dict[str, Any] | None:
@@ -163,10 +178,6 @@ async def _probe_models(
     return list(result.models), result.error
 
 
-async def _nothing() -> None:
-    return None
-
-
 async def reconcile_model_deployment(ctx: Context, key: tuple[str, str]) -> float | None:
     ns, name = key
     loaded = await load_or_refuse(ctx, r.MODEL_DEPLOYMENT, ModelDeployment, key)
@@ -175,30 +186,31 @@ async def reconcile_model_deployment(ctx: Context, key: tuple[str, str]) -> floa
     body, md = loaded
 
     multi_node = md.spec.replica_nodes > 1
-    missing_lws = multi_node and not await ctx.kube.api_group_served(LWS_API)
     # the children do not depend on each other: apply them concurrently
     (workload, _, _, autoscaler, _), failure = await settle(
-        _workload(ctx, md) if not missing_lws else _nothing(),
+        _workload(ctx, md),
         ctx.ensure(build_leader_service(md) if multi_node else build_service(md)),
         _ensure_optional(ctx, r.PDB, md, build_pod_disruption_budget(md)),
         _autoscaler(ctx, md),
         _monitoring(ctx, md),
     )
+    missing_lws = workload is not None and workload.lws_missing
     if missing_lws:
         # the Deployment of a single-node spec, if any, keeps serving meanwhile
         failure = LWS_NOT_INSTALLED
-    deployment, leaderworkerset = workload or (None, None)
-    if workload is None:  # not applied this time: report on our own, if any
-        deployment = _ours(ctx, md, r.DEPLOYMENT, name)
-        leaderworkerset = _ours(ctx, md, r.LEADER_WORKER_SET, leaderworkerset_name(md))
+    if workload is None or missing_lws:  # not applied this time: report on our own, if any
+        workload = Workload(
+            deployment=_ours(ctx, md, r.DEPLOYMENT, name),
+            leaderworkerset=_ours(ctx, md, r.LEADER_WORKER_SET, leaderworkerset_name(md)),
+        )
 
     pods = ctx.cache.owned(r.POD.kind, "modeldeployment", ns, name)
     # a group's workers run no Triton: only leaders are asked for their models
     servers = [p for p in pods if (p["metadata"].get("labels") or {}).get(WORKER_INDEX_LABEL) == LEADER_INDEX]
     states, probe_error = await _probe_models(ctx, servers if multi_node else pods)
     observed = Observed(
-        deployment=deployment,
-        leaderworkerset=leaderworkerset,
+        deployment=workload.deployment,
+        leaderworkerset=workload.leaderworkerset,
         pods=pods,
         endpoints=endpoints(md, ctx.settings),
         autoscaler=autoscaler,
