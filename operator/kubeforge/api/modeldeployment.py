@@ -102,13 +102,15 @@ class InstanceGroupKind(StrEnum):
     GPU = "KIND_GPU"
     CPU = "KIND_CPU"
     AUTO = "KIND_AUTO"
+    MODEL = "KIND_MODEL"  # the backend places the model on devices itself (vLLM's engine does)
 
 
 class InstanceGroup(ApiModel):
     """How many copies of the model run, and where."""
 
     kind: InstanceGroupKind = Field(
-        default=InstanceGroupKind.AUTO, description="KIND_GPU, KIND_CPU or KIND_AUTO."
+        default=InstanceGroupKind.AUTO,
+        description="KIND_GPU, KIND_CPU, KIND_AUTO, or KIND_MODEL (the backend places the model itself).",
     )
     count: int = Field(default=1, ge=1, le=64, description="Model instances (per GPU for KIND_GPU).")
     gpus: list[Annotated[int, Field(ge=0)]] | None = Field(
