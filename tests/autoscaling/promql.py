@@ -58,7 +58,19 @@ def _matches(labels: Labels, matchers: Any) -> bool:
 
 
 def _select(samples: dict[str, Vector], selector: Any) -> Vector:
-    return {k: v for k, v in samples.get(selector.name, {}).items() if _matches(k, selector.matchers)}
+    """The samples a selector picks: by its metric name, or by a `__name__` matcher over all names.
+
+    Series of different names that share their other labels are added up (the generated queries
+    only ever sum them).
+    """
+    out: Vector = {}
+    for name, vector in samples.items():
+        if selector.name and name != selector.name:
+            continue
+        for labels, value in vector.items():
+            if _matches(labels | {("__name__", name)}, selector.matchers):
+                out[labels] = out.get(labels, 0.0) + value
+    return out
 
 
 def _group(vector: Vector, by: list[str], op: str) -> Vector:

@@ -128,6 +128,7 @@ def test_generated_promql_parses(md: ModelDeployment) -> None:
                 "gpuUtilization": 50,
                 "activeStreams": 8,
                 "timeToFirstTokenMilliseconds": 200,
+                "pendingRequests": 4,
             },
         ),
         Settings(),
@@ -160,13 +161,37 @@ def test_streaming_targets_read_the_models_own_metrics(md_body: dict[str, Any]) 
     # streams add up over pods (desired = total / 8); a mean time to first token does not
     assert (streams["metricType"], ttft["metricType"]) == ("AverageValue", "Value")
     sel = 'namespace="team-a",pod=~"resnet50-[a-z0-9]+-[a-z0-9]+"'
-    assert streams["metadata"]["query"] == f"sum by (namespace) (kubeforge_active_streams{{{sel}}})"
+    # a Python-backend LLM's own gauge, or vLLM's running + waiting requests (Triton's vLLM backend)
+    streams_names = "kubeforge_active_streams|vllm:num_requests_running|vllm:num_requests_waiting"
+    assert streams["metadata"]["query"] == f'sum by (namespace) ({{__name__=~"{streams_names}",{sel}}})'
+    sums = "kubeforge_time_to_first_token_seconds_sum|vllm:time_to_first_token_seconds_sum"
+    counts = "kubeforge_time_to_first_token_seconds_count|vllm:time_to_first_token_seconds_count"
     assert ttft["metadata"]["query"] == (
-        f"sum by (namespace) (rate(kubeforge_time_to_first_token_seconds_sum{{{sel}}}[1m])) / "
-        f"clamp_min(sum by (namespace) (rate(kubeforge_time_to_first_token_seconds_count{{{sel}}}[1m])), 0.001) * 1000"
+        f'sum by (namespace) (rate({{__name__=~"{sums}",{sel}}}[1m])) / '
+        f'clamp_min(sum by (namespace) (rate({{__name__=~"{counts}",{sel}}}[1m])), 0.001) * 1000'
     )
-    names = [r["name"]["as"] for r in prometheus_adapter_rules()["rules"]["custom"]]
-    assert names[-2:] == ["kubeforge_active_streams", "kubeforge_time_to_first_token_milliseconds"]
+    rules = prometheus_adapter_rules()["rules"]["custom"]
+    assert [r["name"]["as"] for r in rules][-3:] == [
+        "kubeforge_active_streams",
+        "kubeforge_time_to_first_token_milliseconds",
+        "triton_pending_requests",
+    ]
+    # the adapter discovers the metric from whichever backend's series a pod has
+    assert rules[-2]["seriesQuery"] == f'{{__name__=~"{counts}",namespace!="",pod!=""}}'
+    assert rules[-2]["name"]["matches"] == f"^({counts})$"
+
+
+def test_pending_requests_is_triton_queue_depth_plus_vllms_waiting_requests(md_body: dict[str, Any]) -> None:
+    so = build_scaled_object(_md(md_body, engine="keda", targets={"pendingRequests": 4}), Settings())
+    assert so is not None
+    (pending,) = so["spec"]["triggers"]
+    sel = 'namespace="team-a",pod=~"resnet50-[a-z0-9]+-[a-z0-9]+"'
+    names = "nv_inference_pending_request_count|vllm:num_requests_waiting"
+    assert pending["metricType"] == "AverageValue"  # queue depth adds up over pods: desired = total / 4
+    assert pending["metadata"]["query"] == f'sum by (namespace) ({{__name__=~"{names}",{sel}}})'
+    hpa = build_hpa(_md(md_body, targets={"pendingRequests": 4}))
+    assert hpa is not None
+    assert hpa["spec"]["metrics"][0]["pods"]["metric"]["name"] == "triton_pending_requests"
 
 
 def test_service_monitor(md: ModelDeployment) -> None:
