@@ -18,6 +18,7 @@ from kubeforge.builders.autoscaling import (
     prometheus_adapter_rules,
 )
 from kubeforge.settings import Settings
+from tests.autoscaling.promql import Scrapes, evaluate, parse_exposition
 from tests.harness import import_part
 
 
@@ -161,9 +162,11 @@ def test_streaming_targets_read_the_models_own_metrics(md_body: dict[str, Any]) 
     # streams add up over pods (desired = total / 8); a mean time to first token does not
     assert (streams["metricType"], ttft["metricType"]) == ("AverageValue", "Value")
     sel = 'namespace="team-a",pod=~"resnet50-[a-z0-9]+-[a-z0-9]+"'
-    # a Python-backend LLM's own gauge, or vLLM's running + waiting requests (Triton's vLLM backend)
-    streams_names = "kubeforge_active_streams|vllm:num_requests_running|vllm:num_requests_waiting"
-    assert streams["metadata"]["query"] == f'sum by (namespace) ({{__name__=~"{streams_names}",{sel}}})'
+    # a Python-backend LLM's own gauge, or vLLM's requests in flight (Little's law)
+    assert streams["metadata"]["query"] == (
+        f"sum by (namespace) (kubeforge_active_streams{{{sel}}} "
+        f"or rate(vllm:e2e_request_latency_seconds_sum{{{sel}}}[1m]))"
+    )
     sums = "kubeforge_time_to_first_token_seconds_sum|vllm:time_to_first_token_seconds_sum"
     counts = "kubeforge_time_to_first_token_seconds_count|vllm:time_to_first_token_seconds_count"
     assert ttft["metadata"]["query"] == (
@@ -181,14 +184,13 @@ def test_streaming_targets_read_the_models_own_metrics(md_body: dict[str, Any]) 
     assert rules[-2]["name"]["matches"] == f"^({counts})$"
 
 
-def test_pending_requests_is_triton_queue_depth_plus_vllms_waiting_requests(md_body: dict[str, Any]) -> None:
+def test_pending_requests_is_tritons_queue_depth(md_body: dict[str, Any]) -> None:
     so = build_scaled_object(_md(md_body, engine="keda", targets={"pendingRequests": 4}), Settings())
     assert so is not None
     (pending,) = so["spec"]["triggers"]
     sel = 'namespace="team-a",pod=~"resnet50-[a-z0-9]+-[a-z0-9]+"'
-    names = "nv_inference_pending_request_count|vllm:num_requests_waiting"
     assert pending["metricType"] == "AverageValue"  # queue depth adds up over pods: desired = total / 4
-    assert pending["metadata"]["query"] == f'sum by (namespace) ({{__name__=~"{names}",{sel}}})'
+    assert pending["metadata"]["query"] == f"sum by (namespace) (nv_inference_pending_request_count{{{sel}}})"
     hpa = build_hpa(_md(md_body, targets={"pendingRequests": 4}))
     assert hpa is not None
     assert hpa["spec"]["metrics"][0]["pods"]["metric"]["name"] == "triton_pending_requests"
@@ -220,3 +222,34 @@ def test_scale_to_zero_wakes_on_demand_in_front_of_the_pods(md_body: dict[str, A
     custom = {**ZERO, "activation": {"query": 'sum(rate(envoy_requests{svc="resnet50"}[1m]))'}}
     so = build_scaled_object(_md(md_body, **custom), Settings())
     assert so is not None and so["spec"]["triggers"][-1]["metadata"]["query"] == custom["activation"]["query"]
+
+
+def test_vllm_targets_evaluate_on_the_vllm_backends_series(md_body: dict[str, Any]) -> None:
+    """The series Triton's vLLM backend reports (counters and histograms labelled model and version,
+    docs/vllm-notes.md) give the streaming targets their figures; the gauge of a python-llm model
+    and the vLLM model's histogram add up on one pod without colliding."""
+    so = build_scaled_object(
+        _md(md_body, engine="keda", targets={"activeStreams": 4, "timeToFirstTokenMilliseconds": 300}),
+        Settings(),
+    )
+    assert so is not None
+    streams_q, ttft_q = (t["metadata"]["query"] for t in so["spec"]["triggers"])
+    pod = {"namespace": "team-a", "pod": "resnet50-5bb75f8dc6-d9xrc"}
+
+    def exposition(e2e_sum: float, ttft_sum: float, ttft_count: int, streams: int) -> str:
+        vllm = 'model="qwen",version="1"'
+        return "\n".join(
+            [
+                f"vllm:e2e_request_latency_seconds_sum{{{vllm}}} {e2e_sum}",
+                f"vllm:time_to_first_token_seconds_sum{{{vllm}}} {ttft_sum}",
+                f"vllm:time_to_first_token_seconds_count{{{vllm}}} {ttft_count}",
+                f'kubeforge_active_streams{{model="opticks",version="1"}} {streams}',
+            ]
+        )
+
+    before = parse_exposition(exposition(100.0, 5.0, 50, 0), pod)
+    # 10 s later: 30 s of requests finished (3 in flight on average), 20 first tokens at 250 ms
+    after = parse_exposition(exposition(130.0, 10.0, 70, 2), pod)
+    window = Scrapes(before, after, 10.0)
+    assert evaluate(streams_q, window) == {frozenset({("namespace", "team-a")}): pytest.approx(5.0)}
+    assert evaluate(ttft_q, window) == {frozenset({("namespace", "team-a")}): pytest.approx(250.0)}

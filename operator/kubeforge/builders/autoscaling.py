@@ -70,14 +70,17 @@ GPU_UTILIZATION = TritonMetric(
     additive=False,
 )
 # Streaming models: a Python-backend LLM's own metrics (kubeforge.trainer.triton_llm_model reports
-# them) and vLLM's, which Triton's vLLM backend reports on the same port (REPORT_CUSTOM_METRICS,
-# https://github.com/triton-inference-server/vllm_backend#triton-metrics): one target reads both.
-_STREAMS = ("kubeforge_active_streams", "vllm:num_requests_running", "vllm:num_requests_waiting")
+# them) and vLLM's, which Triton's vLLM backend reports on the same port with REPORT_CUSTOM_METRICS
+# (https://github.com/triton-inference-server/vllm_backend/blob/main/src/utils/metrics.py: counters
+# and histograms labelled model and version; no gauge of running or waiting requests). One target
+# reads whichever a model has; a model is one or the other, so their label sets never collide.
 ACTIVE_STREAMS = TritonMetric(
     name="kubeforge_active_streams",
-    series=_STREAMS,
-    # vLLM counts the streams it generates and the ones waiting for a slot, as kubeforge's gauge does
-    template=f"sum by ({{by}}) ({{{{{_any_of(_STREAMS)},{{sel}}}}}})",
+    series=("kubeforge_active_streams", "vllm:e2e_request_latency_seconds_sum"),
+    # vLLM: requests in flight by Little's law, seconds of request per second (of the requests that
+    # finished in the window)
+    template="sum by ({by}) (kubeforge_active_streams{{{sel}}} "
+    "or rate(vllm:e2e_request_latency_seconds_sum{{{sel}}}[{w}]))",
     additive=True,
 )
 _TTFT_SUM = ("kubeforge_time_to_first_token_seconds_sum", "vllm:time_to_first_token_seconds_sum")
@@ -90,13 +93,13 @@ TIME_TO_FIRST_TOKEN = TritonMetric(
     f"clamp_min(sum by ({{by}}) (rate({{{{{_any_of(_TTFT_COUNT)},{{sel}}}}}}[{{w}}])), 0.001) * 1000",
     additive=False,
 )
-# Queue depth: requests Triton holds before a model instance takes them, plus, for vLLM (whose
-# decoupled backend takes every request at once), the requests waiting in vLLM's scheduler.
-_PENDING = ("nv_inference_pending_request_count", "vllm:num_requests_waiting")
+# Queue depth: requests Triton holds until a model instance starts on them. A vLLM model takes every
+# request at once (its decoupled backend hands it to vLLM's scheduler), so for it this stays near 0:
+# scale vLLM on activeStreams or timeToFirstTokenMilliseconds.
 PENDING_REQUESTS = TritonMetric(
     name="triton_pending_requests",
-    series=_PENDING,
-    template=f"sum by ({{by}}) ({{{{{_any_of(_PENDING)},{{sel}}}}}})",
+    series=("nv_inference_pending_request_count",),
+    template="sum by ({by}) (nv_inference_pending_request_count{{{sel}}})",
     additive=True,
 )
 METRICS = (QUEUE_TIME, INFERENCE_RATE, GPU_UTILIZATION, ACTIVE_STREAMS, TIME_TO_FIRST_TOKEN, PENDING_REQUESTS)
