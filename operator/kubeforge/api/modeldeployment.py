@@ -102,13 +102,15 @@ class InstanceGroupKind(StrEnum):
     GPU = "KIND_GPU"
     CPU = "KIND_CPU"
     AUTO = "KIND_AUTO"
+    MODEL = "KIND_MODEL"  # the backend places the model on devices itself (vLLM's engine does)
 
 
 class InstanceGroup(ApiModel):
     """How many copies of the model run, and where."""
 
     kind: InstanceGroupKind = Field(
-        default=InstanceGroupKind.AUTO, description="KIND_GPU, KIND_CPU or KIND_AUTO."
+        default=InstanceGroupKind.AUTO,
+        description="KIND_GPU, KIND_CPU, KIND_AUTO, or KIND_MODEL (the backend places the model itself).",
     )
     count: int = Field(default=1, ge=1, le=64, description="Model instances (per GPU for KIND_GPU).")
     gpus: list[Annotated[int, Field(ge=0)]] | None = Field(
@@ -422,20 +424,22 @@ class AutoscalingTargets(ApiModel):
     active_streams: int | None = Field(
         default=None,
         ge=1,
-        description="Streams in flight (generating or waiting for a slot) per replica, as a streaming "
-        "model reports them (kubeforge_active_streams; python-llm exports do).",
+        description="Requests in flight per replica: a python-llm export's streams (generating or waiting "
+        "for a slot, kubeforge_active_streams), or for vLLM the mean concurrency of its requests "
+        "(rate of vllm:e2e_request_latency_seconds_sum).",
     )
     time_to_first_token_milliseconds: int | None = Field(
         default=None,
         ge=1,
-        description="Average time to first token (ms) per replica, as a streaming model reports it "
-        "(kubeforge_time_to_first_token_seconds; python-llm exports do).",
+        description="Average time to first token (ms) per replica: kubeforge_time_to_first_token_seconds "
+        "(python-llm exports) or vllm:time_to_first_token_seconds (vLLM).",
     )
     pending_requests: int | None = Field(
         default=None,
         ge=1,
-        description="Requests received but not yet started per replica (Triton's "
-        "nv_inference_pending_request_count): queue depth, the signal LLM servers scale on.",
+        description="Requests waiting in Triton's queue per replica (nv_inference_pending_request_count): "
+        "queue depth. A vLLM model takes requests into its own scheduler at once, so for vLLM use "
+        "activeStreams or timeToFirstTokenMilliseconds.",
     )
 
     rules = (
