@@ -17,6 +17,7 @@ from e2e.kube import Kubectl
 from kubeforge.api import ModelDeployment
 from kubeforge.api.trainingjob import TrainingJob
 from kubeforge.builders import autoscaling
+from kubeforge.builders.leaderworkerset import build_leader_service, build_leaderworkerset
 from kubeforge.builders.modeldeployment import (
     build_pod_disruption_budget,
     build_service,
@@ -39,12 +40,18 @@ CHILD_KINDS = {
     ),
     "trainingjob": ("jobs.batch", "services"),
 }
+# ... and where the LeaderWorkerSet CRD is installed (e2e/lws.py), the groups of multi-node replicas
+LEADER_WORKER_SETS = "leaderworkersets.leaderworkerset.x-k8s.io"
 Object = dict[str, Any]
 
 
 def desired_model_deployment_children(md_body: Object, settings: Settings) -> list[Object]:
     md = ModelDeployment.model_validate(md_body)
-    children = [build_triton_deployment(md, settings), build_service(md), build_pod_disruption_budget(md)]
+    if md.spec.replica_nodes > 1:
+        children = [build_leaderworkerset(md, settings), build_leader_service(md)]
+    else:
+        children = [build_triton_deployment(md, settings), build_service(md)]
+    children.append(build_pod_disruption_budget(md))
     children.append(autoscaling.build_hpa(md))
     return [c for c in children if c is not None]
 
@@ -117,13 +124,23 @@ def _group(obj: Object) -> str:
     return api_version.rpartition("/")[0] if "/" in api_version else ""
 
 
+def _child_kinds(kubectl: Kubectl, owner_kinds: tuple[str, ...]) -> str:
+    kinds = sorted({k for owner_kind in owner_kinds for k in CHILD_KINDS[owner_kind]})
+    if (
+        "modeldeployment" in owner_kinds
+        and kubectl("get", "crd", LEADER_WORKER_SETS, check=False).returncode == 0
+    ):
+        kinds.append(LEADER_WORKER_SETS)
+    return ",".join(kinds)
+
+
 def extra_children(
     kubectl: Kubectl, owner_kind: str, owner: str, desired: list[Object], namespace: str
 ) -> list[str]:
     """Children labelled with the owner that the builders do not make."""
     wanted = {(d["kind"], d["metadata"]["name"]) for d in desired}
     selector = f"kubeforge.io/owner-kind={owner_kind},kubeforge.io/owner-name={owner}"
-    kinds = ",".join(CHILD_KINDS[owner_kind])
+    kinds = _child_kinds(kubectl, (owner_kind,))
     items = kubectl.json("get", kinds, "-l", selector, namespace=namespace)["items"]
     return [
         f"{i['kind']} {i['metadata']['name']} is not wanted"
@@ -171,7 +188,7 @@ def namespace_problems(kubectl: Kubectl, namespace: str, settings: Settings) -> 
             else desired_training_job_children(owner)
         )
         desired.update({(c["kind"], c["metadata"]["name"]): c for c in children})
-    kinds = ",".join(sorted({k for kinds in CHILD_KINDS.values() for k in kinds}))
+    kinds = _child_kinds(kubectl, tuple(CHILD_KINDS))
     live = kubectl.json("get", kinds, "-l", "kubeforge.io/owner-kind", namespace=namespace)["items"]
     seen: set[tuple[str, str]] = set()
     for child in live:

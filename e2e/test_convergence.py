@@ -21,6 +21,7 @@ from pydantic import BaseModel
 
 from e2e.convergence import model_deployment_differences, training_job_differences
 from e2e.kube import Kubectl, wait_for
+from e2e.lws import LeaderWorkerSetController
 from kubeforge.api.modeldeployment import ModelDeploymentSpec
 from kubeforge.api.trainingjob import TrainingJobSpec
 from kubeforge.settings import Settings
@@ -51,6 +52,15 @@ LLM = {"dtype": "bfloat16", "loraAdapters": [{"name": "sql", "source": "pvc://ad
 # path -> (a merge patch of spec that sets it, a merge patch that removes just that field or None).
 # After each, the test also removes the whole top-level field.
 MD_SAMPLES: dict[str, tuple[Patch, Patch | None]] = {
+    # first: a LeaderWorkerSet instead of the Deployment; the next sample (models) brings the Deployment back
+    "nodesPerReplica": (
+        {
+            "nodesPerReplica": 2,
+            "gpu": {"count": 1},
+            "models": [{**LLM_MODEL, "llm": {"pipelineParallelSize": 2}}],
+        },
+        {"nodesPerReplica": None},  # still two nodes: what pipelineParallelSize 2 needs at 1 GPU a pod
+    ),
     "models.config": (
         {"models": [{**MODEL, "config": {"maxBatchSize": 8, "dynamicBatching": {}}}]},
         {"models": [MODEL]},
@@ -334,7 +344,9 @@ def _walk(
         _converged(kubectl, kind, name, namespace, check, poll, f"remove {top} after {path}")
 
 
-def test_every_model_deployment_edit_converges(kubectl: Kubectl, namespace: str, operator: Any) -> None:
+def test_every_model_deployment_edit_converges(
+    kubectl: Kubectl, namespace: str, lws: LeaderWorkerSetController, operator: Any
+) -> None:
     body = {
         "apiVersion": "kubeforge.io/v1alpha1",
         "kind": "ModelDeployment",

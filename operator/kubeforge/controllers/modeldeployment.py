@@ -135,7 +135,8 @@ async def _workload(ctx: Context, md: ModelDeployment) -> Workload:
     ns, name, uid = md.metadata.namespace or "", md.metadata.name, md.metadata.uid
     assert uid is not None
     if md.spec.replica_nodes > 1:
-        if not await ctx.kube.api_group_served(LWS_API):
+        # a "no" is asked again at once (ttl 0): LWS installed a moment ago must not wait for the cache
+        if not (await ctx.kube.api_group_served(LWS_API) or await ctx.kube.api_group_served(LWS_API, ttl=0)):
             return Workload(lws_missing=True)
         try:
             lws = await ctx.ensure(build_leaderworkerset(md, ctx.settings))
