@@ -61,6 +61,7 @@ bench: install binaries ## the benchmarks; results into bench/results/
 	$(PY) -m bench.resilience
 	$(PY) -m bench.autoscaling
 	$(PY) -m bench.language_model
+	$(PY) -m bench.multinode
 
 bench-smoke: install binaries ## a tiny run of the benchmark harness
 	$(PY) -m bench.run --smoke
