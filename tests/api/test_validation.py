@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from kubeforge.api import ModelDeployment, TrainingJob
 from kubeforge.api.base import ApiModel
 from kubeforge.controllers.invalid import describe
-from tests.data.invalid_specs import EXAMPLES, INVALID_SPECS, InvalidSpec
+from tests.data.invalid_specs import EXAMPLES, INVALID_SPECS, OPERATOR_ONLY_SPECS, InvalidSpec
 
 MODELS: dict[str, type[ApiModel]] = {"ModelDeployment": ModelDeployment, "TrainingJob": TrainingJob}
 
@@ -26,11 +26,15 @@ def test_examples_are_valid(path: Path) -> None:
 
 def test_the_table_covers_both_kinds_and_at_least_15_cases() -> None:
     assert len(INVALID_SPECS) >= 15
-    assert {case.base for case in INVALID_SPECS} == {"model-deployment.yaml", "training-job.yaml"}
+    assert {case.base for case in INVALID_SPECS} == {
+        "model-deployment.yaml",
+        "training-job.yaml",
+        "llm-vllm.yaml",
+    }
     assert len({case.id for case in INVALID_SPECS}) == len(INVALID_SPECS)
 
 
-@pytest.mark.parametrize("case", INVALID_SPECS, ids=lambda c: c.id)
+@pytest.mark.parametrize("case", INVALID_SPECS + OPERATOR_ONLY_SPECS, ids=lambda c: c.id)
 def test_invalid_spec_is_refused_with_field_path(case: InvalidSpec) -> None:
     body = case.body()
     with pytest.raises(ValidationError) as info:

@@ -225,6 +225,10 @@ def test_streaming_models_get_a_generate_stream_endpoint(md_body: dict[str, Any]
         {"name": "resnet", "source": "pvc://models/r", "format": "onnx"},
     ]
     urls = endpoints(_variant(md_body, models=models), Settings())
+    assert urls["generate"] == [
+        "http://resnet50.team-a.svc.cluster.local:8000/v2/models/lm/generate",
+        "http://resnet50.team-a.svc.cluster.local:8000/v2/models/llama/generate",
+    ]
     assert urls["generate_stream"] == [
         "http://resnet50.team-a.svc.cluster.local:8000/v2/models/lm/generate_stream",
         "http://resnet50.team-a.svc.cluster.local:8000/v2/models/llama/generate_stream",

@@ -56,6 +56,7 @@ def _all(*mutations: Callable[[dict[str, Any]], None]) -> Callable[[dict[str, An
 
 MD = "model-deployment.yaml"
 TJ = "training-job.yaml"
+LLM = "llm-vllm.yaml"
 
 INVALID_SPECS = [
     InvalidSpec("md-negative-replicas", MD, _set("spec.replicas", -1), "spec.replicas"),
@@ -163,4 +164,76 @@ INVALID_SPECS = [
         "spec.failurePolicy.maxRestarts",
     ),
     InvalidSpec("tj-uppercase-name", TJ, _set("metadata.name", "Train-1"), "metadata.name"),
+    InvalidSpec(
+        "llm-without-vllm", LLM, _set("spec.models.0.format", "onnx"), "models[].llm needs format: vllm"
+    ),
+    InvalidSpec(
+        "llm-tp-not-the-pod-gpus",
+        LLM,
+        _set("spec.models.0.llm.tensorParallelSize", 3),
+        "tensorParallelSize x pipelineParallelSize must be a multiple of the GPUs of a pod (gpu.count)",
+    ),
+    InvalidSpec(
+        "llm-tp-pp-not-the-replica-gpus",
+        LLM,
+        _set("spec.nodesPerReplica", 2),
+        "tensorParallelSize x pipelineParallelSize must equal the GPUs of a replica",
+    ),
+    InvalidSpec(
+        "llm-pipeline-within-a-node",
+        LLM,
+        _all(
+            _set("spec.models.0.llm.tensorParallelSize", 2), _set("spec.models.0.llm.pipelineParallelSize", 2)
+        ),
+        "pipelineParallelSize > 1 needs a replica spanning several nodes",
+    ),
+    InvalidSpec(
+        "llm-mig-tensor-parallel",
+        LLM,
+        _set("spec.gpu", {"mig": "1g.10gb"}),
+        "a MIG slice (gpu.mig) is one device",
+    ),
+    InvalidSpec("llm-without-gpu", LLM, _set("spec.gpu", None), "gpu is required for a model with llm"),
+    InvalidSpec("llm-bad-dtype", LLM, _set("spec.models.0.llm.dtype", "fp7"), "spec.models[0].llm.dtype"),
+    InvalidSpec(
+        "llm-multinode-two-models",
+        LLM,
+        _all(
+            _set("spec.models.0.llm.pipelineParallelSize", 2),
+            lambda doc: doc["spec"]["models"].append({"name": "b", "source": "pvc://m/b", "format": "onnx"}),
+        ),
+        "serves exactly one model",
+    ),
+    InvalidSpec(
+        "llm-bad-hf-source", LLM, _set("spec.models.0.source", "hf://only-org"), "spec.models[0].source"
+    ),
+    InvalidSpec(
+        "cache-claim-and-size",
+        LLM,
+        _set("spec.cache.claimName", "mine"),
+        "cache needs exactly one of claimName",
+    ),
+    InvalidSpec(
+        "llm-and-config",
+        LLM,
+        _set("spec.models.0.config", {"maxBatchSize": 0}),
+        "models[].llm and models[].config",
+    ),
+]
+
+# Refused by the operator's own validation only (status Stalled with the message): the API server's
+# CEL cannot range over an object whose fields the schema leaves open (llm.engineArgs).
+OPERATOR_ONLY_SPECS = [
+    InvalidSpec(
+        "llm-typed-engine-arg",
+        LLM,
+        _set("spec.models.0.llm.engineArgs", {"tensor_parallel_size": 2}),
+        "llm.engineArgs may not set",
+    ),
+    InvalidSpec(
+        "llm-engine-arg-not-snake-case",
+        LLM,
+        _set("spec.models.0.llm.engineArgs", {"enforceEager": True}),
+        "llm.engineArgs keys are vLLM engine argument names in snake_case",
+    ),
 ]

@@ -105,6 +105,11 @@ def structural(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
         node["anyOf"] = [{"type": "integer"}, {"type": "string"}]
         if patterns:
             node["pattern"] = patterns[0]
+    for bound, inclusive in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+        if isinstance(node.get(bound), int | float) and not isinstance(node[bound], bool):
+            # JSON Schema 2020-12 gives the bound; OpenAPI v3.0 (the CRD schema) a flag on it
+            node[inclusive] = node[bound]
+            node[bound] = True
     if "const" in node:
         node["enum"] = [node.pop("const")]
     if "enum" in node and "type" not in node:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, WithJsonSchema
 
 from kubeforge.api.base import ApiModel, Quantity, Rule, StringMap, object_name_rules
 from kubeforge.api.common import (
@@ -25,6 +26,16 @@ PLURAL = "modeldeployments"
 MAX_NAME_LENGTH = 63
 MODEL_URI_PATTERN = r"^(s3://[a-z0-9][a-z0-9.-]{1,62}(/[^\s]*)?|gs://[a-z0-9][a-z0-9._-]{1,221}(/[^\s]*)?|https?://[^\s/]+(/[^\s]*)?|pvc://[a-z0-9]([-a-z0-9.]*[a-z0-9])?(/[^\s]*)?)$"
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
+# Hugging Face Hub repositories: hf://<org>/<model>[@<revision>] (a branch, tag or commit)
+HF_URI_PATTERN = r"hf://[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}(@[A-Za-z0-9][A-Za-z0-9_./-]{0,127})?"
+# where a served model comes from: the URIs a TrainingJob can also write, and the Hugging Face Hub
+MODEL_SOURCE_PATTERN = MODEL_URI_PATTERN.removesuffix(")$") + "|" + HF_URI_PATTERN + ")$"
+# the engine arguments the typed fields of `llm` own; engineArgs may not set them again
+TYPED_ENGINE_ARGS = (
+    "model", "tensor_parallel_size", "pipeline_parallel_size", "max_model_len", "gpu_memory_utilization",
+    "dtype", "quantization", "enable_prefix_caching", "max_num_seqs", "enable_lora",
+    "distributed_executor_backend",
+)  # fmt: skip
 
 
 class ModelFormat(StrEnum):
@@ -91,13 +102,15 @@ class InstanceGroupKind(StrEnum):
     GPU = "KIND_GPU"
     CPU = "KIND_CPU"
     AUTO = "KIND_AUTO"
+    MODEL = "KIND_MODEL"  # the backend places the model on devices itself (vLLM's engine does)
 
 
 class InstanceGroup(ApiModel):
     """How many copies of the model run, and where."""
 
     kind: InstanceGroupKind = Field(
-        default=InstanceGroupKind.AUTO, description="KIND_GPU, KIND_CPU or KIND_AUTO."
+        default=InstanceGroupKind.AUTO,
+        description="KIND_GPU, KIND_CPU, KIND_AUTO, or KIND_MODEL (the backend places the model itself).",
     )
     count: int = Field(default=1, ge=1, le=64, description="Model instances (per GPU for KIND_GPU).")
     gpus: list[Annotated[int, Field(ge=0)]] | None = Field(
@@ -150,6 +163,113 @@ class TritonModelConfig(ApiModel):
     )
 
 
+class LoraAdapter(ApiModel):
+    """A LoRA adapter served on top of a vLLM model; requests pick it by name."""
+
+    name: str = Field(
+        pattern=MODEL_NAME_PATTERN,
+        description="The adapter's name: requests select it with the `lora_name` parameter.",
+    )
+    source: str = Field(
+        pattern=MODEL_SOURCE_PATTERN,
+        max_length=1024,
+        description="Where the adapter's files are (PEFT layout: adapter_config.json and weights); "
+        "the same URI forms as the model's source.",
+    )
+
+
+# any JSON value: some engine arguments are objects (speculative_config, hf_overrides, ...)
+EngineArgs = Annotated[
+    dict[str, Any],
+    WithJsonSchema({"type": "object", "x-kubernetes-preserve-unknown-fields": True}),
+]
+
+
+class LLMEngine(ApiModel):
+    """vLLM engine settings for a `format: vllm` model, rendered into its model.json.
+
+    Triton's vLLM backend builds vLLM's AsyncEngineArgs from model.json
+    (https://github.com/triton-inference-server/vllm_backend); each field here is the engine
+    argument of the same name in snake_case.
+    """
+
+    tensor_parallel_size: int | None = Field(
+        default=None,
+        ge=1,
+        le=256,
+        description="GPUs each layer is split across. Default: the GPUs of one pod (gpu.count).",
+    )
+    pipeline_parallel_size: int | None = Field(
+        default=None,
+        ge=1,
+        le=64,
+        description="Pipeline stages, one per node: more than 1 spreads a replica over several nodes "
+        "(a LeaderWorkerSet group). Default 1.",
+    )
+    max_model_len: int | None = Field(
+        default=None, ge=16, le=16777216, description="Longest context (prompt + output tokens)."
+    )
+    gpu_memory_utilization: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="Fraction of each GPU's memory vLLM may use for weights and KV cache (vLLM default 0.9).",
+    )
+    dtype: Literal["auto", "half", "float16", "bfloat16", "float", "float32"] | None = Field(
+        default=None,
+        description="Weights and activations type: auto, half, float16, bfloat16, float, float32.",
+    )
+    quantization: str | None = Field(
+        default=None,
+        pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$",
+        description="vLLM quantization method, e.g. awq, gptq, fp8 (the weights must be quantized that way).",
+    )
+    enable_prefix_caching: bool | None = Field(
+        default=None, description="Reuse the KV cache of shared prompt prefixes across requests."
+    )
+    max_num_seqs: int | None = Field(
+        default=None, ge=1, le=65536, description="Most sequences batched together in one step."
+    )
+    lora_adapters: (
+        Annotated[
+            list[LoraAdapter],
+            Field(
+                json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]}
+            ),
+        ]
+        | None
+    ) = Field(
+        default=None,
+        max_length=64,
+        description="LoRA adapters (name -> source), fetched with the model; enables vLLM's LoRA support.",
+    )
+    engine_args: EngineArgs | None = Field(
+        default=None,
+        description="Other vLLM engine arguments by their snake_case name, e.g. {enforce_eager: true, "
+        "max_lora_rank: 64}. Fields typed above are refused here.",
+    )
+
+    # Checked by the operator only (status Stalled, reason InvalidSpec): CEL cannot range over an
+    # object whose fields are unknown to the schema.
+    rules = (
+        Rule(
+            cel="",
+            message="llm.engineArgs may not set model, distributed_executor_backend, enable_lora or an "
+            "argument that llm has a field for (use that field, e.g. llm.tensorParallelSize)",
+            check=lambda e: not e.engine_args or not set(e.engine_args) & set(TYPED_ENGINE_ARGS),
+        ),
+        Rule(
+            cel="",
+            message="llm.engineArgs keys are vLLM engine argument names in snake_case, e.g. enforce_eager",
+            check=lambda e: all(re.match(r"^[a-z][a-z0-9_]{0,63}$", k) for k in e.engine_args or {}),
+        ),
+    )
+
+    def parallel_gpus(self, gpus_per_pod: int) -> int:
+        """GPUs one engine spans: tensorParallelSize x pipelineParallelSize (defaults resolved)."""
+        return (self.tensor_parallel_size or gpus_per_pod) * (self.pipeline_parallel_size or 1)
+
+
 class ModelSpec(ApiModel):
     """One model served by the Triton server."""
 
@@ -157,18 +277,38 @@ class ModelSpec(ApiModel):
         pattern=MODEL_NAME_PATTERN, description="Model name in Triton (the URL path /v2/models/<name>)."
     )
     source: str = Field(
-        pattern=MODEL_URI_PATTERN,
+        pattern=MODEL_SOURCE_PATTERN,
         max_length=1024,
         description=(
-            "Where the model directory is (Triton layout: <version>/model files, optional config.pbtxt): "
-            "s3://bucket/path, gs://bucket/path, https://host/model.tar.gz (a .tar.gz, .tgz or .zip archive), "
-            "or pvc://<claim>/<path>."
+            "Where the model directory is (Triton layout: <version>/model files, optional config.pbtxt; "
+            "for format vllm with llm: the Hugging Face model files): s3://bucket/path, gs://bucket/path, "
+            "https://host/model.tar.gz (a .tar.gz, .tgz or .zip archive), pvc://<claim>/<path>, or "
+            "hf://<org>/<model>[@<revision>] (the Hugging Face Hub)."
         ),
     )
     format: ModelFormat = Field(description="Model format, which picks the Triton backend.")
     config: TritonModelConfig | None = Field(
         default=None,
         description="Triton model configuration. When set, it is rendered into config.pbtxt for the served model.",
+    )
+    llm: LLMEngine | None = Field(
+        default=None,
+        description="vLLM engine settings (format vllm): the operator renders Triton's vLLM model "
+        "repository (model.json, config.pbtxt) from them and the fetched weights.",
+    )
+
+    rules = (
+        Rule(
+            cel="!has(self.llm) || self.format == 'vllm'",
+            message="models[].llm needs format: vllm",
+            check=lambda m: m.llm is None or m.format == ModelFormat.VLLM,
+        ),
+        Rule(
+            cel="!has(self.llm) || !has(self.config)",
+            message="models[].llm and models[].config are mutually exclusive: the operator renders a vLLM "
+            "model's config.pbtxt from llm",
+            check=lambda m: m.llm is None or m.config is None,
+        ),
     )
 
 
@@ -213,7 +353,50 @@ class StorageCredentials(ApiModel):
         description=(
             "Secret in the same namespace. For s3:// its keys AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY "
             "(and optionally AWS_SESSION_TOKEN, AWS_DEFAULT_REGION, AWS_ENDPOINT_URL) are given to the "
-            "model-repository init container; for gs:// the same two keys hold a GCS HMAC key (XML API)."
+            "container that fetches the models; for gs:// the same two keys hold a GCS HMAC key (XML API); "
+            "for hf:// the optional key HF_TOKEN holds a Hugging Face access token."
+        ),
+    )
+
+
+class ModelCache(ApiModel):
+    """A volume the models are fetched into once, by a Job, and served from by every pod.
+
+    New replicas and scale-up from zero then load from the volume and download nothing. The pods
+    mount it read-only and start only after the fill has completed.
+    """
+
+    claim_name: str | None = Field(
+        default=None,
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        max_length=253,
+        description="A PersistentVolumeClaim of yours to use (it must allow many pods to mount it, "
+        "e.g. ReadWriteMany); unset means the operator creates one of `size`.",
+    )
+    size: Quantity | None = Field(
+        default=None, description="Size of the claim the operator creates, e.g. 200Gi."
+    )
+    storage_class_name: str | None = Field(
+        default=None,
+        max_length=253,
+        description="StorageClass of the claim the operator creates; the cluster default when unset.",
+    )
+    access_mode: Literal["ReadWriteMany", "ReadWriteOnce"] = Field(
+        default="ReadWriteMany",
+        description="Access mode of the claim the operator creates: ReadWriteMany (a shared file system; "
+        "pods on any node) or ReadWriteOnce (one node only).",
+    )
+
+    rules = (
+        Rule(
+            cel="has(self.claimName) != has(self.size)",
+            message="cache needs exactly one of claimName (your claim) and size (a claim the operator creates)",
+            check=lambda c: (c.claim_name is None) != (c.size is None),
+        ),
+        Rule(
+            cel="!has(self.claimName) || !has(self.storageClassName)",
+            message="cache.storageClassName applies only to a claim the operator creates (cache.size)",
+            check=lambda c: c.claim_name is None or c.storage_class_name is None,
         ),
     )
 
@@ -241,20 +424,29 @@ class AutoscalingTargets(ApiModel):
     active_streams: int | None = Field(
         default=None,
         ge=1,
-        description="Streams in flight (generating or waiting for a slot) per replica, as a streaming "
-        "model reports them (kubeforge_active_streams; python-llm exports do).",
+        description="Requests in flight per replica: a python-llm export's streams (generating or waiting "
+        "for a slot, kubeforge_active_streams), or for vLLM the mean concurrency of its requests "
+        "(rate of vllm:e2e_request_latency_seconds_sum).",
     )
     time_to_first_token_milliseconds: int | None = Field(
         default=None,
         ge=1,
-        description="Average time to first token (ms) per replica, as a streaming model reports it "
-        "(kubeforge_time_to_first_token_seconds; python-llm exports do).",
+        description="Average time to first token (ms) per replica: kubeforge_time_to_first_token_seconds "
+        "(python-llm exports) or vllm:time_to_first_token_seconds (vLLM).",
+    )
+    pending_requests: int | None = Field(
+        default=None,
+        ge=1,
+        description="Requests waiting in Triton's queue per replica (nv_inference_pending_request_count): "
+        "queue depth. A vLLM model takes requests into its own scheduler at once, so for vLLM use "
+        "activeStreams or timeToFirstTokenMilliseconds.",
     )
 
     rules = (
         Rule(
             cel="has(self.queueTimeMicroseconds) || has(self.inferencesPerSecond) || has(self.gpuUtilization) "
-            "|| has(self.cpuUtilization) || has(self.activeStreams) || has(self.timeToFirstTokenMilliseconds)",
+            "|| has(self.cpuUtilization) || has(self.activeStreams) || has(self.timeToFirstTokenMilliseconds) "
+            "|| has(self.pendingRequests)",
             message="autoscaling.targets needs at least one target",
             check=lambda t: any(
                 v is not None
@@ -265,6 +457,7 @@ class AutoscalingTargets(ApiModel):
                     t.cpu_utilization,
                     t.active_streams,
                     t.time_to_first_token_milliseconds,
+                    t.pending_requests,
                 )
             ),
         ),
@@ -376,6 +569,21 @@ class Rollout(ApiModel):
     )
 
 
+# CEL for a model `m`: GPUs of a pod, and the GPUs its vLLM engine spans (defaults resolved)
+_CEL_GPUS = "(has(self.gpu.mig) ? 1 : (has(self.gpu.count) ? self.gpu.count : 1))"
+_CEL_PARALLEL = (
+    "((has(m.llm.tensorParallelSize) ? m.llm.tensorParallelSize : " + _CEL_GPUS + ") * "
+    "(has(m.llm.pipelineParallelSize) ? m.llm.pipelineParallelSize : 1))"
+)
+
+
+def _parallel(spec: ModelDeploymentSpec, model: ModelSpec) -> int:
+    """The GPUs a model's vLLM engine spans; 0 for a model without llm."""
+    if model.llm is None:
+        return 0
+    return model.llm.parallel_gpus(spec.gpu.resource_count if spec.gpu else 1)
+
+
 class ModelDeploymentSpec(ApiModel):
     """The desired state of a ModelDeployment."""
 
@@ -390,9 +598,24 @@ class ModelDeploymentSpec(ApiModel):
     )
     runtime: Runtime | None = Field(default=None, description="The Triton server container.")
     storage: StorageCredentials | None = Field(
-        default=None, description="Credentials for s3:// and gs:// sources."
+        default=None, description="Credentials for s3://, gs:// and hf:// sources."
     )
-    gpu: GPU | None = Field(default=None, description="GPUs per pod; unset means CPU only.")
+    cache: ModelCache | None = Field(
+        default=None,
+        description="Fetch the models once into a shared volume and serve every pod from it; unset means "
+        "each pod fetches its models when it starts.",
+    )
+    gpu: GPU | None = Field(
+        default=None, description="GPUs per pod (per node when a replica spans nodes); unset means CPU only."
+    )
+    nodes_per_replica: int | None = Field(
+        default=None,
+        ge=1,
+        le=64,
+        description="Nodes (pods) one replica spans, run as one LeaderWorkerSet group: the leader serves, "
+        "the workers add their GPUs to its vLLM engine. Default: what the vLLM model's tensorParallelSize x "
+        "pipelineParallelSize needs at gpu.count GPUs per node, else 1.",
+    )
     resources: Resources | None = Field(default=None, description="CPU and memory per pod.")
     shm_size: Quantity = Field(
         default="1Gi", description="Size of the in-memory /dev/shm volume (the Python backend needs it)."
@@ -432,7 +655,98 @@ class ModelDeploymentSpec(ApiModel):
                 s.storage is not None or not any(m.source.startswith(("s3://", "gs://")) for m in s.models)
             ),
         ),
+        Rule(
+            cel="has(self.gpu) || !has(self.models) || !self.models.exists(m, has(m.llm))",
+            message="gpu is required for a model with llm: Triton's vLLM backend runs on GPUs",
+            check=lambda s: s.gpu is not None or not any(m.llm for m in s.models),
+        ),
+        Rule(
+            cel="!has(self.gpu) || !has(self.gpu.mig) || !has(self.models) || self.models.all(m, !has(m.llm) "
+            "|| ((!has(m.llm.tensorParallelSize) || m.llm.tensorParallelSize == 1) "
+            "&& (!has(m.llm.pipelineParallelSize) || m.llm.pipelineParallelSize == 1)))",
+            message="models[].llm: tensor or pipeline parallel needs whole GPUs: a MIG slice (gpu.mig) is one "
+            "device, so tensorParallelSize and pipelineParallelSize must be 1",
+            check=lambda s: (
+                s.gpu is None
+                or s.gpu.mig is None
+                or all(m.llm is None or m.llm.parallel_gpus(1) == 1 for m in s.models)
+            ),
+        ),
+        Rule(
+            cel="!has(self.gpu) || !has(self.models) || self.models.all(m, !has(m.llm) || "
+            + _CEL_PARALLEL
+            + " % "
+            + _CEL_GPUS
+            + " == 0)",
+            message="models[].llm: tensorParallelSize x pipelineParallelSize must be a multiple of the GPUs "
+            "of a pod (gpu.count): a replica is whole pods",
+            check=lambda s: (
+                s.gpu is None or all(_parallel(s, m) % s.gpu.resource_count == 0 for m in s.models)
+            ),
+        ),
+        Rule(
+            cel="!has(self.gpu) || !has(self.nodesPerReplica) || !has(self.models) || self.models.all(m, "
+            "!has(m.llm) || " + _CEL_PARALLEL + " == " + _CEL_GPUS + " * self.nodesPerReplica)",
+            message="models[].llm: tensorParallelSize x pipelineParallelSize must equal the GPUs of a replica "
+            "(gpu.count x nodesPerReplica)",
+            check=lambda s: (
+                s.gpu is None
+                or s.nodes_per_replica is None
+                or all(
+                    m.llm is None or _parallel(s, m) == s.gpu.resource_count * s.nodes_per_replica
+                    for m in s.models
+                )
+            ),
+        ),
+        Rule(
+            cel="!has(self.gpu) || !has(self.models) || self.models.all(m, !has(m.llm) "
+            "|| !has(m.llm.pipelineParallelSize) || m.llm.pipelineParallelSize == 1 || "
+            + _CEL_PARALLEL
+            + " > "
+            + _CEL_GPUS
+            + ")",
+            message="models[].llm.pipelineParallelSize > 1 needs a replica spanning several nodes "
+            "(tensorParallelSize x pipelineParallelSize > gpu.count); within one node use tensorParallelSize",
+            check=lambda s: (
+                s.gpu is None
+                or all(
+                    m.llm is None
+                    or (m.llm.pipeline_parallel_size or 1) == 1
+                    or _parallel(s, m) > s.gpu.resource_count
+                    for m in s.models
+                )
+            ),
+        ),
+        Rule(
+            cel="!has(self.models) || size(self.models) == 1 || ((!has(self.nodesPerReplica) || "
+            "self.nodesPerReplica == 1) && (!has(self.gpu) || self.models.all(m, !has(m.llm) || "
+            + _CEL_PARALLEL
+            + " <= "
+            + _CEL_GPUS
+            + ")))",
+            message="a replica spanning several nodes (nodesPerReplica, or an llm larger than a pod) serves "
+            "exactly one model: models must hold one entry",
+            check=lambda s: len(s.models) == 1 or s.replica_nodes == 1,
+        ),
+        Rule(
+            cel="!has(self.nodesPerReplica) || self.nodesPerReplica == 1 || "
+            "(has(self.gpu) && self.models.all(m, has(m.llm)))",
+            message="nodesPerReplica > 1 needs gpu and a model of format vllm with llm: the nodes of a "
+            "replica form one vLLM engine",
+            check=lambda s: (
+                (s.nodes_per_replica or 1) == 1 or (s.gpu is not None and all(m.llm for m in s.models))
+            ),
+        ),
     )
+
+    @property
+    def replica_nodes(self) -> int:
+        """Nodes one replica spans: nodesPerReplica, else what the vLLM model needs at gpu.count per node."""
+        if self.nodes_per_replica is not None:
+            return self.nodes_per_replica
+        if self.gpu is None:
+            return 1
+        return max([1] + [_parallel(self, m) // self.gpu.resource_count for m in self.models if m.llm])
 
 
 class ModelState(ApiModel):
@@ -450,6 +764,11 @@ class Endpoints(ApiModel):
     http: str | None = Field(default=None, description="KServe v2 HTTP/REST endpoint.")
     grpc: str | None = Field(default=None, description="KServe v2 gRPC endpoint (host:port).")
     metrics: str | None = Field(default=None, description="Prometheus metrics endpoint.")
+    generate: list[str] | None = Field(
+        default=None,
+        description="Triton's generate URLs (one JSON response) of the models that stream their responses "
+        "(decoupled, or vLLM).",
+    )
     generate_stream: list[str] | None = Field(
         default=None,
         description="Server-sent-events URLs (Triton's generate_stream) of the models that stream their "
@@ -476,6 +795,31 @@ class ColdStart(ApiModel):
     activated_at: datetime = Field(description="When the replicas went from 0 to at least 1.")
     ready_at: datetime | None = Field(default=None, description="When the first server was ready again.")
     seconds: float | None = Field(default=None, description="readyAt - activatedAt: the cold start's length.")
+
+
+class CacheState(StrEnum):
+    PENDING = "Pending"
+    FILLING = "Filling"
+    READY = "Ready"
+    FAILED = "Failed"
+
+
+class CacheStatus(ApiModel):
+    """The model cache: its claim, and the fill that the serving pods wait for."""
+
+    state: CacheState = Field(description="Pending, Filling, Ready or Failed.")
+    claim_name: str | None = Field(default=None, description="The PersistentVolumeClaim holding the cache.")
+    key: str | None = Field(
+        default=None,
+        description="Which fill it is: a hash of the model sources; a change of source fills a new copy.",
+    )
+    job: str | None = Field(default=None, description="The Job filling the cache.")
+    bytes: int | None = Field(default=None, description="Bytes fetched into the cache.")
+    digest: str | None = Field(
+        default=None, description="sha256 over the paths and contents of every fetched file."
+    )
+    message: str | None = Field(default=None, description="Why the fill failed, or what it waits for.")
+    completed_at: datetime | None = Field(default=None, description="When the fill completed.")
 
 
 class ModelDeploymentStatus(ApiModel):
@@ -513,6 +857,7 @@ class ModelDeploymentStatus(ApiModel):
     cold_start: ColdStart | None = Field(
         default=None, description="The last scale-up from zero (autoscaling with minReplicas 0)."
     )
+    cache: CacheStatus | None = Field(default=None, description="The model cache (spec.cache).")
     conditions: ConditionList | None = Field(
         default=None,
         description="Ready, Available, Progressing, Degraded, ModelsReady, AutoscalingReady, "

@@ -73,6 +73,11 @@ def triton_args(md: ModelDeployment) -> list[str]:
     return args + list(runtime.args or []) if runtime else args
 
 
+def parallelism(md: ModelDeployment) -> tuple[int, int]:
+    """(GPUs per pod, nodes per replica): what a vLLM engine's parallelism defaults resolve against."""
+    return (md.spec.gpu.resource_count if md.spec.gpu else 1), md.spec.replica_nodes
+
+
 def served_models(md: ModelDeployment) -> list[ModelSpec]:
     """The models as served: the spec plus the operator's defaults (dynamic batching when a model batches).
 
@@ -101,6 +106,7 @@ def _storage_env(md: ModelDeployment) -> list[dict[str, Any]]:
         "AWS_SESSION_TOKEN",
         "AWS_DEFAULT_REGION",
         "AWS_ENDPOINT_URL",
+        "HF_TOKEN",
     )
     return [
         {"name": key, "valueFrom": {"secretKeyRef": {"name": secret, "key": key, "optional": True}}}
@@ -119,7 +125,10 @@ def _repository_init_container(md: ModelDeployment, settings: Settings) -> dict[
         "image": settings.helper_image,
         "command": ["kubeforge", "assemble-repository"],
         "args": ["--out", MODEL_REPOSITORY, "--pvc-root", PVC_ROOT],
-        "env": [{"name": "KUBEFORGE_MODELS", "value": repository_plan(served_models(md))}, *_storage_env(md)],
+        "env": [
+            {"name": "KUBEFORGE_MODELS", "value": repository_plan(served_models(md), *parallelism(md))},
+            *_storage_env(md),
+        ],
         "volumeMounts": mounts,
         "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
         "securityContext": pods.container_security_context(),
@@ -260,7 +269,7 @@ def streams(model: ModelSpec) -> bool:
 
 
 def endpoints(md: ModelDeployment, settings: Settings) -> dict[str, str | list[str]]:
-    """The Service's in-cluster URLs; `generate_stream` lists the server-sent-events URL of each streaming model.
+    """The Service's in-cluster URLs; `generate` and `generate_stream` list each streaming model's URLs.
 
     https://github.com/triton-inference-server/server/blob/main/docs/protocol/extension_generate.md
     """
@@ -270,9 +279,10 @@ def endpoints(md: ModelDeployment, settings: Settings) -> dict[str, str | list[s
         "grpc": f"{host}:{GRPC_PORT}",
         "metrics": f"http://{host}:{METRICS_PORT}/metrics",
     }
-    streaming = [
-        f"http://{host}:{HTTP_PORT}/v2/models/{m.name}/generate_stream" for m in md.spec.models if streams(m)
-    ]
+    streaming = [m.name for m in md.spec.models if streams(m)]
     if streaming:
-        urls["generate_stream"] = streaming
+        urls["generate"] = [f"http://{host}:{HTTP_PORT}/v2/models/{name}/generate" for name in streaming]
+        urls["generate_stream"] = [
+            f"http://{host}:{HTTP_PORT}/v2/models/{name}/generate_stream" for name in streaming
+        ]
     return urls

@@ -13,10 +13,13 @@ so a re-render never changes the init container's environment and never rolls th
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from kubeforge.api.modeldeployment import (
     DynamicBatching,
     InstanceGroup,
+    InstanceGroupKind,
+    LLMEngine,
     ModelFormat,
     ModelSpec,
     TensorSpec,
@@ -153,14 +156,68 @@ def render_config(
 
 
 def render_model_config(model: ModelSpec) -> str | None:
-    """The config.pbtxt text for a model whose spec carries `config`; None when it carries none.
+    """The config.pbtxt text for a model whose spec carries `config` or `llm`; None when it carries neither.
 
-    Without a config the model's source must bring its own config.pbtxt (or let Triton
+    Without either the model's source must bring its own config.pbtxt (or let Triton
     auto-complete one, which only some backends can do).
     """
+    if model.llm is not None:
+        return render_config(model.name, model.format, VLLM_MODEL_CONFIG)
     if model.config is None:
         return None
     return render_config(model.name, model.format, model.config)
+
+
+# ---------------------------------------------------------------------------------------------
+# Triton's vLLM backend (https://github.com/triton-inference-server/vllm_backend): config.pbtxt
+# names the backend, lets the engine place itself on the GPUs (KIND_MODEL) and streams (decoupled);
+# the backend completes the inputs and outputs (text_input, stream, sampling_parameters, ...,
+# text_output) itself. Everything about the engine is in `<version>/model.json`.
+
+VLLM_MODEL_JSON = "model.json"
+VLLM_MULTI_LORA_JSON = "multi_lora.json"
+# the backend reports vLLM's own metrics (vllm:time_to_first_token_seconds, ...) on Triton's
+# metrics port when this parameter is "true"
+VLLM_METRICS_PARAMETER = "REPORT_CUSTOM_METRICS"
+VLLM_MODEL_CONFIG = TritonModelConfig(
+    max_batch_size=0,
+    instance_groups=[InstanceGroup(kind=InstanceGroupKind.MODEL, count=1)],
+    decoupled=True,
+    parameters={VLLM_METRICS_PARAMETER: "true"},
+)
+# how the leader's engine reaches the GPUs of the other pods of its group
+MULTI_NODE_EXECUTOR = "ray"
+
+
+def vllm_engine_args(llm: LLMEngine, gpus_per_pod: int, nodes: int) -> dict[str, Any]:
+    """vLLM engine arguments from `llm`, defaults resolved, without `model` (the fetched weights' path).
+
+    Keys are vLLM's AsyncEngineArgs field names; unset fields are left to vLLM's defaults. The
+    escape hatch `engineArgs` comes last but may not repeat a typed field (the API refuses it).
+    """
+    args: dict[str, Any] = {"tensor_parallel_size": llm.tensor_parallel_size or gpus_per_pod}
+    optional = {
+        "pipeline_parallel_size": llm.pipeline_parallel_size,
+        "max_model_len": llm.max_model_len,
+        "gpu_memory_utilization": llm.gpu_memory_utilization,
+        "dtype": llm.dtype,
+        "quantization": llm.quantization,
+        "enable_prefix_caching": llm.enable_prefix_caching,
+        "max_num_seqs": llm.max_num_seqs,
+    }
+    args.update({key: value for key, value in optional.items() if value is not None})
+    if nodes > 1:
+        args["distributed_executor_backend"] = MULTI_NODE_EXECUTOR
+    if llm.lora_adapters:
+        args["enable_lora"] = True
+    args.update(llm.engine_args or {})
+    return args
+
+
+def vllm_model_json(model: ModelSpec, gpus_per_pod: int, nodes: int, weights: str) -> dict[str, Any]:
+    """The whole model.json of a vLLM model whose weights are at the path `weights`."""
+    assert model.llm is not None, "vllm_model_json needs a model with llm"
+    return {"model": weights, **vllm_engine_args(model.llm, gpus_per_pod, nodes)}
 
 
 def recommended_dynamic_batching(model_format: ModelFormat, max_batch_size: int) -> DynamicBatching | None:

@@ -8,6 +8,16 @@ Triton starts with a plain local repository
 
     <out>/<name>/config.pbtxt
     <out>/<name>/<version>/<model files>
+
+A vLLM model with `llm` (Triton's vLLM backend) is laid out from the plan's engine arguments; the
+source holds the Hugging Face model files, which Triton never reads itself (a non-numeric folder
+is not a version):
+
+    <out>/<name>/config.pbtxt              backend "vllm", decoupled
+    <out>/<name>/1/model.json              {"model": "<out>/<name>/weights", ...engine arguments}
+    <out>/<name>/1/multi_lora.json         {"<adapter>": "<out>/<name>/lora/<adapter>"} (LoRA only)
+    <out>/<name>/weights/                  the source
+    <out>/<name>/lora/<adapter>/           each adapter's source
 """
 
 from __future__ import annotations
@@ -27,7 +37,14 @@ from google.protobuf import text_format
 from google.protobuf.message import Message
 
 from kubeforge.api.modeldeployment import ModelSpec
-from kubeforge.triton.config import CONFIG_FILENAME, HEADER, render_model_config
+from kubeforge.triton.config import (
+    CONFIG_FILENAME,
+    HEADER,
+    VLLM_MODEL_JSON,
+    VLLM_MULTI_LORA_JSON,
+    render_model_config,
+    vllm_engine_args,
+)
 from kubeforge.triton.sources import SourceError, fetch_source
 
 log = logging.getLogger(__name__)
@@ -38,6 +55,10 @@ DEFAULT_PVC_ROOT = "/mnt/pvc"
 # Where a model is staged before it is moved into place, so a restarted init container never
 # leaves Triton a half-copied model; removed when assembly ends.
 STAGING_DIRNAME = ".kubeforge-staging"
+# A vLLM model's folders for its weights and LoRA adapters, next to its version folder
+WEIGHTS_DIRNAME = "weights"
+LORA_DIRNAME = "lora"
+VLLM_VERSION = "1"
 
 
 class PlanError(ValueError):
@@ -66,15 +87,30 @@ class PlannedModel:
     source: str
     format: str
     config_pbtxt: str | None
+    # a vLLM model with `llm`: its engine arguments (model.json without "model") and LoRA adapters
+    engine_args: dict[str, object] | None = None
+    lora: dict[str, str] | None = None
 
 
-def repository_plan(models: Sequence[ModelSpec]) -> str:
-    """The init container's plan (the value of `KUBEFORGE_MODELS`): JSON, deterministic, no I/O."""
-    entries = [
-        {"name": m.name, "source": m.source, "format": m.format.value, "configPbtxt": render_model_config(m)}
-        for m in models
-    ]
-    return json.dumps(entries, separators=(",", ":"), ensure_ascii=False)
+def repository_plan(models: Sequence[ModelSpec], gpus_per_pod: int = 1, nodes: int = 1) -> str:
+    """The init container's plan (the value of `KUBEFORGE_MODELS`): JSON, deterministic, no I/O.
+
+    `gpus_per_pod` and `nodes` resolve a vLLM model's parallelism defaults.
+    """
+    entries: list[dict[str, object]] = []
+    for m in models:
+        entry: dict[str, object] = {
+            "name": m.name,
+            "source": m.source,
+            "format": m.format.value,
+            "configPbtxt": render_model_config(m),
+        }
+        if m.llm is not None:
+            entry["engineArgs"] = vllm_engine_args(m.llm, gpus_per_pod, nodes)
+            if m.llm.lora_adapters:
+                entry["lora"] = {a.name: a.source for a in m.llm.lora_adapters}
+        entries.append(entry)
+    return json.dumps(entries, separators=(",", ":"), ensure_ascii=False, sort_keys=True)
 
 
 def parse_plan(text: str) -> list[PlannedModel]:
@@ -101,14 +137,33 @@ def _planned_model(index: int, entry: object) -> PlannedModel:
             raise PlanError(f"{PLAN_ENV}[{index}].{key} must be a non-empty string")
     name = str(fields["name"])
     # the name becomes a directory: nothing that could climb out of the repository
-    if "/" in name or name in (".", "..") or name.startswith("."):
+    if not _safe_name(name):
         raise PlanError(f"{PLAN_ENV}[{index}].name {name!r} is not a valid model name")
     config = entry.get("configPbtxt")
     if config is not None and not isinstance(config, str):
         raise PlanError(f"{PLAN_ENV}[{index}].configPbtxt must be a string or null")
+    engine_args = entry.get("engineArgs")
+    if engine_args is not None and not isinstance(engine_args, dict):
+        raise PlanError(f"{PLAN_ENV}[{index}].engineArgs must be an object or null")
+    lora = entry.get("lora")
+    if lora is not None and not (
+        isinstance(lora, dict)
+        and all(isinstance(k, str) and _safe_name(k) and isinstance(v, str) for k, v in lora.items())
+    ):
+        raise PlanError(f"{PLAN_ENV}[{index}].lora must map adapter names to sources")
     return PlannedModel(
-        name=name, source=str(fields["source"]), format=str(fields["format"]), config_pbtxt=config
+        name=name,
+        source=str(fields["source"]),
+        format=str(fields["format"]),
+        config_pbtxt=config,
+        engine_args=engine_args,
+        lora=lora,
     )
+
+
+def _safe_name(name: str) -> bool:
+    """A name that can be a directory without climbing out of its parent."""
+    return bool(name) and "/" not in name and name not in (".", "..") and not name.startswith(".")
 
 
 def pvc_claim(source: str) -> str | None:
@@ -216,19 +271,47 @@ def check_model_dir(model: PlannedModel, model_dir: Path) -> list[str]:
 # The program.
 
 
+def _fetch(model: PlannedModel, source: str, dest: Path, pvc_root: Path, environ: Mapping[str, str]) -> None:
+    log.info("model %s: fetching %s", model.name, source)
+    try:
+        fetch_source(source, dest, pvc_root, environ)
+    except SourceError as exc:
+        raise AssemblyError(model.name, source, str(exc)) from exc
+
+
+def stage_vllm_model(
+    model: PlannedModel, staged: Path, final: Path, pvc_root: Path, environ: Mapping[str, str]
+) -> None:
+    """Lay out a vLLM model in `staged`; the paths written into model.json are those under `final`."""
+    assert model.engine_args is not None
+    _fetch(model, model.source, staged / WEIGHTS_DIRNAME, pvc_root, environ)
+    if not (staged / WEIGHTS_DIRNAME / "config.json").is_file():
+        found = sorted(p.name for p in (staged / WEIGHTS_DIRNAME).iterdir())[:10]
+        reason = f"no config.json in the source: not a Hugging Face model folder (found {found or 'nothing'})"
+        raise AssemblyError(model.name, model.source, reason)
+    for adapter, source in sorted((model.lora or {}).items()):
+        _fetch(model, source, staged / LORA_DIRNAME / adapter, pvc_root, environ)
+    version = staged / VLLM_VERSION
+    version.mkdir()
+    model_json = {"model": str(final / WEIGHTS_DIRNAME), **model.engine_args}
+    (version / VLLM_MODEL_JSON).write_text(json.dumps(model_json, indent=2, sort_keys=True) + "\n")
+    if model.lora:
+        adapters = {adapter: str(final / LORA_DIRNAME / adapter) for adapter in sorted(model.lora)}
+        (version / VLLM_MULTI_LORA_JSON).write_text(json.dumps(adapters, indent=2) + "\n")
+
+
 def assemble_model(model: PlannedModel, out: Path, pvc_root: Path, environ: Mapping[str, str]) -> None:
     """Fetch, configure and check one model in a staging folder, then move it to `<out>/<name>`."""
     started = time.monotonic()
     staged = out / STAGING_DIRNAME / model.name
+    final = out / model.name
     shutil.rmtree(staged, ignore_errors=True)
-    log.info("model %s: fetching %s", model.name, model.source)
-    try:
-        fetch_source(model.source, staged, pvc_root, environ)
-    except SourceError as exc:
-        raise AssemblyError(model.name, model.source, str(exc)) from exc
+    if model.engine_args is not None:
+        stage_vllm_model(model, staged, final, pvc_root, environ)
+    else:
+        _fetch(model, model.source, staged, pvc_root, environ)
     write_config(model, staged)
     versions = check_model_dir(model, staged)
-    final = out / model.name
     shutil.rmtree(final, ignore_errors=True)  # a restarted init container redoes the model
     staged.rename(final)
     log.info(
