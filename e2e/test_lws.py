@@ -103,6 +103,7 @@ MD = "llama-405b"
 LWS = f"{MD}-lws"
 REVISION = "leaderworkerset.sigs.k8s.io/template-revision-hash"
 GROUP_KEY = "leaderworkerset.sigs.k8s.io/group-key"
+HOLD = "e2e.kubeforge.io/hold"
 
 
 def _multinode(namespace: str, **spec: Any) -> str:
@@ -197,21 +198,26 @@ def test_a_failed_worker_recreates_the_whole_group_and_the_md_says_so(
         p["metadata"]["labels"][WORKER_INDEX]: p["metadata"]["uid"] for p in _md_pods(kubectl, namespace)
     }
     worker = next(p for p in _md_pods(kubectl, namespace) if p["metadata"]["labels"][WORKER_INDEX] == "1")
+    name = worker["metadata"]["name"]
+    # a finalizer of the test's holds the failed worker while it is deleted, so the recreation lasts
+    # until the test has seen the ModelDeployment report it (kwok recreates a group in about a second)
+    kubectl("patch", "pod", name, "--type=merge", "-p", json.dumps({"metadata": {"finalizers": [HOLD]}}),
+            namespace=namespace)  # fmt: skip
     # the Ray worker exits: its container restarts in place, and LWS recreates the whole group
-    kubectl(
-        "annotate", "pod", worker["metadata"]["name"], "sim.kubeforge.io/exit-code=1", namespace=namespace
-    )
+    kubectl("annotate", "pod", name, "sim.kubeforge.io/exit-code=1", namespace=namespace)
 
-    seen: list[tuple[str, str]] = []
+    def recreating() -> dict[str, Any] | None:
+        ready = find_condition(kubectl.json("get", "md", MD, namespace=namespace), "Ready") or {}
+        return ready if ready.get("reason") == "GroupRecreating" else None
 
-    def recreating() -> bool:
-        md = kubectl.json("get", "md", MD, namespace=namespace)
-        ready = find_condition(md, "Ready") or {}
-        seen.append((ready.get("reason", ""), ready.get("message", "")))
-        events = [e for e in _events(kubectl, namespace, MD) if e["reason"] == "GroupRecreating"]
-        return ready.get("reason") == "GroupRecreating" or bool(events)
-
-    wait_for(recreating, timeout=60, interval=0.1, message=lambda: f"GroupRecreating (seen {seen[-5:]})")
+    ready = wait_for(recreating, timeout=60, message="Ready False with reason GroupRecreating")
+    assert ready["status"] == "False"
+    # the worker's restart, or (once kwok has stopped it) its deletion
+    assert ready["message"].startswith(f"group 0 is being recreated: pod {name}"), ready["message"]
+    progressing = find_condition(kubectl.json("get", "md", MD, namespace=namespace), "Progressing") or {}
+    assert (progressing["status"], progressing["reason"]) == ("True", "GroupRecreating")
+    kubectl("patch", "pod", name, "--type=json", "-p", '[{"op": "remove", "path": "/metadata/finalizers"}]',
+            namespace=namespace)  # fmt: skip
     md = _md_ready(kubectl, namespace)
     after = {
         p["metadata"]["labels"][WORKER_INDEX]: p["metadata"]["uid"] for p in _md_pods(kubectl, namespace)
