@@ -155,7 +155,14 @@ def test_a_two_node_replica_is_one_group_on_two_h100_nodes(
     kubectl.apply(_multinode(namespace))
     md = _md_ready(kubectl, namespace)
     assert (md["status"]["replicas"], md["status"]["ready"]) == (1, "1/1")
-    assert md["status"]["selector"].endswith(f",{WORKER_INDEX}=0")  # /scale counts leaders: groups
+    scale = json.loads(
+        kubectl(
+            "get", "--raw", f"/apis/kubeforge.io/v1alpha1/namespaces/{namespace}/modeldeployments/{MD}/scale"
+        ).stdout
+    )
+    # /scale (what the HPA reads) counts groups, and its selector finds one pod per group: the leader
+    assert (scale["spec"]["replicas"], scale["status"]["replicas"]) == (1, 1)
+    assert scale["status"]["selector"].endswith(f",{WORKER_INDEX}=0")
 
     lws_obj = kubectl.json("get", "leaderworkerset", LWS, namespace=namespace)
     assert lws_obj["metadata"]["ownerReferences"][0]["uid"] == md["metadata"]["uid"]
@@ -275,6 +282,14 @@ def test_scale_adds_a_group_and_a_change_rolls_whole_groups(
         env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
         assert env["NCCL_DEBUG"] == "INFO"
     assert rolled_md["status"]["ready"] == "2/2"
+
+    # a third group finds no two free H100 nodes: Degraded, in the scheduler's words
+    kubectl("scale", "modeldeployment", MD, "--replicas=3", namespace=namespace)
+    md = wait_condition(kubectl, "md", MD, "Degraded", namespace=namespace, timeout=60)
+    degraded = find_condition(md, "Degraded") or {}
+    assert degraded["reason"] == "Unschedulable"
+    assert f"pod {LWS}-2" in degraded["message"] and "nvidia.com/gpu" in degraded["message"]
+    assert md["status"]["ready"] == "2/3"
 
 
 def test_switching_between_one_and_two_nodes_swaps_deployment_and_leaderworkerset(
