@@ -120,13 +120,13 @@ async def _missing_metrics_api(ctx: Context, md: ModelDeployment) -> tuple[str, 
 
 
 @dataclass(frozen=True)
-class Workload:
+class AppliedWorkload:
     deployment: dict[str, Any] | None = None
     leaderworkerset: dict[str, Any] | None = None
     lws_missing: bool = False  # a replica spans nodes, and the LeaderWorkerSet API is not served
 
 
-async def _workload(ctx: Context, md: ModelDeployment) -> Workload:
+async def _workload(ctx: Context, md: ModelDeployment) -> AppliedWorkload:
     """Apply the Deployment, or the LeaderWorkerSet when a replica spans nodes, and remove the other.
 
     The new one is applied before the old one is deleted, and the old one stays when the new one
@@ -137,18 +137,18 @@ async def _workload(ctx: Context, md: ModelDeployment) -> Workload:
     if md.spec.replica_nodes > 1:
         # a "no" is asked again at once (ttl 0): LWS installed a moment ago must not wait for the cache
         if not (await ctx.kube.api_group_served(LWS_API) or await ctx.kube.api_group_served(LWS_API, ttl=0)):
-            return Workload(lws_missing=True)
+            return AppliedWorkload(lws_missing=True)
         try:
             lws = await ctx.ensure(build_leaderworkerset(md, ctx.settings))
         except ApiError as err:
             if err.status != 404:
                 raise
-            return Workload(lws_missing=True)  # uninstalled since discovery was last asked
+            return AppliedWorkload(lws_missing=True)  # uninstalled since discovery was last asked
         await ctx.ensure_absent(r.DEPLOYMENT, ns, name, uid)
-        return Workload(leaderworkerset=lws)
+        return AppliedWorkload(leaderworkerset=lws)
     deployment = await ctx.ensure(build_triton_deployment(md, ctx.settings))
     await ctx.ensure_absent(r.LEADER_WORKER_SET, ns, leaderworkerset_name(md), uid)
-    return Workload(deployment=deployment)
+    return AppliedWorkload(deployment=deployment)
 
 
 def _ours(ctx: Context, md: ModelDeployment, resource: r.Resource, name: str) -> dict[str, Any] | None:
@@ -200,7 +200,7 @@ async def reconcile_model_deployment(ctx: Context, key: tuple[str, str]) -> floa
         # the Deployment of a single-node spec, if any, keeps serving meanwhile
         failure = LWS_NOT_INSTALLED
     if workload is None or missing_lws:  # not applied this time: report on our own, if any
-        workload = Workload(
+        workload = AppliedWorkload(
             deployment=_ours(ctx, md, r.DEPLOYMENT, name),
             leaderworkerset=_ours(ctx, md, r.LEADER_WORKER_SET, leaderworkerset_name(md)),
         )

@@ -20,8 +20,8 @@ from kubeforge.builders.modeldeployment import selector_string
 from kubeforge.builders.pods import gpu_summary
 from kubeforge.status.conditions import get_condition, set_condition
 from kubeforge.status.gitops import ReconcileFailure, Verdict, kstatus_conditions
-from kubeforge.status.leaderworkerset import count_groups
 from kubeforge.status.pods import PodProblem, pod_problem, pod_ready
+from kubeforge.status.workload import deployment_workload, leaderworkerset_workload
 
 # Degraded this long (an unschedulable GPU request, an image that cannot be pulled, a crash loop)
 # means the deployment cannot progress without a change: Stalled, which GitOps tools call Failed.
@@ -59,78 +59,12 @@ class Observed:
 
 
 @dataclass(frozen=True)
-class Workload:
-    """The serving workload (a Deployment, or a LeaderWorkerSet's groups) reduced to what status says.
-
-    `replicas` are Triton servers: pods of a Deployment, groups of a LeaderWorkerSet.
-    """
-
-    name: str  # "the Triton Deployment" / "the LeaderWorkerSet"
-    exists: bool
-    replicas: int
-    ready: int
-    updated: int
-    rolled_out: bool
-    deadline: str | None = None  # the Deployment's ProgressDeadlineExceeded message
-    recreating: str | None = None  # a group being recreated after one of its pods failed
-
-
-def _deployment_workload(dep: dict[str, Any] | None, desired: int) -> Workload:
-    dep_status = (dep or {}).get("status", {})
-    replicas = int(dep_status.get("replicas", 0) or 0)
-    ready = int(dep_status.get("readyReplicas", 0) or 0) if dep else 0
-    updated = int(dep_status.get("updatedReplicas", 0) or 0)
-    current = dep is not None and int(dep_status.get("observedGeneration", 0) or 0) >= int(
-        dep["metadata"].get("generation", 0) or 0
-    )
-    progress = _deployment_condition(dep, "Progressing") if dep else None
-    return Workload(
-        name="the Triton Deployment",
-        exists=dep is not None,
-        replicas=replicas,
-        ready=ready,
-        updated=updated,
-        rolled_out=current and updated >= desired and replicas == desired and ready >= desired,
-        deadline=(
-            str(progress.get("message", ""))
-            if progress and progress.get("reason") == "ProgressDeadlineExceeded"
-            else None
-        ),
-    )
-
-
-def _leaderworkerset_workload(
-    lws: dict[str, Any] | None, pods: list[dict[str, Any]], desired: int
-) -> Workload:
-    groups = count_groups(lws, pods, desired)
-    return Workload(
-        name="the LeaderWorkerSet",
-        exists=lws is not None,
-        replicas=groups.groups,
-        ready=groups.ready,
-        updated=groups.updated,
-        rolled_out=(
-            lws is not None
-            and groups.updated_ready >= desired
-            and groups.groups == desired
-            and groups.recreating is None
-        ),
-        recreating=groups.recreating,
-    )
-
-
-@dataclass(frozen=True)
 class Transition:
     """A condition change worth an Event."""
 
     type: str  # Normal or Warning
     reason: str
     message: str
-
-
-def _deployment_condition(deployment: dict[str, Any], type_: str) -> dict[str, Any] | None:
-    conditions = deployment.get("status", {}).get("conditions") or []
-    return next((c for c in conditions if c.get("type") == type_), None)
 
 
 def _first_problem(pods: list[dict[str, Any]]) -> PodProblem | None:
@@ -224,9 +158,9 @@ def compute_status(
     desired = md.spec.replicas
     multi_node = md.spec.replica_nodes > 1
     workload = (
-        _leaderworkerset_workload(observed.leaderworkerset, observed.pods, desired)
+        leaderworkerset_workload(observed.leaderworkerset, observed.pods, desired)
         if multi_node
-        else _deployment_workload(observed.deployment, desired)
+        else deployment_workload(observed.deployment, desired)
     )
     replicas, ready_replicas, updated = workload.replicas, workload.ready, workload.updated
     rolled_out = workload.rolled_out
