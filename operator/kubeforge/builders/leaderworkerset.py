@@ -43,6 +43,10 @@ TEMPLATE_HASH_ANNOTATION = "kubeforge.io/template-hash"
 # the name suffix: LWS names its headless Service after the LeaderWorkerSet, and the ModelDeployment's
 # own Service already has the ModelDeployment's name
 NAME_SUFFIX = "-lws"
+# LWS names a group's worker StatefulSet <LeaderWorkerSet>-<group>, and the StatefulSet controller
+# labels its pods controller-revision-hash=<StatefulSet>-<hash of up to 10 characters>: a label
+# value of at most 63 characters. With up to 100 groups the ModelDeployment's name fits in:
+MAX_MULTI_NODE_NAME_LENGTH = 63 - 10 - len("-99-") - len(NAME_SUFFIX)
 RAY_PORT = 6379
 WORKER_CONTAINER = "engine-worker"
 HOSTNAME_TOPOLOGY = "kubernetes.io/hostname"
@@ -80,6 +84,23 @@ done
 
 def leaderworkerset_name(md: ModelDeployment) -> str:
     return md.metadata.name + NAME_SUFFIX
+
+
+def name_problem(md: ModelDeployment) -> str | None:
+    """Why this ModelDeployment's name is too long for its groups' pods, or None.
+
+    LWS accepts the LeaderWorkerSet (its own limit is 63), but the pods of its groups are never
+    created: better said at once than found in the StatefulSet controller's Events.
+    """
+    name = md.metadata.name
+    if len(name) <= MAX_MULTI_NODE_NAME_LENGTH:
+        return None
+    return (
+        f"a replica spanning several nodes runs as LeaderWorkerSet {leaderworkerset_name(md)}, and the "
+        f"StatefulSets and pods LWS makes for its groups are named and labelled after it (at most 63 "
+        f"characters): the ModelDeployment's name may have at most {MAX_MULTI_NODE_NAME_LENGTH} characters, "
+        f"{name!r} has {len(name)}"
+    )
 
 
 def leader_selector() -> dict[str, str]:

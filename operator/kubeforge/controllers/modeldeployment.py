@@ -15,6 +15,7 @@ from kubeforge.builders.leaderworkerset import (
     build_leader_service,
     build_leaderworkerset,
     leaderworkerset_name,
+    name_problem,
 )
 from kubeforge.builders.modeldeployment import (
     HTTP_PORT,
@@ -123,7 +124,8 @@ async def _missing_metrics_api(ctx: Context, md: ModelDeployment) -> tuple[str, 
 class AppliedWorkload:
     deployment: dict[str, Any] | None = None
     leaderworkerset: dict[str, Any] | None = None
-    lws_missing: bool = False  # a replica spans nodes, and the LeaderWorkerSet API is not served
+    # why neither was applied: the LeaderWorkerSet API is not served, or the name is too long for it
+    failure: ReconcileFailure | None = None
 
 
 async def _workload(ctx: Context, md: ModelDeployment) -> AppliedWorkload:
@@ -135,15 +137,18 @@ async def _workload(ctx: Context, md: ModelDeployment) -> AppliedWorkload:
     ns, name, uid = md.metadata.namespace or "", md.metadata.name, md.metadata.uid
     assert uid is not None
     if md.spec.replica_nodes > 1:
+        too_long = name_problem(md)
+        if too_long is not None:
+            return AppliedWorkload(failure=ReconcileFailure("NameTooLong", too_long))
         # a "no" is asked again at once (ttl 0): LWS installed a moment ago must not wait for the cache
         if not (await ctx.kube.api_group_served(LWS_API) or await ctx.kube.api_group_served(LWS_API, ttl=0)):
-            return AppliedWorkload(lws_missing=True)
+            return AppliedWorkload(failure=LWS_NOT_INSTALLED)
         try:
             lws = await ctx.ensure(build_leaderworkerset(md, ctx.settings))
         except ApiError as err:
             if err.status != 404:
                 raise
-            return AppliedWorkload(lws_missing=True)  # uninstalled since discovery was last asked
+            return AppliedWorkload(failure=LWS_NOT_INSTALLED)  # uninstalled since discovery was last asked
         await ctx.ensure_absent(r.DEPLOYMENT, ns, name, uid)
         return AppliedWorkload(leaderworkerset=lws)
     deployment = await ctx.ensure(build_triton_deployment(md, ctx.settings))
@@ -195,11 +200,11 @@ async def reconcile_model_deployment(ctx: Context, key: tuple[str, str]) -> floa
         _autoscaler(ctx, md),
         _monitoring(ctx, md),
     )
-    missing_lws = workload is not None and workload.lws_missing
-    if missing_lws:
+    missing_lws = workload is not None and workload.failure is LWS_NOT_INSTALLED
+    if workload is not None and workload.failure is not None:
         # the Deployment of a single-node spec, if any, keeps serving meanwhile
-        failure = LWS_NOT_INSTALLED
-    if workload is None or missing_lws:  # not applied this time: report on our own, if any
+        failure = workload.failure
+    if workload is None or workload.failure is not None:  # not applied this time: report on our own, if any
         workload = AppliedWorkload(
             deployment=_ours(ctx, md, r.DEPLOYMENT, name),
             leaderworkerset=_ours(ctx, md, r.LEADER_WORKER_SET, leaderworkerset_name(md)),
