@@ -25,6 +25,7 @@ OPERATOR_USES: dict[r.Resource, frozenset[str]] = {
     r.EVENT: frozenset({"create", "patch"}),
     r.NAMESPACE: frozenset(),  # declared in kubeforge.k8s.resources, but no operator code calls it
     r.JOB: WRITE,
+    r.PVC: WRITE,  # the model cache's claim (spec.cache.size)
     r.PDB: WRITE,
     r.HPA: WRITE,
     r.SCALED_OBJECT: WRITE,  # rbac.keda

@@ -102,6 +102,10 @@ it is a Role of its own in the release namespace (rbac.yaml).
 - apiGroups: ["batch"]
   resources: ["jobs"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# The model cache (spec.cache.size): the claim the operator creates, and deletes when no longer wanted.
+- apiGroups: [""]
+  resources: ["persistentvolumeclaims"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 # Pods are only observed (readiness, exit codes, scheduling problems); their Jobs/Deployments own them.
 - apiGroups: [""]
   resources: ["pods"]

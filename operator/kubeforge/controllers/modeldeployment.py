@@ -1,4 +1,5 @@
-"""Reconcile a ModelDeployment: Triton Deployment, Service, PDB, autoscaler, ServiceMonitor; then status."""
+"""Reconcile a ModelDeployment: model cache, Triton Deployment, Service, PDB, autoscaler, ServiceMonitor;
+then status."""
 
 from __future__ import annotations
 
@@ -18,10 +19,12 @@ from kubeforge.builders.modeldeployment import (
 from kubeforge.controllers.context import Context
 from kubeforge.controllers.failures import settle
 from kubeforge.controllers.invalid import load_or_refuse
+from kubeforge.controllers.modelcache import observe_cache, sweep_cache
 from kubeforge.controllers.status_patch import write_status
 from kubeforge.controllers.workqueue import Surfaced
 from kubeforge.k8s import resources as r
 from kubeforge.k8s.semantic import controller_uid
+from kubeforge.status.cache import fill_complete
 from kubeforge.status.conditions import get_condition
 from kubeforge.status.modeldeployment import AutoscalerObservation, Observed, compute_status, stall_check_in
 from kubeforge.status.pods import pod_ready
@@ -35,6 +38,10 @@ EXTERNAL_METRICS_API = "external.metrics.k8s.io/v1beta1"
 MODEL_PROBE_SECONDS = 30.0
 MISSING_API_SECONDS = 30.0
 MONITORING_API = "monitoring.coreos.com/v1"
+
+
+async def _nothing() -> None:
+    """The Deployment withheld while the model cache fills (the live one, if any, is left as it is)."""
 
 
 async def _ensure_optional(
@@ -130,15 +137,25 @@ async def reconcile_model_deployment(ctx: Context, key: tuple[str, str]) -> floa
     if loaded is None:
         return None
     body, md = loaded
+    previous = ModelDeploymentStatus.model_validate(body["status"]) if body.get("status") else None
+
+    # the model cache first: with one, the pods of this spec start only once its fill is complete
+    (cache,), failure = await settle(observe_cache(ctx, md, previous.cache if previous else None))
+    serve = md.spec.cache is None or (cache is not None and fill_complete(cache.job))
 
     # the children do not depend on each other: apply them concurrently
-    (deployment, _, _, autoscaler, _), failure = await settle(
-        ctx.ensure(build_triton_deployment(md, ctx.settings)),
+    (deployment, _, _, autoscaler, _), child_failure = await settle(
+        ctx.ensure(build_triton_deployment(md, ctx.settings)) if serve else _nothing(),
         ctx.ensure(build_service(md)),
         _ensure_optional(ctx, r.PDB, md, build_pod_disruption_budget(md)),
         _autoscaler(ctx, md),
         _monitoring(ctx, md),
     )
+    failure = failure or child_failure
+    if serve and deployment is not None:
+        # the current spec's pods are applied: earlier fills (or the whole cache) can go
+        (_,), sweep_failure = await settle(sweep_cache(ctx, md))
+        failure = failure or sweep_failure
     if deployment is None:  # not applied this time: report on our own Deployment, if any
         cached = ctx.cache.get(r.DEPLOYMENT.kind, ns, name)
         deployment = cached if cached is not None and controller_uid(cached) == md.metadata.uid else None
@@ -153,8 +170,8 @@ async def reconcile_model_deployment(ctx: Context, key: tuple[str, str]) -> floa
         model_states=states,
         model_probe_error=probe_error,
         failure=failure,
+        cache=cache,
     )
-    previous = ModelDeploymentStatus.model_validate(body["status"]) if body.get("status") else None
     now = ctx.now()
     status, transitions = compute_status(
         md, observed, previous, now, ctx.settings.stall_seconds, ctx.settings.metric_absent_seconds
