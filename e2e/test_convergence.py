@@ -45,6 +45,8 @@ AFFINITY = {
     }
 }
 AUTOSCALING = {"maxReplicas": 3, "targets": {"queueTimeMicroseconds": 50000}}
+LLM_MODEL = {"name": "qwen", "source": "hf://Qwen/Qwen2.5-7B-Instruct@main", "format": "vllm"}
+LLM = {"dtype": "bfloat16", "loraAdapters": [{"name": "sql", "source": "pvc://adapters/sql"}]}
 
 # path -> (a merge patch of spec that sets it, a merge patch that removes just that field or None).
 # After each, the test also removes the whole top-level field.
@@ -52,6 +54,15 @@ MD_SAMPLES: dict[str, tuple[Patch, Patch | None]] = {
     "models.config": (
         {"models": [{**MODEL, "config": {"maxBatchSize": 8, "dynamicBatching": {}}}]},
         {"models": [MODEL]},
+    ),
+    "models.llm": (
+        {
+            "models": [
+                {**LLM_MODEL, "llm": {**LLM, "maxModelLen": 4096, "engineArgs": {"enforce_eager": True}}}
+            ],
+            "gpu": {"count": 2},
+        },
+        {"models": [{**LLM_MODEL, "llm": LLM}]},
     ),
     "replicas": ({"replicas": 3}, None),
     "runtime": ({"runtime": {"image": "nvcr.io/nvidia/tritonserver:24.01-py3"}}, None),
@@ -95,10 +106,10 @@ MD_SAMPLES: dict[str, tuple[Patch, Patch | None]] = {
         {
             "autoscaling": {
                 **AUTOSCALING,
-                "targets": {"queueTimeMicroseconds": 20000, "inferencesPerSecond": 100},
+                "targets": {"queueTimeMicroseconds": 20000, "inferencesPerSecond": 100, "pendingRequests": 8},
             }
         },
-        {"autoscaling": {"targets": {"inferencesPerSecond": None}}},
+        {"autoscaling": {"targets": {"inferencesPerSecond": None, "pendingRequests": None}}},
     ),
     "autoscaling.activation": (
         {"autoscaling": {**AUTOSCALING, "activation": {"source": "ingress-nginx"}}},

@@ -1,7 +1,8 @@
 """A small PromQL evaluator over scraped samples, to check the queries Kubeforge generates.
 
-It covers what the generated queries use: selectors with label matchers, rate() over a range,
-sum/avg by labels, clamp_min, and arithmetic between vectors matched on their labels. rate()
+It covers what the generated queries use: selectors with label matchers (`__name__` too), rate()
+over a range, sum/avg by labels, clamp_min, arithmetic between vectors matched on their labels,
+and `or`. rate()
 is computed between two scrapes (the window the test controls), not over the query's [1m].
 """
 
@@ -58,7 +59,19 @@ def _matches(labels: Labels, matchers: Any) -> bool:
 
 
 def _select(samples: dict[str, Vector], selector: Any) -> Vector:
-    return {k: v for k, v in samples.get(selector.name, {}).items() if _matches(k, selector.matchers)}
+    """The samples a selector picks: by its metric name, or by a `__name__` matcher over all names.
+
+    Series of different names that share their other labels are added up (the generated queries
+    only ever sum them).
+    """
+    out: Vector = {}
+    for name, vector in samples.items():
+        if selector.name and name != selector.name:
+            continue
+        for labels, value in vector.items():
+            if _matches(labels | {("__name__", name)}, selector.matchers):
+                out[labels] = out.get(labels, 0.0) + value
+    return out
 
 
 def _group(vector: Vector, by: list[str], op: str) -> Vector:
@@ -95,6 +108,9 @@ def _eval(node: Any, data: Scrapes) -> Vector:
     if kind == "AggregateExpr":
         op = str(node.op).split()[0].lower()
         return _group(_eval(node.expr, data), list(node.modifier.labels) if node.modifier else [], op)
+    if kind == "BinaryExpr" and str(node.op).strip() == "or":
+        lhs, rhs = _eval(node.lhs, data), _eval(node.rhs, data)
+        return {**{k: v for k, v in rhs.items() if k not in lhs}, **lhs}
     if kind == "BinaryExpr":
         lhs, rhs = _eval(node.lhs, data), _eval(node.rhs, data)
         apply = {"/": lambda a, b: a / b if b else float("nan"), "*": lambda a, b: a * b,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from kubeforge.api import ModelDeployment
-from kubeforge.builders.autoscaling import INFERENCE_RATE, QUEUE_TIME, keda_query
+from kubeforge.builders.autoscaling import INFERENCE_RATE, PENDING_REQUESTS, QUEUE_TIME, keda_query
 from kubeforge.testing.triton import TritonServer, run_tritonserver
 from kubeforge.testing.workloads import drive_load, fixed_cost_model, write_model
 from tests.autoscaling.promql import Scrapes, evaluate, parse_exposition
@@ -41,6 +42,23 @@ def _window(server: TritonServer, seconds: float, load: int) -> Scrapes:
     return Scrapes(before, _scrape(url), time.monotonic() - start)
 
 
+def _pending_during_load(server: TritonServer, query: str) -> float:
+    """The most pending requests the query reads from scrapes taken while 8 clients send requests."""
+    seen: list[float] = []
+
+    def scrape_while_loaded() -> None:
+        for _ in range(8):
+            time.sleep(0.3)
+            now = _scrape(server.metrics_url)
+            seen.append(sum(evaluate(query, Scrapes(now, now, 1.0)).values()))
+
+    scraper = threading.Thread(target=scrape_while_loaded)
+    scraper.start()
+    asyncio.run(drive_load(server.grpc_url.removeprefix("grpc://"), "fixed", 8, 3.0, max_per_client=10_000))
+    scraper.join()
+    return max(seen)
+
+
 def test_queue_time_and_rate_queries_follow_the_load(tmp_path: Path) -> None:
     # no dynamic batching and a 4 ms execution: concurrent requests must queue
     write_model(tmp_path, fixed_cost_model("fixed", max_batch_size=8, batching=False, step_ms=4))
@@ -60,6 +78,8 @@ def test_queue_time_and_rate_queries_follow_the_load(tmp_path: Path) -> None:
             time.sleep(0.2)
         idle = _window(server, 1.5, load=0)
         busy = _window(server, 3.0, load=8)
+        pending_busy = _pending_during_load(server, keda_query(md, PENDING_REQUESTS))
+    assert pending_busy >= 2, pending_busy  # 8 clients, one instance, no batching: requests wait
     idle_rate, busy_rate = sum(evaluate(rate_q, idle).values()), sum(evaluate(rate_q, busy).values())
     idle_queue, busy_queue = sum(evaluate(queue_q, idle).values()), sum(evaluate(queue_q, busy).values())
     assert idle_rate == 0 and idle_queue == 0

@@ -18,6 +18,7 @@ from kubeforge.builders.autoscaling import (
     prometheus_adapter_rules,
 )
 from kubeforge.settings import Settings
+from tests.autoscaling.promql import Scrapes, evaluate, parse_exposition
 from tests.harness import import_part
 
 
@@ -128,6 +129,7 @@ def test_generated_promql_parses(md: ModelDeployment) -> None:
                 "gpuUtilization": 50,
                 "activeStreams": 8,
                 "timeToFirstTokenMilliseconds": 200,
+                "pendingRequests": 4,
             },
         ),
         Settings(),
@@ -160,13 +162,38 @@ def test_streaming_targets_read_the_models_own_metrics(md_body: dict[str, Any]) 
     # streams add up over pods (desired = total / 8); a mean time to first token does not
     assert (streams["metricType"], ttft["metricType"]) == ("AverageValue", "Value")
     sel = 'namespace="team-a",pod=~"resnet50-[a-z0-9]+-[a-z0-9]+"'
-    assert streams["metadata"]["query"] == f"sum by (namespace) (kubeforge_active_streams{{{sel}}})"
-    assert ttft["metadata"]["query"] == (
-        f"sum by (namespace) (rate(kubeforge_time_to_first_token_seconds_sum{{{sel}}}[1m])) / "
-        f"clamp_min(sum by (namespace) (rate(kubeforge_time_to_first_token_seconds_count{{{sel}}}[1m])), 0.001) * 1000"
+    # a Python-backend LLM's own gauge, or vLLM's requests in flight (Little's law)
+    assert streams["metadata"]["query"] == (
+        f"sum by (namespace) (kubeforge_active_streams{{{sel}}} "
+        f"or rate(vllm:e2e_request_latency_seconds_sum{{{sel}}}[1m]))"
     )
-    names = [r["name"]["as"] for r in prometheus_adapter_rules()["rules"]["custom"]]
-    assert names[-2:] == ["kubeforge_active_streams", "kubeforge_time_to_first_token_milliseconds"]
+    sums = "kubeforge_time_to_first_token_seconds_sum|vllm:time_to_first_token_seconds_sum"
+    counts = "kubeforge_time_to_first_token_seconds_count|vllm:time_to_first_token_seconds_count"
+    assert ttft["metadata"]["query"] == (
+        f'sum by (namespace) (rate({{__name__=~"{sums}",{sel}}}[1m])) / '
+        f'clamp_min(sum by (namespace) (rate({{__name__=~"{counts}",{sel}}}[1m])), 0.001) * 1000'
+    )
+    rules = prometheus_adapter_rules()["rules"]["custom"]
+    assert [r["name"]["as"] for r in rules][-3:] == [
+        "kubeforge_active_streams",
+        "kubeforge_time_to_first_token_milliseconds",
+        "triton_pending_requests",
+    ]
+    # the adapter discovers the metric from whichever backend's series a pod has
+    assert rules[-2]["seriesQuery"] == f'{{__name__=~"{counts}",namespace!="",pod!=""}}'
+    assert rules[-2]["name"]["matches"] == f"^({counts})$"
+
+
+def test_pending_requests_is_tritons_queue_depth(md_body: dict[str, Any]) -> None:
+    so = build_scaled_object(_md(md_body, engine="keda", targets={"pendingRequests": 4}), Settings())
+    assert so is not None
+    (pending,) = so["spec"]["triggers"]
+    sel = 'namespace="team-a",pod=~"resnet50-[a-z0-9]+-[a-z0-9]+"'
+    assert pending["metricType"] == "AverageValue"  # queue depth adds up over pods: desired = total / 4
+    assert pending["metadata"]["query"] == f"sum by (namespace) (nv_inference_pending_request_count{{{sel}}})"
+    hpa = build_hpa(_md(md_body, targets={"pendingRequests": 4}))
+    assert hpa is not None
+    assert hpa["spec"]["metrics"][0]["pods"]["metric"]["name"] == "triton_pending_requests"
 
 
 def test_service_monitor(md: ModelDeployment) -> None:
@@ -195,3 +222,34 @@ def test_scale_to_zero_wakes_on_demand_in_front_of_the_pods(md_body: dict[str, A
     custom = {**ZERO, "activation": {"query": 'sum(rate(envoy_requests{svc="resnet50"}[1m]))'}}
     so = build_scaled_object(_md(md_body, **custom), Settings())
     assert so is not None and so["spec"]["triggers"][-1]["metadata"]["query"] == custom["activation"]["query"]
+
+
+def test_vllm_targets_evaluate_on_the_vllm_backends_series(md_body: dict[str, Any]) -> None:
+    """The series Triton's vLLM backend reports (counters and histograms labelled model and version,
+    docs/vllm-notes.md) give the streaming targets their figures; the gauge of a python-llm model
+    and the vLLM model's histogram add up on one pod without colliding."""
+    so = build_scaled_object(
+        _md(md_body, engine="keda", targets={"activeStreams": 4, "timeToFirstTokenMilliseconds": 300}),
+        Settings(),
+    )
+    assert so is not None
+    streams_q, ttft_q = (t["metadata"]["query"] for t in so["spec"]["triggers"])
+    pod = {"namespace": "team-a", "pod": "resnet50-5bb75f8dc6-d9xrc"}
+
+    def exposition(e2e_sum: float, ttft_sum: float, ttft_count: int, streams: int) -> str:
+        vllm = 'model="qwen",version="1"'
+        return "\n".join(
+            [
+                f"vllm:e2e_request_latency_seconds_sum{{{vllm}}} {e2e_sum}",
+                f"vllm:time_to_first_token_seconds_sum{{{vllm}}} {ttft_sum}",
+                f"vllm:time_to_first_token_seconds_count{{{vllm}}} {ttft_count}",
+                f'kubeforge_active_streams{{model="opticks",version="1"}} {streams}',
+            ]
+        )
+
+    before = parse_exposition(exposition(100.0, 5.0, 50, 0), pod)
+    # 10 s later: 30 s of requests finished (3 in flight on average), 20 first tokens at 250 ms
+    after = parse_exposition(exposition(130.0, 10.0, 70, 2), pod)
+    window = Scrapes(before, after, 10.0)
+    assert evaluate(streams_q, window) == {frozenset({("namespace", "team-a")}): pytest.approx(5.0)}
+    assert evaluate(ttft_q, window) == {frozenset({("namespace", "team-a")}): pytest.approx(250.0)}

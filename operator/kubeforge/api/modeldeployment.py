@@ -427,20 +427,22 @@ class AutoscalingTargets(ApiModel):
     active_streams: int | None = Field(
         default=None,
         ge=1,
-        description="Streams in flight (generating or waiting for a slot) per replica, as a streaming "
-        "model reports them (kubeforge_active_streams; python-llm exports do).",
+        description="Requests in flight per replica: a python-llm export's streams (generating or waiting "
+        "for a slot, kubeforge_active_streams), or for vLLM the mean concurrency of its requests "
+        "(rate of vllm:e2e_request_latency_seconds_sum).",
     )
     time_to_first_token_milliseconds: int | None = Field(
         default=None,
         ge=1,
-        description="Average time to first token (ms) per replica, as a streaming model reports it "
-        "(kubeforge_time_to_first_token_seconds; python-llm exports do).",
+        description="Average time to first token (ms) per replica: kubeforge_time_to_first_token_seconds "
+        "(python-llm exports) or vllm:time_to_first_token_seconds (vLLM).",
     )
     pending_requests: int | None = Field(
         default=None,
         ge=1,
-        description="Requests received but not yet started per replica (Triton's "
-        "nv_inference_pending_request_count): queue depth, the signal LLM servers scale on.",
+        description="Requests waiting in Triton's queue per replica (nv_inference_pending_request_count): "
+        "queue depth. A vLLM model takes requests into its own scheduler at once, so for vLLM use "
+        "activeStreams or timeToFirstTokenMilliseconds.",
     )
 
     rules = (

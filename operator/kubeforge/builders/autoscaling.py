@@ -27,7 +27,9 @@ class TritonMetric:
     """A per-pod figure derived from Triton/DCGM series, with its PromQL."""
 
     name: str  # the custom-metrics API name the HPA asks for
-    series: str  # the series prometheus-adapter discovers it from
+    # the series prometheus-adapter discovers it from: any of them (a target in the user's terms may
+    # be reported under different names by different backends, e.g. Python-backend LLMs and vLLM)
+    series: tuple[str, ...]
     # PromQL with {sel} for label matchers and {by} for the grouping labels
     template: str
     additive: bool  # whether summing over pods gives a total (KEDA AverageValue) or not (KEDA Value)
@@ -35,10 +37,21 @@ class TritonMetric:
     def promql(self, selector: str, by: str) -> str:
         return self.template.format(sel=selector, by=by, w=RATE_WINDOW)
 
+    def series_query(self) -> str:
+        """prometheus-adapter's seriesQuery: every pod-level series of any of the names."""
+        if len(self.series) == 1:
+            return f'{self.series[0]}{{namespace!="",pod!=""}}'
+        return f'{{{_any_of(self.series)},namespace!="",pod!=""}}'
+
+
+def _any_of(names: tuple[str, ...]) -> str:
+    """A label matcher selecting series of any of these metric names."""
+    return f'__name__=~"{"|".join(names)}"'
+
 
 QUEUE_TIME = TritonMetric(
     name="triton_queue_time_per_request_microseconds",
-    series="nv_inference_queue_duration_us",
+    series=("nv_inference_queue_duration_us",),
     # average queue time of the requests in the window; clamp_min keeps an idle server at 0, not NaN
     template="sum by ({by}) (rate(nv_inference_queue_duration_us{{{sel}}}[{w}])) / "
     "clamp_min(sum by ({by}) (rate(nv_inference_request_success{{{sel}}}[{w}])), 0.001)",
@@ -46,32 +59,50 @@ QUEUE_TIME = TritonMetric(
 )
 INFERENCE_RATE = TritonMetric(
     name="triton_inferences_per_second",
-    series="nv_inference_request_success",
+    series=("nv_inference_request_success",),
     template="sum by ({by}) (rate(nv_inference_request_success{{{sel}}}[{w}]))",
     additive=True,
 )
 GPU_UTILIZATION = TritonMetric(
     name="triton_gpu_utilization_percent",
-    series="DCGM_FI_DEV_GPU_UTIL",
+    series=("DCGM_FI_DEV_GPU_UTIL",),
     template="avg by ({by}) (DCGM_FI_DEV_GPU_UTIL{{{sel}}})",
     additive=False,
 )
-# A streaming model's own metrics (kubeforge.trainer.triton_llm_model reports them from the Python backend)
+# Streaming models: a Python-backend LLM's own metrics (kubeforge.trainer.triton_llm_model reports
+# them) and vLLM's, which Triton's vLLM backend reports on the same port with REPORT_CUSTOM_METRICS
+# (https://github.com/triton-inference-server/vllm_backend/blob/main/src/utils/metrics.py: counters
+# and histograms labelled model and version; no gauge of running or waiting requests). One target
+# reads whichever a model has; a model is one or the other, so their label sets never collide.
 ACTIVE_STREAMS = TritonMetric(
     name="kubeforge_active_streams",
-    series="kubeforge_active_streams",
-    template="sum by ({by}) (kubeforge_active_streams{{{sel}}})",
+    series=("kubeforge_active_streams", "vllm:e2e_request_latency_seconds_sum"),
+    # vLLM: requests in flight by Little's law, seconds of request per second (of the requests that
+    # finished in the window)
+    template="sum by ({by}) (kubeforge_active_streams{{{sel}}} "
+    "or rate(vllm:e2e_request_latency_seconds_sum{{{sel}}}[{w}]))",
     additive=True,
 )
+_TTFT_SUM = ("kubeforge_time_to_first_token_seconds_sum", "vllm:time_to_first_token_seconds_sum")
+_TTFT_COUNT = ("kubeforge_time_to_first_token_seconds_count", "vllm:time_to_first_token_seconds_count")
 TIME_TO_FIRST_TOKEN = TritonMetric(
     name="kubeforge_time_to_first_token_milliseconds",
-    series="kubeforge_time_to_first_token_seconds_count",
+    series=_TTFT_COUNT,
     # the mean of the histogram's observations in the window; an idle server reads 0, not NaN
-    template="sum by ({by}) (rate(kubeforge_time_to_first_token_seconds_sum{{{sel}}}[{w}])) / "
-    "clamp_min(sum by ({by}) (rate(kubeforge_time_to_first_token_seconds_count{{{sel}}}[{w}])), 0.001) * 1000",
+    template=f"sum by ({{by}}) (rate({{{{{_any_of(_TTFT_SUM)},{{sel}}}}}}[{{w}}])) / "
+    f"clamp_min(sum by ({{by}}) (rate({{{{{_any_of(_TTFT_COUNT)},{{sel}}}}}}[{{w}}])), 0.001) * 1000",
     additive=False,
 )
-METRICS = (QUEUE_TIME, INFERENCE_RATE, GPU_UTILIZATION, ACTIVE_STREAMS, TIME_TO_FIRST_TOKEN)
+# Queue depth: requests Triton holds until a model instance starts on them. A vLLM model takes every
+# request at once (its decoupled backend hands it to vLLM's scheduler), so for it this stays near 0:
+# scale vLLM on activeStreams or timeToFirstTokenMilliseconds.
+PENDING_REQUESTS = TritonMetric(
+    name="triton_pending_requests",
+    series=("nv_inference_pending_request_count",),
+    template="sum by ({by}) (nv_inference_pending_request_count{{{sel}}})",
+    additive=True,
+)
+METRICS = (QUEUE_TIME, INFERENCE_RATE, GPU_UTILIZATION, ACTIVE_STREAMS, TIME_TO_FIRST_TOKEN, PENDING_REQUESTS)
 
 
 def targets(autoscaling: Autoscaling) -> list[tuple[TritonMetric | None, int]]:
@@ -90,6 +121,8 @@ def targets(autoscaling: Autoscaling) -> list[tuple[TritonMetric | None, int]]:
         out.append((ACTIVE_STREAMS, t.active_streams))
     if t.time_to_first_token_milliseconds is not None:
         out.append((TIME_TO_FIRST_TOKEN, t.time_to_first_token_milliseconds))
+    if t.pending_requests is not None:
+        out.append((PENDING_REQUESTS, t.pending_requests))
     return out
 
 
@@ -274,11 +307,11 @@ def prometheus_adapter_rules() -> dict[str, Any]:
     for metric in METRICS:
         rules.append(
             {
-                "seriesQuery": f'{metric.series}{{namespace!="",pod!=""}}',
+                "seriesQuery": metric.series_query(),
                 "resources": {
                     "overrides": {"namespace": {"resource": "namespace"}, "pod": {"resource": "pod"}}
                 },
-                "name": {"matches": f"^{metric.series}$", "as": metric.name},
+                "name": {"matches": f"^({'|'.join(metric.series)})$", "as": metric.name},
                 "metricsQuery": metric.promql("<<.LabelMatchers>>", by="<<.GroupBy>>"),
             }
         )
