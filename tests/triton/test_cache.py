@@ -241,3 +241,24 @@ def test_a_vllm_model_reads_its_weights_and_adapters_in_the_cache(tmp_path: Path
     lora = json.loads((out / "llm" / "1" / "multi_lora.json").read_text())
     assert lora == {"sql": str(cache_dir / "adapters" / "llm" / "sql")}
     assert not (out / "llm" / "weights").exists()
+
+
+def test_an_operators_claim_keeps_the_previous_fill_only(tmp_path: Path) -> None:
+    write_add_model(tmp_path / "pvc" / "models" / "add")
+    cache_root = tmp_path / "cache"
+    cache_root.mkdir()
+    for index, old in enumerate(("k-oldest", "k-previous")):
+        (cache_root / old).mkdir()
+        (cache_root / old / MARKER).write_text(json.dumps({"completedAt": f"2026-11-2{index}T00:00:00Z"}))
+    (cache_root / "k-other.partial").mkdir()  # another fill in progress: not ours to judge
+    md = cached_md("pvc://models/add")
+    job = build_cache_fill_job(md, Settings())
+    assert job is not None and "--prune" in job["spec"]["template"]["spec"]["containers"][0]["args"]
+    code, _, log = run_fill(md, cache_root, tmp_path, {})
+    assert code == 0, log
+    key = model_cache_key(md)
+    assert sorted(p.name for p in cache_root.iterdir()) == sorted([str(key), "k-previous", "k-other.partial"])
+    # a claim of the user's may be shared: nothing else on it is touched
+    shared = cached_md("pvc://models/add", cache={"claimName": "shared"})
+    job = build_cache_fill_job(shared, Settings())
+    assert job is not None and "--prune" not in job["spec"]["template"]["spec"]["containers"][0]["args"]

@@ -137,7 +137,14 @@ def build_cache_fill_job(
         "name": FILL_CONTAINER,
         "image": settings.helper_image,
         "command": ["kubeforge"],
-        "args": [*fill_args(key, CACHE_ROOT), "--pvc-root", pvc_root],
+        # the operator's own claim holds this cache alone: earlier fills are pruned (a user's claim
+        # may be shared, so nothing else on it is touched)
+        "args": [
+            *fill_args(key, CACHE_ROOT),
+            "--pvc-root",
+            pvc_root,
+            *(["--prune"] if spec.cache and spec.cache.size else []),
+        ],
         "env": [{"name": CACHE_PLAN_ENV, "value": fill_plan(spec.models)}, *storage_env(md)],
         "volumeMounts": mounts,
         "resources": {"requests": {"cpu": "500m", "memory": "512Mi"}, "limits": {"memory": "2Gi"}},

@@ -189,20 +189,52 @@ def parse_plan(text: str) -> list[CacheEntry]:
     return entries
 
 
+def prune(root: Path, key: str, keep: int = 1) -> list[str]:
+    """Delete the complete fills of other keys but the `keep` most recent ones; returns their keys.
+
+    The most recent other fill is the one the pods may still serve while they roll over to `key`;
+    older ones serve nothing. Folders without a marker (a fill of another key in progress) are left
+    alone. Only for a claim that holds this ModelDeployment's cache alone (the operator's own).
+    """
+    others = []
+    for directory in root.iterdir():
+        if directory.name == key or not directory.is_dir() or directory.name.endswith(PARTIAL_SUFFIX):
+            continue
+        try:
+            marker = read_marker(directory)
+        except CacheError:
+            continue
+        if marker is not None:
+            others.append((str(marker.get("completedAt", "")), directory))
+    others.sort(reverse=True)
+    pruned = []
+    for _, directory in others[keep:]:
+        shutil.rmtree(directory)
+        pruned.append(directory.name)
+        log.info("pruned the earlier cache %s", directory.name)
+    return pruned
+
+
 def fill_cache(
     entries: Sequence[CacheEntry],
     root: Path,
     key: str,
     environ: Mapping[str, str],
     pvc_root: Path = Path("/mnt/pvc"),
+    prune_others: bool = False,
 ) -> dict[str, Any]:
-    """Fill `<root>/<key>` from the sources unless it is complete; returns the summary (COMPLETE's content)."""
+    """Fill `<root>/<key>` from the sources unless it is complete; returns the summary (COMPLETE's content).
+
+    With `prune_others`, complete fills of other keys are deleted afterwards, but the most recent one.
+    """
     from kubeforge.triton.sources import SourceError, fetch_source
 
     final = root / key
     marker = read_marker(final)
     if marker is not None:
         log.info("cache %s is complete already (%s bytes): nothing to fetch", key, marker.get("bytes"))
+        if prune_others:
+            prune(root, key)
         return marker
     partial = root / f"{key}{PARTIAL_SUFFIX}"
     # a fill that died half-way: its files are not trusted, whichever step it reached
@@ -229,6 +261,8 @@ def fill_cache(
     }
     write_marker(final, summary)
     log.info("cache %s complete: %d bytes, %s (%.1fs)", key, size, digest, time.monotonic() - started)
+    if prune_others:
+        prune(root, key)
     return summary
 
 
@@ -253,6 +287,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--termination-log", help="write the JSON summary (or the error) here, e.g. /dev/termination-log"
     )
+    parser.add_argument(
+        "--prune",
+        action="store_true",
+        help="delete the complete fills of other keys but the most recent (a claim of this cache alone)",
+    )
     return parser
 
 
@@ -271,7 +310,9 @@ def main(argv: list[str]) -> int:
         _terminate(args.termination_log, str(exc))
         return 2
     try:
-        summary = fill_cache(entries, Path(args.root), args.key, os.environ, Path(args.pvc_root))
+        summary = fill_cache(
+            entries, Path(args.root), args.key, os.environ, Path(args.pvc_root), prune_others=args.prune
+        )
     except (CacheError, OSError) as exc:
         message = f"cache fill failed: {exc}"
         log.error("%s", message)
