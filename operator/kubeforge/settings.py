@@ -6,6 +6,9 @@ import os
 from dataclasses import dataclass, field
 
 DEFAULT_TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:25.10-py3"
+# Triton with its vLLM backend, for ModelDeployments serving a vLLM model: 26.02 ships vLLM 0.15.1, the
+# vLLM that the rendered model.json is validated against (tests/llm, docs/vllm-notes.md)
+DEFAULT_TRITON_VLLM_IMAGE = "nvcr.io/nvidia/tritonserver:26.02-vllm-python-py3"
 DEFAULT_OPERATOR_IMAGE = "ghcr.io/kubeforge/kubeforge-operator:0.1.0"
 
 
@@ -14,6 +17,7 @@ class Settings:
     """What the builders need beyond a spec. Pure data; read once at start-up."""
 
     triton_image: str = DEFAULT_TRITON_IMAGE
+    triton_vllm_image: str = DEFAULT_TRITON_VLLM_IMAGE
     # the image whose `kubeforge assemble-repository` lays out the model repository (init container)
     helper_image: str = DEFAULT_OPERATOR_IMAGE
     prometheus_address: str = "http://prometheus-operated.monitoring.svc:9090"
@@ -34,6 +38,7 @@ class Settings:
         env = os.environ if environ is None else environ
         return cls(
             triton_image=env.get("KUBEFORGE_TRITON_IMAGE", DEFAULT_TRITON_IMAGE),
+            triton_vllm_image=env.get("KUBEFORGE_TRITON_VLLM_IMAGE", DEFAULT_TRITON_VLLM_IMAGE),
             helper_image=env.get("KUBEFORGE_HELPER_IMAGE", DEFAULT_OPERATOR_IMAGE),
             prometheus_address=env.get("KUBEFORGE_PROMETHEUS_ADDRESS", cls.prometheus_address),
             cluster_domain=env.get("KUBEFORGE_CLUSTER_DOMAIN", cls.cluster_domain),

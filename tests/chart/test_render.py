@@ -220,6 +220,7 @@ def test_settings_are_passed_as_environment(rendered: dict[str, list[Manifest]])
     env = _env(rendered["default"])
     assert env == {
         "KUBEFORGE_TRITON_IMAGE": "nvcr.io/nvidia/tritonserver:25.10-py3",
+        "KUBEFORGE_TRITON_VLLM_IMAGE": "nvcr.io/nvidia/tritonserver:26.02-vllm-python-py3",
         "KUBEFORGE_HELPER_IMAGE": "ghcr.io/kubeforge/kubeforge-operator:0.1.0",
         "KUBEFORGE_PROMETHEUS_ADDRESS": "http://prometheus-operated.monitoring.svc:9090",
         "KUBEFORGE_CLUSTER_DOMAIN": "cluster.local",
@@ -240,6 +241,7 @@ def test_settings_are_read_by_the_operator(helm: Helm) -> None:
 
     values = {
         "tritonImage": "registry.local/triton:1",
+        "tritonVllmImage": "registry.local/triton:1-vllm",
         "helperImage": "registry.local/helper:2",
         "prometheusAddress": "http://prom.monitoring:9090",
         "clusterDomain": "example.internal",
@@ -251,6 +253,7 @@ def test_settings_are_read_by_the_operator(helm: Helm) -> None:
         "registry.local/triton:1",
         "registry.local/helper:2",
     )
+    assert settings.triton_vllm_image == "registry.local/triton:1-vllm"
     assert settings.prometheus_address == "http://prom.monitoring:9090"
     assert settings.cluster_domain == "example.internal"
     assert settings.resync_seconds == 12.5

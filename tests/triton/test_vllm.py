@@ -156,3 +156,17 @@ def test_a_hugging_face_token_comes_from_the_secret_never_as_a_value() -> None:
     md = ModelDeployment.model_validate(doc)
     init = build_triton_deployment(md, Settings())["spec"]["template"]["spec"]["initContainers"][0]
     assert token in init["env"]
+
+
+def test_a_vllm_model_runs_on_tritons_vllm_image_unless_the_spec_names_one() -> None:
+    settings = Settings(triton_image="triton:plain", triton_vllm_image="triton:vllm")
+    md = example("llm-vllm.yaml")
+    assert (
+        build_triton_deployment(md, settings)["spec"]["template"]["spec"]["containers"][0]["image"]
+        == "triton:vllm"
+    )
+    doc = yaml.safe_load((EXAMPLES / "llm-vllm.yaml").read_text())
+    doc["metadata"]["uid"] = "u-1"
+    doc["spec"]["runtime"] = {"image": "registry.local/triton:mine"}
+    mine = build_triton_deployment(ModelDeployment.model_validate(doc), settings)
+    assert mine["spec"]["template"]["spec"]["containers"][0]["image"] == "registry.local/triton:mine"

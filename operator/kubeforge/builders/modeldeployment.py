@@ -127,13 +127,22 @@ def _repository_init_container(md: ModelDeployment, settings: Settings) -> dict[
     }
 
 
+def triton_image(md: ModelDeployment, settings: Settings) -> str:
+    """The spec's image, else the operator's: the vLLM build of Triton when a model needs its backend."""
+    if md.spec.runtime and md.spec.runtime.image:
+        return md.spec.runtime.image
+    if any(m.format == ModelFormat.VLLM for m in md.spec.models):
+        return settings.triton_vllm_image
+    return settings.triton_image
+
+
 def triton_container(md: ModelDeployment, settings: Settings) -> dict[str, Any]:
     """The tritonserver container: named ports, health probes, GPUs, /dev/shm, the assembled repository."""
     runtime = md.spec.runtime
     startup_timeout = runtime.startup_timeout_seconds if runtime else 1800
     container: dict[str, Any] = {
         "name": "triton",
-        "image": (runtime.image if runtime and runtime.image else settings.triton_image),
+        "image": triton_image(md, settings),
         "command": ["tritonserver"],
         "args": triton_args(md),
         "ports": [
