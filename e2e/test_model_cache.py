@@ -3,9 +3,10 @@ an S3 server (moto) by the fill pod's own command (e2e/fillpods.py), the serving
 container and a real tritonserver loading from the cache (e2e/podservers.py).
 
 What is proved: serving waits for the fill; status.cache says Ready with the fill's bytes and digest;
-a new replica starts with the object store gone and no credentials (no download); a source change
+a new replica, and a scale-up from zero, start with the object store gone and no credentials
+(no download); a source change
 fills a new key while the old pods serve; a failed fill is Failed, Degraded/Stalled, an Event, and no
-pod; an operator restarted mid-fill converges; no Secret value appears in a spec, status, event or
+pod; a fill that cannot start says why; an operator restarted mid-fill converges; no Secret value appears in a spec, status, event or
 log.
 """
 
@@ -224,6 +225,12 @@ def test_fill_once_then_serve_from_the_cache(
         assert servers.errors == []
         new_pods = set(servers.servers) - servers_before
         assert new_pods
+        # ... and so does a scale-up from zero
+        kubectl("scale", "md", NAME, "--replicas=0", namespace=namespace)
+        wait_for(lambda: not servers.servers, timeout=60, message="no server at zero replicas")
+        kubectl("scale", "md", NAME, "--replicas=1", namespace=namespace)
+        servers.wait_for_servers(1, timeout=180)
+        assert servers.errors == []
     _no_secret_anywhere(kubectl, namespace, operator.log_text(log_offset))
 
 
@@ -256,6 +263,25 @@ def test_a_failed_fill_is_reported_and_starts_no_pod(
     (warning,) = wait_for(event, timeout=30, message="a CacheFillFailed event")
     assert "NoSuchBucket" in warning["message"]
     _no_secret_anywhere(kubectl, namespace, operator.log_text(log_offset))
+
+
+def test_a_fill_held_up_says_why(kubectl: Kubectl, namespace: str, operator: OperatorProcess) -> None:
+    """No volume for the operator's claim (no provisioner here): the fill pod cannot be scheduled, and
+    the status says so in the scheduler's words."""
+    body = _body(namespace, "s3://models/fixed")
+    _, key = _claim_and_key(body)
+    kubectl.apply(json.dumps(body))
+
+    def held_up() -> dict[str, Any] | None:
+        md = _md(kubectl, namespace)
+        degraded = find_condition(md, "Degraded") or {}
+        return md if degraded.get("reason") == "Unschedulable" else None
+
+    md = wait_for(held_up, timeout=60, message="Degraded: Unschedulable")
+    cache = md["status"]["cache"]
+    assert (cache["state"], cache["key"]) == ("Filling", key)
+    assert "PersistentVolumeClaim" in cache["message"]
+    assert _deployment(kubectl, namespace) is None
 
 
 def test_an_operator_restarted_mid_fill_converges(

@@ -115,3 +115,26 @@ def test_a_new_key_filling_while_the_old_pods_serve() -> None:
     assert _cond(status, "Ready") == ("False", "CacheFilling")
     ready = get_condition(status.conditions, "Ready")
     assert ready is not None and "serve the previous models" in ready.message
+
+
+def test_a_fill_held_up_says_why() -> None:
+    pod = {
+        "metadata": {"name": "demo-fill-k1-abcde"},
+        "status": {
+            "phase": "Pending",
+            "conditions": [
+                {
+                    "type": "PodScheduled",
+                    "status": "False",
+                    "reason": "Unschedulable",
+                    "message": "0/7 nodes are available: pod has unbound immediate PersistentVolumeClaims.",
+                }
+            ],
+        },
+    }
+    status, _ = _status(_obs(_job(None), pod))
+    assert status.cache.state == CacheState.FILLING
+    assert "unbound immediate PersistentVolumeClaims" in (status.cache.message or "")
+    assert _cond(status, "Degraded") == ("True", "Unschedulable")
+    assert _cond(status, "Ready") == ("False", "CacheFilling")
+    assert needs_pod(_job(None), None, "k1")  # looked at while it fills

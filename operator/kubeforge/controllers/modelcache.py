@@ -26,10 +26,12 @@ from kubeforge.builders.modeldeployment import PVC_ROOT
 from kubeforge.controllers.context import Context
 from kubeforge.k8s import resources as r
 from kubeforge.k8s.semantic import controller_uid
-from kubeforge.status.cache import CacheObservation, needs_pod
+from kubeforge.status.cache import CacheObservation, job_finished, needs_pod
 
 log = logging.getLogger(__name__)
 Object = dict[str, Any]
+# a fill pod's events reach no watch of ours (it is not cached): how often a fill in progress is looked at
+FILL_POLL_SECONDS = 15.0
 
 
 def _owned(ctx: Context, resource: r.Resource, md: ModelDeployment) -> list[Object]:
@@ -44,15 +46,20 @@ def _owned(ctx: Context, resource: r.Resource, md: ModelDeployment) -> list[Obje
 
 
 async def _fill_pod(ctx: Context, job: Object) -> Object | None:
-    """The fill Job's latest finished pod (read live, once per finished fill: its pods carry no owner
-    labels, so that no Service or Deployment selector ever picks them up, and are not cached)."""
+    """The fill Job's latest pod, finished ones first once the Job has finished.
+
+    Read live: the fill pods carry no owner labels (no Service or Deployment selector may ever pick
+    them up), so they are not cached. Read while the fill runs (every FILL_POLL_SECONDS at most) and
+    once when it has finished; never in the steady state.
+    """
     uid = job["metadata"].get("uid")
     pods = await ctx.kube.list(
         r.POD, job["metadata"]["namespace"], label_selector=f"batch.kubernetes.io/controller-uid={uid}"
     )
-    finished = [p for p in pods if (p.get("status") or {}).get("phase") in ("Succeeded", "Failed")]
-    finished.sort(key=lambda p: p["metadata"].get("creationTimestamp") or "")
-    return finished[-1] if finished else None
+    if job_finished(job):
+        pods = [p for p in pods if (p.get("status") or {}).get("phase") in ("Succeeded", "Failed")]
+    pods.sort(key=lambda p: p["metadata"].get("creationTimestamp") or "")
+    return pods[-1] if pods else None
 
 
 async def observe_cache(

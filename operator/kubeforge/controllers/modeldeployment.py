@@ -19,12 +19,12 @@ from kubeforge.builders.modeldeployment import (
 from kubeforge.controllers.context import Context
 from kubeforge.controllers.failures import settle
 from kubeforge.controllers.invalid import load_or_refuse
-from kubeforge.controllers.modelcache import observe_cache, sweep_cache
+from kubeforge.controllers.modelcache import FILL_POLL_SECONDS, observe_cache, sweep_cache
 from kubeforge.controllers.status_patch import write_status
 from kubeforge.controllers.workqueue import Surfaced
 from kubeforge.k8s import resources as r
 from kubeforge.k8s.semantic import controller_uid
-from kubeforge.status.cache import fill_complete
+from kubeforge.status.cache import fill_complete, job_finished
 from kubeforge.status.conditions import get_condition
 from kubeforge.status.modeldeployment import AutoscalerObservation, Observed, compute_status, stall_check_in
 from kubeforge.status.pods import pod_ready
@@ -183,6 +183,8 @@ async def reconcile_model_deployment(ctx: Context, key: tuple[str, str]) -> floa
     if failure is not None:
         raise Surfaced(f"{failure.reason}: {failure.message}", reason=failure.reason)
     requeue = [stall_check_in(status, now, ctx.settings.stall_seconds)]
+    if cache is not None and not job_finished(cache.job):
+        requeue.append(FILL_POLL_SECONDS)  # what holds the fill up sends no event we watch
     scaling = get_condition(status.conditions, "AutoscalingReady")
     if scaling is not None and scaling.status != ConditionStatus.TRUE:
         # an API installed later, or a metric absent long enough, sends no watch event: look again

@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from kubeforge.api.modeldeployment import CacheState, CacheStatus
+from kubeforge.status.pods import PodProblem, pod_problem
 
 Object = dict[str, Any]
 FILL_CONTAINER = "fill"
@@ -21,7 +22,7 @@ class CacheObservation:
     key: str
     job_name: str
     job: Object | None  # our fill Job for this key, None before it is created
-    pod: Object | None = None  # its latest finished pod, read when the Job finished (None: not read)
+    pod: Object | None = None  # its latest pod: read while it fills, and once when the Job finished
     sources: int = 1
 
 
@@ -108,19 +109,28 @@ def cache_status(obs: CacheObservation, previous: CacheStatus | None) -> CacheSt
             return previous.model_copy(update=base)
         hint = f" (fix the source or its credentials, then delete Job {obs.job_name} to fill again)"
         return CacheStatus(state=CacheState.FAILED, message=fill_failure(job, obs.pod) + hint, **base)
-    return CacheStatus(
-        state=CacheState.FILLING,
-        message=f"fetching {obs.sources} source(s) into claim {obs.claim_name} (Job {obs.job_name})",
-        **base,
-    )
+    message = f"fetching {obs.sources} source(s) into claim {obs.claim_name} (Job {obs.job_name})"
+    problem = fill_problem(obs)
+    if problem is not None:
+        message += f"; {problem.reason}: {problem.message}"
+    return CacheStatus(state=CacheState.FILLING, message=message, **base)
+
+
+def fill_problem(obs: CacheObservation) -> PodProblem | None:
+    """What keeps a fill that has not finished from running: its pod unschedulable (e.g. a claim no
+    volume is bound to), an image that cannot be pulled, a crash loop, ..."""
+    if obs.pod is None or job_finished(obs.job):
+        return None
+    return pod_problem(obs.pod)
 
 
 def needs_pod(job: Object | None, previous: CacheStatus | None, key: str) -> bool:
-    """Whether the controller must read the fill's pod: once, when the Job of this key has finished
-    and the status does not say how yet."""
-    if not job_finished(job):
+    """Whether the controller must read the fill's pod: while it fills (what holds it up), and once
+    when the Job of this key has finished and the status does not say how yet."""
+    if job is None:
         return False
-    assert job is not None
+    if not job_finished(job):
+        return True
     want = CacheState.READY if _job_condition(job, "Complete") is not None else CacheState.FAILED
     return previous is None or previous.key != key or previous.state != want
 

@@ -18,7 +18,7 @@ from kubeforge.api.modeldeployment import (
 )
 from kubeforge.builders.modeldeployment import selector_string
 from kubeforge.builders.pods import gpu_summary
-from kubeforge.status.cache import CacheObservation, cache_status
+from kubeforge.status.cache import CacheObservation, cache_status, fill_problem
 from kubeforge.status.conditions import get_condition, set_condition
 from kubeforge.status.gitops import ReconcileFailure, Verdict, kstatus_conditions
 from kubeforge.status.pods import PodProblem, pod_problem, pod_ready
@@ -189,8 +189,11 @@ def compute_status(
     # Degraded: pods stuck for a reason a person must act on
     problem = _first_problem(live_pods)
     progress = _deployment_condition(dep, "Progressing") if dep else None
+    held_up = fill_problem(observed.cache) if observed.cache is not None else None
     if cache is not None and cache_failed:
         put("Degraded", True, "CacheFillFailed", f"the model cache fill failed: {cache.message}")
+    elif held_up is not None:
+        put("Degraded", True, held_up.reason, f"the model cache fill's pod {held_up.pod}: {held_up.message}")
     elif problem:
         put("Degraded", True, problem.reason, f"pod {problem.pod}: {problem.message}")
     elif progress and progress.get("reason") == "ProgressDeadlineExceeded":
