@@ -1,5 +1,5 @@
 """The model cache on the local cluster: the operator's claim and fill Job, the fill run for real from
-an S3 server (moto) by the fill pod's own command (e2e/fillpods.py), the serving pods' own init
+an S3 server (moto) or a loopback Hugging Face Hub by the fill pod's own command (e2e/fillpods.py), the serving pods' own init
 container and a real tritonserver loading from the cache (e2e/podservers.py).
 
 What is proved: serving waits for the fill; status.cache says Ready with the fill's bytes and digest;
@@ -26,6 +26,7 @@ from e2e.podservers import PodServers
 from e2e.storage import volume_for_claim
 from kubeforge.api.modeldeployment import ModelDeployment
 from kubeforge.builders.cache import cache_claim_name, model_cache_key
+from kubeforge.testing.hub import FakeHub, HubRepository, serve_hub
 from kubeforge.testing.triton import free_port
 from kubeforge.testing.workloads import FIXED_COST_MODEL_PY, fixed_cost_model
 from kubeforge.triton.cache import measure
@@ -73,7 +74,8 @@ def _upload(s3: Any, bucket: str, prefix: str) -> None:
     created.put_object(Key=f"{prefix}/1/model.py", Body=FIXED_COST_MODEL_PY.encode())
 
 
-def _secret(kubectl: Kubectl, namespace: str, endpoint: str) -> None:
+def _secret(kubectl: Kubectl, namespace: str, endpoint: str, hf_endpoint: str | None = None) -> None:
+    extra = {"HF_ENDPOINT": hf_endpoint} if hf_endpoint else {}
     kubectl.apply(
         json.dumps(
             {
@@ -86,6 +88,7 @@ def _secret(kubectl: Kubectl, namespace: str, endpoint: str) -> None:
                     "AWS_DEFAULT_REGION": "us-east-1",
                     "AWS_ENDPOINT_URL": endpoint,
                     "HF_TOKEN": HF_SECRET,
+                    **extra,
                 },
             }
         )
@@ -262,6 +265,46 @@ def test_a_failed_fill_is_reported_and_starts_no_pod(
 
     (warning,) = wait_for(event, timeout=30, message="a CacheFillFailed event")
     assert "NoSuchBucket" in warning["message"]
+    _no_secret_anywhere(kubectl, namespace, operator.log_text(log_offset))
+
+
+def test_fill_from_the_hugging_face_hub_with_the_secrets_token(
+    kubectl: Kubectl, namespace: str, operator: OperatorProcess, tmp_path: Path
+) -> None:
+    """hf://org/model@revision through huggingface_hub, against a loopback Hub that requires the token:
+    the token goes from the Secret to the fill container by reference, and to the Hub as a header only."""
+    repo = tmp_path / "hub" / "fixed"
+    (repo / "1").mkdir(parents=True)
+    (repo / "1" / "model.py").write_text(FIXED_COST_MODEL_PY)
+    config = render_model_config(MODEL)
+    assert config is not None
+    (repo / "config.pbtxt").write_text(config)
+    hub = FakeHub({"team/fixed": HubRepository(repo, revision="v1", token=HF_SECRET)})
+    with serve_hub(hub):
+        _secret(kubectl, namespace, "http://127.0.0.1:1", hf_endpoint=hub.url)
+        body = _body(namespace, "hf://team/fixed@v1")
+        claim, key = _claim_and_key(body)
+        volume_for_claim(kubectl, namespace, claim)
+        log_offset = operator.log_size()
+        claims = tmp_path / "claims"
+        servers = PodServers(
+            kubectl,
+            namespace,
+            NAME,
+            tmp_path / "pvc",
+            tmp_path / "servers",
+            lambda _: None,
+            claims_root=claims,
+        )
+        with FillPods(kubectl, namespace, claims, tmp_path / "fill") as fills, servers:
+            kubectl.apply(json.dumps(body))
+            md = _cache_state(kubectl, namespace, "Ready", key, timeout=90)
+            (run,) = fills.runs
+            assert run.exit_code == 0, run.log
+            assert md["status"]["cache"]["digest"] == measure(claims / claim / key)[1]
+            assert hub.authorizations and set(hub.authorizations) == {f"Bearer {HF_SECRET}"}
+            servers.wait_for_servers(1, timeout=120)
+        assert HF_SECRET not in run.log
     _no_secret_anywhere(kubectl, namespace, operator.log_text(log_offset))
 
 
