@@ -1,6 +1,7 @@
 """The model cache on the local cluster: the operator's claim and fill Job, the fill run for real from
-an S3 server (moto) or a loopback Hugging Face Hub by the fill pod's own command (e2e/fillpods.py), the serving pods' own init
-container and a real tritonserver loading from the cache (e2e/podservers.py).
+an S3 server (moto) or a loopback Hugging Face Hub by the fill pod's own command (e2e/fillpods.py),
+the serving pods' own init container and a real tritonserver loading from the cache
+(e2e/podservers.py).
 
 What is proved: serving waits for the fill; status.cache says Ready with the fill's bytes and digest;
 a new replica, and a scale-up from zero, start with the object store gone and no credentials
