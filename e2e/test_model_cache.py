@@ -199,6 +199,15 @@ def test_fill_once_then_serve_from_the_cache(
         kubectl.apply(json.dumps(body2))
         _cache_state(kubectl, namespace, "Filling", key2)
         assert _deployment(kubectl, namespace)["spec"]["template"] == template_before  # type: ignore[index]
+        # meanwhile it still scales (the autoscaler, kubectl scale): on the previous models
+        kubectl("scale", "md", NAME, "--replicas=2", namespace=namespace)
+        wait_for(
+            lambda: (_deployment(kubectl, namespace) or {})["spec"]["replicas"] == 2,
+            timeout=30,
+            message="the Deployment follows the replicas while the new key fills",
+        )
+        assert _deployment(kubectl, namespace)["spec"]["template"] == template_before  # type: ignore[index]
+        servers.wait_for_servers(2, timeout=120)
         fills.hold.clear()
         _cache_state(kubectl, namespace, "Ready", key2)
 
@@ -219,6 +228,8 @@ def test_fill_once_then_serve_from_the_cache(
         wait_for(
             lambda: _md(kubectl, namespace)["status"].get("phase") == "Ready", timeout=120, message="Ready"
         )
+        kubectl("scale", "md", NAME, "--replicas=1", namespace=namespace)
+        wait_for(lambda: len(servers.servers) == 1, timeout=60, message="one server")
 
         # never download again: the object store is gone, and so are the credentials
         resource.Bucket(bucket).objects.all().delete()

@@ -47,6 +47,8 @@ LEASE_RULES = [
 SUBRESOURCES: dict[tuple[str, str], frozenset[str]] = {
     ("kubeforge.io", "modeldeployments/status"): frozenset({"get", "patch", "update"}),
     ("kubeforge.io", "trainingjobs/status"): frozenset({"get", "patch", "update"}),
+    # the serving Deployment's replicas while a model cache of new sources fills
+    ("apps", "deployments/scale"): frozenset({"patch"}),
     # blockOwnerDeletion on the children's owner references (OwnerReferencesPermissionEnforcement)
     ("kubeforge.io", "modeldeployments/finalizers"): frozenset({"update"}),
     ("kubeforge.io", "trainingjobs/finalizers"): frozenset({"update"}),

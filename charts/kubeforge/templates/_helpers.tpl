@@ -90,6 +90,11 @@ it is a Role of its own in the release namespace (rbac.yaml).
 - apiGroups: ["apps"]
   resources: ["deployments"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# While a model cache of new sources fills, the serving Deployment keeps its template and only
+# follows the ModelDeployment's replicas, through its /scale subresource.
+- apiGroups: ["apps"]
+  resources: ["deployments/scale"]
+  verbs: ["patch"]
 - apiGroups: [""]
   resources: ["services"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]

@@ -40,8 +40,15 @@ MISSING_API_SECONDS = 30.0
 MONITORING_API = "monitoring.coreos.com/v1"
 
 
-async def _nothing() -> None:
-    """The Deployment withheld while the model cache fills (the live one, if any, is left as it is)."""
+async def _withheld(ctx: Context, md: ModelDeployment) -> None:
+    """While the model cache of new sources fills, the live Deployment keeps its template (the pods
+    serve the previous models); only its replicas follow the spec (`kubectl scale`, the autoscaler),
+    through the /scale subresource."""
+    live = ctx.cache.get(r.DEPLOYMENT.kind, md.metadata.namespace or "", md.metadata.name)
+    if live is None or controller_uid(live) != md.metadata.uid or live["metadata"].get("deletionTimestamp"):
+        return
+    if (live.get("spec") or {}).get("replicas") != md.spec.replicas:
+        await ctx.kube.scale(r.DEPLOYMENT, md.metadata.namespace or "", md.metadata.name, md.spec.replicas)
 
 
 async def _ensure_optional(
@@ -145,7 +152,7 @@ async def reconcile_model_deployment(ctx: Context, key: tuple[str, str]) -> floa
 
     # the children do not depend on each other: apply them concurrently
     (deployment, _, _, autoscaler, _), child_failure = await settle(
-        ctx.ensure(build_triton_deployment(md, ctx.settings)) if serve else _nothing(),
+        ctx.ensure(build_triton_deployment(md, ctx.settings)) if serve else _withheld(ctx, md),
         ctx.ensure(build_service(md)),
         _ensure_optional(ctx, r.PDB, md, build_pod_disruption_budget(md)),
         _autoscaler(ctx, md),
