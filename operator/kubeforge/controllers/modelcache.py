@@ -2,7 +2,8 @@
 
 The serving Deployment of a spec with a cache is applied only once the fill of the spec's current
 key has completed: until then a new ModelDeployment has no pods, and one whose sources changed
-keeps serving its previous models (its Deployment is left as it is). Once the new key is served,
+keeps serving its previous models (its Deployment keeps its template; only its replicas follow the
+spec, see controllers/modeldeployment.py). Once the new key is served,
 the fill Jobs and operator claims of other keys are deleted; without spec.cache, all of them are.
 """
 

@@ -8,10 +8,10 @@ from datetime import datetime
 from typing import Any
 
 from kubeforge.api.modeldeployment import CacheState, CacheStatus
+from kubeforge.builders.cache import FILL_CONTAINER
 from kubeforge.status.pods import PodProblem, pod_problem
 
 Object = dict[str, Any]
-FILL_CONTAINER = "fill"
 
 
 @dataclass(frozen=True)
