@@ -23,11 +23,11 @@ from kubeforge.settings import Settings
 from kubeforge.testing.hub import FakeHub, HubRepository, serve_hub
 from kubeforge.testing.triton import TritonInstall
 from kubeforge.testing.triton_pod import run_init_container, run_triton_container
-from kubeforge.triton.cache import MARKER, PARTIAL_SUFFIX, PLAN_ENV, CacheEntry, measure
+from kubeforge.triton.cache import MARKER, PARTIAL_SUFFIX, PLAN_ENV, CacheEntry, fill_cache, measure
 from kubeforge.triton.repository import assemble_repository, parse_plan
 from tests.harness import import_part
 
-from .models import ADD_MODEL_PY, add_model_config, write_add_model
+from .models import ADD_MODEL_PY, add_model_config, double_model_archive, write_add_model
 
 SECRET = "hf_s3cr3t-t0ken-never-logged"
 
@@ -262,3 +262,21 @@ def test_an_operators_claim_keeps_the_previous_fill_only(tmp_path: Path) -> None
     shared = cached_md("pvc://models/add", cache={"claimName": "shared"})
     job = build_cache_fill_job(shared, Settings())
     assert job is not None and "--prune" not in job["spec"]["template"]["spec"]["containers"][0]["args"]
+
+
+def test_https_archives_and_gs_prefixes_fill_the_cache_too(
+    file_server: tuple[str, Path], s3_endpoint: str, bucket: Any, tmp_path: Path
+) -> None:
+    base, www = file_server
+    (www / "double.tar.gz").write_bytes(double_model_archive())
+    bucket.put_object(Key="add/1/model.py", Body=ADD_MODEL_PY.encode())
+    entries = [
+        CacheEntry("models/double", f"{base}/double.tar.gz"),
+        CacheEntry("models/add", f"gs://{bucket.name}/add"),
+    ]
+    env = s3_env(s3_endpoint) | {"KUBEFORGE_GCS_ENDPOINT_URL": s3_endpoint}
+    summary = fill_cache(entries, tmp_path / "cache", "k", env)
+    key_dir = tmp_path / "cache" / "k"
+    assert (key_dir / "models" / "double" / "config.pbtxt").is_file()
+    assert (key_dir / "models" / "add" / "1" / "model.py").read_text() == ADD_MODEL_PY
+    assert (summary["bytes"], summary["digest"]) == measure(key_dir)
