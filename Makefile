@@ -62,10 +62,12 @@ bench: install binaries ## the benchmarks; results into bench/results/
 	$(PY) -m bench.autoscaling
 	$(PY) -m bench.language_model
 	$(PY) -m bench.multinode
+	$(PY) -m bench.model_cache
 
 bench-smoke: install binaries ## a tiny run of the benchmark harness
 	$(PY) -m bench.run --smoke
 	$(PY) -m bench.language_model --smoke
+	$(PY) -m bench.model_cache --smoke
 
 clean: dev-down
 	rm -rf $(VENV) .dev .e2e

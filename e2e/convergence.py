@@ -11,12 +11,14 @@ not make ("nothing more").
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from e2e.kube import Kubectl
 from kubeforge.api import ModelDeployment
 from kubeforge.api.trainingjob import TrainingJob
 from kubeforge.builders import autoscaling
+from kubeforge.builders.cache import build_cache_claim, build_cache_fill_job, model_cache_key
 from kubeforge.builders.leaderworkerset import build_leader_service, build_leaderworkerset
 from kubeforge.builders.modeldeployment import (
     build_pod_disruption_budget,
@@ -37,6 +39,8 @@ CHILD_KINDS = {
         "services",
         "poddisruptionbudgets.policy",
         "horizontalpodautoscalers.autoscaling",
+        "jobs.batch",
+        "persistentvolumeclaims",
     ),
     "trainingjob": ("jobs.batch", "services"),
 }
@@ -45,15 +49,41 @@ LEADER_WORKER_SETS = "leaderworkersets.leaderworkerset.x-k8s.io"
 Object = dict[str, Any]
 
 
+def serves_current_spec(md_body: Object) -> bool:
+    """Whether the operator applies the current spec's pods: always without a model cache, with one
+    only once the fill of the spec's key is Ready (until then the Deployment is left as it was, and
+    the Jobs and claims of earlier fills are kept)."""
+    md = ModelDeployment.model_validate(md_body)
+    key = model_cache_key(md)
+    if key is None:
+        return True
+    cache = (md_body.get("status") or {}).get("cache") or {}
+    return bool(cache.get("key") == key and cache.get("state") == "Ready")
+
+
 def desired_model_deployment_children(md_body: Object, settings: Settings) -> list[Object]:
     md = ModelDeployment.model_validate(md_body)
-    if md.spec.replica_nodes > 1:
-        children = [build_leaderworkerset(md, settings), build_leader_service(md)]
-    else:
-        children = [build_triton_deployment(md, settings), build_service(md)]
-    children.append(build_pod_disruption_budget(md))
-    children.append(autoscaling.build_hpa(md))
+    multi_node = md.spec.replica_nodes > 1
+    children = [
+        build_leader_service(md) if multi_node else build_service(md),
+        build_pod_disruption_budget(md),
+    ]
+    if serves_current_spec(md_body):
+        workload = (
+            build_leaderworkerset(md, settings) if multi_node else build_triton_deployment(md, settings)
+        )
+        children.insert(0, workload)
+    children += [autoscaling.build_hpa(md), build_cache_claim(md), build_cache_fill_job(md, settings)]
     return [c for c in children if c is not None]
+
+
+def _tolerated(md_body: Object, child: Object) -> bool:
+    """A child the operator keeps while a model cache fills: the Deployment of the previous spec and the
+    claims and fill Jobs of earlier caches."""
+    if serves_current_spec(md_body):
+        return False
+    labels = child["metadata"].get("labels") or {}
+    return child["kind"] == "Deployment" or labels.get("app.kubernetes.io/component") == "model-cache"
 
 
 def desired_training_job_children(tj_body: Object) -> list[Object]:
@@ -135,9 +165,14 @@ def _child_kinds(kubectl: Kubectl, owner_kinds: tuple[str, ...]) -> str:
 
 
 def extra_children(
-    kubectl: Kubectl, owner_kind: str, owner: str, desired: list[Object], namespace: str
+    kubectl: Kubectl,
+    owner_kind: str,
+    owner: str,
+    desired: list[Object],
+    namespace: str,
+    tolerated: Callable[[Object], bool] = lambda _: False,
 ) -> list[str]:
-    """Children labelled with the owner that the builders do not make."""
+    """Children labelled with the owner that the builders do not make (and that are not `tolerated`)."""
     wanted = {(d["kind"], d["metadata"]["name"]) for d in desired}
     selector = f"kubeforge.io/owner-kind={owner_kind},kubeforge.io/owner-name={owner}"
     kinds = _child_kinds(kubectl, (owner_kind,))
@@ -145,7 +180,9 @@ def extra_children(
     return [
         f"{i['kind']} {i['metadata']['name']} is not wanted"
         for i in items
-        if (i["kind"], i["metadata"]["name"]) not in wanted and not i["metadata"].get("deletionTimestamp")
+        if (i["kind"], i["metadata"]["name"]) not in wanted
+        and not i["metadata"].get("deletionTimestamp")
+        and not tolerated(i)
     ]
 
 
@@ -155,7 +192,9 @@ def model_deployment_differences(
     body = kubectl.json("get", "md", name, namespace=namespace)
     desired = desired_model_deployment_children(body, settings)
     problems = [p for d in desired for p in differences(kubectl, d, namespace)]
-    return problems + extra_children(kubectl, "modeldeployment", name, desired, namespace)
+    return problems + extra_children(
+        kubectl, "modeldeployment", name, desired, namespace, lambda child: _tolerated(body, child)
+    )
 
 
 def training_job_differences(kubectl: Kubectl, name: str, namespace: str) -> list[str]:
@@ -178,6 +217,9 @@ def namespace_problems(kubectl: Kubectl, namespace: str, settings: Settings) -> 
         *kubectl.json("get", "tj", namespace=namespace)["items"],
     ]
     desired: dict[tuple[str, str], Object] = {}
+    waiting = {
+        o["metadata"]["name"] for o in owners if o["kind"] == "ModelDeployment" and not serves_current_spec(o)
+    }
     for owner in owners:
         meta, status = owner["metadata"], owner.get("status") or {}
         if status.get("observedGeneration") != meta["generation"]:
@@ -195,6 +237,9 @@ def namespace_problems(kubectl: Kubectl, namespace: str, settings: Settings) -> 
         key = (child["kind"], child["metadata"]["name"])
         if child["metadata"].get("deletionTimestamp"):
             continue
+        labels = child["metadata"].get("labels") or {}
+        if labels.get("kubeforge.io/owner-name") in waiting and key not in desired:
+            continue  # kept while its owner's model cache fills
         seen.add(key)
         want = desired.get(key)
         if want is None:

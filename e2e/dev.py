@@ -25,7 +25,9 @@ from e2e.cluster import REPO_ROOT, Cluster, ClusterError
 from e2e.kube import Kubectl, KubectlError, find_condition
 from e2e.lws import LeaderWorkerSetController
 from e2e.operator_proc import RUNNER_MODULE, OperatorError, OperatorProcess, operator_available
-from e2e.storage import bound_claim
+from e2e.storage import bound_claim, volume_for_claim
+from kubeforge.api.modeldeployment import ModelDeployment
+from kubeforge.builders.cache import cache_claim_name
 
 DEV_DIR = REPO_ROOT / ".dev"
 CRDS_DIR = REPO_ROOT / "crds"
@@ -102,6 +104,10 @@ def up(wait: float, finish_jobs_after: str | None) -> int:
             print(
                 f"  PersistentVolumeClaim {namespace}/{claim} bound to a local volume (used by the examples)"
             )
+        for namespace, claim in sorted(_operator_claims(documents)):
+            kubectl("create", "namespace", namespace, check=False)
+            volume_for_claim(kubectl, namespace, claim, size="200Gi", host_root=DEV_DIR / "volumes")
+            print(f"  a local volume waits for the operator's claim {namespace}/{claim} (a model cache)")
         try:
             kubectl.apply(EXAMPLES_DIR)
         except KubectlError as error:
@@ -158,7 +164,9 @@ def _wait_for_examples(kubectl: Kubectl, timeout: float, finish_jobs_after: str 
 
     kwok runs no containers, so a training pod would run forever: unless
     `finish_jobs_after` is None, pods owned by a Job get `sim.kubeforge.io/exit-code: "0"`
-    and finish successfully that long after they started.
+    and finish successfully that long after they started. A model cache's fill pod finishes the
+    same way, with no summary: its ModelDeployment's status.cache is Ready without bytes or digest
+    (there is no Hub offline; e2e/test_model_cache.py runs real fills).
     """
     print(f"  waiting up to {timeout:.0f}s for ModelDeployments Ready and TrainingJobs Succeeded ...")
     deadline = time.monotonic() + timeout
@@ -244,6 +252,21 @@ def _claims_without_volume(documents: list[dict[str, Any]]) -> set[tuple[str, st
             elif key == "claimName" and isinstance(value, str):
                 used.add((namespace, value))
     return used - defined
+
+
+def _operator_claims(documents: list[dict[str, Any]]) -> set[tuple[str, str]]:
+    """(namespace, claim) of the model cache claims the operator will create (`cache.size`): the
+    local cluster has no provisioner, so a volume is pre-bound to each name."""
+    claims = set()
+    for doc in documents:
+        if doc.get("kind") != "ModelDeployment" or not (doc.get("spec") or {}).get("cache"):
+            continue
+        meta = {"namespace": "default", **doc["metadata"], "uid": "dev"}
+        md = ModelDeployment.model_validate({**doc, "metadata": meta})
+        claim = cache_claim_name(md)
+        if claim is not None and md.spec.cache is not None and md.spec.cache.size is not None:
+            claims.add((meta["namespace"], claim))
+    return claims
 
 
 def _walk(node: Any, key: str = "") -> Iterator[tuple[str, Any]]:

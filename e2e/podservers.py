@@ -56,6 +56,8 @@ class PodServers:
     _thread: threading.Thread | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
     errors: list[str] = field(default_factory=list)
+    # where the claims the pods mount elsewhere live (e.g. the model cache at /cache: `<claims_root>/<claim>`)
+    claims_root: Path | None = None
 
     def __enter__(self) -> PodServers:
         self._thread = threading.Thread(target=self._run, name=f"pod servers {self.name}", daemon=True)
@@ -128,6 +130,16 @@ class PodServers:
         repository = self.work_dir / name / "models"
         repository.mkdir(parents=True, exist_ok=True)
         paths = {"/models": repository, "/mnt/pvc": self.pvc_root}
+        if self.claims_root is not None:
+            claims = {
+                v["name"]: v["persistentVolumeClaim"]["claimName"]
+                for v in spec.get("volumes") or []
+                if "persistentVolumeClaim" in v
+            }
+            for container in [*(spec.get("initContainers") or []), *spec["containers"]]:
+                for mount in container.get("volumeMounts") or []:
+                    if mount["name"] in claims and not mount["mountPath"].startswith("/mnt/pvc"):
+                        paths[mount["mountPath"]] = self.claims_root / claims[mount["name"]]
         for init in spec.get("initContainers") or []:
             done = run_init_container(init, paths=paths)
             if done.returncode != 0:

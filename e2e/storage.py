@@ -51,3 +51,32 @@ spec:
         timeout=30,
         message=f"claim {namespace}/{name} Bound",
     )
+
+
+def volume_for_claim(
+    kubectl: Kubectl,
+    namespace: str,
+    claim: str,
+    size: str = "10Gi",
+    host_root: Path = Path("/tmp/kubeforge-e2e"),
+) -> str:
+    """A hostPath PV pre-bound to a claim that someone else creates (e.g. the operator's model
+    cache claim): the PV controller binds the claim as soon as it appears. Returns the PV's name."""
+    pv = f"{namespace}-{claim}"[:253]
+    kubectl.apply(
+        f"""
+apiVersion: v1
+kind: PersistentVolume
+metadata:
+  name: {pv}
+  labels: {{kubeforge.io/test-namespace: {namespace}}}
+spec:
+  capacity: {{storage: {size}}}
+  accessModes: [ReadWriteMany, ReadWriteOnce]
+  persistentVolumeReclaimPolicy: Delete
+  storageClassName: ""
+  hostPath: {{path: {host_root / pv}}}
+  claimRef: {{namespace: {namespace}, name: {claim}}}
+"""
+    )
+    return pv

@@ -283,6 +283,10 @@ ALLOWED = [
     ("delete", "services", SERVE_NS, None),
     ("create", "horizontalpodautoscalers.autoscaling", None, None),
     ("watch", "pods", None, None),
+    # the model cache: the operator's claim (watched, applied, deleted); its values from Secrets never
+    ("watch", "persistentvolumeclaims", None, None),
+    ("delete", "persistentvolumeclaims", SERVE_NS, None),
+    ("patch", "deployments.apps", SERVE_NS, "scale"),
     ("patch", "modeldeployments.kubeforge.io", SERVE_NS, "status"),
     ("create", "events", TRAIN_NS, None),
     # leader election: its one Lease by name, and create (which a name cannot restrict), in the release namespace

@@ -75,6 +75,18 @@ MD_SAMPLES: dict[str, tuple[Patch, Patch | None]] = {
         {"models": [{**LLM_MODEL, "llm": LLM}]},
     ),
     "replicas": ({"replicas": 3}, None),
+    # a model cache's claim and fill Job; the Deployment waits for a fill that never completes here
+    "cache": ({"cache": {"size": "1Gi"}}, None),
+    "cache.claimName": ({"cache": {"claimName": "shared-model-cache"}}, None),
+    "cache.size": ({"cache": {"size": "2Gi"}}, None),
+    "cache.storageClassName": (
+        {"cache": {"size": "1Gi", "storageClassName": "fast"}},
+        {"cache": {"storageClassName": None}},
+    ),
+    "cache.accessMode": (
+        {"cache": {"size": "1Gi", "accessMode": "ReadWriteOnce"}},
+        {"cache": {"accessMode": None}},
+    ),
     "runtime": ({"runtime": {"image": "nvcr.io/nvidia/tritonserver:24.01-py3"}}, None),
     "runtime.image": (
         {"runtime": {"image": "nvcr.io/nvidia/tritonserver:24.01-py3"}},

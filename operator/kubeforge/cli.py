@@ -1,4 +1,4 @@
-"""The `kubeforge` command: run the operator, print CRDs, assemble a model repository."""
+"""The `kubeforge` command: run the operator, print CRDs, assemble a model repository, fill a model cache."""
 
 from __future__ import annotations
 
@@ -90,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     # handled before parsing (main); listed here so that --help shows it
     sub.add_parser("assemble-repository", help="(init container) lay out a Triton model repository")
+    sub.add_parser("fill-cache", help="(cache Job) fetch the models into the model cache once")
     return parser
 
 
@@ -101,6 +102,10 @@ def main(argv: list[str] | None = None) -> int:
         from kubeforge.triton.repository import main as assemble_main
 
         return assemble_main(argv[1:])
+    if argv[:1] == ["fill-cache"]:
+        from kubeforge.triton.cache import main as fill_main
+
+        return fill_main(argv[1:])
     args = build_parser().parse_args(argv)
     return int(args.func(args))
 

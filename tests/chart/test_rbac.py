@@ -25,6 +25,7 @@ OPERATOR_USES: dict[r.Resource, frozenset[str]] = {
     r.EVENT: frozenset({"create", "patch"}),
     r.NAMESPACE: frozenset(),  # declared in kubeforge.k8s.resources, but no operator code calls it
     r.JOB: WRITE,
+    r.PVC: WRITE,  # the model cache's claim (spec.cache.size)
     r.PDB: WRITE,
     r.HPA: WRITE,
     r.SCALED_OBJECT: WRITE,  # rbac.keda
@@ -47,6 +48,9 @@ LEASE_RULES = [
 SUBRESOURCES: dict[tuple[str, str], frozenset[str]] = {
     ("kubeforge.io", "modeldeployments/status"): frozenset({"get", "patch", "update"}),
     ("kubeforge.io", "trainingjobs/status"): frozenset({"get", "patch", "update"}),
+    # the serving Deployment's replicas while a model cache of new sources fills
+    ("apps", "deployments/scale"): frozenset({"patch"}),
+    ("leaderworkerset.x-k8s.io", "leaderworkersets/scale"): frozenset({"patch"}),
     # blockOwnerDeletion on the children's owner references (OwnerReferencesPermissionEnforcement)
     ("kubeforge.io", "modeldeployments/finalizers"): frozenset({"update"}),
     ("kubeforge.io", "trainingjobs/finalizers"): frozenset({"update"}),

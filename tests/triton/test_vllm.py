@@ -15,6 +15,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from kubeforge.api.modeldeployment import ModelDeployment, ModelSpec
+from kubeforge.builders.cache import build_cache_fill_job
 from kubeforge.builders.modeldeployment import build_triton_deployment, parallelism
 from kubeforge.settings import Settings
 from kubeforge.triton.config import render_model_config, vllm_engine_args, vllm_model_json
@@ -139,12 +140,22 @@ def test_a_hugging_face_token_comes_from_the_secret_never_as_a_value() -> None:
     doc["metadata"]["uid"] = "u-1"
     doc["spec"]["storage"] = {"secretName": "hf"}
     md = ModelDeployment.model_validate(doc)
-    init = build_triton_deployment(md, Settings())["spec"]["template"]["spec"]["initContainers"][0]
-    token = next(e for e in init["env"] if e["name"] == "HF_TOKEN")
+    # the example has a model cache: its fill Job downloads, the serving pods get no credentials at all
+    fill = build_cache_fill_job(md, Settings())
+    assert fill is not None
+    token = next(
+        e for e in fill["spec"]["template"]["spec"]["containers"][0]["env"] if e["name"] == "HF_TOKEN"
+    )
     assert token == {
         "name": "HF_TOKEN",
         "valueFrom": {"secretKeyRef": {"name": "hf", "key": "HF_TOKEN", "optional": True}},
     }
+    init = build_triton_deployment(md, Settings())["spec"]["template"]["spec"]["initContainers"][0]
+    assert [e["name"] for e in init["env"]] == ["KUBEFORGE_MODELS"]
+    doc["spec"].pop("cache")
+    md = ModelDeployment.model_validate(doc)
+    init = build_triton_deployment(md, Settings())["spec"]["template"]["spec"]["initContainers"][0]
+    assert token in init["env"]
 
 
 def test_a_vllm_model_runs_on_tritons_vllm_image_unless_the_spec_names_one() -> None:

@@ -90,6 +90,11 @@ it is a Role of its own in the release namespace (rbac.yaml).
 - apiGroups: ["apps"]
   resources: ["deployments"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# While a model cache of new sources fills, the serving Deployment keeps its template and only
+# follows the ModelDeployment's replicas, through its /scale subresource.
+- apiGroups: ["apps"]
+  resources: ["deployments/scale"]
+  verbs: ["patch"]
 - apiGroups: [""]
   resources: ["services"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
@@ -106,6 +111,14 @@ it is a Role of its own in the release namespace (rbac.yaml).
 # leaderworkerset.x-k8s.io is served; LWS itself creates the group's pods and headless Service.
 - apiGroups: ["leaderworkerset.x-k8s.io"]
   resources: ["leaderworkersets"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# ... and, while a model cache of new sources fills, it follows the replicas through /scale.
+- apiGroups: ["leaderworkerset.x-k8s.io"]
+  resources: ["leaderworkersets/scale"]
+  verbs: ["patch"]
+# The model cache (spec.cache.size): the claim the operator creates, and deletes when no longer wanted.
+- apiGroups: [""]
+  resources: ["persistentvolumeclaims"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
 # Pods are only observed (readiness, exit codes, scheduling problems); their Jobs/Deployments own them.
 - apiGroups: [""]

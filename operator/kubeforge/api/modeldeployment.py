@@ -354,7 +354,8 @@ class StorageCredentials(ApiModel):
             "Secret in the same namespace. For s3:// its keys AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY "
             "(and optionally AWS_SESSION_TOKEN, AWS_DEFAULT_REGION, AWS_ENDPOINT_URL) are given to the "
             "container that fetches the models; for gs:// the same two keys hold a GCS HMAC key (XML API); "
-            "for hf:// the optional key HF_TOKEN holds a Hugging Face access token."
+            "for hf:// the optional key HF_TOKEN holds a Hugging Face access token (and HF_ENDPOINT, optional, a "
+            "Hub mirror's URL). Values reach the fetching container only by reference to this Secret."
         ),
     )
 
@@ -363,7 +364,9 @@ class ModelCache(ApiModel):
     """A volume the models are fetched into once, by a Job, and served from by every pod.
 
     New replicas and scale-up from zero then load from the volume and download nothing. The pods
-    mount it read-only and start only after the fill has completed.
+    mount it read-only and start only after the fill has completed; a change of source fills a new
+    copy while the pods keep serving the previous one. A fill that failed is not retried: fix the
+    source or its credentials, then delete the fill Job (status.cache.job).
     """
 
     claim_name: str | None = Field(

@@ -6,8 +6,10 @@ from typing import Any
 
 from kubeforge.api.modeldeployment import ModelControlMode, ModelDeployment, ModelFormat, ModelSpec
 from kubeforge.builders import pods
+from kubeforge.builders.cache import CACHE_ROOT, CACHE_VOLUME, cache_claim_name, model_cache_key, storage_env
 from kubeforge.builders.meta import Object, object_meta, owner_reference, recommended_labels, selector_labels
 from kubeforge.settings import Settings
+from kubeforge.triton.cache import key_dir
 from kubeforge.triton.config import with_recommended_batching
 from kubeforge.triton.repository import repository_plan
 
@@ -16,6 +18,8 @@ HTTP_PORT, GRPC_PORT, METRICS_PORT = 8000, 8001, 8002
 MODEL_REPOSITORY = "/models"
 PVC_ROOT = "/mnt/pvc"
 PROBE_PERIOD_SECONDS = 10
+# the model cache, read-only in every serving container (spec.cache)
+CACHE_MOUNT = {"name": CACHE_VOLUME, "mountPath": CACHE_ROOT, "readOnly": True}
 
 
 def labels(md: ModelDeployment) -> dict[str, str]:
@@ -95,40 +99,28 @@ def _probe(path: str, failure_threshold: int, period: int = PROBE_PERIOD_SECONDS
     }
 
 
-def _storage_env(md: ModelDeployment) -> list[dict[str, Any]]:
-    """Cloud credentials from the named Secret, for the repository init container."""
-    if md.spec.storage is None:
-        return []
-    secret = md.spec.storage.secret_name
-    keys = (
-        "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY",
-        "AWS_SESSION_TOKEN",
-        "AWS_DEFAULT_REGION",
-        "AWS_ENDPOINT_URL",
-        "HF_TOKEN",
-    )
-    return [
-        {"name": key, "valueFrom": {"secretKeyRef": {"name": secret, "key": key, "optional": True}}}
-        for key in keys
-    ]
-
-
 def _repository_init_container(md: ModelDeployment, settings: Settings) -> dict[str, Any]:
+    """Lays out /models: fetches every model, or with a model cache links them from it (no download,
+    no credentials)."""
     mounts: list[dict[str, Any]] = [{"name": "models", "mountPath": MODEL_REPOSITORY}]
-    mounts += [
-        {"name": f"pvc-{claim}", "mountPath": f"{PVC_ROOT}/{claim}", "readOnly": True}
-        for claim in pvc_claims(md.spec.models)
-    ]
+    args = ["--out", MODEL_REPOSITORY, "--pvc-root", PVC_ROOT]
+    env = [{"name": "KUBEFORGE_MODELS", "value": repository_plan(served_models(md), *parallelism(md))}]
+    key = model_cache_key(md)
+    if key is not None:
+        mounts.append(CACHE_MOUNT)
+        args += ["--cache-dir", key_dir(CACHE_ROOT, key)]
+    else:
+        mounts += [
+            {"name": f"pvc-{claim}", "mountPath": f"{PVC_ROOT}/{claim}", "readOnly": True}
+            for claim in pvc_claims(md.spec.models)
+        ]
+        env += storage_env(md)
     return {
         "name": "model-repository",
         "image": settings.helper_image,
         "command": ["kubeforge", "assemble-repository"],
-        "args": ["--out", MODEL_REPOSITORY, "--pvc-root", PVC_ROOT],
-        "env": [
-            {"name": "KUBEFORGE_MODELS", "value": repository_plan(served_models(md), *parallelism(md))},
-            *_storage_env(md),
-        ],
+        "args": args,
+        "env": env,
         "volumeMounts": mounts,
         "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
         "securityContext": pods.container_security_context(),
@@ -165,6 +157,9 @@ def triton_container(md: ModelDeployment, settings: Settings) -> dict[str, Any]:
         "volumeMounts": [{"name": "models", "mountPath": MODEL_REPOSITORY}, pods.SHM_MOUNT],
         "securityContext": pods.container_security_context(),
     }
+    if md.spec.cache is not None:
+        # the repository's version folders (and a vLLM model's weights) are links into the cache
+        container["volumeMounts"].append(CACHE_MOUNT)
     env = pods.env_vars(runtime.env if runtime else None)
     if env:
         container["env"] = env
@@ -203,10 +198,16 @@ def build_triton_deployment(md: ModelDeployment, settings: Settings) -> Object:
     if spec.pod_metadata and spec.pod_metadata.labels:
         pod_labels = {**spec.pod_metadata.labels, **pod_labels}
     volumes: list[dict[str, Any]] = [{"name": "models", "emptyDir": {}}, pods.shm_volume(spec.shm_size)]
-    volumes += [
-        {"name": f"pvc-{claim}", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
-        for claim in pvc_claims(spec.models)
-    ]
+    claim = cache_claim_name(md)
+    if claim is not None:
+        volumes.append(
+            {"name": CACHE_VOLUME, "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
+        )
+    else:
+        volumes += [
+            {"name": f"pvc-{c}", "persistentVolumeClaim": {"claimName": c, "readOnly": True}}
+            for c in pvc_claims(spec.models)
+        ]
     pod_spec: dict[str, Any] = {
         "enableServiceLinks": False,
         "securityContext": pods.pod_security_context(),

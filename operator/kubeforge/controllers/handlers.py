@@ -40,7 +40,7 @@ CHILD_EVENT_DELAY = 0.5  # seconds
 OPTIONAL_API_SECONDS = 30.0  # how often to look for KEDA's and the Prometheus operator's APIs
 
 OWNERS = (r.MODEL_DEPLOYMENT, r.TRAINING_JOB)
-CHILDREN = (r.DEPLOYMENT, r.SERVICE, r.PDB, r.HPA, r.JOB, r.POD)
+CHILDREN = (r.DEPLOYMENT, r.SERVICE, r.PDB, r.HPA, r.JOB, r.PVC, r.POD)
 # children whose API exists only where KEDA / the Prometheus operator / LeaderWorkerSet is installed
 OPTIONAL_CHILDREN = (
     (r.SCALED_OBJECT, KEDA_API),

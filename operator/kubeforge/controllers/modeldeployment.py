@@ -1,4 +1,5 @@
-"""Reconcile a ModelDeployment: Triton Deployment, Service, PDB, autoscaler, ServiceMonitor; then status."""
+"""Reconcile a ModelDeployment: model cache, Triton Deployment (or LeaderWorkerSet), Service, PDB,
+autoscaler, ServiceMonitor; then status."""
 
 from __future__ import annotations
 
@@ -27,11 +28,13 @@ from kubeforge.builders.modeldeployment import (
 from kubeforge.controllers.context import Context
 from kubeforge.controllers.failures import settle
 from kubeforge.controllers.invalid import load_or_refuse
+from kubeforge.controllers.modelcache import FILL_POLL_SECONDS, observe_cache, sweep_cache
 from kubeforge.controllers.status_patch import write_status
 from kubeforge.controllers.workqueue import Surfaced
 from kubeforge.k8s import resources as r
 from kubeforge.k8s.client import ApiError
 from kubeforge.k8s.semantic import controller_uid
+from kubeforge.status.cache import fill_complete, job_finished
 from kubeforge.status.conditions import get_condition
 from kubeforge.status.gitops import ReconcileFailure
 from kubeforge.status.modeldeployment import AutoscalerObservation, Observed, compute_status, stall_check_in
@@ -49,11 +52,71 @@ MONITORING_API = "monitoring.coreos.com/v1"
 LWS_API = "leaderworkerset.x-k8s.io/v1"
 LWS_NOT_INSTALLED = ReconcileFailure(
     "LeaderWorkerSetNotInstalled",
-    f"a replica of this ModelDeployment spans several nodes (nodesPerReplica, or its llm's "
-    f"tensorParallelSize x pipelineParallelSize over gpu.count), which runs as a LeaderWorkerSet, but the "
+    "a replica of this ModelDeployment spans several nodes (nodesPerReplica, or its llm's "
+    "tensorParallelSize x pipelineParallelSize over gpu.count), which runs as a LeaderWorkerSet, but the "
     f"{LWS_API} API is not served: install LeaderWorkerSet (https://lws.sigs.k8s.io), or fit a replica on "
     "one node",
 )
+
+
+def _serving_child(md: ModelDeployment) -> tuple[r.Resource, str]:
+    """The workload that runs the servers: the Deployment, or the LeaderWorkerSet of multi-node replicas."""
+    if md.spec.replica_nodes > 1:
+        return r.LEADER_WORKER_SET, leaderworkerset_name(md)
+    return r.DEPLOYMENT, md.metadata.name
+
+
+async def _withheld(ctx: Context, md: ModelDeployment) -> None:
+    """While the model cache of new sources fills, the live Deployment (or LeaderWorkerSet) keeps its
+    template (the pods serve the previous models); only its replicas follow the spec (`kubectl scale`,
+    the autoscaler), through the /scale subresource."""
+    resource, name = _serving_child(md)
+    live = ctx.cache.get(resource.kind, md.metadata.namespace or "", name)
+    if live is None or controller_uid(live) != md.metadata.uid or live["metadata"].get("deletionTimestamp"):
+        return
+    if (live.get("spec") or {}).get("replicas") != md.spec.replicas:
+        await ctx.kube.scale(resource, md.metadata.namespace or "", name, md.spec.replicas)
+
+
+@dataclass(frozen=True)
+class AppliedWorkload:
+    deployment: dict[str, Any] | None = None
+    leaderworkerset: dict[str, Any] | None = None
+    # why neither was applied: the LeaderWorkerSet API is not served, or the name is too long for it
+    failure: ReconcileFailure | None = None
+
+
+async def _workload(ctx: Context, md: ModelDeployment) -> AppliedWorkload:
+    """Apply the Deployment, or the LeaderWorkerSet when a replica spans nodes, and remove the other.
+
+    The new one is applied before the old one is deleted, and the old one stays when the new one
+    cannot be applied: a switch never leaves the ModelDeployment with neither.
+    """
+    ns, name, uid = md.metadata.namespace or "", md.metadata.name, md.metadata.uid
+    assert uid is not None
+    if md.spec.replica_nodes > 1:
+        too_long = name_problem(md)
+        if too_long is not None:
+            return AppliedWorkload(failure=ReconcileFailure("NameTooLong", too_long))
+        # a "no" is asked again at once (ttl 0): LWS installed a moment ago must not wait for the cache
+        if not (await ctx.kube.api_group_served(LWS_API) or await ctx.kube.api_group_served(LWS_API, ttl=0)):
+            return AppliedWorkload(failure=LWS_NOT_INSTALLED)
+        try:
+            lws = await ctx.ensure(build_leaderworkerset(md, ctx.settings))
+        except ApiError as err:
+            if err.status != 404:
+                raise
+            return AppliedWorkload(failure=LWS_NOT_INSTALLED)  # uninstalled since discovery was last asked
+        await ctx.ensure_absent(r.DEPLOYMENT, ns, name, uid)
+        return AppliedWorkload(leaderworkerset=lws)
+    deployment = await ctx.ensure(build_triton_deployment(md, ctx.settings))
+    await ctx.ensure_absent(r.LEADER_WORKER_SET, ns, leaderworkerset_name(md), uid)
+    return AppliedWorkload(deployment=deployment)
+
+
+def _ours(ctx: Context, md: ModelDeployment, resource: r.Resource, name: str) -> dict[str, Any] | None:
+    cached = ctx.cache.get(resource.kind, md.metadata.namespace or "", name)
+    return cached if cached is not None and controller_uid(cached) == md.metadata.uid else None
 
 
 async def _ensure_optional(
@@ -120,47 +183,6 @@ async def _missing_metrics_api(ctx: Context, md: ModelDeployment) -> tuple[str, 
     return None
 
 
-@dataclass(frozen=True)
-class AppliedWorkload:
-    deployment: dict[str, Any] | None = None
-    leaderworkerset: dict[str, Any] | None = None
-    # why neither was applied: the LeaderWorkerSet API is not served, or the name is too long for it
-    failure: ReconcileFailure | None = None
-
-
-async def _workload(ctx: Context, md: ModelDeployment) -> AppliedWorkload:
-    """Apply the Deployment, or the LeaderWorkerSet when a replica spans nodes, and remove the other.
-
-    The new one is applied before the old one is deleted, and the old one stays when the new one
-    cannot be applied: a switch never leaves the ModelDeployment with neither.
-    """
-    ns, name, uid = md.metadata.namespace or "", md.metadata.name, md.metadata.uid
-    assert uid is not None
-    if md.spec.replica_nodes > 1:
-        too_long = name_problem(md)
-        if too_long is not None:
-            return AppliedWorkload(failure=ReconcileFailure("NameTooLong", too_long))
-        # a "no" is asked again at once (ttl 0): LWS installed a moment ago must not wait for the cache
-        if not (await ctx.kube.api_group_served(LWS_API) or await ctx.kube.api_group_served(LWS_API, ttl=0)):
-            return AppliedWorkload(failure=LWS_NOT_INSTALLED)
-        try:
-            lws = await ctx.ensure(build_leaderworkerset(md, ctx.settings))
-        except ApiError as err:
-            if err.status != 404:
-                raise
-            return AppliedWorkload(failure=LWS_NOT_INSTALLED)  # uninstalled since discovery was last asked
-        await ctx.ensure_absent(r.DEPLOYMENT, ns, name, uid)
-        return AppliedWorkload(leaderworkerset=lws)
-    deployment = await ctx.ensure(build_triton_deployment(md, ctx.settings))
-    await ctx.ensure_absent(r.LEADER_WORKER_SET, ns, leaderworkerset_name(md), uid)
-    return AppliedWorkload(deployment=deployment)
-
-
-def _ours(ctx: Context, md: ModelDeployment, resource: r.Resource, name: str) -> dict[str, Any] | None:
-    cached = ctx.cache.get(resource.kind, md.metadata.namespace or "", name)
-    return cached if cached is not None and controller_uid(cached) == md.metadata.uid else None
-
-
 async def _monitoring(ctx: Context, md: ModelDeployment) -> None:
     if not await ctx.kube.api_group_served(MONITORING_API):
         return  # pods carry prometheus.io/* annotations either way
@@ -190,21 +212,32 @@ async def reconcile_model_deployment(ctx: Context, key: tuple[str, str]) -> floa
     if loaded is None:
         return None
     body, md = loaded
+    previous = ModelDeploymentStatus.model_validate(body["status"]) if body.get("status") else None
+
+    # the model cache first: with one, the pods of this spec start only once its fill is complete
+    (cache,), failure = await settle(observe_cache(ctx, md, previous.cache if previous else None))
+    serve = md.spec.cache is None or (cache is not None and fill_complete(cache.job))
 
     multi_node = md.spec.replica_nodes > 1
     # the children do not depend on each other: apply them concurrently
-    (workload, _, _, autoscaler, _), failure = await settle(
-        _workload(ctx, md),
+    (workload, _, _, autoscaler, _), child_failure = await settle(
+        _workload(ctx, md) if serve else _withheld(ctx, md),
         ctx.ensure(build_leader_service(md) if multi_node else build_service(md)),
         _ensure_optional(ctx, r.PDB, md, build_pod_disruption_budget(md)),
         _autoscaler(ctx, md),
         _monitoring(ctx, md),
     )
-    missing_lws = workload is not None and workload.failure is LWS_NOT_INSTALLED
+    failure = failure or child_failure
+    applied = workload is not None and workload.failure is None
     if workload is not None and workload.failure is not None:
-        # the Deployment of a single-node spec, if any, keeps serving meanwhile
-        failure = workload.failure
-    if workload is None or workload.failure is not None:  # not applied this time: report on our own, if any
+        # the workload of the previous spec, if any, keeps serving meanwhile
+        failure = failure or workload.failure
+    missing_lws = failure is LWS_NOT_INSTALLED
+    if serve and applied:
+        # the current spec's pods are applied: earlier fills (or the whole cache) can go
+        (_,), sweep_failure = await settle(sweep_cache(ctx, md))
+        failure = failure or sweep_failure
+    if workload is None or not applied:  # not applied this time: report on our own, if any
         workload = AppliedWorkload(
             deployment=_ours(ctx, md, r.DEPLOYMENT, name),
             leaderworkerset=_ours(ctx, md, r.LEADER_WORKER_SET, leaderworkerset_name(md)),
@@ -223,8 +256,8 @@ async def reconcile_model_deployment(ctx: Context, key: tuple[str, str]) -> floa
         model_states=states,
         model_probe_error=probe_error,
         failure=failure,
+        cache=cache,
     )
-    previous = ModelDeploymentStatus.model_validate(body["status"]) if body.get("status") else None
     now = ctx.now()
     status, transitions = compute_status(
         md, observed, previous, now, ctx.settings.stall_seconds, ctx.settings.metric_absent_seconds
@@ -233,12 +266,14 @@ async def reconcile_model_deployment(ctx: Context, key: tuple[str, str]) -> floa
     ctx.metrics.set_replicas(ns, name, status.desired_replicas or 0, status.ready_replicas or 0)
     for transition in transitions:
         ctx.announce(body, transition.type, transition.reason, transition.message)
-    if failure is not None and failure is not LWS_NOT_INSTALLED:
+    if failure is not None and not missing_lws:
         raise Surfaced(f"{failure.reason}: {failure.message}", reason=failure.reason)
     requeue = [stall_check_in(status, now, ctx.settings.stall_seconds)]
     if missing_lws:
         # like a missing KEDA: LWS installed later sends no event here, so look again (no backoff)
         requeue.append(MISSING_API_SECONDS)
+    if cache is not None and not job_finished(cache.job):
+        requeue.append(FILL_POLL_SECONDS)  # what holds the fill up sends no event we watch
     scaling = get_condition(status.conditions, "AutoscalingReady")
     if scaling is not None and scaling.status != ConditionStatus.TRUE:
         # an API installed later, or a metric absent long enough, sends no watch event: look again

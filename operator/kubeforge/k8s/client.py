@@ -379,6 +379,19 @@ class Kube:
         )
         return result
 
+    async def scale(self, resource: Resource, namespace: str, name: str, replicas: int) -> Object:
+        """Set the replicas through the /scale subresource (a merge patch), leaving the rest as it is."""
+        result: Object = await self._call(
+            "patch",
+            "PATCH",
+            resource.path(namespace, name, "scale"),
+            body={"spec": {"replicas": replicas}},
+            content_type="application/merge-patch+json",
+            query=[("fieldManager", self.field_manager)],
+            describe=f"scale {resource.kind} {namespace}/{name} to {replicas}",
+        )
+        return result
+
     async def event(self, owner: Object, type_: str, reason: str, message: str) -> None:
         """Record a core/v1 Event on an owner; failures are logged, never raised (events are best effort)."""
         meta = owner["metadata"]

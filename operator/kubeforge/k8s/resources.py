@@ -40,6 +40,7 @@ POD = Resource("v1", "Pod", "pods")
 EVENT = Resource("v1", "Event", "events")
 NAMESPACE = Resource("v1", "Namespace", "namespaces", namespaced=False)
 JOB = Resource("batch/v1", "Job", "jobs")
+PVC = Resource("v1", "PersistentVolumeClaim", "persistentvolumeclaims")
 PDB = Resource("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets")
 HPA = Resource("autoscaling/v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers")
 SCALED_OBJECT = Resource("keda.sh/v1alpha1", "ScaledObject", "scaledobjects")
@@ -56,6 +57,7 @@ _ALL = (
     EVENT,
     NAMESPACE,
     JOB,
+    PVC,
     PDB,
     HPA,
     SCALED_OBJECT,

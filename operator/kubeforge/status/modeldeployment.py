@@ -8,6 +8,7 @@ from typing import Any
 
 from kubeforge.api.common import Condition, ConditionStatus
 from kubeforge.api.modeldeployment import (
+    CacheState,
     ColdStart,
     Endpoints,
     ModelDeployment,
@@ -18,6 +19,7 @@ from kubeforge.api.modeldeployment import (
 from kubeforge.builders.leaderworkerset import leader_selector_string
 from kubeforge.builders.modeldeployment import selector_string
 from kubeforge.builders.pods import gpu_summary
+from kubeforge.status.cache import CacheObservation, cache_status, fill_problem
 from kubeforge.status.conditions import get_condition, set_condition
 from kubeforge.status.gitops import ReconcileFailure, Verdict, kstatus_conditions
 from kubeforge.status.pods import PodProblem, pod_problem, pod_ready
@@ -54,6 +56,8 @@ class Observed:
     warnings: list[str] = field(default_factory=list)
     # a child could not be applied (name clash, denial, invalid): the spec is not realised
     failure: ReconcileFailure | None = None
+    # the model cache of the spec's models (spec.cache); None without one
+    cache: CacheObservation | None = None
     # a replica spanning several nodes runs as a LeaderWorkerSet group instead of a Deployment
     leaderworkerset: dict[str, Any] | None = None
 
@@ -172,9 +176,23 @@ def compute_status(
         nonlocal conditions
         conditions = set_condition(conditions, type_, status, reason, message, generation, now)
 
+    # the model cache: the pods of the current spec start only once its fill is complete
+    cache = cache_status(observed.cache, previous.cache if previous else None) if observed.cache else None
+    cache_failed = cache is not None and cache.state == CacheState.FAILED
+    cache_waiting = cache is not None and cache.state in (CacheState.PENDING, CacheState.FILLING)
+    cache_message = ""
+    if cache is not None and cache_waiting:
+        serving = " (the pods serve the previous models meanwhile)" if workload.exists else ""
+        cache_message = f"filling the model cache {cache.key}: {cache.message}{serving}"
+
     # Degraded: pods stuck for a reason a person must act on
     problem = _first_problem(live_pods)
-    if problem:
+    held_up = fill_problem(observed.cache) if observed.cache is not None else None
+    if cache is not None and cache_failed:
+        put("Degraded", True, "CacheFillFailed", f"the model cache fill failed: {cache.message}")
+    elif held_up is not None:
+        put("Degraded", True, held_up.reason, f"the model cache fill's pod {held_up.pod}: {held_up.message}")
+    elif problem:
         put("Degraded", True, problem.reason, f"pod {problem.pod}: {problem.message}")
     elif workload.deadline is not None:
         put("Degraded", True, "ProgressDeadlineExceeded", workload.deadline)
@@ -183,7 +201,9 @@ def compute_status(
 
     # Available means someone can be served: at least one ready replica. (The Deployment's own
     # Available only means "no more than maxUnavailable missing", which is true at 0 of 1 ready.)
-    if not workload.exists:
+    if not workload.exists and cache_waiting:
+        put("Available", False, "CacheFilling", "no server starts before the model cache is filled")
+    elif not workload.exists:
         put("Available", False, "Creating", f"{workload.name} has no status yet")
     elif desired == 0:
         put(
@@ -197,7 +217,9 @@ def compute_status(
     else:
         put("Available", False, "NoReplicaReady", f"0/{desired} {servers} ready")
 
-    if rolled_out:
+    if cache_waiting:
+        put("Progressing", True, "CacheFilling", cache_message)
+    elif rolled_out:
         put(
             "Progressing",
             False,
@@ -219,6 +241,10 @@ def compute_status(
     failure = observed.failure
     if failure:
         put("Ready", False, failure.reason, failure.message)
+    elif cache is not None and cache_failed:
+        put("Ready", False, "CacheFillFailed", f"the model cache fill failed: {cache.message}")
+    elif cache_waiting:
+        put("Ready", False, "CacheFilling", cache_message)
     elif desired == 0 and rolled_out:
         put("Ready", True, "ScaledToZero", "scaled to zero replicas")
     elif rolled_out:
@@ -275,7 +301,7 @@ def compute_status(
         phase = Phase.DEGRADED
     elif ready and ready.status == ConditionStatus.TRUE:
         phase = Phase.SCALED_TO_ZERO if desired == 0 else Phase.READY
-    elif workload.exists:
+    elif workload.exists or cache_waiting:
         phase = Phase.PROGRESSING
     else:
         phase = Phase.PENDING
@@ -293,9 +319,18 @@ def compute_status(
         endpoints=Endpoints.model_validate(observed.endpoints),
         models=models,
         cold_start=_cold_start(previous, desired, ready_replicas, now),
+        cache=cache,
         conditions=sorted(conditions, key=lambda c: c.type),
     )
     transitions = _transitions(previous, status)
+    before = previous.cache if previous else None
+    if (
+        cache is not None
+        and cache.state == CacheState.READY
+        and (before is None or before.key != cache.key or before.state != CacheState.READY)
+    ):
+        size = f"{cache.bytes} bytes, {cache.digest}" if cache.digest else "size and digest unknown"
+        transitions.append(Transition("Normal", "CacheFilled", f"model cache {cache.key} is ready ({size})"))
     cold = status.cold_start
     if cold and cold.seconds is not None and (previous is None or previous.cold_start != cold):
         transitions.append(
@@ -324,7 +359,9 @@ def _gitops(
     elif degraded.status == ConditionStatus.TRUE:
         since = degraded.last_transition_time
         seconds = (now - since).total_seconds() if since else 0.0
-        if degraded.reason == "ProgressDeadlineExceeded" or seconds >= stall_seconds:
+        if degraded.reason == "CacheFillFailed":  # a failed fill is not retried: stalled at once
+            stalled = Verdict(True, degraded.reason, degraded.message)
+        elif degraded.reason == "ProgressDeadlineExceeded" or seconds >= stall_seconds:
             bound = (
                 "the Deployment's progress deadline"
                 if degraded.reason == "ProgressDeadlineExceeded"
@@ -369,7 +406,7 @@ def _transitions(previous: ModelDeploymentStatus | None, current: ModelDeploymen
         if not changed:
             continue
         kind = when_true if now_c.status == ConditionStatus.TRUE else when_false
-        if type_ == "Ready" and now_c.reason in ("NotAllReplicasReady", "Creating"):
+        if type_ == "Ready" and now_c.reason in ("NotAllReplicasReady", "Creating", "CacheFilling"):
             kind = "Normal"  # waiting for pods is not a problem yet; Degraded says when it is
         out.append((type_, Transition(kind, now_c.reason, now_c.message)))
     # a failure sets Ready=False and Stalled=True with one reason: the Stalled event says it once

@@ -18,6 +18,11 @@ is not a version):
     <out>/<name>/1/multi_lora.json         {"<adapter>": "<out>/<name>/lora/<adapter>"} (LoRA only)
     <out>/<name>/weights/                  the source
     <out>/<name>/lora/<adapter>/           each adapter's source
+
+With a model cache (spec.cache; `--cache-dir <cache root>/<key>`, see kubeforge.triton.cache) the
+init container downloads nothing: it refuses a cache without its completion marker, links each
+model's version folders from the cache (its config.pbtxt is copied, to be rendered over), and a
+vLLM model's model.json names the weights in the cache itself.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from google.protobuf import text_format
 from google.protobuf.message import Message
 
 from kubeforge.api.modeldeployment import ModelSpec
+from kubeforge.triton.cache import ADAPTERS_DIR, MODELS_DIR, CacheError, require_complete
 from kubeforge.triton.config import (
     CONFIG_FILENAME,
     HEADER,
@@ -280,34 +286,77 @@ def _fetch(model: PlannedModel, source: str, dest: Path, pvc_root: Path, environ
 
 
 def stage_vllm_model(
-    model: PlannedModel, staged: Path, final: Path, pvc_root: Path, environ: Mapping[str, str]
+    model: PlannedModel,
+    staged: Path,
+    final: Path,
+    pvc_root: Path,
+    environ: Mapping[str, str],
+    cache_dir: Path | None = None,
 ) -> None:
-    """Lay out a vLLM model in `staged`; the paths written into model.json are those under `final`."""
+    """Lay out a vLLM model in `staged`; the paths written into model.json are those under `final`.
+
+    With a model cache, nothing is fetched: model.json and multi_lora.json name the weights and
+    adapters in the cache (`<cache>/models/<name>`, `<cache>/adapters/<name>/<adapter>`), read-only.
+    """
     assert model.engine_args is not None
-    _fetch(model, model.source, staged / WEIGHTS_DIRNAME, pvc_root, environ)
-    if not (staged / WEIGHTS_DIRNAME / "config.json").is_file():
-        found = sorted(p.name for p in (staged / WEIGHTS_DIRNAME).iterdir())[:10]
+    if cache_dir is None:
+        _fetch(model, model.source, staged / WEIGHTS_DIRNAME, pvc_root, environ)
+        weights = final / WEIGHTS_DIRNAME
+        adapters = {adapter: final / LORA_DIRNAME / adapter for adapter in sorted(model.lora or {})}
+        for adapter, source in sorted((model.lora or {}).items()):
+            _fetch(model, source, staged / LORA_DIRNAME / adapter, pvc_root, environ)
+        found_weights = staged / WEIGHTS_DIRNAME
+    else:
+        staged.mkdir(parents=True)
+        weights = found_weights = cache_dir / MODELS_DIR / model.name
+        adapters = {a: cache_dir / ADAPTERS_DIR / model.name / a for a in sorted(model.lora or {})}
+        missing = [str(p) for p in (weights, *adapters.values()) if not p.is_dir()]
+        if missing:
+            raise AssemblyError(model.name, model.source, f"not in the model cache: {', '.join(missing)}")
+    if not (found_weights / "config.json").is_file():
+        found = sorted(p.name for p in found_weights.iterdir())[:10]
         reason = f"no config.json in the source: not a Hugging Face model folder (found {found or 'nothing'})"
         raise AssemblyError(model.name, model.source, reason)
-    for adapter, source in sorted((model.lora or {}).items()):
-        _fetch(model, source, staged / LORA_DIRNAME / adapter, pvc_root, environ)
     version = staged / VLLM_VERSION
     version.mkdir()
-    model_json = {"model": str(final / WEIGHTS_DIRNAME), **model.engine_args}
+    model_json = {"model": str(weights), **model.engine_args}
     (version / VLLM_MODEL_JSON).write_text(json.dumps(model_json, indent=2, sort_keys=True) + "\n")
     if model.lora:
-        adapters = {adapter: str(final / LORA_DIRNAME / adapter) for adapter in sorted(model.lora)}
-        (version / VLLM_MULTI_LORA_JSON).write_text(json.dumps(adapters, indent=2) + "\n")
+        paths = {adapter: str(path) for adapter, path in adapters.items()}
+        (version / VLLM_MULTI_LORA_JSON).write_text(json.dumps(paths, indent=2) + "\n")
 
 
-def assemble_model(model: PlannedModel, out: Path, pvc_root: Path, environ: Mapping[str, str]) -> None:
-    """Fetch, configure and check one model in a staging folder, then move it to `<out>/<name>`."""
+def link_cached_model(model: PlannedModel, cached: Path, staged: Path) -> None:
+    """Lay out a model from the cache without copying it: config.pbtxt is copied (the spec's is
+    merged over it), every other entry (the version folders, label files) is a symlink into the
+    read-only cache."""
+    if not cached.is_dir():
+        raise AssemblyError(model.name, model.source, f"not in the model cache ({cached} is missing)")
+    staged.mkdir(parents=True)
+    for entry in sorted(cached.iterdir()):
+        if entry.name == CONFIG_FILENAME:
+            shutil.copyfile(entry, staged / entry.name)
+        else:
+            (staged / entry.name).symlink_to(entry, target_is_directory=entry.is_dir())
+
+
+def assemble_model(
+    model: PlannedModel,
+    out: Path,
+    pvc_root: Path,
+    environ: Mapping[str, str],
+    cache_dir: Path | None = None,
+) -> None:
+    """Fetch (or link from the cache), configure and check one model in a staging folder, then move
+    it to `<out>/<name>`."""
     started = time.monotonic()
     staged = out / STAGING_DIRNAME / model.name
     final = out / model.name
     shutil.rmtree(staged, ignore_errors=True)
     if model.engine_args is not None:
-        stage_vllm_model(model, staged, final, pvc_root, environ)
+        stage_vllm_model(model, staged, final, pvc_root, environ, cache_dir)
+    elif cache_dir is not None:
+        link_cached_model(model, cache_dir / MODELS_DIR / model.name, staged)
     else:
         _fetch(model, model.source, staged, pvc_root, environ)
     write_config(model, staged)
@@ -324,16 +373,32 @@ def assemble_model(model: PlannedModel, out: Path, pvc_root: Path, environ: Mapp
 
 
 def assemble_repository(
-    plan: Sequence[PlannedModel], out: Path, pvc_root: Path, environ: Mapping[str, str] | None = None
+    plan: Sequence[PlannedModel],
+    out: Path,
+    pvc_root: Path,
+    environ: Mapping[str, str] | None = None,
+    cache_dir: Path | None = None,
 ) -> list[AssemblyError]:
-    """Assemble every model of the plan into out; returns the failures (all models are tried)."""
+    """Assemble every model of the plan into out; returns the failures (all models are tried).
+
+    With `cache_dir` (a filled model cache's key folder) nothing is downloaded: the models are
+    linked from the cache, which must carry its completion marker (CacheError otherwise).
+    """
     env = os.environ if environ is None else environ
+    if cache_dir is not None:
+        marker = require_complete(cache_dir)
+        log.info(
+            "serving from the model cache %s (%s bytes, %s)",
+            cache_dir,
+            marker.get("bytes"),
+            marker.get("digest"),
+        )
     (out / STAGING_DIRNAME).mkdir(parents=True, exist_ok=True)
     errors: list[AssemblyError] = []
     try:
         for model in plan:
             try:
-                assemble_model(model, out, pvc_root, env)
+                assemble_model(model, out, pvc_root, env, cache_dir)
             except AssemblyError as exc:
                 log.error("%s", exc)
                 errors.append(exc)
@@ -360,6 +425,10 @@ def _parser() -> argparse.ArgumentParser:
         help="where claims are mounted, one folder each (default %(default)s)",
     )
     parser.add_argument("--plan-file", help=f"read the plan from this file instead of ${PLAN_ENV}")
+    parser.add_argument(
+        "--cache-dir",
+        help="a filled model cache's folder (<cache root>/<key>): link the models from it, download nothing",
+    )
     return parser
 
 
@@ -379,7 +448,12 @@ def main(argv: list[str]) -> int:
         return 2
     out = Path(args.out)
     log.info("assembling %d model(s) into %s", len(plan), out)
-    errors = assemble_repository(plan, out, Path(args.pvc_root))
+    cache_dir = Path(args.cache_dir) if args.cache_dir else None
+    try:
+        errors = assemble_repository(plan, out, Path(args.pvc_root), cache_dir=cache_dir)
+    except CacheError as exc:
+        log.error("%s", exc)
+        return 1
     if errors:
         log.error("%d of %d model(s) failed: %s", len(errors), len(plan), ", ".join(e.model for e in errors))
         return 1

@@ -1,4 +1,5 @@
-"""Fetch a model's source directory: pvc://, http(s):// archives, and s3:// or gs:// prefixes.
+"""Fetch a model's source directory: pvc://, http(s):// archives, s3:// or gs:// prefixes, and
+Hugging Face Hub repositories (hf://<org>/<model>[@<revision>]).
 
 Used by the init container (`kubeforge.triton.repository`). Every failure is a SourceError whose
 message says what went wrong; the caller adds which model it was.
@@ -144,6 +145,51 @@ def fetch_object_store(uri: str, dest: Path, environ: Mapping[str, str]) -> None
     log.info("downloaded %d objects from %s", count, uri)
 
 
+HF_TOKEN_ENV = "HF_TOKEN"
+HF_ENDPOINT_ENV = "HF_ENDPOINT"
+
+
+def hf_repository(source: str) -> tuple[str, str]:
+    """(repo id, revision) of `hf://<org>/<model>[@<revision>]`; the revision defaults to main."""
+    repo_id, _, revision = source.removeprefix("hf://").partition("@")
+    org, _, model = repo_id.partition("/")
+    if not org or not model or "/" in model or ".." in (org, model):
+        raise SourceError("not an hf://<org>/<model>[@<revision>] URI")
+    return repo_id, revision or "main"
+
+
+def fetch_hf(source: str, dest: Path, environ: Mapping[str, str]) -> None:
+    """Download a Hugging Face Hub repository at one revision into dest, with huggingface_hub.
+
+    The token (if any) comes from the environment (HF_TOKEN, from the storage Secret), never from an
+    argument; huggingface_hub sends it as the Authorization header only. HF_ENDPOINT points at a
+    mirror or a private Hub.
+    """
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+    from huggingface_hub.utils.tqdm import disable_progress_bars
+
+    disable_progress_bars()  # a progress bar per file is noise in a container's log
+
+    repo_id, revision = hf_repository(source)
+    token = environ.get(HF_TOKEN_ENV) or False  # False: never a token cached on the machine
+    try:
+        snapshot_download(
+            repo_id,
+            revision=revision,
+            local_dir=dest,
+            token=token,
+            endpoint=environ.get(HF_ENDPOINT_ENV) or None,
+            max_workers=4,
+        )
+    except (HfHubHTTPError, LocalEntryNotFoundError, ValueError) as exc:
+        # the exception's text names the URL and the Hub's answer; the token is only ever a header
+        raise SourceError(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+    # huggingface_hub's bookkeeping (download metadata) is not part of the model
+    shutil.rmtree(dest / ".cache", ignore_errors=True)
+    log.info("downloaded %s at %s", repo_id, revision)
+
+
 def fetch_source(source: str, dest: Path, pvc_root: Path, environ: Mapping[str, str]) -> None:
     """Put the source's model directory at dest (which must not exist yet)."""
     scheme = urllib.parse.urlsplit(source).scheme
@@ -153,5 +199,7 @@ def fetch_source(source: str, dest: Path, pvc_root: Path, environ: Mapping[str, 
         fetch_http(source, dest)
     elif scheme in ("s3", "gs"):
         fetch_object_store(source, dest, environ)
+    elif scheme == "hf":
+        fetch_hf(source, dest, environ)
     else:
         raise SourceError(f"unsupported source scheme {scheme!r}")

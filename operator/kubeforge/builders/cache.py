@@ -1,0 +1,200 @@
+"""The model cache's children: the claim the operator creates (cache.size) and the Job that fills it.
+
+The serving pods' side (the claim mounted read-only, the init container linking from the cache)
+is in builders/modeldeployment.py. See kubeforge.triton.cache for the layout on the claim.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from kubeforge.api.modeldeployment import ModelDeployment
+from kubeforge.builders import pods
+from kubeforge.builders.meta import Object, object_meta, owner_reference, recommended_labels
+from kubeforge.settings import Settings
+from kubeforge.triton.cache import DEFAULT_ROOT, cache_entries, cache_key, fill_args, fill_plan
+from kubeforge.triton.cache import PLAN_ENV as CACHE_PLAN_ENV
+
+KIND = "ModelDeployment"
+COMPONENT = "model-cache"
+CACHE_VOLUME = "model-cache"
+CACHE_ROOT = DEFAULT_ROOT
+FILL_CONTAINER = "fill"
+CACHE_KEY_LABEL = "kubeforge.io/cache-key"
+# the fill container's exit codes for "a source or the plan is wrong": retrying cannot help
+PERMANENT_EXIT_CODES = (1, 2)
+FILL_BACKOFF_LIMIT = 2
+MAX_JOB_NAME = 63  # the Job controller copies the name into a label of its pods
+TERMINATION_LOG = "/dev/termination-log"
+
+
+def cache_labels(md: ModelDeployment) -> dict[str, str]:
+    return recommended_labels(KIND, md.metadata.name, component=COMPONENT, app="kubeforge")
+
+
+def _meta(md: ModelDeployment, name: str) -> dict[str, Any]:
+    assert md.metadata.uid is not None and md.metadata.namespace is not None
+    owner = owner_reference(KIND, md.metadata.name, md.metadata.uid)
+    return object_meta(name, md.metadata.namespace, cache_labels(md), owner)
+
+
+def cache_claim_name(md: ModelDeployment) -> str | None:
+    """The claim holding the cache: the user's (cache.claimName) or the operator's, None without a cache.
+
+    The operator's claim is named after the fields a claim cannot change (storage class, access
+    mode): changing one fills a new claim while the pods keep serving from the old one.
+    """
+    cache = md.spec.cache
+    if cache is None:
+        return None
+    if cache.claim_name is not None:
+        return cache.claim_name
+    immutable = f"{cache.storage_class_name or ''}/{cache.access_mode}"
+    return f"{md.metadata.name}-model-cache-{hashlib.sha256(immutable.encode()).hexdigest()[:5]}"
+
+
+def model_cache_key(md: ModelDeployment) -> str | None:
+    """The cache key of the spec's models on its claim; None without a cache."""
+    claim = cache_claim_name(md)
+    return None if claim is None else cache_key(md.spec.models, claim)
+
+
+def fill_job_name(md: ModelDeployment, key: str) -> str:
+    suffix = f"-fill-{key}"
+    return md.metadata.name[: MAX_JOB_NAME - len(suffix)].rstrip("-.") + suffix
+
+
+def build_cache_claim(md: ModelDeployment) -> Object | None:
+    """The PersistentVolumeClaim the operator creates for `cache.size`; None for a user's claim or no cache."""
+    cache = md.spec.cache
+    if cache is None or cache.size is None:
+        return None
+    name = cache_claim_name(md)
+    assert name is not None
+    spec: dict[str, Any] = {
+        "accessModes": [cache.access_mode],
+        "resources": {"requests": {"storage": pods.quantity(cache.size)}},
+    }
+    if cache.storage_class_name is not None:
+        spec["storageClassName"] = cache.storage_class_name
+    return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": _meta(md, name), "spec": spec}
+
+
+def storage_env(md: ModelDeployment) -> list[dict[str, Any]]:
+    """Credentials from the storage Secret, by reference: the values never appear in a spec."""
+    if md.spec.storage is None:
+        return []
+    secret = md.spec.storage.secret_name
+    keys = (
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_DEFAULT_REGION",
+        "AWS_ENDPOINT_URL",
+        "HF_TOKEN",
+        "HF_ENDPOINT",
+    )
+    return [
+        {"name": key, "valueFrom": {"secretKeyRef": {"name": secret, "key": key, "optional": True}}}
+        for key in keys
+    ]
+
+
+def source_claims(md: ModelDeployment) -> list[str]:
+    """Claims that pvc:// sources (models and LoRA adapters) live on, sorted, each once."""
+    sources = [m.source for m in md.spec.models]
+    sources += [a.source for m in md.spec.models if m.llm for a in m.llm.lora_adapters or []]
+    return sorted({s.removeprefix("pvc://").split("/", 1)[0] for s in sources if s.startswith("pvc://")})
+
+
+def build_cache_fill_job(
+    md: ModelDeployment, settings: Settings, pvc_root: str = "/mnt/pvc"
+) -> Object | None:
+    """The Job that fetches every source into `<claim>/<key>` once; None without a cache.
+
+    Its name carries the key, so a change of source is a new Job (a Job's template cannot change).
+    Its pods carry no owner labels: the Deployment's and the Service's selectors must never pick
+    them up. The fill container writes its summary (bytes, digest) as its termination message.
+    """
+    claim, key = cache_claim_name(md), model_cache_key(md)
+    if claim is None or key is None:
+        return None
+    spec = md.spec
+    mounts: list[dict[str, Any]] = [{"name": CACHE_VOLUME, "mountPath": CACHE_ROOT}]
+    volumes: list[dict[str, Any]] = [{"name": CACHE_VOLUME, "persistentVolumeClaim": {"claimName": claim}}]
+    for source_claim in source_claims(md):
+        mounts.append(
+            {"name": f"pvc-{source_claim}", "mountPath": f"{pvc_root}/{source_claim}", "readOnly": True}
+        )
+        volumes.append(
+            {
+                "name": f"pvc-{source_claim}",
+                "persistentVolumeClaim": {"claimName": source_claim, "readOnly": True},
+            }
+        )
+    container = {
+        "name": FILL_CONTAINER,
+        "image": settings.helper_image,
+        "command": ["kubeforge"],
+        # the operator's own claim holds this cache alone: earlier fills are pruned (a user's claim
+        # may be shared, so nothing else on it is touched)
+        "args": [
+            *fill_args(key, CACHE_ROOT),
+            "--pvc-root",
+            pvc_root,
+            *(["--prune"] if spec.cache and spec.cache.size else []),
+        ],
+        "env": [{"name": CACHE_PLAN_ENV, "value": fill_plan(spec.models)}, *storage_env(md)],
+        "volumeMounts": mounts,
+        "resources": {"requests": {"cpu": "500m", "memory": "512Mi"}, "limits": {"memory": "2Gi"}},
+        "securityContext": pods.container_security_context(),
+        "terminationMessagePath": TERMINATION_LOG,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    pod_labels = {
+        **{k: v for k, v in cache_labels(md).items() if not k.startswith("kubeforge.io/")},
+        CACHE_KEY_LABEL: key,
+    }
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "enableServiceLinks": False,
+        "securityContext": pods.pod_security_context(),
+        "containers": [container],
+        "volumes": volumes,
+    }
+    if spec.service_account_name:
+        pod_spec["serviceAccountName"] = spec.service_account_name
+    if spec.image_pull_secrets:
+        pod_spec["imagePullSecrets"] = [{"name": n} for n in spec.image_pull_secrets]
+    job_labels = {**cache_labels(md), CACHE_KEY_LABEL: key}
+    meta = _meta(md, fill_job_name(md, key))
+    meta["labels"] = job_labels
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": meta,
+        "spec": {
+            "backoffLimit": FILL_BACKOFF_LIMIT,
+            # a wrong source or credentials fail at once; an evicted or OOM-killed fill is retried
+            "podFailurePolicy": {
+                "rules": [
+                    {
+                        "action": "FailJob",
+                        "onExitCodes": {
+                            "containerName": FILL_CONTAINER,
+                            "operator": "In",
+                            "values": list(PERMANENT_EXIT_CODES),
+                        },
+                    },
+                    {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+                ]
+            },
+            "template": {"metadata": {"labels": pod_labels}, "spec": pod_spec},
+        },
+    }
+
+
+def cache_entries_count(md: ModelDeployment) -> int:
+    """How many sources a fill fetches (models and LoRA adapters)."""
+    return len(cache_entries(md.spec.models))

@@ -1,0 +1,140 @@
+"""The model cache's status (status.cache), folded from its fill Job and the Job's pod (pure)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from kubeforge.api.modeldeployment import CacheState, CacheStatus
+from kubeforge.builders.cache import FILL_CONTAINER
+from kubeforge.status.pods import PodProblem, pod_problem
+
+Object = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class CacheObservation:
+    """What the controller saw of the cache for the spec's current key."""
+
+    claim_name: str
+    key: str
+    job_name: str
+    job: Object | None  # our fill Job for this key, None before it is created
+    pod: Object | None = None  # its latest pod: read while it fills, and once when the Job finished
+    sources: int = 1
+
+
+def _ts(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
+
+
+def _job_condition(job: Object, type_: str) -> Object | None:
+    return next(
+        (
+            c
+            for c in (job.get("status") or {}).get("conditions") or []
+            if c.get("type") == type_ and c.get("status") == "True"
+        ),
+        None,
+    )
+
+
+def _terminated(pod: Object | None) -> Object | None:
+    for status in ((pod or {}).get("status") or {}).get("containerStatuses") or []:
+        if status.get("name") == FILL_CONTAINER:
+            state = status.get("state") or {}
+            return state.get("terminated") or (status.get("lastState") or {}).get("terminated")
+    return None
+
+
+def fill_summary(pod: Object | None) -> dict[str, Any] | None:
+    """The fill's JSON summary (bytes, digest, completedAt) from its termination message; None when absent."""
+    terminated = _terminated(pod)
+    try:
+        summary = json.loads((terminated or {}).get("message") or "")
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(summary, dict) or not isinstance(summary.get("digest"), str):
+        return None
+    return summary
+
+
+def fill_failure(job: Object, pod: Object | None) -> str:
+    """Why a fill failed: the fill's own words (termination message), else the Job's condition."""
+    terminated = _terminated(pod) or {}
+    message = str(terminated.get("message") or "").strip()
+    if not message:
+        condition = _job_condition(job, "Failed") or {}
+        message = f"{condition.get('reason', 'Failed')}: {condition.get('message', 'the fill Job failed')}"
+    return message[-1000:]
+
+
+def job_finished(job: Object | None) -> bool:
+    return job is not None and (
+        _job_condition(job, "Complete") is not None or _job_condition(job, "Failed") is not None
+    )
+
+
+def cache_status(obs: CacheObservation, previous: CacheStatus | None) -> CacheStatus:
+    """status.cache: Pending (no Job yet), Filling, Ready (with what is known of the fill) or Failed."""
+    base = {"claim_name": obs.claim_name, "key": obs.key, "job": obs.job_name}
+    same = previous is not None and previous.key == obs.key
+    job = obs.job
+    if job is None:
+        return CacheStatus(state=CacheState.PENDING, message="creating the fill Job", **base)
+    if _job_condition(job, "Complete") is not None:
+        if same and previous is not None and previous.state == CacheState.READY and obs.pod is None:
+            return previous.model_copy(update=base)  # read once when the fill completed
+        summary = fill_summary(obs.pod)
+        if summary is None:
+            done = _ts((job.get("status") or {}).get("completionTime"))
+            return CacheStatus(
+                state=CacheState.READY,
+                completed_at=done,
+                message="the fill Job completed, but its pod left no summary (termination message): "
+                "the size and digest of the cache are unknown",
+                **base,
+            )
+        return CacheStatus(
+            state=CacheState.READY,
+            bytes=int(summary["bytes"]) if isinstance(summary.get("bytes"), int) else None,
+            digest=str(summary["digest"]),
+            completed_at=_ts(summary.get("completedAt")),
+            **base,
+        )
+    if _job_condition(job, "Failed") is not None:
+        if same and previous is not None and previous.state == CacheState.FAILED and obs.pod is None:
+            return previous.model_copy(update=base)
+        hint = f" (fix the source or its credentials, then delete Job {obs.job_name} to fill again)"
+        return CacheStatus(state=CacheState.FAILED, message=fill_failure(job, obs.pod) + hint, **base)
+    message = f"fetching {obs.sources} source(s) into claim {obs.claim_name} (Job {obs.job_name})"
+    problem = fill_problem(obs)
+    if problem is not None:
+        message += f"; {problem.reason}: {problem.message}"
+    return CacheStatus(state=CacheState.FILLING, message=message, **base)
+
+
+def fill_problem(obs: CacheObservation) -> PodProblem | None:
+    """What keeps a fill that has not finished from running: its pod unschedulable (e.g. a claim no
+    volume is bound to), an image that cannot be pulled, a crash loop, ..."""
+    if obs.pod is None or job_finished(obs.job):
+        return None
+    return pod_problem(obs.pod)
+
+
+def needs_pod(job: Object | None, previous: CacheStatus | None, key: str) -> bool:
+    """Whether the controller must read the fill's pod: while it fills (what holds it up), and once
+    when the Job of this key has finished and the status does not say how yet."""
+    if job is None:
+        return False
+    if not job_finished(job):
+        return True
+    want = CacheState.READY if _job_condition(job, "Complete") is not None else CacheState.FAILED
+    return previous is None or previous.key != key or previous.state != want
+
+
+def fill_complete(job: Object | None) -> bool:
+    """Whether the fill Job has completed (the cache of its key is whole)."""
+    return job is not None and _job_condition(job, "Complete") is not None

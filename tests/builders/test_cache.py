@@ -1,0 +1,124 @@
+"""The model cache's children: the claim, the fill Job, and the serving pods that read the cache."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kubeforge.api.modeldeployment import ModelDeployment
+from kubeforge.builders.cache import (
+    build_cache_claim,
+    build_cache_fill_job,
+    cache_claim_name,
+    fill_job_name,
+    model_cache_key,
+)
+from kubeforge.builders.modeldeployment import build_triton_deployment
+from kubeforge.settings import Settings
+
+MODEL = {"name": "resnet50", "source": "s3://models/resnet50", "format": "onnx"}
+
+
+def md(cache: dict[str, Any] | None = None, name: str = "demo", **spec: Any) -> ModelDeployment:
+    body: dict[str, Any] = {"models": [MODEL], "storage": {"secretName": "creds"}}
+    body.update(spec)
+    if cache is not None:
+        body["cache"] = cache
+    return ModelDeployment.model_validate(
+        {"metadata": {"name": name, "namespace": "ns", "uid": "u-1"}, "spec": body}
+    )
+
+
+def test_no_cache_no_children_and_pods_fetch_themselves() -> None:
+    plain = md()
+    assert build_cache_claim(plain) is None and build_cache_fill_job(plain, Settings()) is None
+    pod = build_triton_deployment(plain, Settings())["spec"]["template"]["spec"]
+    assert "--cache-dir" not in pod["initContainers"][0]["args"]
+    assert any(e["name"] == "AWS_ACCESS_KEY_ID" for e in pod["initContainers"][0]["env"])
+
+
+def test_the_operators_claim() -> None:
+    claim = build_cache_claim(md({"size": "200Gi", "storageClassName": "fast"}))
+    assert claim is not None
+    assert claim["metadata"]["name"].startswith("demo-model-cache-")
+    assert claim["metadata"]["ownerReferences"][0]["uid"] == "u-1"
+    assert claim["spec"] == {
+        "accessModes": ["ReadWriteMany"],
+        "resources": {"requests": {"storage": "200Gi"}},
+        "storageClassName": "fast",
+    }
+    # what a claim cannot change names a new claim; its size does not
+    names = {
+        cache_claim_name(md(c))
+        for c in (
+            {"size": "1Gi"},
+            {"size": "1Gi", "storageClassName": "fast"},
+            {"size": "1Gi", "accessMode": "ReadWriteOnce"},
+        )
+    }
+    assert len(names) == 3
+    assert cache_claim_name(md({"size": "1Gi"})) == cache_claim_name(md({"size": "2Gi"}))
+    assert build_cache_claim(md({"claimName": "shared"})) is None
+    assert cache_claim_name(md({"claimName": "shared"})) == "shared"
+
+
+def test_the_key_follows_sources_and_claim_not_config() -> None:
+    base = md({"size": "1Gi"})
+    configured = md({"size": "1Gi"}, models=[{**MODEL, "config": {"maxBatchSize": 4}}])
+    other_source = md({"size": "1Gi"}, models=[{**MODEL, "source": "s3://models/resnet50-v2"}])
+    assert model_cache_key(base) == model_cache_key(configured)
+    assert model_cache_key(base) != model_cache_key(other_source)
+    assert model_cache_key(base) != model_cache_key(md({"claimName": "shared"}))
+    assert model_cache_key(md()) is None
+
+
+def test_the_fill_job() -> None:
+    spec = md({"size": "1Gi"}, imagePullSecrets=["reg"])
+    key = model_cache_key(spec)
+    job = build_cache_fill_job(spec, Settings())
+    assert job is not None and key is not None
+    assert job["metadata"]["name"] == f"demo-fill-{key}"
+    assert job["metadata"]["labels"]["kubeforge.io/owner-name"] == "demo"
+    template = job["spec"]["template"]
+    # its pods are selected by nothing of the serving side
+    assert not any(k.startswith("kubeforge.io/owner") for k in template["metadata"]["labels"])
+    pod = template["spec"]
+    assert pod["restartPolicy"] == "Never"
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["imagePullSecrets"] == [{"name": "reg"}]
+    (container,) = pod["containers"]
+    assert container["args"][:5] == ["fill-cache", "--root", "/cache", "--key", key]
+    assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    assert container["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    assert container["volumeMounts"][0] == {"name": "model-cache", "mountPath": "/cache"}
+    assert pod["volumes"][0]["persistentVolumeClaim"] == {"claimName": cache_claim_name(spec)}
+    # credentials only by reference to the Secret
+    secret_env = [e for e in container["env"] if e["name"] != "KUBEFORGE_CACHE_PLAN"]
+    assert {e["name"] for e in secret_env} >= {"AWS_ACCESS_KEY_ID", "HF_TOKEN"}
+    assert all(
+        set(e) == {"name", "valueFrom"} and e["valueFrom"]["secretKeyRef"]["name"] == "creds"
+        for e in secret_env
+    )
+    assert job["spec"]["podFailurePolicy"]["rules"][0]["onExitCodes"]["values"] == [1, 2]
+
+
+def test_job_names_fit_a_label() -> None:
+    long = md({"size": "1Gi"}, name="a" * 63)
+    key = model_cache_key(long)
+    assert key is not None
+    assert len(fill_job_name(long, key)) <= 63
+
+
+def test_serving_pods_read_the_cache_read_only_and_get_no_credentials() -> None:
+    spec = md({"size": "1Gi"})
+    key = model_cache_key(spec)
+    pod = build_triton_deployment(spec, Settings())["spec"]["template"]["spec"]
+    (init,) = pod["initContainers"]
+    assert init["args"][-2:] == ["--cache-dir", f"/cache/{key}"]
+    assert [e["name"] for e in init["env"]] == ["KUBEFORGE_MODELS"]
+    mount = {"name": "model-cache", "mountPath": "/cache", "readOnly": True}
+    assert mount in init["volumeMounts"] and mount in pod["containers"][0]["volumeMounts"]
+    volume = next(v for v in pod["volumes"] if v["name"] == "model-cache")
+    assert volume["persistentVolumeClaim"] == {"claimName": cache_claim_name(spec), "readOnly": True}
