@@ -20,6 +20,9 @@ import yaml
 from e2e.kube import Kubectl, find_condition, wait_condition, wait_for
 from e2e.lws import CRD, LWS_API, LeaderWorkerSetController
 from e2e.nodes import GPU_TOLERATION, H100_80GB
+from e2e.storage import volume_for_claim
+from kubeforge.api.modeldeployment import ModelDeployment
+from kubeforge.builders.cache import cache_claim_name
 
 pytestmark = pytest.mark.e2e
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -104,6 +107,7 @@ LWS = f"{MD}-lws"
 REVISION = "leaderworkerset.sigs.k8s.io/template-revision-hash"
 GROUP_KEY = "leaderworkerset.sigs.k8s.io/group-key"
 HOLD = "e2e.kubeforge.io/hold"
+FILL_POD = "app.kubernetes.io/component=model-cache"
 
 
 def _multinode(namespace: str, **spec: Any) -> str:
@@ -319,6 +323,44 @@ def test_switching_between_one_and_two_nodes_swaps_deployment_and_leaderworkerse
     )
     assert kubectl.json("get", "leaderworkerset", LWS, namespace=namespace)["spec"]["replicas"] == 1
     assert {len(m) for m in _groups(_md_pods(kubectl, namespace)).values()} == {2}
+
+
+def test_with_a_model_cache_the_groups_start_once_it_is_filled(
+    kubectl: Kubectl, namespace: str, operator: Any, lws: LeaderWorkerSetController, models_claim: str
+) -> None:
+    """The model cache gates the LeaderWorkerSet as it gates a Deployment, and every pod of a group
+    (the workers load their shards too) mounts the filled cache."""
+    doc = json.loads(_multinode(namespace, cache={"size": "100Gi"}))
+    md_model = ModelDeployment.model_validate({**doc, "metadata": {**doc["metadata"], "uid": "x"}})
+    claim = cache_claim_name(md_model)
+    assert claim is not None
+    volume_for_claim(kubectl, namespace, claim, size="100Gi")
+    kubectl.apply(json.dumps(doc))
+
+    def filling() -> list[dict[str, Any]] | None:
+        md = kubectl.json("get", "md", MD, namespace=namespace)
+        progressing = find_condition(md, "Progressing") or {}
+        pods = kubectl.json("get", "pods", "-l", FILL_POD, namespace=namespace)["items"]
+        running = [p for p in pods if (p.get("status") or {}).get("phase") == "Running"]
+        return running if progressing.get("reason") == "CacheFilling" and running else None
+
+    (fill,) = wait_for(
+        filling, timeout=60, message="the cache fill running, the ModelDeployment CacheFilling"
+    )
+    assert kubectl("get", "leaderworkerset", LWS, namespace=namespace, check=False).returncode != 0
+    # kwok runs no containers: the fill pod ends as a successful fill would
+    kubectl("annotate", "pod", fill["metadata"]["name"], "sim.kubeforge.io/exit-code=0", namespace=namespace)
+    md = _md_ready(kubectl, namespace)
+    assert md["status"]["cache"]["state"] == "Ready"
+    pods = _md_pods(kubectl, namespace)
+    assert len(pods) == 2
+    for pod in pods:
+        claims = {
+            v["persistentVolumeClaim"]["claimName"]
+            for v in pod["spec"]["volumes"]
+            if "persistentVolumeClaim" in v
+        }
+        assert claim in claims, (pod["metadata"]["name"], claims)
 
 
 def test_a_name_too_long_for_the_groups_pods_is_refused_in_status(
