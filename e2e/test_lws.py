@@ -363,22 +363,6 @@ def test_with_a_model_cache_the_groups_start_once_it_is_filled(
         assert claim in claims, (pod["metadata"]["name"], claims)
 
 
-def test_a_name_too_long_for_the_groups_pods_is_refused_in_status(
-    kubectl: Kubectl, namespace: str, operator: Any, lws: LeaderWorkerSetController, models_claim: str
-) -> None:
-    # LWS would accept the LeaderWorkerSet and then fail to create the group's pods (their
-    # controller-revision-hash label would pass 63 characters)
-    name = "m" * 46
-    doc = json.loads(_multinode(namespace))
-    doc["metadata"]["name"] = name
-    kubectl.apply(json.dumps(doc))
-    md = wait_condition(kubectl, "md", name, "Stalled", namespace=namespace, timeout=60)
-    ready = find_condition(md, "Ready") or {}
-    assert (ready["status"], ready["reason"]) == ("False", "NameTooLong")
-    assert "at most 45 characters" in ready["message"]
-    assert kubectl("get", "leaderworkerset", f"{name}-lws", namespace=namespace, check=False).returncode != 0
-
-
 @pytest.fixture
 def without_lws(kubectl: Kubectl, lws: LeaderWorkerSetController) -> Iterator[LeaderWorkerSetController]:
     """The LeaderWorkerSet API gone for one test: the session's controller stopped and its CRD deleted

@@ -20,7 +20,6 @@ from kubeforge.builders.leaderworkerset import (
     build_leader_service,
     build_leaderworkerset,
     leader_selector_string,
-    name_problem,
     template_hash,
 )
 from kubeforge.builders.modeldeployment import build_triton_deployment
@@ -248,13 +247,9 @@ def test_a_worker_retries_until_the_head_answers_then_stays(tmp_path: Path) -> N
     )
 
 
-def test_a_name_too_long_for_the_groups_pods_is_said_before_lws_fails_on_it() -> None:
-    # 45 characters: LeaderWorkerSet <name>-lws, worker StatefulSet <name>-lws-99, whose pods'
-    # controller-revision-hash label <name>-lws-99-<10 characters> is 63 characters long
-    assert MAX_MULTI_NODE_NAME_LENGTH == 45
-    doc = copy.deepcopy(example("llm-multinode.yaml"))
-    doc["metadata"].update(name="m" * 45, uid="u", namespace="ns")
-    assert name_problem(ModelDeployment.model_validate(doc)) is None
-    doc["metadata"]["name"] = "m" * 46
-    problem = name_problem(ModelDeployment.model_validate(doc))
-    assert problem is not None and "at most 45 characters" in problem and "has 46" in problem
+def test_the_apis_name_limit_is_the_builders() -> None:
+    """The API refuses (CEL, tests/data/invalid_specs.py) a multi-node name whose groups' pods LWS could
+    not make: their controller-revision-hash label <name>-lws-99-<10 characters> must fit 63."""
+    from kubeforge.api.modeldeployment import MAX_MULTI_NODE_NAME_LENGTH as API_LIMIT
+
+    assert API_LIMIT == MAX_MULTI_NODE_NAME_LENGTH == 45

@@ -573,11 +573,23 @@ class Rollout(ApiModel):
 
 
 # CEL for a model `m`: GPUs of a pod, and the GPUs its vLLM engine spans (defaults resolved)
-_CEL_GPUS = "(has(self.gpu.mig) ? 1 : (has(self.gpu.count) ? self.gpu.count : 1))"
-_CEL_PARALLEL = (
-    "((has(m.llm.tensorParallelSize) ? m.llm.tensorParallelSize : " + _CEL_GPUS + ") * "
-    "(has(m.llm.pipelineParallelSize) ? m.llm.pipelineParallelSize : 1))"
-)
+def _cel_gpus(spec: str = "self") -> str:
+    return f"(has({spec}.gpu.mig) ? 1 : (has({spec}.gpu.count) ? {spec}.gpu.count : 1))"
+
+
+def _cel_parallel(spec: str = "self") -> str:
+    return (
+        "((has(m.llm.tensorParallelSize) ? m.llm.tensorParallelSize : " + _cel_gpus(spec) + ") * "
+        "(has(m.llm.pipelineParallelSize) ? m.llm.pipelineParallelSize : 1))"
+    )
+
+
+_CEL_GPUS = _cel_gpus()
+_CEL_PARALLEL = _cel_parallel()
+# A replica spanning nodes is a LeaderWorkerSet `<name>-lws`, whose pods are named
+# `<lws>-<group>-<worker>` with a 10-character revision label beside them: LWS gives a longer name's
+# group a leader and never its workers (kubeforge.builders.leaderworkerset)
+MAX_MULTI_NODE_NAME_LENGTH = 45
 
 
 def _parallel(spec: ModelDeploymentSpec, model: ModelSpec) -> int:
@@ -880,6 +892,16 @@ class ModelDeployment(ApiModel):
     spec: ModelDeploymentSpec = Field(description="Desired state.")
     status: ModelDeploymentStatus | None = Field(default=None, description="Observed state.")
 
-    rules: ClassVar[tuple[Rule, ...]] = object_name_rules(
-        MAX_NAME_LENGTH, "it names the Service, which must be a DNS-1035 label"
+    rules: ClassVar[tuple[Rule, ...]] = (
+        *object_name_rules(MAX_NAME_LENGTH, "it names the Service, which must be a DNS-1035 label"),
+        Rule(
+            cel=f"size(self.metadata.name) <= {MAX_MULTI_NODE_NAME_LENGTH} || "
+            "((!has(self.spec.nodesPerReplica) || self.spec.nodesPerReplica == 1) && (!has(self.spec.gpu) || "
+            f"self.spec.models.all(m, !has(m.llm) || {_cel_parallel('self.spec')} <= {_cel_gpus('self.spec')})))",
+            message=f"metadata.name must be at most {MAX_MULTI_NODE_NAME_LENGTH} characters when a replica "
+            "spans several nodes (it names the LeaderWorkerSet, whose pod names and labels carry it)",
+            check=lambda md: (
+                len(md.metadata.name) <= MAX_MULTI_NODE_NAME_LENGTH or md.spec.replica_nodes == 1
+            ),
+        ),
     )

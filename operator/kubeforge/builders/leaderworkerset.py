@@ -86,23 +86,6 @@ def leaderworkerset_name(md: ModelDeployment) -> str:
     return md.metadata.name + NAME_SUFFIX
 
 
-def name_problem(md: ModelDeployment) -> str | None:
-    """Why this ModelDeployment's name is too long for its groups' pods, or None.
-
-    LWS accepts the LeaderWorkerSet (its own limit is 63), but the pods of its groups are never
-    created: better said at once than found in the StatefulSet controller's Events.
-    """
-    name = md.metadata.name
-    if len(name) <= MAX_MULTI_NODE_NAME_LENGTH:
-        return None
-    return (
-        f"a replica spanning several nodes runs as LeaderWorkerSet {leaderworkerset_name(md)}, and the "
-        f"StatefulSets and pods LWS makes for its groups are named and labelled after it (at most 63 "
-        f"characters): the ModelDeployment's name may have at most {MAX_MULTI_NODE_NAME_LENGTH} characters, "
-        f"{name!r} has {len(name)}"
-    )
-
-
 def leader_selector() -> dict[str, str]:
     """What selects the leaders (Triton) among a group's pods."""
     return {WORKER_INDEX_LABEL: LEADER_INDEX}

@@ -16,7 +16,6 @@ from kubeforge.builders.leaderworkerset import (
     build_leader_service,
     build_leaderworkerset,
     leaderworkerset_name,
-    name_problem,
 )
 from kubeforge.builders.modeldeployment import (
     HTTP_PORT,
@@ -82,7 +81,7 @@ async def _withheld(ctx: Context, md: ModelDeployment) -> None:
 class AppliedWorkload:
     deployment: dict[str, Any] | None = None
     leaderworkerset: dict[str, Any] | None = None
-    # why neither was applied: the LeaderWorkerSet API is not served, or the name is too long for it
+    # why neither was applied: the LeaderWorkerSet API is not served
     failure: ReconcileFailure | None = None
 
 
@@ -95,9 +94,6 @@ async def _workload(ctx: Context, md: ModelDeployment) -> AppliedWorkload:
     ns, name, uid = md.metadata.namespace or "", md.metadata.name, md.metadata.uid
     assert uid is not None
     if md.spec.replica_nodes > 1:
-        too_long = name_problem(md)
-        if too_long is not None:
-            return AppliedWorkload(failure=ReconcileFailure("NameTooLong", too_long))
         # a "no" is asked again at once (ttl 0): LWS installed a moment ago must not wait for the cache
         if not (await ctx.kube.api_group_served(LWS_API) or await ctx.kube.api_group_served(LWS_API, ttl=0)):
             return AppliedWorkload(failure=LWS_NOT_INSTALLED)
