@@ -296,6 +296,30 @@ def test_scale_adds_a_group_and_a_change_rolls_whole_groups(
     assert md["status"]["ready"] == "2/3"
 
 
+def test_zero_groups_and_back_through_scale_as_an_autoscaler_drives_it(
+    kubectl: Kubectl, namespace: str, operator: Any, lws: LeaderWorkerSetController, models_claim: str
+) -> None:
+    """KEDA scales a ModelDeployment to zero and back through its /scale; for a multi-node one that
+    is groups: zero leaves no pod holding a GPU, one brings a whole group back."""
+    kubectl.apply(_multinode(namespace))
+    _md_ready(kubectl, namespace)
+    kubectl("scale", "modeldeployment", MD, "--replicas=0", namespace=namespace)
+    wait_for(lambda: not _md_pods(kubectl, namespace), timeout=60, message="no pod of any group")
+    assert kubectl.json("get", "leaderworkerset", LWS, namespace=namespace)["spec"]["replicas"] == 0
+    md = wait_for(
+        lambda: (
+            (m := kubectl.json("get", "md", MD, namespace=namespace))["status"].get("replicas") == 0 and m
+        ),
+        timeout=30,
+        message="status.replicas 0",
+    )
+    assert md["status"]["ready"] == "0/0"
+    kubectl("scale", "modeldeployment", MD, "--replicas=1", namespace=namespace)
+    md = _md_ready(kubectl, namespace)
+    assert md["status"]["ready"] == "1/1"
+    assert {g: len(members) for g, members in _groups(_md_pods(kubectl, namespace)).items()} == {"0": 2}
+
+
 def test_switching_between_one_and_two_nodes_swaps_deployment_and_leaderworkerset(
     kubectl: Kubectl, namespace: str, operator: Any, lws: LeaderWorkerSetController, models_claim: str
 ) -> None:
