@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -61,3 +62,17 @@ def s3_endpoint() -> Iterator[str]:
         yield f"http://{host}:{port}"
     finally:
         server.stop()
+
+
+@pytest.fixture
+def bucket(s3_endpoint: str) -> Any:
+    """A fresh bucket on the moto server, as a boto3 Bucket resource."""
+    boto3 = import_part("boto3")
+    s3 = boto3.resource(
+        "s3",
+        endpoint_url=s3_endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    return s3.create_bucket(Bucket=f"models-{dt.datetime.now().strftime('%H%M%S%f')}")

@@ -4,7 +4,6 @@ refuses a partial fill, and the real tritonserver loads the models through the l
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import subprocess
@@ -25,24 +24,10 @@ from kubeforge.testing.triton import TritonInstall
 from kubeforge.testing.triton_pod import run_init_container, run_triton_container
 from kubeforge.triton.cache import MARKER, PARTIAL_SUFFIX, PLAN_ENV, CacheEntry, fill_cache, measure
 from kubeforge.triton.repository import assemble_repository, parse_plan
-from tests.harness import import_part
 
 from .models import ADD_MODEL_PY, add_model_config, double_model_archive, write_add_model
 
 SECRET = "hf_s3cr3t-t0ken-never-logged"
-
-
-@pytest.fixture
-def bucket(s3_endpoint: str) -> Any:
-    boto3 = import_part("boto3")
-    s3 = boto3.resource(
-        "s3",
-        endpoint_url=s3_endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
-    return s3.create_bucket(Bucket=f"cache-{dt.datetime.now().strftime('%H%M%S%f')}")
 
 
 def s3_env(endpoint: str) -> dict[str, str]:

@@ -133,22 +133,6 @@ def test_parse_uri() -> None:
 # --- against an S3-compatible server on loopback -----------------------------------------------
 
 
-@pytest.fixture
-def bucket(s3_endpoint: str) -> Any:
-    """A fresh bucket on the moto server, as a boto3 Bucket resource."""
-    boto3 = import_part("boto3")
-    s3 = boto3.resource(
-        "s3",
-        endpoint_url=s3_endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
-    name = f"models-{dt.datetime.now().strftime('%H%M%S%f')}"
-    created = s3.create_bucket(Bucket=name)
-    return created
-
-
 def env_for(endpoint: str) -> dict[str, str]:
     return {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_ENDPOINT_URL": endpoint}
 

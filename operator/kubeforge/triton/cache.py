@@ -34,6 +34,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from kubeforge.api.modeldeployment import ModelSpec
+from kubeforge.trainer.atomic import atomic_write_bytes, fsync_directory
 
 log = logging.getLogger(__name__)
 
@@ -136,9 +137,13 @@ def measure(directory: Path) -> tuple[int, str]:
     (a filled cache can be checked against its marker)."""
     digest = hashlib.sha256()
     total = 0
-    marker = (directory / MARKER, directory / f".{MARKER}.tmp")
+
+    def is_marker(path: Path) -> bool:  # the marker, or a write of it cut short (atomic_write's temp file)
+        name = path.name
+        return path.parent == directory and (name == MARKER or name.startswith(f".{MARKER}."))
+
     files = sorted(
-        (p for p in directory.rglob("*") if p.is_file() and not p.is_symlink() and p not in marker),
+        (p for p in directory.rglob("*") if p.is_file() and not p.is_symlink() and not is_marker(p)),
         key=lambda p: p.relative_to(directory).as_posix(),
     )
     for path in files:
@@ -151,23 +156,9 @@ def measure(directory: Path) -> tuple[int, str]:
     return total, f"sha256:{digest.hexdigest()}"
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_marker(directory: Path, summary: Mapping[str, Any]) -> None:
     """Write COMPLETE atomically: a temporary file, fsync, rename, fsync of the folder."""
-    tmp = directory / f".{MARKER}.tmp"
-    with tmp.open("w") as f:
-        json.dump(summary, f, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.rename(directory / MARKER)
-    _fsync_dir(directory)
+    atomic_write_bytes(directory / MARKER, json.dumps(summary, sort_keys=True).encode())
 
 
 def parse_plan(text: str) -> list[CacheEntry]:
@@ -253,7 +244,7 @@ def fill_cache(
             raise CacheError(f"{entry.path} from {entry.source}: {exc}") from exc
     size, digest = measure(partial)
     partial.rename(final)
-    _fsync_dir(root)
+    fsync_directory(root)
     summary = {
         "bytes": size,
         "digest": digest,
