@@ -15,6 +15,8 @@ from kubeforge.builders.meta import Object, object_meta, owner_reference, recomm
 from kubeforge.settings import Settings
 from kubeforge.triton.cache import DEFAULT_ROOT, cache_entries, cache_key, fill_args, fill_plan
 from kubeforge.triton.cache import PLAN_ENV as CACHE_PLAN_ENV
+from kubeforge.triton.repository import pvc_claims
+from kubeforge.triton.sources import DEFAULT_PVC_ROOT
 
 KIND = "ModelDeployment"
 COMPONENT = "model-cache"
@@ -101,15 +103,8 @@ def storage_env(md: ModelDeployment) -> list[dict[str, Any]]:
     ]
 
 
-def source_claims(md: ModelDeployment) -> list[str]:
-    """Claims that pvc:// sources (models and LoRA adapters) live on, sorted, each once."""
-    sources = [m.source for m in md.spec.models]
-    sources += [a.source for m in md.spec.models if m.llm for a in m.llm.lora_adapters or []]
-    return sorted({s.removeprefix("pvc://").split("/", 1)[0] for s in sources if s.startswith("pvc://")})
-
-
 def build_cache_fill_job(
-    md: ModelDeployment, settings: Settings, pvc_root: str = "/mnt/pvc"
+    md: ModelDeployment, settings: Settings, pvc_root: str = DEFAULT_PVC_ROOT
 ) -> Object | None:
     """The Job that fetches every source into `<claim>/<key>` once; None without a cache.
 
@@ -123,7 +118,7 @@ def build_cache_fill_job(
     spec = md.spec
     mounts: list[dict[str, Any]] = [{"name": CACHE_VOLUME, "mountPath": CACHE_ROOT}]
     volumes: list[dict[str, Any]] = [{"name": CACHE_VOLUME, "persistentVolumeClaim": {"claimName": claim}}]
-    for source_claim in source_claims(md):
+    for source_claim in pvc_claims(md.spec.models):
         mounts.append(
             {"name": f"pvc-{source_claim}", "mountPath": f"{pvc_root}/{source_claim}", "readOnly": True}
         )

@@ -35,6 +35,7 @@ from typing import Any
 
 from kubeforge.api.modeldeployment import ModelSpec
 from kubeforge.trainer.atomic import atomic_write_bytes, fsync_directory
+from kubeforge.triton.sources import DEFAULT_PVC_ROOT, SourceError, fetch_source
 
 log = logging.getLogger(__name__)
 
@@ -211,15 +212,13 @@ def fill_cache(
     root: Path,
     key: str,
     environ: Mapping[str, str],
-    pvc_root: Path = Path("/mnt/pvc"),
+    pvc_root: Path = Path(DEFAULT_PVC_ROOT),
     prune_others: bool = False,
 ) -> dict[str, Any]:
     """Fill `<root>/<key>` from the sources unless it is complete; returns the summary (COMPLETE's content).
 
     With `prune_others`, complete fills of other keys are deleted afterwards, but the most recent one.
     """
-    from kubeforge.triton.sources import SourceError, fetch_source
-
     final = root / key
     marker = read_marker(final)
     if marker is not None:
@@ -274,7 +273,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--root", default=DEFAULT_ROOT, help="where the cache claim is mounted")
     parser.add_argument("--key", required=True, help="the cache key (the folder under root)")
-    parser.add_argument("--pvc-root", default="/mnt/pvc", help="where pvc:// source claims are mounted")
+    parser.add_argument("--pvc-root", default=DEFAULT_PVC_ROOT, help="where pvc:// source claims are mounted")
     parser.add_argument(
         "--termination-log", help="write the JSON summary (or the error) here, e.g. /dev/termination-log"
     )

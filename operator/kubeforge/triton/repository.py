@@ -51,13 +51,12 @@ from kubeforge.triton.config import (
     render_model_config,
     vllm_engine_args,
 )
-from kubeforge.triton.sources import SourceError, fetch_source
+from kubeforge.triton.sources import DEFAULT_PVC_ROOT, SourceError, fetch_source
 
 log = logging.getLogger(__name__)
 
 PLAN_ENV = "KUBEFORGE_MODELS"
 DEFAULT_OUT = "/models"
-DEFAULT_PVC_ROOT = "/mnt/pvc"
 # Where a model is staged before it is moved into place, so a restarted init container never
 # leaves Triton a half-copied model; removed when assembly ends.
 STAGING_DIRNAME = ".kubeforge-staging"
@@ -179,9 +178,18 @@ def pvc_claim(source: str) -> str | None:
     return source.removeprefix("pvc://").split("/", 1)[0]
 
 
+def source_uris(models: Sequence[ModelSpec]) -> list[str]:
+    """Every source the models are fetched from: each model's, then its LoRA adapters'."""
+    uris: list[str] = []
+    for m in models:
+        uris.append(m.source)
+        uris += [a.source for a in (m.llm.lora_adapters or [] if m.llm else [])]
+    return uris
+
+
 def pvc_claims(models: Sequence[ModelSpec]) -> list[str]:
-    """The PersistentVolumeClaims the init container mounts (read-only), sorted, each once."""
-    return sorted({claim for m in models if (claim := pvc_claim(m.source)) is not None})
+    """The PersistentVolumeClaims the sources live on (mounted read-only), sorted, each once."""
+    return sorted({claim for uri in source_uris(models) if (claim := pvc_claim(uri)) is not None})
 
 
 def pvc_mount_path(claim: str, pvc_root: str = DEFAULT_PVC_ROOT) -> str:

@@ -28,6 +28,10 @@ HTTP_TIMEOUT_SECONDS = 60.0
 HTTP_RETRY_DELAYS_SECONDS = (1.0, 4.0)
 
 
+# where a container mounts the claims of pvc://<claim>/<path> sources, one folder per claim
+DEFAULT_PVC_ROOT = "/mnt/pvc"
+
+
 class SourceError(RuntimeError):
     """A source could not be fetched; the message is the reason."""
 
