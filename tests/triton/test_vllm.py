@@ -170,3 +170,19 @@ def test_a_vllm_model_runs_on_tritons_vllm_image_unless_the_spec_names_one() -> 
     doc["spec"]["runtime"] = {"image": "registry.local/triton:mine"}
     mine = build_triton_deployment(ModelDeployment.model_validate(doc), settings)
     assert mine["spec"]["template"]["spec"]["containers"][0]["image"] == "registry.local/triton:mine"
+
+
+def test_lora_adapters_on_a_claim_of_their_own_are_mounted_for_the_init_container() -> None:
+    doc = yaml.safe_load((EXAMPLES / "llm-vllm.yaml").read_text())
+    doc["metadata"]["uid"] = "u-1"
+    doc["spec"].pop("cache")
+    doc["spec"]["models"][0]["source"] = "pvc://models/qwen"
+    doc["spec"]["models"][0]["llm"]["loraAdapters"] = [{"name": "sql", "source": "pvc://adapters/sql"}]
+    pod = build_triton_deployment(ModelDeployment.model_validate(doc), Settings())["spec"]["template"]["spec"]
+    init = pod["initContainers"][0]
+    assert [m["mountPath"] for m in init["volumeMounts"] if m.get("readOnly")] == [
+        "/mnt/pvc/models",
+        "/mnt/pvc/adapters",
+    ]
+    claims = [v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v]
+    assert claims == ["models", "adapters"]

@@ -11,12 +11,13 @@ from kubeforge.builders.meta import Object, object_meta, owner_reference, recomm
 from kubeforge.settings import Settings
 from kubeforge.triton.cache import key_dir
 from kubeforge.triton.config import with_recommended_batching
-from kubeforge.triton.repository import repository_plan
+from kubeforge.triton.repository import pvc_claim, repository_plan, source_uris
+from kubeforge.triton.sources import DEFAULT_PVC_ROOT
 
 KIND = "ModelDeployment"
 HTTP_PORT, GRPC_PORT, METRICS_PORT = 8000, 8001, 8002
 MODEL_REPOSITORY = "/models"
-PVC_ROOT = "/mnt/pvc"
+PVC_ROOT = DEFAULT_PVC_ROOT
 PROBE_PERIOD_SECONDS = 10
 # the model cache, read-only in every serving container (spec.cache)
 CACHE_MOUNT = {"name": CACHE_VOLUME, "mountPath": CACHE_ROOT, "readOnly": True}
@@ -42,13 +43,12 @@ def _meta(md: ModelDeployment, name: str | None = None) -> dict[str, Any]:
 
 
 def pvc_claims(models: list[ModelSpec]) -> list[str]:
-    """PersistentVolumeClaims the model sources live on, in first-seen order."""
+    """PersistentVolumeClaims the sources (models and LoRA adapters) live on, in first-seen order."""
     claims: list[str] = []
-    for model in models:
-        if model.source.startswith("pvc://"):
-            claim = model.source.removeprefix("pvc://").split("/", 1)[0]
-            if claim not in claims:
-                claims.append(claim)
+    for uri in source_uris(models):
+        claim = pvc_claim(uri)
+        if claim is not None and claim not in claims:
+            claims.append(claim)
     return claims
 
 
