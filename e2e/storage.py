@@ -20,22 +20,17 @@ def bound_claim(
     host_root: Path = Path("/tmp/kubeforge-e2e"),
 ) -> None:
     """Create the claim `name` in `namespace`, bound to its own PV, and wait until Bound."""
-    pv = f"{volume_prefix + '-' if volume_prefix else ''}{namespace}-{name}"[:253]
+    pv = volume_for_claim(
+        kubectl,
+        namespace,
+        name,
+        size,
+        host_root,
+        volume_prefix=volume_prefix,
+        access_modes=("ReadWriteMany",),
+    )
     kubectl.apply(
         f"""
-apiVersion: v1
-kind: PersistentVolume
-metadata:
-  name: {pv}
-  labels: {{kubeforge.io/test-namespace: {namespace}}}
-spec:
-  capacity: {{storage: {size}}}
-  accessModes: [ReadWriteMany]
-  persistentVolumeReclaimPolicy: Delete
-  storageClassName: ""
-  hostPath: {{path: {host_root / pv}}}
-  claimRef: {{namespace: {namespace}, name: {name}}}
----
 apiVersion: v1
 kind: PersistentVolumeClaim
 metadata: {{name: {name}, namespace: {namespace}}}
@@ -59,10 +54,12 @@ def volume_for_claim(
     claim: str,
     size: str = "10Gi",
     host_root: Path = Path("/tmp/kubeforge-e2e"),
+    volume_prefix: str = "",
+    access_modes: tuple[str, ...] = ("ReadWriteMany", "ReadWriteOnce"),
 ) -> str:
     """A hostPath PV pre-bound to a claim that someone else creates (e.g. the operator's model
     cache claim): the PV controller binds the claim as soon as it appears. Returns the PV's name."""
-    pv = f"{namespace}-{claim}"[:253]
+    pv = f"{volume_prefix + '-' if volume_prefix else ''}{namespace}-{claim}"[:253]
     kubectl.apply(
         f"""
 apiVersion: v1
@@ -72,7 +69,7 @@ metadata:
   labels: {{kubeforge.io/test-namespace: {namespace}}}
 spec:
   capacity: {{storage: {size}}}
-  accessModes: [ReadWriteMany, ReadWriteOnce]
+  accessModes: [{", ".join(access_modes)}]
   persistentVolumeReclaimPolicy: Delete
   storageClassName: ""
   hostPath: {{path: {host_root / pv}}}
