@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
-import socket
 import ssl
 import urllib.error
 import urllib.request
 
+from kubeforge.testing.triton import free_ports
 
-def free_ports(count: int) -> list[int]:
-    """Distinct free loopback ports (all held open at once so the kernel cannot repeat one)."""
-    with contextlib.ExitStack() as stack:
-        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
+__all__ = ["component_health", "free_ports", "http_status"]
 
 
 def http_status(url: str, context: ssl.SSLContext | None = None, timeout: float = 2.0) -> int:

@@ -19,6 +19,7 @@ containers of the operator's Triton pod spec on top of it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import logging
@@ -193,6 +194,18 @@ def free_port(host: str = LOOPBACK) -> int:
         return int(sock.getsockname()[1])
 
 
+def free_ports(count: int, host: str = LOOPBACK) -> list[int]:
+    """Distinct TCP ports free on host right now: all held open at once, so the OS cannot hand out
+    one twice (separate free_port calls can: a server then finds two of its ports equal)."""
+    with contextlib.ExitStack() as stack:
+        sockets = [
+            stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) for _ in range(count)
+        ]
+        for sock in sockets:
+            sock.bind((host, 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
+
+
 def flag_value(args: Sequence[str], flag: str) -> str | None:
     """The value of `--flag=value` or `--flag value` in args (the last one wins, as in tritonserver)."""
     value = None
@@ -339,7 +352,8 @@ def tritonserver_args(
     if repository is not None and flag_value(args, "--model-repository") is None:
         args.append(f"--model-repository={repository}")
     defaults = {"--backend-directory": str(install.backend_dir), "--cache-directory": str(install.cache_dir)}
-    defaults |= {flag: str(free_port(host)) for flag in PORT_FLAGS.values()}
+    flags = list(PORT_FLAGS.values())
+    defaults |= {flag: str(port) for flag, port in zip(flags, free_ports(len(flags), host), strict=True)}
     defaults |= dict.fromkeys(ADDRESS_FLAGS, host)
     return with_defaults(args, defaults)
 
