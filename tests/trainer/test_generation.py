@@ -236,8 +236,9 @@ def test_concurrent_requests_share_forward_passes() -> None:
 def test_a_cancelled_request_frees_its_slot_within_a_step() -> None:
     engine = Engine(Alphabet(), 1)  # one slot: the second request waits for it
     long, waiting = Recorder(), Recorder()
-    engine.submit(b"a", SamplingParams(max_tokens=1000), long)
-    engine.submit(b"a", SamplingParams(max_tokens=3), waiting)
+    # greedy: the fake model's next byte is only ~99% likely, and the test reads the waiting text
+    engine.submit(b"a", SamplingParams(max_tokens=1000, temperature=0), long)
+    engine.submit(b"a", SamplingParams(max_tokens=3, temperature=0), waiting)
     for _ in range(5):
         engine.step()
     assert len(long.texts) == 6 and not waiting.texts  # the first step: the prompt's byte and one more
