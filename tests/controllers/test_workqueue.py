@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 from collections import Counter
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -201,3 +202,58 @@ async def test_backoff_holds_against_events_for_a_failing_key() -> None:
         await queue.stop()
     # 50, 100 ms backoff: about 3 runs in 300 ms, not a storm of hundreds
     assert 2 <= runs <= 4, runs
+
+
+@sync
+async def test_events_before_a_retry_is_due_do_not_raise_its_backoff() -> None:
+    """A clash fails the first run; the children it created send events that run it again (and fail)
+    before the retry is due. The clash is then resolved: the retry comes at its first time, not
+    after a backoff that each of those early runs doubled."""
+    clash = True
+    runs: list[tuple[float, bool]] = []
+
+    async def reconcile(key: str) -> None:
+        runs.append((asyncio.get_running_loop().time(), clash))
+        if clash:
+            raise Surfaced("ChildConflict: Service ns/x already exists")
+
+    backoff = Backoff(base=0.01, factor=2.0, cap=10.0, jitter=0.0, surfaced_floor=0.1)
+    queue: WorkQueue[str] = WorkQueue("test", reconcile, workers=1, backoff=backoff)
+    queue.start()
+    try:
+        queue.add("k")
+        await _until(lambda: len(runs) == 1 and queue.idle())
+        for expected in (2, 3, 4):  # child events, each running the key at once
+            queue.add("k")
+            await _until(lambda n=expected: len(runs) == n and queue.idle())
+        assert queue.failures_of("k") == 1
+        clash = False  # the user deletes their Service
+        await _until(lambda: len(runs) == 5 and queue.idle(), timeout=5.0)
+        assert queue.failures_of("k") == 0
+        assert queue.tracked() == 0
+    finally:
+        await queue.stop()
+    first, (retried, clashed) = runs[0][0], runs[4]
+    assert not clashed
+    # the first retry's time (100 ms), not 800 ms after three doublings
+    assert 0.1 * 0.95 <= retried - first < 0.4, retried - first
+
+
+@sync
+async def test_a_retry_that_fails_again_doubles_the_backoff() -> None:
+    times: list[float] = []
+
+    async def reconcile(key: str) -> None:
+        times.append(asyncio.get_running_loop().time())
+        if len(times) < 4:
+            raise RuntimeError("still failing")
+
+    queue: WorkQueue[str] = WorkQueue("test", reconcile, workers=1, backoff=Backoff(base=0.04, jitter=0.0))
+    queue.start()
+    try:
+        queue.add("k")
+        await _until(lambda: len(times) == 4 and queue.idle())
+    finally:
+        await queue.stop()
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert gaps[0] >= 0.04 * 0.95 and gaps[1] >= 0.08 * 0.95 and gaps[2] >= 0.16 * 0.95, gaps

@@ -5,6 +5,9 @@ once afterwards (never concurrently, never lost). `add_after` schedules a delaye
 TTLs) without holding a worker. A failed reconcile is retried with per-key exponential backoff
 and jitter (client-go's ItemExponentialFailureRateLimiter: 5 ms doubling, capped), reset by the
 next success; a failure already shown in the object's status (`Surfaced`) is retried slowly.
+Only a run at or after its scheduled retry raises the backoff: events still run a failing key at
+once (an edit may fix it), but a burst of them (the children it just created) failing before
+the retry is due keeps that retry's time, so a clash resolved a moment later is retried on time.
 Optional `QueueHooks` see a key enter the ready queue, a worker pick it, and a failure's retry
 (the operator's metrics: depth, wait time, retries).
 """
@@ -20,6 +23,8 @@ from typing import Generic, TypeVar
 
 log = logging.getLogger(__name__)
 K = TypeVar("K", bound=Hashable)
+# a run started this close to its retry's time is that retry (timers may fire a tick early)
+EARLY_TOLERANCE = 0.001
 
 
 class Surfaced(Exception):
@@ -91,6 +96,7 @@ class WorkQueue(Generic[K]):
         self._dirty: set[K] = set()
         self._timers: dict[K, asyncio.TimerHandle] = {}
         self._failures: dict[K, int] = {}
+        self._retry_due: dict[K, float] = {}  # loop time of a failing key's scheduled retry
         self._tasks: list[asyncio.Task[None]] = []
         self._draining = False
         self.processed = 0
@@ -118,6 +124,7 @@ class WorkQueue(Generic[K]):
     def forget(self, key: K) -> None:
         """The object is gone: drop its backoff and pending timer (memory stays bounded by live keys)."""
         self._failures.pop(key, None)
+        self._retry_due.pop(key, None)
         timer = self._timers.pop(key, None)
         if timer is not None:
             timer.cancel()
@@ -128,7 +135,14 @@ class WorkQueue(Generic[K]):
 
     def tracked(self) -> int:
         """Keys the queue holds any state for (queued, active, timed or backing off)."""
-        return len(self._queued | self._active | self._dirty | set(self._timers) | set(self._failures))
+        return len(
+            self._queued
+            | self._active
+            | self._dirty
+            | set(self._timers)
+            | set(self._failures)
+            | set(self._retry_due)
+        )
 
     def _fire(self, key: K) -> None:
         self._timers.pop(key, None)
@@ -175,6 +189,7 @@ class WorkQueue(Generic[K]):
         return not self._queued and not self._active
 
     async def _worker(self) -> None:
+        loop = asyncio.get_running_loop()
         while not self._draining:
             key = await self._queue.get()
             if self._draining:
@@ -183,31 +198,20 @@ class WorkQueue(Generic[K]):
             self._hooks.picked(key)
             self._queued.discard(key)
             self._active.add(key)
+            started = loop.time()
             delay: float | None = None
             try:
                 delay = await self._reconcile(key)
                 self._failures.pop(key, None)
+                self._retry_due.pop(key, None)
             except asyncio.CancelledError:
                 self._active.discard(key)
                 self.add(key)  # cut short (leadership lost): it runs again when workers start
                 raise
-            except Exception as err:
+            except Exception as err:  # noqa: BLE001 - any failure is retried; _failed logs it
                 self.failures += 1
-                failures = self._failures[key] = self._failures.get(key, 0) + 1
-                surfaced = isinstance(err, Surfaced)
                 self._hooks.retried(key)
-                delay = self._backoff.delay(failures, surfaced=surfaced)
-                if surfaced:
-                    log.info("%s: %s: %s; retrying in %.1fs", self.name, key, err, delay)
-                elif failures <= 3 or failures % 10 == 0:
-                    log.warning(
-                        "%s: reconcile of %s failed (%d in a row); retrying in %.3fs",
-                        self.name,
-                        key,
-                        failures,
-                        delay,
-                        exc_info=not _expected(err),
-                    )
+                delay = self._failed(key, err, started)
             finally:
                 self.processed += 1
                 self._active.discard(key)
@@ -219,6 +223,31 @@ class WorkQueue(Generic[K]):
                     self.add(key)
             elif delay is not None:
                 self.add_after(key, delay)
+
+    def _failed(self, key: K, err: Exception, started: float) -> float:
+        """Count a failed run of `key` and return the delay until its retry."""
+        now = asyncio.get_running_loop().time()
+        due = self._retry_due.get(key)
+        if due is not None and started < due - EARLY_TOLERANCE:
+            # an event ran the key before its retry was due: the retry keeps its time and level
+            log.debug("%s: %s failed again before its retry: %s", self.name, key, err)
+            return max(due - now, 0.0)
+        failures = self._failures[key] = self._failures.get(key, 0) + 1
+        surfaced = isinstance(err, Surfaced)
+        delay = self._backoff.delay(failures, surfaced=surfaced)
+        self._retry_due[key] = now + delay
+        if surfaced:
+            log.info("%s: %s: %s; retrying in %.1fs", self.name, key, err, delay)
+        elif failures <= 3 or failures % 10 == 0:
+            log.warning(
+                "%s: reconcile of %s failed (%d in a row); retrying in %.3fs",
+                self.name,
+                key,
+                failures,
+                delay,
+                exc_info=not _expected(err),
+            )
+        return delay
 
 
 def _expected(err: Exception) -> bool:
