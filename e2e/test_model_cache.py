@@ -22,11 +22,13 @@ import pytest
 
 from e2e.fillpods import FillPods
 from e2e.kube import Kubectl, find_condition, wait_for
+from e2e.nodes import H100_80GB
 from e2e.operator_proc import OperatorProcess
 from e2e.podservers import PodServers
 from e2e.storage import volume_for_claim
 from kubeforge.api.modeldeployment import ModelDeployment
 from kubeforge.builders.cache import cache_claim_name, model_cache_key
+from kubeforge.builders.pods import GPU_PRODUCT_LABEL
 from kubeforge.testing.hub import FakeHub, HubRepository, serve_hub
 from kubeforge.testing.triton import free_port
 from kubeforge.testing.workloads import FIXED_COST_MODEL_PY, fixed_cost_model
@@ -373,3 +375,81 @@ def test_an_operator_restarted_mid_fill_converges(
     )
     jobs = kubectl.json("get", "jobs", namespace=namespace)["items"]
     assert len(jobs) == 1  # the restarted operator made no second fill
+
+
+def _pod_nodes(kubectl: Kubectl, namespace: str, selector: str) -> list[str]:
+    pods = kubectl.json("get", "pods", "-l", selector, namespace=namespace)["items"]
+    return [p["spec"].get("nodeName", "") for p in pods if not p["metadata"].get("deletionTimestamp")]
+
+
+def test_a_read_write_once_cache_keeps_its_pods_on_one_node(
+    kubectl: Kubectl, namespace: str, own_operator: OperatorProcess, s3: tuple[str, Any], tmp_path: Path
+) -> None:
+    """A ReadWriteOnce claim attaches to one node. The real scheduler places the fill on a node of the
+    serving pods' kind, every replica on one node (without the affinity it spreads them), and a refill
+    after an edit made while the operator was down beside them."""
+    endpoint, resource = s3
+    bucket = f"rwo-{namespace}"[:63]
+    _upload(resource, bucket, "fixed")
+    _upload(resource, bucket, "fixed-v2")
+    _secret(kubectl, namespace, endpoint)
+    body = _body(namespace, f"s3://{bucket}/fixed", replicas=2)
+    body["spec"]["cache"]["accessMode"] = "ReadWriteOnce"
+    body["spec"]["gpu"] = {"count": 1, "product": H100_80GB}
+    claim, key = _claim_and_key(body)
+    volume_for_claim(kubectl, namespace, claim, access_modes=("ReadWriteOnce",))
+    serving = f"kubeforge.io/owner-name={NAME}"
+    fill = "app.kubernetes.io/component=model-cache"
+    own_operator.start()
+    with FillPods(kubectl, namespace, tmp_path / "claims", tmp_path / "fill") as fills:
+        kubectl.apply(json.dumps(body))
+        _cache_state(kubectl, namespace, "Ready", key)
+        (fill_node,) = _pod_nodes(kubectl, namespace, fill)
+        assert kubectl.json("get", "node", fill_node)["metadata"]["labels"][GPU_PRODUCT_LABEL] == H100_80GB
+        nodes = wait_for(
+            lambda: (
+                (found := _pod_nodes(kubectl, namespace, serving))
+                and len(found) == 2
+                and all(found)
+                and found
+            ),
+            timeout=60,
+            message="two serving pods scheduled",
+        )
+        assert len(set(nodes)) == 1, nodes
+
+        own_operator.kill()
+        body["spec"]["models"][0]["source"] = f"s3://{bucket}/fixed-v2"
+        _, key2 = _claim_and_key(body)
+        kubectl.apply(json.dumps(body))
+        own_operator.start()
+        _cache_state(kubectl, namespace, "Ready", key2)
+        assert len(fills.runs) == 2 and all(run.exit_code == 0 for run in fills.runs), fills.runs
+
+    def refill_node() -> str | None:
+        jobs = kubectl.json("get", "jobs", "-l", f"kubeforge.io/cache-key={key2}", namespace=namespace)[
+            "items"
+        ]
+        uid = jobs[0]["metadata"]["uid"] if jobs else None
+        found = _pod_nodes(kubectl, namespace, f"batch.kubernetes.io/controller-uid={uid}") if uid else []
+        return found[0] if found else None
+
+    assert wait_for(refill_node, timeout=30, message="the refill's pod") == nodes[0]
+    # the pods of the new key roll out on the same node
+    wait_for(
+        lambda: (
+            (dep := _deployment(kubectl, namespace))
+            and dep["spec"]["template"]["spec"]["initContainers"][0]["args"][-1] == f"/cache/{key2}"
+            and (dep.get("status") or {}).get("updatedReplicas") == 2
+        ),
+        timeout=60,
+        message="the Deployment serves the new key",
+    )
+    after = wait_for(
+        lambda: (
+            (found := _pod_nodes(kubectl, namespace, serving)) and len(found) == 2 and all(found) and found
+        ),
+        timeout=60,
+        message="two serving pods of the new key scheduled",
+    )
+    assert set(after) == {nodes[0]}, after

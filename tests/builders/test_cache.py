@@ -122,3 +122,76 @@ def test_serving_pods_read_the_cache_read_only_and_get_no_credentials() -> None:
     assert mount in init["volumeMounts"] and mount in pod["containers"][0]["volumeMounts"]
     volume = next(v for v in pod["volumes"] if v["name"] == "model-cache")
     assert volume["persistentVolumeClaim"] == {"claimName": cache_claim_name(spec), "readOnly": True}
+
+
+SELF = {"kubeforge.io/owner-kind": "modeldeployment", "kubeforge.io/owner-name": "demo"}
+ON_ITS_NODE = {"labelSelector": {"matchLabels": SELF}, "topologyKey": "kubernetes.io/hostname"}
+
+
+def test_a_shared_claim_places_nothing() -> None:
+    spec = md({"size": "1Gi"})
+    job = build_cache_fill_job(spec, Settings())
+    assert job is not None
+    fill = job["spec"]["template"]["spec"]
+    assert not {"affinity", "nodeSelector", "tolerations"} & set(fill)
+    assert "affinity" not in build_triton_deployment(spec, Settings())["spec"]["template"]["spec"]
+    # nor does a user's claim, whatever accessMode says (it is the operator's claim's field)
+    user = md({"claimName": "shared", "accessMode": "ReadWriteOnce"})
+    assert "affinity" not in build_triton_deployment(user, Settings())["spec"]["template"]["spec"]
+
+
+def test_a_read_write_once_claim_keeps_every_replica_on_one_node() -> None:
+    user_affinity = {
+        "podAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": [
+                {"labelSelector": {"matchLabels": {"app": "cache-warmer"}}, "topologyKey": "zone"}
+            ]
+        }
+    }
+    spec = md(
+        {"size": "1Gi", "accessMode": "ReadWriteOnce"},
+        gpu={"count": 1, "product": "NVIDIA-H100-80GB-HBM3"},
+        placement={"affinity": user_affinity, "priorityClassName": "serving"},
+    )
+    pod = build_triton_deployment(spec, Settings())["spec"]["template"]["spec"]
+    required = pod["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert required == [
+        *user_affinity["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"],
+        ON_ITS_NODE,
+    ]
+    # the serving pods' labels match their own term (the scheduler lets the first one go anywhere)
+    assert (
+        SELF.items()
+        <= build_triton_deployment(spec, Settings())["spec"]["template"]["metadata"]["labels"].items()
+    )
+    assert pod["affinity"]["nodeAffinity"]  # the GPU product is still required
+
+    job = build_cache_fill_job(spec, Settings())
+    assert job is not None
+    fill = job["spec"]["template"]["spec"]
+    # where the serving pods can run: their node affinity and tolerations, not their priority
+    assert fill["affinity"]["nodeAffinity"] == pod["affinity"]["nodeAffinity"]
+    assert fill["tolerations"] == pod["tolerations"]
+    assert "priorityClassName" not in fill
+    # beside them when they run; their own requirement stays theirs
+    assert fill["affinity"]["podAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"] == [
+        {"weight": 100, "podAffinityTerm": ON_ITS_NODE}
+    ]
+    assert (
+        fill["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+        == (user_affinity["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"])
+    )
+
+
+def test_a_read_write_once_fill_without_a_gpu_product_goes_to_a_gpu_node() -> None:
+    spec = md({"size": "1Gi", "accessMode": "ReadWriteOnce"}, gpu={"count": 1})
+    job = build_cache_fill_job(spec, Settings())
+    assert job is not None
+    terms = job["spec"]["template"]["spec"]["affinity"]["nodeAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    ]["nodeSelectorTerms"]
+    assert terms == [{"matchExpressions": [{"key": "nvidia.com/gpu.product", "operator": "Exists"}]}]
+    # on CPU the serving pods go anywhere, and so does the fill (beside them if it can)
+    cpu = build_cache_fill_job(md({"size": "1Gi", "accessMode": "ReadWriteOnce"}), Settings())
+    assert cpu is not None
+    assert set(cpu["spec"]["template"]["spec"]["affinity"]) == {"podAffinity"}

@@ -214,6 +214,22 @@ INVALID_SPECS = [
         "cache needs exactly one of claimName",
     ),
     InvalidSpec(
+        "llm-s3-lora-without-credentials",
+        LLM,
+        _set("spec.models.0.llm.loraAdapters", [{"name": "sql", "source": "s3://adapters/sql"}]),
+        "storage.secretName is required when a model or LoRA adapter source is s3:// or gs://",
+    ),
+    InvalidSpec(
+        "cache-read-write-once-multinode",
+        LLM,
+        _all(
+            _set("spec.cache.accessMode", "ReadWriteOnce"),
+            _set("spec.nodesPerReplica", 2),
+            _set("spec.models.0.llm.tensorParallelSize", 8),
+        ),
+        "cache.accessMode ReadWriteOnce mounts on one node",
+    ),
+    InvalidSpec(
         "llm-and-config",
         LLM,
         _set("spec.models.0.config", {"maxBatchSize": 0}),

@@ -138,14 +138,17 @@ def test_lora_without_multi_lora_json_is_refused_as_the_backend_would(
 def _llm_sample(
     name: str, llm: dict[str, Any], gpu_count: int, product: str = "NVIDIA-H100-80GB-HBM3"
 ) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "models": [{"name": name, "format": "vllm", "source": f"pvc://models/{name}", "llm": llm}],
+        "gpu": {"count": gpu_count, "product": product},
+    }
+    if any(a["source"].startswith("s3://") for a in llm.get("loraAdapters", [])):
+        spec["storage"] = {"secretName": "adapter-credentials"}
     return {
         "apiVersion": "kubeforge.io/v1alpha1",
         "kind": "ModelDeployment",
         "metadata": {"name": name, "namespace": "default"},
-        "spec": {
-            "models": [{"name": name, "format": "vllm", "source": f"pvc://models/{name}", "llm": llm}],
-            "gpu": {"count": gpu_count, "product": product},
-        },
+        "spec": spec,
     }
 
 

@@ -214,7 +214,12 @@ def test_a_vllm_model_reads_its_weights_and_adapters_in_the_cache(tmp_path: Path
     md = ModelDeployment.model_validate(
         {
             "metadata": {"name": "demo", "namespace": "team-a", "uid": "u-1"},
-            "spec": {"models": [spec], "gpu": {"count": 1}, "cache": {"size": "10Gi"}},
+            "spec": {
+                "models": [spec],
+                "gpu": {"count": 1},
+                "cache": {"size": "10Gi"},
+                "storage": {"secretName": "creds"},
+            },
         }
     )
     init = build_triton_deployment(md, Settings())["spec"]["template"]["spec"]["initContainers"][0]

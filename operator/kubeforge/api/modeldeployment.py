@@ -387,7 +387,8 @@ class ModelCache(ApiModel):
     access_mode: Literal["ReadWriteMany", "ReadWriteOnce"] = Field(
         default="ReadWriteMany",
         description="Access mode of the claim the operator creates: ReadWriteMany (a shared file system; "
-        "pods on any node) or ReadWriteOnce (one node only).",
+        "pods on any node) or ReadWriteOnce (one node: every replica is placed on the node of the "
+        "others, the fill on the serving pods' kind of node, and a replica may not span nodes).",
     )
 
     rules = (
@@ -592,6 +593,12 @@ _CEL_PARALLEL = _cel_parallel()
 MAX_MULTI_NODE_NAME_LENGTH = 45
 
 
+def _needs_credentials(model: ModelSpec) -> bool:
+    """A model or one of its LoRA adapters is fetched from s3:// or gs://."""
+    adapters = (model.llm.lora_adapters or []) if model.llm else []
+    return any(uri.startswith(("s3://", "gs://")) for uri in (model.source, *(a.source for a in adapters)))
+
+
 def _parallel(spec: ModelDeploymentSpec, model: ModelSpec) -> int:
     """The GPUs a model's vLLM engine spans; 0 for a model without llm."""
     if model.llm is None:
@@ -664,11 +671,11 @@ class ModelDeploymentSpec(ApiModel):
         ),
         Rule(
             cel="!has(self.models) || has(self.storage) "
-            "|| !self.models.exists(m, m.source.startsWith('s3://') || m.source.startsWith('gs://'))",
-            message="storage.secretName is required when a model source is s3:// or gs://",
-            check=lambda s: (
-                s.storage is not None or not any(m.source.startswith(("s3://", "gs://")) for m in s.models)
-            ),
+            "|| !self.models.exists(m, m.source.startsWith('s3://') || m.source.startsWith('gs://') "
+            "|| (has(m.llm) && has(m.llm.loraAdapters) "
+            "&& m.llm.loraAdapters.exists(a, a.source.startsWith('s3://') || a.source.startsWith('gs://'))))",
+            message="storage.secretName is required when a model or LoRA adapter source is s3:// or gs://",
+            check=lambda s: s.storage is not None or not any(_needs_credentials(m) for m in s.models),
         ),
         Rule(
             cel="has(self.gpu) || !has(self.models) || !self.models.exists(m, has(m.llm))",
@@ -742,6 +749,20 @@ class ModelDeploymentSpec(ApiModel):
             message="a replica spanning several nodes (nodesPerReplica, or an llm larger than a pod) serves "
             "exactly one model: models must hold one entry",
             check=lambda s: len(s.models) == 1 or s.replica_nodes == 1,
+        ),
+        Rule(
+            cel="!has(self.cache) || !has(self.cache.size) || !has(self.cache.accessMode) || "
+            "self.cache.accessMode != 'ReadWriteOnce' || ((!has(self.nodesPerReplica) || "
+            "self.nodesPerReplica == 1) && (!has(self.gpu) || !has(self.models) || self.models.all(m, "
+            "!has(m.llm) || " + _CEL_PARALLEL + " <= " + _CEL_GPUS + ")))",
+            message="cache.accessMode ReadWriteOnce mounts on one node, and a replica spanning several nodes "
+            "(nodesPerReplica, or an llm larger than a pod) needs the cache on all of them: use ReadWriteMany",
+            check=lambda s: (
+                s.cache is None
+                or s.cache.size is None
+                or s.cache.access_mode != "ReadWriteOnce"
+                or s.replica_nodes == 1
+            ),
         ),
         Rule(
             cel="!has(self.nodesPerReplica) || self.nodesPerReplica == 1 || "

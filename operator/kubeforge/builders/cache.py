@@ -11,7 +11,7 @@ from typing import Any
 
 from kubeforge.api.modeldeployment import ModelDeployment
 from kubeforge.builders import pods
-from kubeforge.builders.meta import Object, object_meta, owner_reference, recommended_labels
+from kubeforge.builders.meta import Object, object_meta, owner_reference, recommended_labels, selector_labels
 from kubeforge.settings import Settings
 from kubeforge.triton.cache import DEFAULT_ROOT, cache_entries, cache_key, fill_args, fill_plan
 from kubeforge.triton.cache import PLAN_ENV as CACHE_PLAN_ENV
@@ -54,6 +54,35 @@ def cache_claim_name(md: ModelDeployment) -> str | None:
         return cache.claim_name
     immutable = f"{cache.storage_class_name or ''}/{cache.access_mode}"
     return f"{md.metadata.name}-model-cache-{hashlib.sha256(immutable.encode()).hexdigest()[:5]}"
+
+
+def one_node_cache(md: ModelDeployment) -> bool:
+    """The operator's claim is ReadWriteOnce: every pod that mounts it must run on one node.
+
+    Its serving pods then require each other's node (builders/modeldeployment.py), and its fill
+    pod runs where they can run, beside them when they do (a node-local volume binds to the node
+    of its first pod, the fill's).
+    """
+    cache = md.spec.cache
+    return cache is not None and cache.size is not None and cache.access_mode == "ReadWriteOnce"
+
+
+def fill_placement(md: ModelDeployment) -> dict[str, Any]:
+    """The fill pod's placement: none on a shared claim; on a ReadWriteOnce one, the serving pods'
+    node selection (GPU nodes, the user's placement) and a preference for their node."""
+    if not one_node_cache(md):
+        return {}
+    spec = md.spec
+    placement = pods.placement_fields(spec.gpu, spec.placement)
+    placement.pop("priorityClassName", None)  # the serving pods' priority is not the fill's
+    affinity = placement.get("affinity") or {}
+    if spec.gpu is not None and spec.gpu.product is None:
+        # any GPU node: the serving pods tolerate them, and a node-local volume binds where the fill runs
+        affinity = pods.require_node_label(affinity, {"key": pods.GPU_PRODUCT_LABEL, "operator": "Exists"})
+    placement["affinity"] = pods.with_pod_affinity(
+        affinity, selector_labels(KIND, md.metadata.name), required=False
+    )
+    return placement
 
 
 def model_cache_key(md: ModelDeployment) -> str | None:
@@ -157,6 +186,7 @@ def build_cache_fill_job(
         "securityContext": pods.pod_security_context(),
         "containers": [container],
         "volumes": volumes,
+        **fill_placement(md),
     }
     if spec.service_account_name:
         pod_spec["serviceAccountName"] = spec.service_account_name

@@ -28,6 +28,7 @@ from kubeforge.builders.modeldeployment import (
     rollout_strategy,
     selector,
 )
+from kubeforge.builders.pods import HOSTNAME_TOPOLOGY
 from kubeforge.settings import Settings
 
 API_VERSION = "leaderworkerset.x-k8s.io/v1"
@@ -49,7 +50,6 @@ NAME_SUFFIX = "-lws"
 MAX_MULTI_NODE_NAME_LENGTH = 63 - 10 - len("-99-") - len(NAME_SUFFIX)
 RAY_PORT = 6379
 WORKER_CONTAINER = "engine-worker"
-HOSTNAME_TOPOLOGY = "kubernetes.io/hostname"
 
 # The leader: the Ray head, then tritonserver once the whole group's GPUs are in the Ray cluster
 # (vLLM places its workers when the engine starts; a GPU that joins later is not used). `$0 "$@"`

@@ -6,7 +6,14 @@ from typing import Any
 
 from kubeforge.api.modeldeployment import ModelControlMode, ModelDeployment, ModelFormat, ModelSpec
 from kubeforge.builders import pods
-from kubeforge.builders.cache import CACHE_ROOT, CACHE_VOLUME, cache_claim_name, model_cache_key, storage_env
+from kubeforge.builders.cache import (
+    CACHE_ROOT,
+    CACHE_VOLUME,
+    cache_claim_name,
+    model_cache_key,
+    one_node_cache,
+    storage_env,
+)
 from kubeforge.builders.meta import Object, object_meta, owner_reference, recommended_labels, selector_labels
 from kubeforge.settings import Settings
 from kubeforge.triton.cache import key_dir
@@ -216,6 +223,11 @@ def build_triton_deployment(md: ModelDeployment, settings: Settings) -> Object:
         "volumes": volumes,
         **pods.placement_fields(spec.gpu, spec.placement),
     }
+    if one_node_cache(md):
+        # a ReadWriteOnce cache attaches to one node: every replica runs there
+        pod_spec["affinity"] = pods.with_pod_affinity(
+            pod_spec.get("affinity") or {}, selector(md), required=True
+        )
     if spec.service_account_name:
         pod_spec["serviceAccountName"] = spec.service_account_name
     if spec.image_pull_secrets:

@@ -10,6 +10,7 @@ from kubeforge.builders.quantity import canonical_quantity
 
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 GPU_TAINT_KEY = "nvidia.com/gpu"
+HOSTNAME_TOPOLOGY = "kubernetes.io/hostname"
 # Images we create pods for run as this unprivileged user unless the image says otherwise
 # (NGC's tritonserver image ships the triton-server user with uid 1000).
 NON_ROOT_UID = 1000
@@ -49,22 +50,43 @@ def tolerations(gpu: GPU | None, placement: Placement | None) -> list[dict[str, 
 
 
 def affinity(gpu: GPU | None, placement: Placement | None) -> dict[str, Any] | None:
-    """The user's affinity, with a required node-affinity term on the GPU product when one is asked for.
-
-    Required terms are ORed by the scheduler, so the product expression is added to every term.
-    """
+    """The user's affinity, with a required node-affinity term on the GPU product when one is asked for."""
     user = dict(placement.affinity) if placement and placement.affinity else {}
     if gpu is None or gpu.product is None:
         return user or None
-    product = {"key": GPU_PRODUCT_LABEL, "operator": "In", "values": [gpu.product]}
-    node_affinity = dict(user.get("nodeAffinity", {}))
+    return require_node_label(user, {"key": GPU_PRODUCT_LABEL, "operator": "In", "values": [gpu.product]})
+
+
+def require_node_label(affinity: dict[str, Any], expression: dict[str, Any]) -> dict[str, Any]:
+    """`affinity` with a required node-selector expression added.
+
+    Required terms are ORed by the scheduler, so the expression is added to every term.
+    """
+    node_affinity = dict(affinity.get("nodeAffinity", {}))
     required = dict(node_affinity.get("requiredDuringSchedulingIgnoredDuringExecution", {}))
     terms = [dict(t) for t in required.get("nodeSelectorTerms", [])] or [{}]
     for term in terms:
-        term["matchExpressions"] = [*term.get("matchExpressions", []), product]
+        term["matchExpressions"] = [*term.get("matchExpressions", []), expression]
     required["nodeSelectorTerms"] = terms
     node_affinity["requiredDuringSchedulingIgnoredDuringExecution"] = required
-    return {**user, "nodeAffinity": node_affinity}
+    return {**affinity, "nodeAffinity": node_affinity}
+
+
+def with_pod_affinity(affinity: dict[str, Any], selector: dict[str, str], required: bool) -> dict[str, Any]:
+    """`affinity` with a pod-affinity term to the pods `selector` picks, on the same node.
+
+    Required: the scheduler places a pod only on a node running such a pod; the first one, which
+    matches its own term, goes anywhere. Preferred: weighed as strongly as a preference can be.
+    """
+    term = {"labelSelector": {"matchLabels": dict(selector)}, "topologyKey": HOSTNAME_TOPOLOGY}
+    pod_affinity = dict(affinity.get("podAffinity", {}))
+    if required:
+        field = "requiredDuringSchedulingIgnoredDuringExecution"
+        pod_affinity[field] = [*pod_affinity.get(field, []), term]
+    else:
+        field = "preferredDuringSchedulingIgnoredDuringExecution"
+        pod_affinity[field] = [*pod_affinity.get(field, []), {"weight": 100, "podAffinityTerm": term}]
+    return {**affinity, "podAffinity": pod_affinity}
 
 
 def pod_security_context() -> dict[str, Any]:
