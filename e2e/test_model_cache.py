@@ -453,3 +453,37 @@ def test_a_read_write_once_cache_keeps_its_pods_on_one_node(
         message="two serving pods of the new key scheduled",
     )
     assert set(after) == {nodes[0]}, after
+
+
+def test_a_failed_fill_is_retried_and_fills_once_the_bucket_exists(
+    kubectl: Kubectl, namespace: str, own_operator: OperatorProcess, s3: tuple[str, Any], tmp_path: Path
+) -> None:
+    """No edit and no Job deleted by hand: the bucket appears, and the next retry fills the cache."""
+    endpoint, resource = s3
+    bucket = f"late-{namespace}"[:63]
+    _secret(kubectl, namespace, endpoint)
+    body = _body(namespace, f"s3://{bucket}/fixed")
+    claim, key = _claim_and_key(body)
+    volume_for_claim(kubectl, namespace, claim)
+    own_operator.start(env={"KUBEFORGE_FILL_RETRY_SECONDS": "3"})
+    with FillPods(kubectl, namespace, tmp_path / "claims", tmp_path / "fill") as fills:
+        kubectl.apply(json.dumps(body))
+        md = _cache_state(kubectl, namespace, "Failed", key, timeout=90)
+        cache = md["status"]["cache"]
+        assert "NoSuchBucket" in cache["message"] and cache["retryAt"], cache
+        md = wait_for(
+            lambda: (m := _md(kubectl, namespace))["status"]["cache"].get("retries", 0) >= 1 and m,
+            timeout=30,
+            message="a retry",
+        )
+        _upload(resource, bucket, "fixed")
+        md = _cache_state(kubectl, namespace, "Ready", key, timeout=90)
+    assert [run.exit_code for run in fills.runs][-1] == 0 and fills.runs[0].exit_code == 1, fills.runs
+    assert md["status"]["cache"]["retries"] == len(fills.runs) - 1
+    assert md["status"]["cache"]["digest"] == measure(tmp_path / "claims" / claim / key)[1]
+    wait_for(lambda: _deployment(kubectl, namespace), timeout=30, message="the Deployment, once filled")
+    jobs = kubectl.json("get", "jobs", namespace=namespace)["items"]
+    assert [j["metadata"]["name"] for j in jobs] == [cache["job"]]  # one Job of the key, the one that filled
+    for condition in ("Degraded", "Stalled"):
+        found = find_condition(md, condition)
+        assert found is not None and found["status"] == "False", md["status"]["conditions"]

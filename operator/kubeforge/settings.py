@@ -31,6 +31,8 @@ class Settings:
     stall_seconds: float = 300.0
     # an HPA target metric absent this long is reported as MetricAbsent
     metric_absent_seconds: float = 300.0
+    # a failed model cache fill is retried after this long, doubling per retry up to an hour
+    fill_retry_seconds: float = 60.0
     namespaces: tuple[str, ...] = field(default_factory=tuple)
 
     @classmethod
@@ -47,5 +49,6 @@ class Settings:
             metric_absent_seconds=float(
                 env.get("KUBEFORGE_METRIC_ABSENT_SECONDS", cls.metric_absent_seconds)
             ),
+            fill_retry_seconds=float(env.get("KUBEFORGE_FILL_RETRY_SECONDS", cls.fill_retry_seconds)),
             model_probe=env.get("KUBEFORGE_MODEL_PROBE", "true").lower() not in ("0", "false", "no", "off"),
         )

@@ -246,6 +246,7 @@ def test_settings_are_read_by_the_operator(helm: Helm) -> None:
         "prometheusAddress": "http://prom.monitoring:9090",
         "clusterDomain": "example.internal",
         "resyncSeconds": 12.5,
+        "fillRetrySeconds": 30,
         "modelProbe": False,
     }
     settings = Settings.from_env(_env(helm.template(values)))
@@ -257,6 +258,7 @@ def test_settings_are_read_by_the_operator(helm: Helm) -> None:
     assert settings.prometheus_address == "http://prom.monitoring:9090"
     assert settings.cluster_domain == "example.internal"
     assert settings.resync_seconds == 12.5
+    assert settings.fill_retry_seconds == 30
     assert settings.model_probe is False
 
 

@@ -44,6 +44,7 @@ INVALID: dict[str, tuple[dict[str, Any], str]] = {
     "unknown resources key": ({"resources": {"claims": []}}, "additional properties 'claims' not allowed"),
     "prometheus address without scheme": ({"prometheusAddress": "prometheus:9090"}, "/prometheusAddress"),
     "negative resync": ({"resyncSeconds": -1}, "/resyncSeconds"),
+    "zero fill retry": ({"fillRetrySeconds": 0}, "/fillRetrySeconds"),
     "model probe as a string": ({"modelProbe": "false"}, "/modelProbe"),
     "service monitor interval not a duration": (
         {"metrics": {"serviceMonitor": {"interval": "often"}}},

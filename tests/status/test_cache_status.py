@@ -8,7 +8,7 @@ from typing import Any
 
 from kubeforge.api import ModelDeployment
 from kubeforge.api.modeldeployment import CacheState
-from kubeforge.status.cache import CacheObservation, needs_pod
+from kubeforge.status.cache import CacheObservation, needs_pod, retry_delay
 from kubeforge.status.conditions import get_condition
 from kubeforge.status.modeldeployment import Observed, compute_status
 from tests.data.invalid_specs import example
@@ -34,8 +34,21 @@ def _pod(exit_code: int, message: str) -> dict[str, Any]:
     return {"status": {"containerStatuses": [{"name": "fill", "state": {"terminated": terminated}}]}}
 
 
-def _obs(job: dict[str, Any] | None, pod: dict[str, Any] | None = None) -> CacheObservation:
-    return CacheObservation(claim_name="c", key="k1", job_name="demo-fill-k1", job=job, pod=pod)
+def _obs(
+    job: dict[str, Any] | None,
+    pod: dict[str, Any] | None = None,
+    retries: int = 0,
+    retry_at: datetime | None = None,
+) -> CacheObservation:
+    return CacheObservation(
+        claim_name="c",
+        key="k1",
+        job_name="demo-fill-k1",
+        job=job,
+        pod=pod,
+        retries=retries,
+        retry_at=retry_at,
+    )
 
 
 def _status(obs: CacheObservation, previous: Any = None, dep: dict[str, Any] | None = None) -> Any:
@@ -138,3 +151,46 @@ def test_a_fill_held_up_says_why() -> None:
     assert _cond(status, "Degraded") == ("True", "Unschedulable")
     assert _cond(status, "Ready") == ("False", "CacheFilling")
     assert needs_pod(_job(None), None, "k1")  # looked at while it fills
+
+
+RETRY_AT = datetime(2026, 11, 29, 10, 2, tzinfo=UTC)
+
+
+def test_a_failed_fill_says_when_it_is_retried() -> None:
+    pod = _pod(1, "cache fill failed: models/resnet50 from s3://x: HTTP 403 AccessDenied")
+    status, transitions = _status(_obs(_job("Failed"), pod, retries=1, retry_at=RETRY_AT))
+    cache = status.cache
+    assert (cache.state, cache.retries, cache.retry_at) == (CacheState.FAILED, 1, RETRY_AT)
+    assert "AccessDenied" in (cache.message or "")
+    assert "retry 2 at 2026-11-29T10:02:00Z" in (cache.message or "")
+    assert "delete Job demo-fill-k1 to retry now" in (cache.message or "")
+    # still Stalled: nothing converges before the retry, and maybe not after it
+    assert _cond(status, "Stalled") == ("True", "CacheFillFailed")
+    assert [t.reason for t in transitions if t.type == "Warning"] == ["CacheFillFailed"]
+    # a retry that failed again has another retry time: the stored status is not reused
+    assert needs_pod(_job("Failed"), cache, "k1", RETRY_AT) is False
+    assert needs_pod(_job("Failed"), cache, "k1", datetime(2026, 11, 29, 10, 6, tzinfo=UTC)) is True
+    status2, _ = _status(
+        _obs(_job("Failed"), None, retries=2, retry_at=datetime(2026, 11, 29, 10, 6, tzinfo=UTC)),
+        previous=status,
+    )
+    assert status2.cache.retry_at != RETRY_AT and "retry 3 at" in (status2.cache.message or "")
+
+
+def test_the_fill_started_again_is_pending_then_filling_and_ready_keeps_the_count() -> None:
+    status, _ = _status(_obs(None, retries=1))
+    assert (status.cache.state, status.cache.retries) == (CacheState.PENDING, 1)
+    assert "filling again after a failure (retry 1)" in (status.cache.message or "")
+    assert status.cache.retry_at is None
+    assert _cond(status, "Stalled")[0] == "False"
+    filling, _ = _status(_obs(_job(None), retries=1), previous=status)
+    assert (filling.cache.state, filling.cache.retries) == (CacheState.FILLING, 1)
+    ready, _ = _status(_obs(_job("Complete"), _pod(0, json.dumps(SUMMARY)), retries=1), previous=filling)
+    assert (ready.cache.state, ready.cache.retries, ready.cache.retry_at) == (CacheState.READY, 1, None)
+
+
+def test_retries_back_off_to_an_hour() -> None:
+    assert [retry_delay(60, n) for n in range(8)] == [60, 120, 240, 480, 960, 1920, 3600, 3600]
+    assert retry_delay(60, 10_000) == 3600
+    assert retry_delay(2, 0) == 2  # the e2e tests' setting
+    assert retry_delay(7200, 3) == 7200  # a first delay above the cap is the cap

@@ -365,8 +365,9 @@ class ModelCache(ApiModel):
 
     New replicas and scale-up from zero then load from the volume and download nothing. The pods
     mount it read-only and start only after the fill has completed; a change of source fills a new
-    copy while the pods keep serving the previous one. A fill that failed is not retried: fix the
-    source or its credentials, then delete the fill Job (status.cache.job).
+    copy while the pods keep serving the previous one. A fill that failed is retried after a minute,
+    then after two, four, ... up to an hour (status.cache.retryAt): fix the source or its credentials
+    meanwhile, or delete the fill Job (status.cache.job) to retry at once.
     """
 
     claim_name: str | None = Field(
@@ -856,6 +857,13 @@ class CacheStatus(ApiModel):
     )
     message: str | None = Field(default=None, description="Why the fill failed, or what it waits for.")
     completed_at: datetime | None = Field(default=None, description="When the fill completed.")
+    retries: int | None = Field(
+        default=None, description="Fills of this key started again after a failure (unset before the first)."
+    )
+    retry_at: datetime | None = Field(
+        default=None,
+        description="When a failed fill is retried (a minute after it failed, doubling per retry up to an hour).",
+    )
 
 
 class ModelDeploymentStatus(ApiModel):

@@ -1,5 +1,8 @@
 """The model cache of a ModelDeployment: its claim, its fill Job, and what is left of earlier fills.
 
+A failed fill Job is deleted after `retry_delay` (status.cache.retryAt), and a new one of the same
+name fills again: a Secret or a bucket fixed meanwhile is picked up without an edit.
+
 The serving Deployment of a spec with a cache is applied only once the fill of the spec's current
 key has completed: until then a new ModelDeployment has no pods, and one whose sources changed
 keeps serving its previous models (its Deployment keeps its template; only its replicas follow the
@@ -10,6 +13,7 @@ the fill Jobs and operator claims of other keys are deleted; without spec.cache,
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 from typing import Any
 
 from kubeforge.api.modeldeployment import CacheStatus, ModelDeployment
@@ -27,7 +31,7 @@ from kubeforge.builders.modeldeployment import PVC_ROOT
 from kubeforge.controllers.context import Context
 from kubeforge.k8s import resources as r
 from kubeforge.k8s.semantic import controller_uid
-from kubeforge.status.cache import CacheObservation, job_finished, needs_pod
+from kubeforge.status.cache import CacheObservation, fill_failed_at, job_finished, needs_pod, retry_delay
 
 log = logging.getLogger(__name__)
 Object = dict[str, Any]
@@ -76,8 +80,24 @@ async def observe_cache(
     desired_job = build_cache_fill_job(md, ctx.settings, PVC_ROOT)
     assert desired_job is not None
     # a Job's template cannot change; its name carries the key, so a new source is a new Job
-    job = await ctx.create_child(desired_job)
-    pod = await _fill_pod(ctx, job) if needs_pod(job, previous, key) else None
+    job: Object | None = await ctx.create_child(desired_job)
+    retries = (previous.retries or 0) if previous is not None and previous.key == key else 0
+    retry_at = None
+    failed_at = fill_failed_at(job)
+    if failed_at is not None:
+        retry_at = failed_at + timedelta(seconds=retry_delay(ctx.settings.fill_retry_seconds, retries))
+        if ctx.now() >= retry_at:
+            # the Secret or the bucket may have been fixed since: a new Job of the same name fills
+            # again once this one is gone (its deletion is an event of ours)
+            log.info(
+                "the fill Job %s failed at %s; deleting it to fill again",
+                desired_job["metadata"]["name"],
+                failed_at,
+            )
+            assert job is not None
+            await ctx.delete_child(r.JOB, job)
+            job, retries, retry_at = None, retries + 1, None
+    pod = await _fill_pod(ctx, job) if job is not None and needs_pod(job, previous, key, retry_at) else None
     return CacheObservation(
         claim_name=claim,
         key=key,
@@ -85,6 +105,8 @@ async def observe_cache(
         job=job,
         pod=pod,
         sources=cache_entries_count(md),
+        retries=retries,
+        retry_at=retry_at,
     )
 
 

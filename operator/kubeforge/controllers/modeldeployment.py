@@ -270,6 +270,8 @@ async def reconcile_model_deployment(ctx: Context, key: tuple[str, str]) -> floa
         requeue.append(MISSING_API_SECONDS)
     if cache is not None and not job_finished(cache.job):
         requeue.append(FILL_POLL_SECONDS)  # what holds the fill up sends no event we watch
+    if cache is not None and cache.retry_at is not None:
+        requeue.append(max((cache.retry_at - now).total_seconds(), 0.0))  # time sends no event
     scaling = get_condition(status.conditions, "AutoscalingReady")
     if scaling is not None and scaling.status != ConditionStatus.TRUE:
         # an API installed later, or a metric absent long enough, sends no watch event: look again

@@ -12,6 +12,7 @@ from kubeforge.builders.cache import FILL_CONTAINER
 from kubeforge.status.pods import PodProblem, pod_problem
 
 Object = dict[str, Any]
+RETRY_CAP_SECONDS = 3600.0
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,8 @@ class CacheObservation:
     job: Object | None  # our fill Job for this key, None before it is created
     pod: Object | None = None  # its latest pod: read while it fills, and once when the Job finished
     sources: int = 1
+    retries: int = 0  # fills of this key started again after a failure
+    retry_at: datetime | None = None  # when the failed Job is deleted for another fill
 
 
 def _ts(value: str | None) -> datetime | None:
@@ -71,6 +74,21 @@ def fill_failure(job: Object, pod: Object | None) -> str:
     return message[-1000:]
 
 
+def fill_failed_at(job: Object | None) -> datetime | None:
+    """When the fill Job failed; None while it runs, once it completed, or when it is gone."""
+    condition = _job_condition(job, "Failed") if job is not None else None
+    if condition is None:
+        return None
+    return _ts(condition.get("lastTransitionTime")) or _ts(
+        (job or {}).get("metadata", {}).get("creationTimestamp")
+    )
+
+
+def retry_delay(first: float, retries: int) -> float:
+    """Seconds from a fill's failure to its retry: `first`, doubling per earlier retry, at most an hour."""
+    return float(min(first * 2.0 ** min(retries, 32), max(first, RETRY_CAP_SECONDS)))
+
+
 def job_finished(job: Object | None) -> bool:
     return job is not None and (
         _job_condition(job, "Complete") is not None or _job_condition(job, "Failed") is not None
@@ -79,11 +97,16 @@ def job_finished(job: Object | None) -> bool:
 
 def cache_status(obs: CacheObservation, previous: CacheStatus | None) -> CacheStatus:
     """status.cache: Pending (no Job yet), Filling, Ready (with what is known of the fill) or Failed."""
-    base = {"claim_name": obs.claim_name, "key": obs.key, "job": obs.job_name}
+    base: dict[str, Any] = {"claim_name": obs.claim_name, "key": obs.key, "job": obs.job_name}
     same = previous is not None and previous.key == obs.key
     job = obs.job
+    if obs.retries:
+        base["retries"] = obs.retries
     if job is None:
-        return CacheStatus(state=CacheState.PENDING, message="creating the fill Job", **base)
+        message = (
+            f"filling again after a failure (retry {obs.retries})" if obs.retries else "creating the fill Job"
+        )
+        return CacheStatus(state=CacheState.PENDING, message=message, **base)
     if _job_condition(job, "Complete") is not None:
         if same and previous is not None and previous.state == CacheState.READY and obs.pod is None:
             return previous.model_copy(update=base)  # read once when the fill completed
@@ -105,10 +128,23 @@ def cache_status(obs: CacheObservation, previous: CacheStatus | None) -> CacheSt
             **base,
         )
     if _job_condition(job, "Failed") is not None:
-        if same and previous is not None and previous.state == CacheState.FAILED and obs.pod is None:
+        if (
+            same
+            and previous is not None
+            and previous.state == CacheState.FAILED
+            and previous.retry_at == obs.retry_at
+            and obs.pod is None
+        ):
             return previous.model_copy(update=base)
         hint = f" (fix the source or its credentials, then delete Job {obs.job_name} to fill again)"
-        return CacheStatus(state=CacheState.FAILED, message=fill_failure(job, obs.pod) + hint, **base)
+        if obs.retry_at is not None:
+            hint = (
+                f" (retry {obs.retries + 1} at {obs.retry_at:%Y-%m-%dT%H:%M:%SZ}: fix the source or its "
+                f"credentials meanwhile, or delete Job {obs.job_name} to retry now)"
+            )
+        return CacheStatus(
+            state=CacheState.FAILED, message=fill_failure(job, obs.pod) + hint, retry_at=obs.retry_at, **base
+        )
     message = f"fetching {obs.sources} source(s) into claim {obs.claim_name} (Job {obs.job_name})"
     problem = fill_problem(obs)
     if problem is not None:
@@ -124,15 +160,18 @@ def fill_problem(obs: CacheObservation) -> PodProblem | None:
     return pod_problem(obs.pod)
 
 
-def needs_pod(job: Object | None, previous: CacheStatus | None, key: str) -> bool:
+def needs_pod(
+    job: Object | None, previous: CacheStatus | None, key: str, retry_at: datetime | None = None
+) -> bool:
     """Whether the controller must read the fill's pod: while it fills (what holds it up), and once
-    when the Job of this key has finished and the status does not say how yet."""
+    when the Job of this key has finished and the status does not say how yet (a retry that failed
+    has another retry time)."""
     if job is None:
         return False
     if not job_finished(job):
         return True
     want = CacheState.READY if _job_condition(job, "Complete") is not None else CacheState.FAILED
-    return previous is None or previous.key != key or previous.state != want
+    return previous is None or previous.key != key or previous.state != want or previous.retry_at != retry_at
 
 
 def fill_complete(job: Object | None) -> bool:
