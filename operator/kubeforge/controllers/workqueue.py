@@ -130,7 +130,7 @@ class WorkQueue(Generic[K]):
             timer.cancel()
 
     def failures_of(self, key: K) -> int:
-        """Consecutive failed reconciles of `key` (0 after a success)."""
+        """The backoff level of `key`: failures at or after a scheduled retry in a row (0 after a success)."""
         return self._failures.get(key, 0)
 
     def tracked(self) -> int:
