@@ -131,6 +131,29 @@ def test_the_earliest_failure_is_the_cause() -> None:
     assert earliest_failure([follower, cause]) is cause
 
 
+def test_in_the_same_second_a_worker_that_failed_comes_before_one_that_was_stopped() -> None:
+    """Rank 1 is OOM-killed (137); the Job fails and its controller deletes rank 0, which exits 143,
+    within the same second: the cause is rank 1, although rank 0 sorts first by index."""
+
+    def at(index: int, exit_code: int, deleting: bool) -> dict[str, Any]:
+        pod = _failed(exit_code, index=index)
+        pod["metadata"]["name"] = f"job-0-{index}"
+        pod["status"]["containerStatuses"][0]["state"]["terminated"]["finishedAt"] = "2026-11-28T12:00:02Z"
+        if deleting:
+            pod["metadata"]["deletionTimestamp"] = "2026-11-28T12:00:02Z"
+        return pod
+
+    stopped, cause = at(0, 143, deleting=True), at(1, 137, deleting=False)
+    assert earliest_failure([stopped, cause]) is cause
+    assert earliest_failure([at(0, 143, deleting=False), cause]) is cause  # SIGTERM alone tells it too
+    assert earliest_failure([at(0, 137, deleting=True), cause]) is cause  # and so does the deletion
+    # with no other clue, the lower index is first, as before
+    assert (
+        earliest_failure([at(1, 1, deleting=False), at(0, 1, deleting=False)])["metadata"]["name"]
+        == "job-0-0"
+    )
+
+
 def test_a_kubelet_admission_rejection_is_retryable() -> None:
     pod = _failed(
         None, reason="UnexpectedAdmissionError", message="Allocate failed due to no healthy devices"

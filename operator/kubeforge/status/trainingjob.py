@@ -23,6 +23,7 @@ PREEMPTION_REASONS = {
 }
 COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
 MAX_BACKOFF_SECONDS = 600
+SIGTERM_EXIT_CODE = 128 + 15
 
 
 def _ts(value: str | None) -> datetime | None:
@@ -66,10 +67,29 @@ def failed_at(pod: dict[str, Any]) -> datetime | None:
     return max((t for t in changes if t), default=None)
 
 
+def stopped_by_others(pod: dict[str, Any]) -> bool:
+    """A worker that was stopped rather than failed: being deleted (the Job controller removes the
+    rest of a failed Job's pods), or ended by SIGTERM (exit code 143)."""
+    terminated = _terminated(pod) or {}
+    return bool(pod["metadata"].get("deletionTimestamp")) or terminated.get("exitCode") == SIGTERM_EXIT_CODE
+
+
 def earliest_failure(pods: list[dict[str, Any]]) -> dict[str, Any]:
-    """The worker that failed first: the cause, where the others often only followed it."""
+    """The worker that failed first: the cause, where the others often only followed it.
+
+    Times have a resolution of a second, so the cause and the workers stopped because of it often
+    tie: among those, a worker that failed by itself comes before one that was stopped.
+    """
     far = datetime.max.replace(tzinfo=UTC)
-    return min(pods, key=lambda p: (failed_at(p) or far, worker_index(p) or 0, p["metadata"]["name"]))
+    return min(
+        pods,
+        key=lambda p: (
+            failed_at(p) or far,
+            stopped_by_others(p),
+            worker_index(p) or 0,
+            p["metadata"]["name"],
+        ),
+    )
 
 
 def classify_failure(pod: dict[str, Any], policy: FailurePolicy, now: datetime) -> Failure:
