@@ -52,6 +52,8 @@ class PodServers:
     publish: Callable[[list[Target]], None]
     poll_seconds: float = 0.5
     servers: dict[str, _Served] = field(default_factory=dict)
+    # pods whose server is starting (tritonserver takes seconds): not yet serving, not yet gone
+    starting: set[str] = field(default_factory=set)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -77,6 +79,11 @@ class PodServers:
         """host:port of every ready server's HTTP API (what a Service would balance over)."""
         with self._lock:
             return [s.server.http_address for s in self.servers.values()]
+
+    def idle(self) -> bool:
+        """No server serves and none is starting: a request now finds no backend."""
+        with self._lock:
+            return not self.servers and not self.starting
 
     def _pods(self) -> list[dict[str, Any]]:
         selector = f"kubeforge.io/owner-kind=modeldeployment,kubeforge.io/owner-name={self.name}"
@@ -107,9 +114,25 @@ class PodServers:
             changed = True
         for name, pod in pods.items():
             if name not in self.servers and not self._stop.is_set():
-                served = self._start_server(pod)
                 with self._lock:
-                    self.servers[name] = served
+                    self.starting.add(name)
+                try:
+                    served = self._start_server(pod)
+                    # the pod may have gone while its server started (scaled to zero at once): a
+                    # server of a gone pod must never take a request
+                    try:
+                        current = name in {p["metadata"]["name"] for p in self._pods()}
+                    except Exception:
+                        served.stack.close()
+                        raise
+                    with self._lock:
+                        if current:
+                            self.servers[name] = served
+                        else:
+                            served.stack.close()
+                finally:
+                    with self._lock:
+                        self.starting.discard(name)
                 changed = True
         if changed:
             self.publish(self.targets())

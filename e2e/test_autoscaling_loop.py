@@ -288,7 +288,7 @@ def test_keda_scales_to_zero_when_idle_and_wakes_on_a_request(
         assert ready is not None and (ready["status"], ready["reason"]) == ("True", "ScaledToZero")
         row = kubectl("get", "md", NAME, "--no-headers", namespace=namespace).stdout.split()
         assert row[1:3] == ["ScaledToZero", "0/0"]
-        wait_for(lambda: not servers.http_addresses(), timeout=60, message="no server left")
+        wait_for(servers.idle, timeout=60, message="no server left, none starting")
 
         # a request arrives: no endpoint yet, so the front answers 503 and counts it; KEDA wakes the
         # ModelDeployment on that count; the client retries until a replica serves
