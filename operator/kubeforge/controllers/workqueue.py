@@ -95,8 +95,8 @@ class WorkQueue(Generic[K]):
         self._active: set[K] = set()
         self._dirty: set[K] = set()
         self._timers: dict[K, asyncio.TimerHandle] = {}
-        self._failures: dict[K, int] = {}
-        self._retry_due: dict[K, float] = {}  # loop time of a failing key's scheduled retry
+        # a failing key's backoff: (its level, the loop time of its scheduled retry)
+        self._backoffs: dict[K, tuple[int, float]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._draining = False
         self.processed = 0
@@ -123,26 +123,18 @@ class WorkQueue(Generic[K]):
 
     def forget(self, key: K) -> None:
         """The object is gone: drop its backoff and pending timer (memory stays bounded by live keys)."""
-        self._failures.pop(key, None)
-        self._retry_due.pop(key, None)
+        self._backoffs.pop(key, None)
         timer = self._timers.pop(key, None)
         if timer is not None:
             timer.cancel()
 
     def failures_of(self, key: K) -> int:
         """The backoff level of `key`: failures at or after a scheduled retry in a row (0 after a success)."""
-        return self._failures.get(key, 0)
+        return self._backoffs.get(key, (0, 0.0))[0]
 
     def tracked(self) -> int:
         """Keys the queue holds any state for (queued, active, timed or backing off)."""
-        return len(
-            self._queued
-            | self._active
-            | self._dirty
-            | set(self._timers)
-            | set(self._failures)
-            | set(self._retry_due)
-        )
+        return len(self._queued | self._active | self._dirty | set(self._timers) | set(self._backoffs))
 
     def _fire(self, key: K) -> None:
         self._timers.pop(key, None)
@@ -202,8 +194,7 @@ class WorkQueue(Generic[K]):
             delay: float | None = None
             try:
                 delay = await self._reconcile(key)
-                self._failures.pop(key, None)
-                self._retry_due.pop(key, None)
+                self._backoffs.pop(key, None)
             except asyncio.CancelledError:
                 self._active.discard(key)
                 self.add(key)  # cut short (leadership lost): it runs again when workers start
@@ -217,7 +208,7 @@ class WorkQueue(Generic[K]):
                 self._active.discard(key)
             if key in self._dirty:
                 self._dirty.discard(key)
-                if self._failures.get(key):
+                if key in self._backoffs:
                     self.add_after(key, delay or 0.0)  # a failure's backoff holds even against new events
                 else:
                     self.add(key)
@@ -227,15 +218,15 @@ class WorkQueue(Generic[K]):
     def _failed(self, key: K, err: Exception, started: float) -> float:
         """Count a failed run of `key` and return the delay until its retry."""
         now = asyncio.get_running_loop().time()
-        due = self._retry_due.get(key)
-        if due is not None and started < due - EARLY_TOLERANCE:
+        level, due = self._backoffs.get(key, (0, 0.0))
+        if level and started < due - EARLY_TOLERANCE:
             # an event ran the key before its retry was due: the retry keeps its time and level
             log.debug("%s: %s failed again before its retry: %s", self.name, key, err)
             return max(due - now, 0.0)
-        failures = self._failures[key] = self._failures.get(key, 0) + 1
+        failures = level + 1
         surfaced = isinstance(err, Surfaced)
         delay = self._backoff.delay(failures, surfaced=surfaced)
-        self._retry_due[key] = now + delay
+        self._backoffs[key] = (failures, now + delay)
         if surfaced:
             log.info("%s: %s: %s; retrying in %.1fs", self.name, key, err, delay)
         elif failures <= 3 or failures % 10 == 0:
