@@ -10,23 +10,40 @@ export KUBEFORGE_CACHE := $(CACHE)
 # A missing real part (torch, tritonserver, ...) fails the tests, and so does any skipped or deselected
 # test (tests/harness.py); KUBEFORGE_ALLOW_SKIP=1 (or PYTEST_ARGS=--allow-skip) skips on purpose.
 PYTEST_ARGS ?=
+# The Go parts (e2e/binaries.sh components), longest first: `make dev` builds only what it runs.
+DEV_PARTS := kubernetes etcd kwok lws
+E2E_PARTS := $(DEV_PARTS) helm kueue kstatus prometheus prometheus-adapter keda
+# e2e runs on this many local clusters at once (pytest-xdist, a whole file per worker); the tests
+# marked `serial` (timings that CPU contention would distort) run afterwards, alone.
+E2E_WORKERS ?= 3
+# Every run writes each test's time to .times/<suite>.tsv (tests/harness.py); the slowest are printed.
+DURATIONS := --durations=15 --durations-min=5
 
-.PHONY: help install binaries manifests lint test test-unit test-e2e dev dev-down run bench bench-smoke clean
+.PHONY: help install torch binaries dev-binaries manifests lint test test-unit test-e2e dev dev-down run bench bench-smoke clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
-install: $(VENV)/.installed ## create .venv with kubeforge[dev] (+ torch, installed once per machine)
+install: $(VENV)/.installed ## create .venv with kubeforge[dev]
 
-$(VENV)/.installed: pyproject.toml hack/install-torch.sh
+$(VENV)/.installed: pyproject.toml
+	@echo "[venv] installing kubeforge[dev] into $(VENV)"
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+torch: $(VENV)/.torch ## link torch (installed once per machine under ~/.cache/kubeforge) into .venv
+
+$(VENV)/.torch: $(VENV)/.installed hack/install-torch.sh
 	hack/install-torch.sh $(VENV)
 	touch $@
 
-binaries: ## build (or reuse) etcd, kube-*, kwok, helm, kueue, lws, kstatus, prometheus(-adapter), keda under ~/.cache/kubeforge/bin
-	e2e/binaries.sh etcd kubernetes kwok helm kueue lws kstatus prometheus prometheus-adapter keda
+binaries: ## build (or reuse) every Go part the e2e tests run, under ~/.cache/kubeforge/bin
+	e2e/binaries.sh $(E2E_PARTS)
+
+dev-binaries: ## build (or reuse) the Go parts `make dev` runs: the control plane, kwok, LeaderWorkerSet
+	e2e/binaries.sh $(DEV_PARTS)
 
 manifests: install ## regenerate CRDs, the chart's CRDs and docs/api.md from the API models
 	$(PY) -m kubeforge.generate
@@ -39,15 +56,20 @@ lint: install ## pip check, ruff, mypy, import contracts, hadolint
 	$(BIN)/lint-imports
 	$(BIN)/hadolint images/*/Dockerfile
 
-test-unit: install ## unit and integration tests (real Triton, torch on CPU); no cluster
-	$(BIN)/pytest tests $(PYTEST_ARGS)
+test-unit: install torch ## unit and integration tests (real Triton, torch on CPU); no cluster
+	$(BIN)/pytest tests $(DURATIONS) $(PYTEST_ARGS)
 
-test-e2e: install binaries ## end-to-end tests against the local control plane
-	$(BIN)/pytest e2e $(PYTEST_ARGS)
+test-e2e: install torch binaries ## end-to-end tests on local clusters: E2E_WORKERS at once, then the serial ones
+	rc=0; \
+	$(BIN)/pytest e2e -n $(E2E_WORKERS) --dist loadfile -m "not serial" $(DURATIONS) $(PYTEST_ARGS) || rc=$$?; \
+	$(BIN)/pytest e2e -m serial $(DURATIONS) $(PYTEST_ARGS) || rc=$$?; \
+	exit $$rc
 
-test: lint test-unit test-e2e ## everything: lint, unit, integration, e2e
+test: ## everything: lint, unit, integration, e2e, in timed phases (hack/test.sh, .ci/budgets.tsv)
+	hack/test.sh
 
-dev: install binaries ## local cluster + operator + examples, shown Ready
+dev: ## local cluster + operator + examples, shown Ready (the venv and the Go parts it runs build side by side)
+	@$(MAKE) --no-print-directory -j2 install dev-binaries
 	$(PY) -m e2e.dev up
 
 dev-down: ## stop everything `make dev` started
@@ -56,7 +78,7 @@ dev-down: ## stop everything `make dev` started
 run: install ## run the operator in the foreground against $$KUBECONFIG
 	$(BIN)/kubeforge run --verbose
 
-bench: install binaries ## the benchmarks; results into bench/results/
+bench: install torch binaries ## the benchmarks; results into bench/results/
 	$(PY) -m bench.run
 	$(PY) -m bench.resilience
 	$(PY) -m bench.autoscaling
@@ -64,10 +86,10 @@ bench: install binaries ## the benchmarks; results into bench/results/
 	$(PY) -m bench.multinode
 	$(PY) -m bench.model_cache
 
-bench-smoke: install binaries ## a tiny run of the benchmark harness
+bench-smoke: install torch binaries ## a tiny run of the benchmark harness
 	$(PY) -m bench.run --smoke
 	$(PY) -m bench.language_model --smoke
 	$(PY) -m bench.model_cache --smoke
 
 clean: dev-down
-	rm -rf $(VENV) .dev .e2e
+	rm -rf $(VENV) .dev .e2e .times

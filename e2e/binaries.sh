@@ -38,6 +38,8 @@ mkdir -p "$BIN" "$WORK"
 export CGO_ENABLED=0 GOFLAGS=-buildvcs=false
 LDSTRIP="-s -w"
 
+KSTATUS_SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/kstatus/main.go"
+
 log() { echo "[binaries] $*" >&2; }
 
 have() { [ -x "$BIN/$1" ] && [ "$(cat "$BIN/.$1.version" 2>/dev/null)" = "$2" ]; }
@@ -113,8 +115,8 @@ GO
 build_kstatus() {
   # Our own tiny CLI around kstatus's status.Compute (source: e2e/kstatus/main.go); the
   # stamp carries a hash of that source so an edit rebuilds it. Never downloaded: no release ships it.
-  local src; src="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/kstatus/main.go"
-  local version; version="$KSTATUS_VERSION-$(sha256sum "$src" | cut -c1-12)"
+  local src=$KSTATUS_SRC
+  local version; version=$(component_stamp kstatus)
   have kstatus "$version" && return
   log "building kstatus from sigs.k8s.io/cli-utils $KSTATUS_VERSION"
   local dir="$WORK/kstatus-$KSTATUS_VERSION"
@@ -200,11 +202,37 @@ download_release() { # for machines with internet: official binaries
   have helm "$HELM_STAMP" || { curl -fsSL "https://get.helm.sh/helm-$HELM_VERSION-$os-$arch.tar.gz" | tar -xz -C "$BIN" --strip-components=1 "$os-$arch/helm" && stamp helm "$HELM_STAMP"; }
 }
 
-components=("$@")
-[ ${#components[@]} -gt 0 ] || components=(etcd kubernetes kwok helm)
-[ "${KUBEFORGE_DOWNLOAD:-0}" = 1 ] && download_release
-for c in "${components[@]}"; do
-  case "$c" in
+# The binaries each component leaves in $BIN, and the stamp that says they are current.
+component_binaries() {
+  case "$1" in
+    kubernetes) echo kube-apiserver kube-controller-manager kube-scheduler ;;
+    keda) echo keda keda-adapter ;;
+    *) echo "$1" ;;
+  esac
+}
+component_stamp() {
+  case "$1" in
+    etcd) echo "$ETCD_VERSION" ;;
+    kubernetes) echo "$K8S_VERSION" ;;
+    kwok) echo "$KWOK_VERSION" ;;
+    helm) echo "$HELM_STAMP" ;;
+    kueue) echo "$KUEUE_VERSION" ;;
+    kstatus) echo "$KSTATUS_VERSION-$(sha256sum "$KSTATUS_SRC" | cut -c1-12)" ;;
+    prometheus) echo "$PROMETHEUS_VERSION+remove_all_sd" ;;
+    prometheus-adapter) echo "$PROMETHEUS_ADAPTER_VERSION" ;;
+    keda) echo "$KEDA_VERSION" ;;
+    lws) echo "$LWS_VERSION" ;;
+    *) return 1 ;;
+  esac
+}
+current() { # component: every binary it leaves is there, stamped with its pinned version
+  local stamp name
+  stamp=$(component_stamp "$1")
+  for name in $(component_binaries "$1"); do have "$name" "$stamp" || return 1; done
+}
+
+build() { # component: the build itself; its output goes to the component's log
+  case "$1" in
     etcd) build_etcd ;;
     kubernetes) build_kubernetes ;;
     kwok) go_install kwok sigs.k8s.io/kwok/cmd/kwok "$KWOK_VERSION" "-X sigs.k8s.io/kwok/pkg/consts.Version=$KWOK_VERSION" ;;
@@ -218,7 +246,58 @@ for c in "${components[@]}"; do
       prometheus-adapter=./cmd/adapter ;;
     keda) build_keda ;;
     lws) build_lws ;;
-    *) echo "unknown component: $c" >&2; exit 2 ;;
   esac
+}
+
+minutes() { printf '%dm%02ds' $(($1 / 60)) $(($1 % 60)); }
+
+build_component() { # component: build it unless current, timed, with its own log; a failure names both
+  local c=$1 lock="$BIN/.$1.lock" log="$LOGS/$1.log" last="" started rc=0
+  # One builder per component: concurrent callers (xdist workers, make dev beside make test) wait
+  # here and then find it current.
+  exec {lockfd}>"$lock"
+  flock "$lockfd"
+  if current "$c"; then return 0; fi
+  [ -f "$BIN/.$c.seconds" ] && last="; its last build here took $(minutes "$(cat "$BIN/.$c.seconds")")"
+  log "building $c $(component_stamp "$c")$last; log: $log"
+  started=$SECONDS
+  # In the background and then waited for, so that errexit holds inside the build (bash ignores it
+  # in a subshell whose status is tested with || or &&).
+  build "$c" >"$log" 2>&1 &
+  wait $! || rc=$?
+  if [ "$rc" != 0 ] || ! current "$c"; then
+    log "FAILED: $c (exit status $rc after $(minutes $((SECONDS - started)))); the end of its log, $log:"
+    tail -n 25 "$log" | sed 's/^/    /' >&2
+    return 1
+  fi
+  echo $((SECONDS - started)) >"$BIN/.$c.seconds"
+  log "built $c in $(minutes $((SECONDS - started)))"
+}
+
+components=("$@")
+[ ${#components[@]} -gt 0 ] || components=(etcd kubernetes kwok helm)
+for c in "${components[@]}"; do
+  component_stamp "$c" >/dev/null || { echo "unknown component: $c" >&2; exit 2; }
 done
+[ "${KUBEFORGE_DOWNLOAD:-0}" = 1 ] && download_release
+
+# Components build side by side, KUBEFORGE_BUILD_JOBS at a time (default 2): one Go build leaves the
+# cores idle while it downloads modules and while it links (one process per binary), which the other
+# fills. Each component's status lands in a file, as `wait -n` keeps no status for a later `wait`.
+LOGS="$WORK/logs"
+mkdir -p "$LOGS"
+JOBS=${KUBEFORGE_BUILD_JOBS:-2}
+results=$(mktemp -d)
+trap 'rm -rf "$results"' EXIT
+for c in "${components[@]}"; do
+  while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n || true; done
+  (build_component "$c"; touch "$results/$c.ok") &
+done
+wait
+failed=()
+for c in "${components[@]}"; do [ -f "$results/$c.ok" ] || failed+=("$c"); done
+if [ ${#failed[@]} -gt 0 ]; then
+  log "FAILED to build: ${failed[*]} (logs in $LOGS)"
+  exit 1
+fi
 echo "$BIN"

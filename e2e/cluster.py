@@ -48,6 +48,8 @@ KUBERNETES_SERVICE_IP = "10.96.0.1"
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+# The e2e/binaries.sh components that leave COMPONENTS.
+CONTROL_PLANE_PARTS = ("kubernetes", "etcd", "kwok")
 # What the e2e tests run beside the cluster: e2e/binaries.sh component -> the binaries it leaves.
 # kstatus: Flux's status library (e2e/kstatus.py); lws: LeaderWorkerSet's controller (e2e/lws.py); the
 # rest: the autoscaling stack (e2e/monitoring.py).
@@ -72,16 +74,18 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("KUBEFORGE_CACHE") or Path.home() / ".cache" / "kubeforge")
 
 
-def ensure_binaries(cache_dir: Path | None = None) -> Path:
-    """Return the folder with the control-plane binaries and TOOLS, building any that are missing.
+def ensure_binaries(cache_dir: Path | None = None, tools: Sequence[str] = ()) -> Path:
+    """Return the folder with the control-plane binaries and the `tools` (TOOLS keys), building any
+    that are missing.
 
     Always goes through e2e/binaries.sh, which owns the pinned versions: with
     everything cached it only compares version stamps (milliseconds); otherwise it
-    builds from the Go module proxy (several minutes on 2 cores, progress on stderr).
+    builds from the Go module proxy (minutes on 2 cores, progress on stderr). Only
+    what is asked for is built: `make dev` needs no autoscaling stack.
     """
     env = dict(os.environ, KUBEFORGE_CACHE=str(cache_dir or default_cache_dir()))
     result = subprocess.run(
-        ["bash", str(BINARIES_SCRIPT), "etcd", "kubernetes", "kwok", *TOOLS],
+        ["bash", str(BINARIES_SCRIPT), *CONTROL_PLANE_PARTS, *tools],
         env=env,
         stdout=subprocess.PIPE,
         text=True,
@@ -91,7 +95,7 @@ def ensure_binaries(cache_dir: Path | None = None) -> Path:
     if result.returncode != 0 or not lines:
         raise ClusterError(f"{BINARIES_SCRIPT} failed with exit status {result.returncode}")
     bin_dir = Path(lines[-1])
-    tool_binaries = [name for names in TOOLS.values() for name in names]
+    tool_binaries = [name for tool in tools for name in TOOLS[tool]]
     missing = [name for name in (*COMPONENTS, *tool_binaries) if not (bin_dir / name).is_file()]
     if missing:
         raise ClusterError(f"{BINARIES_SCRIPT} left no {', '.join(missing)} in {bin_dir}")

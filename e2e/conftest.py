@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 import yaml
 
-from e2e.cluster import REPO_ROOT, Cluster, ensure_binaries
+from e2e.cluster import REPO_ROOT, TOOLS, Cluster, ensure_binaries
 from e2e.kube import Kubectl, fresh_namespace, wait_condition, wait_for
 from e2e.lws import LeaderWorkerSetController
 from e2e.operator_proc import OperatorProcess, operator_available
@@ -51,9 +51,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    """Build missing binaries now, outside any test's timeout (a cold build takes minutes)."""
+    """Build missing binaries now, outside any test's timeout (a cold build takes minutes).
+
+    Every pytest-xdist worker asks too: e2e/binaries.sh builds each part once (a lock per part).
+    """
     if any(E2E_DIR in Path(str(item.path)).parents for item in session.items):
-        ensure_binaries()
+        ensure_binaries(tools=tuple(TOOLS))
 
 
 # -- the cluster ----------------------------------------------------------------------------------
@@ -66,7 +69,7 @@ def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
     _clean_abandoned_runs()
     state_dir = Path(tempfile.mkdtemp(prefix="run-", dir=STATE_ROOT))
     (state_dir / "owner.pid").write_text(f"{os.getpid()}\n")
-    cluster = Cluster(state_dir, bin_dir=ensure_binaries())
+    cluster = Cluster(state_dir, bin_dir=ensure_binaries(tools=tuple(TOOLS)))
     try:
         cluster.start()
         kubectl = cluster.kubectl()

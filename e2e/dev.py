@@ -2,8 +2,8 @@
 
 `up` starts (or reuses) a control plane with simulated GPU nodes in `.dev/`,
 installs the CRDs, (re)starts the operator from this checkout in the
-background, applies `examples/` and waits until the ModelDeployments are Ready
-and the TrainingJobs Succeeded. `down` stops everything `up` started.
+background, applies `examples/` and waits until their ModelDeployments are Ready
+and their TrainingJobs Succeeded (other objects in the cluster are only reported). `down` stops everything `up` started.
 
 Files: .dev/kubeconfig (admin), .dev/logs/<component>.log, .dev/operator.log,
 .dev/run/*.pid and .dev/operator.pid.
@@ -117,7 +117,7 @@ def up(wait: float, finish_jobs_after: str | None) -> int:
         else:
             print(f"  applied {', '.join(_rel(p) for p in examples)}")
         if operator_running:
-            ready = _wait_for_examples(kubectl, wait, finish_jobs_after) and ready
+            ready = _wait_for_examples(kubectl, _example_keys(documents), wait, finish_jobs_after) and ready
     else:
         print(f"  no examples to apply ({_rel(EXAMPLES_DIR)} has no *.yaml)")
 
@@ -159,8 +159,13 @@ def status() -> int:
     return 0 if cluster.is_running() else 1
 
 
-def _wait_for_examples(kubectl: Kubectl, timeout: float, finish_jobs_after: str | None) -> bool:
-    """Wait until every ModelDeployment is Ready and every TrainingJob Succeeded (or one failed).
+def _wait_for_examples(
+    kubectl: Kubectl, examples: set[tuple[str, str, str]], timeout: float, finish_jobs_after: str | None
+) -> bool:
+    """Wait until the examples' ModelDeployments are Ready and their TrainingJobs Succeeded (or one failed).
+
+    `examples` holds the (kind, namespace, name) that `up` applied; other objects in the cluster (a
+    developer's own) are reported, never waited for, and never fail `make dev`.
 
     kwok runs no containers, so a training pod would run forever: unless
     `finish_jobs_after` is None, pods owned by a Job get `sim.kubeforge.io/exit-code: "0"`
@@ -168,7 +173,9 @@ def _wait_for_examples(kubectl: Kubectl, timeout: float, finish_jobs_after: str 
     same way, with no summary: its ModelDeployment's status.cache is Ready without bytes or digest
     (there is no Hub offline; e2e/test_model_cache.py runs real fills).
     """
-    print(f"  waiting up to {timeout:.0f}s for ModelDeployments Ready and TrainingJobs Succeeded ...")
+    print(
+        f"  waiting up to {timeout:.0f}s for the examples' ModelDeployments Ready and TrainingJobs Succeeded ..."
+    )
     deadline = time.monotonic() + timeout
     pending: list[str] = []
     while time.monotonic() < deadline:
@@ -176,13 +183,18 @@ def _wait_for_examples(kubectl: Kubectl, timeout: float, finish_jobs_after: str 
             _finish_job_pods(kubectl, finish_jobs_after)
         pending = []
         failed = []
+        others: dict[str, list[str]] = {}
         for obj in _custom_objects(kubectl):
             state = _example_state(obj)
             name = f"{obj['kind']} {obj['metadata']['namespace']}/{obj['metadata']['name']}"
-            if state == "failed":
+            if _key(obj) not in examples:
+                others.setdefault(state, []).append(name)
+            elif state == "failed":
                 failed.append(name)
             elif state == "pending":
                 pending.append(name)
+        if failed or not pending:
+            _report_others(others)
         if failed:
             print(f"  failed: {', '.join(failed)}", file=sys.stderr)
             return False
@@ -192,6 +204,26 @@ def _wait_for_examples(kubectl: Kubectl, timeout: float, finish_jobs_after: str 
         time.sleep(1.0)
     print(f"  not there after {timeout:.0f}s: {', '.join(pending)}", file=sys.stderr)
     return False
+
+
+def _report_others(others: dict[str, list[str]]) -> None:
+    """One line per state of the objects `up` did not apply (not waited for)."""
+    words = {"done": "at their goal", "pending": "not there yet", "failed": "failed"}
+    for state in ("done", "pending", "failed"):
+        if others.get(state):
+            print(
+                f"  other objects in the cluster, {words[state]} (not waited for): {', '.join(others[state])}"
+            )
+
+
+def _key(obj: dict[str, Any]) -> tuple[str, str, str]:
+    meta = obj.get("metadata") or {}
+    return (obj["kind"], meta.get("namespace") or "default", meta["name"])
+
+
+def _example_keys(documents: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
+    """(kind, namespace, name) of every ModelDeployment and TrainingJob among the applied documents."""
+    return {_key(doc) for doc in documents if doc.get("kind") in ("ModelDeployment", "TrainingJob")}
 
 
 def _custom_objects(kubectl: Kubectl) -> list[dict[str, Any]]:

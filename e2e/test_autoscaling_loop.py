@@ -35,7 +35,8 @@ from e2e.podservers import PodServers, Target
 from e2e.prometheus import Prometheus
 from kubeforge.testing.workloads import fixed_cost_model, write_model
 
-pytestmark = pytest.mark.e2e
+# Scale-out and scale-in timings (HPA sync periods, stabilization windows, KEDA's cool-down): alone.
+pytestmark = [pytest.mark.e2e, pytest.mark.serial]
 NAME = "loop"
 MODEL = fixed_cost_model("fixed", max_batch_size=0, batching=False, step_ms=20.0)
 DASHBOARD = Path(__file__).resolve().parents[1] / "charts" / "kubeforge" / "dashboards" / "kubeforge.json"

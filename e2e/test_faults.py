@@ -274,6 +274,7 @@ def test_injected_conflicts_throttling_and_server_errors_back_off_and_converge(
     assert writes <= 60, f"{writes} writes for 5 ModelDeployments and 15 injected errors"
 
 
+@pytest.mark.serial  # Lease durations and renew deadlines of a few seconds: alone
 def test_two_replicas_fail_over_and_a_partitioned_leader_never_writes_after_its_lease(
     kubectl: Kubectl,
     namespace: str,

@@ -19,6 +19,7 @@ import importlib
 import importlib.util
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from types import ModuleType
 from typing import NoReturn
 
@@ -27,6 +28,8 @@ import pytest
 from kubeforge.testing.triton import tritonserver_available
 
 ALLOW_SKIP_ENV = "KUBEFORGE_ALLOW_SKIP"
+# Where every run writes its table of test times (default: .times/ in the repository).
+TIMES_DIR_ENV = "KUBEFORGE_TIMES_DIR"
 ALLOW_SKIP_OPTION = "--allow-skip"
 _INSTALL = "run `make install`"
 
@@ -161,6 +164,44 @@ class Policy:
         )
 
 
+class TimesTable:
+    """Writes every test's time (setup + call + teardown) to `.times/<suite>.tsv`, slowest first.
+
+    The suite is the folder the tests came from (`tests`, `e2e`, or `mixed`), plus the `-m`
+    expression when one was given, so the two e2e runs of `make test` keep a table each. Under
+    pytest-xdist only the controller writes (it receives every worker's reports); the worker that ran
+    a test is a column.
+    """
+
+    def __init__(self, config: pytest.Config, directory: Path) -> None:
+        self.config = config
+        self.directory = directory
+        self.seconds: dict[str, float] = {}
+        self.outcomes: dict[str, str] = {}
+        self.workers: dict[str, str] = {}
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        self.seconds[report.nodeid] = self.seconds.get(report.nodeid, 0.0) + report.duration
+        if report.when == "call" or report.outcome != "passed":
+            self.outcomes[report.nodeid] = report.outcome
+        worker = getattr(report, "node", None)  # pytest-xdist's controller: the worker that ran it
+        self.workers[report.nodeid] = worker.gateway.id if worker is not None else "-"
+
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        if not self.seconds:
+            return
+        roots = {nodeid.split("/", 1)[0].split("::", 1)[0] for nodeid in self.seconds}
+        suite = roots.pop() if len(roots) == 1 else "mixed"
+        marks = self.config.option.markexpr
+        if marks:
+            suite += "-" + "".join(c if c.isalnum() else "-" for c in marks).strip("-")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        rows = sorted(self.seconds.items(), key=lambda item: -item[1])
+        lines = ["seconds\toutcome\tworker\ttest"]
+        lines += [f"{sec:.1f}\t{self.outcomes.get(n, '-')}\t{self.workers[n]}\t{n}" for n, sec in rows]
+        (self.directory / f"{suite}.tsv").write_text("\n".join(lines) + "\n")
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         ALLOW_SKIP_OPTION,
@@ -175,3 +216,6 @@ def pytest_configure(config: pytest.Config) -> None:
     global _allow_skip_option
     _allow_skip_option = bool(config.getoption(ALLOW_SKIP_OPTION))
     config.pluginmanager.register(Policy(config), "kubeforge-harness-policy")
+    if not hasattr(config, "workerinput"):  # a pytest-xdist worker: its controller writes the table
+        times = Path(os.environ.get(TIMES_DIR_ENV) or config.rootpath / ".times")
+        config.pluginmanager.register(TimesTable(config, times), "kubeforge-times-table")

@@ -116,3 +116,42 @@ def test_skipped_or_deselected_fails_the_run(
     out = _output(result)
     assert result.returncode == returncode, out
     assert expected in out, out
+
+
+SLOW_AND_FAST = """
+import time
+
+import pytest
+
+
+@pytest.mark.serial
+def test_slow():
+    time.sleep(0.3)
+
+
+def test_fast():
+    pass
+"""
+
+
+@pytest.mark.parametrize(
+    ("args", "table"),
+    [([], "e2e.tsv"), (["-m", "not serial"], "e2e-not-serial.tsv"), (["-n", "2"], "e2e.tsv")],
+)
+def test_every_run_writes_its_test_times_slowest_first(tmp_path: Path, args: list[str], table: str) -> None:
+    (tmp_path / "e2e").mkdir()
+    (tmp_path / "e2e" / "test_times.py").write_text(SLOW_AND_FAST)
+    (tmp_path / "pytest.ini").write_text("[pytest]\nmarkers =\n    serial: alone\n")
+    result = _pytest("-p", "tests.harness", "e2e", *args, cwd=tmp_path)
+    assert result.returncode == 0, _output(result)
+    lines = (tmp_path / ".times" / table).read_text().splitlines()
+    assert lines[0] == "seconds\toutcome\tworker\ttest"
+    rows = [line.split("\t") for line in lines[1:]]
+    names = [row[3] for row in rows]
+    if "-m" in args:
+        assert names == ["e2e/test_times.py::test_fast"]
+        return
+    assert names == ["e2e/test_times.py::test_slow", "e2e/test_times.py::test_fast"]
+    assert float(rows[0][0]) >= 0.3
+    assert {row[1] for row in rows} == {"passed"}
+    assert {row[2] for row in rows} <= ({"gw0", "gw1"} if "-n" in args else {"-"})

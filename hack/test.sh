@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# `make test`: every test, in timed phases checked against .ci/budgets.tsv.
+#
+# The Go parts the e2e tier runs start building first, in the background at low priority, while the
+# venv is made, lint runs and the unit tests run (a cold build is ~20 min of mostly CPU; pip and
+# torch are mostly downloads). e2e starts once both are done. Each phase's time is printed as it
+# ends, then all of them in one table (also in .times/phases.tsv). A phase over 1.5x its budget
+# fails the run under CI (CI=true) and is reported everywhere else; a failing phase stops the run
+# at once, with the table of what ran.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+MAKE=${MAKE:-make}
+BUDGETS=.ci/budgets.tsv
+TIMES=.times
+E2E_PARTS=(${KUBEFORGE_E2E_PARTS:-kubernetes etcd kwok lws helm kueue kstatus prometheus prometheus-adapter keda})
+mkdir -p "$TIMES"
+: >"$TIMES/phases.tsv"
+started=$SECONDS
+
+minutes() { printf '%dm%02ds' $(($1 / 60)) $(($1 % 60)); }
+budget() { awk -v p="$1" '$1 == p {print $2}' "$BUDGETS"; }
+
+over=()
+record() { # phase seconds
+  local limit; limit=$(budget "$1")
+  printf '%s\t%s\t%s\n' "$1" "$2" "$limit" >>"$TIMES/phases.tsv"
+  if [ -z "$limit" ]; then
+    echo "[phase] $1: $(minutes "$2") (no budget in $BUDGETS)"
+  elif [ $(($2 * 2)) -gt $((limit * 3)) ]; then
+    echo "[phase] $1: $(minutes "$2"), OVER 1.5x its budget of $(minutes "$limit") ($BUDGETS)"
+    over+=("$1 took $(minutes "$2"), budget $(minutes "$limit"), allowed $(minutes $((limit * 3 / 2)))")
+  else
+    echo "[phase] $1: $(minutes "$2") (budget $(minutes "$limit"))"
+  fi
+}
+
+summary() {
+  echo
+  echo "== make test: phases (seconds; budgets in $BUDGETS) =="
+  awk -F'\t' '{printf "  %-10s %6s s   budget %s s\n", $1, $2, ($3 == "" ? "-" : $3)}' "$TIMES/phases.tsv"
+  echo "  total      $((SECONDS - started)) s"
+}
+
+finish() { # exit status of the tests
+  summary
+  if [ "$1" = 0 ] && [ ${#over[@]} -gt 0 ]; then
+    for line in "${over[@]}"; do echo "BUDGET EXCEEDED: $line"; done
+    if [ "${CI:-}" = true ] || [ "${CI:-}" = 1 ]; then
+      echo "FAILED: a phase ran over 1.5x its budget. Find what grew (.times/*.tsv lists every test's time),"
+      echo "make it faster, or raise the budget in $BUDGETS with the measured reason."
+      exit 1
+    fi
+    echo "(reported only: the budgets fail the run under CI=true)"
+  fi
+  exit "$1"
+}
+
+phase() { # name command...: runs it, records its time; a failure ends the run
+  local name=$1 t=$SECONDS rc=0
+  shift
+  echo "[phase] $name: $*"
+  "$@" || rc=$?
+  record "$name" $((SECONDS - t))
+  if [ "$rc" != 0 ]; then
+    echo "[phase] $name FAILED (exit status $rc)"
+    finish "$rc"
+  fi
+}
+
+# The Go builds: their own phase, timed from their start to their end, in the background.
+go_t=$SECONDS
+rm -f "$TIMES/go-builds.rc"
+(
+  nice -n 10 e2e/binaries.sh "${E2E_PARTS[@]}" >/dev/null
+  echo $? >"$TIMES/go-builds.rc"
+  echo $((SECONDS - go_t)) >"$TIMES/go-builds.seconds"
+) &
+go_pid=$!
+
+phase venv "$MAKE" --no-print-directory install torch
+phase lint "$MAKE" --no-print-directory lint
+phase unit "$MAKE" --no-print-directory test-unit
+
+wait_t=$SECONDS
+echo "[phase] go-wait: waiting for the Go builds of ${E2E_PARTS[*]}"
+wait "$go_pid"
+record go-builds "$(cat "$TIMES/go-builds.seconds")"
+record go-wait $((SECONDS - wait_t))
+go_rc=$(cat "$TIMES/go-builds.rc")
+if [ "$go_rc" != 0 ]; then
+  echo "[phase] go-builds FAILED: the [binaries] lines above name the part and its log"
+  finish "$go_rc"
+fi
+
+phase e2e "$MAKE" --no-print-directory test-e2e
+finish 0
