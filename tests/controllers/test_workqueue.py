@@ -257,3 +257,30 @@ async def test_a_retry_that_fails_again_doubles_the_backoff() -> None:
         await queue.stop()
     gaps = [b - a for a, b in itertools.pairwise(times)]
     assert gaps[0] >= 0.04 * 0.95 and gaps[1] >= 0.08 * 0.95 and gaps[2] >= 0.16 * 0.95, gaps
+
+
+def test_a_failed_reconciles_log_line_says_why(caplog: pytest.LogCaptureFixture) -> None:
+    from kubeforge.k8s.client import ApiError
+
+    async def scenario() -> None:
+        attempts = 0
+
+        async def reconcile(key: str) -> None:
+            nonlocal attempts
+            attempts += 1
+            if attempts == 1:
+                raise ApiError(503, "Service Unavailable", "etcdserver: leader changed", call="apply Service ns/a")
+
+        queue: WorkQueue[str] = WorkQueue("test", reconcile, workers=1, backoff=FAST)
+        queue.start()
+        try:
+            queue.add("a")
+            await _until(lambda: attempts == 2 and queue.idle())
+        finally:
+            await queue.stop()
+
+    with caplog.at_level("WARNING", logger="kubeforge.controllers.workqueue"):
+        asyncio.run(scenario())
+    [line] = [r.getMessage() for r in caplog.records if "reconcile of a failed" in r.getMessage()]
+    assert "apply Service ns/a: 503 Service Unavailable: etcdserver: leader changed" in line, line
+    assert "(1 in a row)" in line and "retrying in" in line

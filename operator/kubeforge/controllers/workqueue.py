@@ -231,10 +231,11 @@ class WorkQueue(Generic[K]):
             log.info("%s: %s: %s; retrying in %.1fs", self.name, key, err, delay)
         elif failures <= 3 or failures % 10 == 0:
             log.warning(
-                "%s: reconcile of %s failed (%d in a row); retrying in %.3fs",
+                "%s: reconcile of %s failed (%d in a row): %s; retrying in %.3fs",
                 self.name,
                 key,
                 failures,
+                err,
                 delay,
                 exc_info=not _expected(err),
             )
