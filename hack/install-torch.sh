@@ -13,6 +13,13 @@ CACHE=${KUBEFORGE_CACHE:-$HOME/.cache/kubeforge}
 # -r2: the layout revision (r2: without numpy); bump it when what goes in changes, so machines reinstall
 TARGET="$CACHE/torch-$TORCH_VERSION-py$PYVER-r2"
 if [ ! -f "$TARGET/.complete" ]; then
+  # One installer at a time (make test installs the vLLM tool environment's torch, the same one,
+  # beside the venv's); the one that waited finds it complete.
+  mkdir -p "$CACHE"
+  exec 9>"$TARGET.lock"
+  flock 9
+fi
+if [ ! -f "$TARGET/.complete" ]; then
   echo "[torch] installing torch $TORCH_VERSION into $TARGET (once per machine)" >&2
   rm -rf "$TARGET.partial"
   "$VENV/bin/pip" install -q --no-warn-script-location --target "$TARGET.partial" "torch==$TORCH_VERSION"

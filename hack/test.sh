@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # `make test`: every test, in timed phases checked against .ci/budgets.tsv.
 #
-# The Go parts the e2e tier runs start building first, in the background at low priority, while the
-# venv is made, lint runs and the unit tests run (a cold build is ~20 min of mostly CPU; pip and
-# torch are mostly downloads). e2e starts once both are done. Each phase's time is printed as it
+# What needs no venv starts first, in the background: the Go parts the e2e tier runs (at low
+# priority: a cold build is ~20 min of mostly CPU) and the unit tests' tool environments (checkov,
+# vLLM: mostly downloads), while the venv is made and lint runs; the unit tests start once the tools
+# are there, e2e once the Go parts are. Each phase's time is printed as it
 # ends, then all of them in one table (also in .times/phases.tsv). A phase over 1.5x its budget
 # fails the run under CI (CI=true) and is reported everywhere else; a failing phase stops the run
 # at once, with the table of what ran.
@@ -67,30 +68,43 @@ phase() { # name command...: runs it, records its time; a failure ends the run
   fi
 }
 
-# The Go builds: their own phase, timed from their start to their end, in the background.
-go_t=$SECONDS
-rm -f "$TIMES/go-builds.rc"
-(
-  nice -n 10 e2e/binaries.sh "${E2E_PARTS[@]}" >/dev/null
-  echo $? >"$TIMES/go-builds.rc"
-  echo $((SECONDS - go_t)) >"$TIMES/go-builds.seconds"
-) &
-go_pid=$!
+background() { # name command...: a phase that runs beside the others; `await name` joins it
+  local name=$1
+  shift
+  rm -f "$TIMES/$name.rc" "$TIMES/$name.seconds"
+  echo "[phase] $name (in the background): $*"
+  (
+    t=$SECONDS
+    "$@" >/dev/null
+    echo $? >"$TIMES/$name.rc"
+    echo $((SECONDS - t)) >"$TIMES/$name.seconds"
+  ) &
+  eval "bg_$name=\$!"
+}
+
+await() { # name what-failed-means: waits for a background phase, records it and the wait itself
+  local name=$1 pid t=$SECONDS rc
+  pid=$(eval "echo \$bg_$name")
+  echo "[phase] $name-wait: waiting for $name"
+  wait "$pid"
+  record "$name" "$(cat "$TIMES/$name.seconds")"
+  record "$name-wait" $((SECONDS - t))
+  rc=$(cat "$TIMES/$name.rc")
+  if [ "$rc" != 0 ]; then
+    echo "[phase] $name FAILED (exit status $rc): $2"
+    finish "$rc"
+  fi
+}
+
+# First what takes long and needs no venv: the Go parts of e2e (mostly CPU, so at low priority) and
+# the tool environments of the unit tests (mostly downloads: checkov, and vLLM with its torch).
+background go-builds nice -n 10 e2e/binaries.sh "${E2E_PARTS[@]}"
+background tools bash -c 'tests/chart/checkov.sh && tests/llm/vllm-env.sh'
 
 phase venv "$MAKE" --no-print-directory install torch
 phase lint "$MAKE" --no-print-directory lint
+await tools "the [checkov] or [vllm] lines above say which; both scripts print pip's error"
 phase unit "$MAKE" --no-print-directory test-unit
-
-wait_t=$SECONDS
-echo "[phase] go-wait: waiting for the Go builds of ${E2E_PARTS[*]}"
-wait "$go_pid"
-record go-builds "$(cat "$TIMES/go-builds.seconds")"
-record go-wait $((SECONDS - wait_t))
-go_rc=$(cat "$TIMES/go-builds.rc")
-if [ "$go_rc" != 0 ]; then
-  echo "[phase] go-builds FAILED: the [binaries] lines above name the part and its log"
-  finish "$go_rc"
-fi
-
+await go-builds "the [binaries] lines above name the part and its log"
 phase e2e "$MAKE" --no-print-directory test-e2e
 finish 0
