@@ -13,13 +13,13 @@ PYTEST_ARGS ?=
 # The Go parts (e2e/binaries.sh components), longest first: `make dev` builds only what it runs.
 DEV_PARTS := kubernetes etcd kwok lws
 E2E_PARTS := $(DEV_PARTS) helm kueue kstatus prometheus prometheus-adapter keda
-# e2e runs on this many local clusters at once (pytest-xdist, a whole file per worker); the tests
-# marked `serial` (timings that CPU contention would distort) run afterwards, alone.
+# e2e runs on this many local clusters at once (pytest-xdist): each file on one worker, and the tests
+# marked `serial` together on one, longest first (e2e/groups.py, e2e/durations.tsv).
 E2E_WORKERS ?= 3
 # Every run writes each test's time to .times/<suite>.tsv (tests/harness.py); the slowest are printed.
 DURATIONS := --durations=15 --durations-min=5
 
-.PHONY: help install torch binaries dev-binaries manifests lint test test-unit test-e2e dev dev-down run bench bench-smoke clean
+.PHONY: help install torch binaries dev-binaries manifests lint test test-unit test-e2e e2e-durations dev dev-down run bench bench-smoke clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -59,11 +59,11 @@ lint: install ## pip check, ruff, mypy, import contracts, hadolint
 test-unit: install torch ## unit and integration tests (real Triton, torch on CPU); no cluster
 	$(BIN)/pytest tests $(DURATIONS) $(PYTEST_ARGS)
 
-test-e2e: install torch binaries ## end-to-end tests on local clusters: E2E_WORKERS at once, then the serial ones
-	rc=0; \
-	$(BIN)/pytest e2e -n $(E2E_WORKERS) --dist loadfile -m "not serial" $(DURATIONS) $(PYTEST_ARGS) || rc=$$?; \
-	$(BIN)/pytest e2e -m serial $(DURATIONS) $(PYTEST_ARGS) || rc=$$?; \
-	exit $$rc
+test-e2e: install torch binaries ## end-to-end tests on E2E_WORKERS local clusters at once (a file, or the serial tests, per worker)
+	$(BIN)/pytest e2e -n $(E2E_WORKERS) --dist loadfile --no-loadscope-reorder $(DURATIONS) $(PYTEST_ARGS)
+
+e2e-durations: install ## write e2e/durations.tsv (the order groups go to the e2e workers) from the last e2e run
+	$(PY) -m e2e.durations
 
 test: ## everything: lint, unit, integration, e2e, in timed phases (hack/test.sh, .ci/budgets.tsv)
 	hack/test.sh

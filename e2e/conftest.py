@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 import yaml
 
+from e2e import durations, groups
 from e2e.cluster import REPO_ROOT, TOOLS, Cluster, ensure_binaries
 from e2e.kube import Kubectl, fresh_namespace, wait_condition, wait_for
 from e2e.lws import LeaderWorkerSetController
@@ -44,19 +45,27 @@ _OPERATOR_LOG_MAX = 30_000
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark every test under e2e/ `e2e`, so `-m "not e2e"` leaves them all out."""
-    for item in items:
-        if E2E_DIR in Path(str(item.path)).parents:
-            item.add_marker(pytest.mark.e2e)
-
-
-def pytest_collection_finish(session: pytest.Session) -> None:
-    """Build missing binaries now, outside any test's timeout (a cold build takes minutes).
-
-    Every pytest-xdist worker asks too: e2e/binaries.sh builds each part once (a lock per part).
+    """Mark every test under e2e/ `e2e`, so `-m "not e2e"` leaves them all out, and order them for
+    the pytest-xdist workers (`make test-e2e`, e2e/groups.py): groups longest first by the times in
+    e2e/durations.tsv (a group it does not know first of all), so the last group to start is a short
+    one; tests keep their order within a group.
     """
-    if any(E2E_DIR in Path(str(item.path)).parents for item in session.items):
-        ensure_binaries(tools=tuple(TOOLS))
+    e2e = [item for item in items if E2E_DIR in Path(str(item.path)).parents]
+    if not e2e:
+        return
+    seconds = durations.read()
+    for item in e2e:
+        item.add_marker(pytest.mark.e2e)
+    e2e.sort(key=lambda item: -seconds.get(groups.group_of(item.nodeid), float("inf")))
+    others = [item for item in items if E2E_DIR not in Path(str(item.path)).parents]
+    items[:] = others + e2e
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """`--dist loadfile`, with the tests marked `serial` as one more file (e2e/groups.py)."""
+    if config.getoption("dist") == "loadfile":
+        return groups.GroupScheduling(config, log)
+    return None
 
 
 # -- the cluster ----------------------------------------------------------------------------------
