@@ -306,6 +306,19 @@ def test_an_api_error_is_in_status_and_events_once_and_retried_slowly(
     assert ready["reason"] == replica_policy
     assert "at most 2 replicas per Deployment in this namespace" in ready["message"]
     assert "apply Deployment" in ready["message"]  # what the operator was doing
+    # The count is the operator's own, over every namespace: wait until earlier tests' namespaces on
+    # this cluster are gone (their objects, retried while the namespace terminates, apply too).
+    wait_for(
+        lambda: (
+            not [
+                ns
+                for ns in kubectl.json("get", "namespaces", "-l", "kubeforge.io/e2e=true")["items"]
+                if ns["status"].get("phase") == "Terminating"
+            ]
+        ),
+        timeout=90,
+        message="no other e2e namespace terminating",
+    )
     applies = operator.api_calls()["apply"]
     time.sleep(6)
     assert operator.api_calls()["apply"] - applies <= 2  # a slow retry, not an error storm

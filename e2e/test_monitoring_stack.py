@@ -92,7 +92,8 @@ def test_keda_turns_a_scaled_object_into_an_hpa_and_serves_its_external_metric(
 ) -> None:
     kubectl.apply(_deployment(namespace, "web"))
     query = f'sum(nv_inference_count{{namespace="{namespace}"}})'
-    expected = prometheus.query(query)
+    # waited for: a scrape that timed out on a loaded machine leaves the series stale for a moment
+    expected = prometheus.wait_for_query(query, lambda v: v > 0)
     with Keda(cluster, prometheus.url) as keda:
         scaled_object = {
             "apiVersion": "keda.sh/v1alpha1",

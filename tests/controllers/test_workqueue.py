@@ -269,7 +269,9 @@ def test_a_failed_reconciles_log_line_says_why(caplog: pytest.LogCaptureFixture)
             nonlocal attempts
             attempts += 1
             if attempts == 1:
-                raise ApiError(503, "Service Unavailable", "etcdserver: leader changed", call="apply Service ns/a")
+                raise ApiError(
+                    503, "Service Unavailable", "etcdserver: leader changed", call="apply Service ns/a"
+                )
 
         queue: WorkQueue[str] = WorkQueue("test", reconcile, workers=1, backoff=FAST)
         queue.start()
