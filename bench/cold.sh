@@ -11,12 +11,12 @@ repo=$(git -C "$(dirname "$0")/.." rev-parse --show-toplevel)
 scratch=${2:-$(mktemp -d /tmp/kubeforge-cold.XXXX)}
 mkdir -p "$scratch"
 git clone -q "$repo" "$scratch/repo"
-export GOCACHE="$scratch/gocache" GOMODCACHE="$scratch/gomod" KUBEFORGE_CACHE="$scratch/kubeforge"
-export PIP_NO_CACHE_DIR=1
+export GOCACHE="$scratch/gocache" GOMODCACHE="$scratch/gomod" PIP_NO_CACHE_DIR=1
 echo "[cold] make $target in $scratch/repo at $(git -C "$scratch/repo" rev-parse --short HEAD), caches under $scratch"
 started=$(date +%s)
 rc=0
-(cd "$scratch/repo" && make "$target") >"$scratch/make-$target.log" 2>&1 || rc=$?
+# CACHE: the Makefile's KUBEFORGE_CACHE (torch, the Go binaries, the tool environments)
+(cd "$scratch/repo" && make "$target" CACHE="$scratch/kubeforge") >"$scratch/make-$target.log" 2>&1 || rc=$?
 seconds=$(($(date +%s) - started))
 grep -E '^\[(phase|binaries|venv|torch)\]|passed|failed|reached their goal' "$scratch/make-$target.log" || true
 echo "[cold] make $target: exit status $rc in $((seconds / 60))m$((seconds % 60))s; log: $scratch/make-$target.log"
