@@ -68,6 +68,7 @@ phase() { # name command...: runs it, records its time; a failure ends the run
   fi
 }
 
+declare -A background_pids
 background() { # name command...: a phase that runs beside the others; `await name` joins it
   local name=$1
   shift
@@ -79,14 +80,13 @@ background() { # name command...: a phase that runs beside the others; `await na
     echo $? >"$TIMES/$name.rc"
     echo $((SECONDS - t)) >"$TIMES/$name.seconds"
   ) &
-  eval "bg_$name=\$!"
+  background_pids[$name]=$!
 }
 
 await() { # name what-failed-means: waits for a background phase, records it and the wait itself
-  local name=$1 pid t=$SECONDS rc
-  pid=$(eval "echo \$bg_$name")
+  local name=$1 t=$SECONDS rc
   echo "[phase] $name-wait: waiting for $name"
-  wait "$pid"
+  wait "${background_pids[$name]}"
   record "$name" "$(cat "$TIMES/$name.seconds")"
   record "$name-wait" $((SECONDS - t))
   rc=$(cat "$TIMES/$name.rc")
