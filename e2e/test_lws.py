@@ -262,7 +262,16 @@ def test_scale_adds_a_group_and_a_change_rolls_whole_groups(
     mixed: list[str] = []
 
     def rolled() -> dict[str, Any] | None:
-        pods = _md_pods(kubectl, namespace)
+        # A pod whose StatefulSet is gone is not part of a group any more: the garbage collector
+        # deletes it, a moment later on a loaded machine (seen with e2e files run side by side).
+        live = {
+            s["metadata"]["uid"] for s in kubectl.json("get", "statefulsets", namespace=namespace)["items"]
+        }
+        pods = [
+            p
+            for p in _md_pods(kubectl, namespace)
+            if any(o["uid"] in live for o in p["metadata"].get("ownerReferences") or [])
+        ]
         for index, members in _groups(pods).items():
             # a group serving (all its pods Ready) never mixes leader and worker revisions
             if len(members) == 2 and all(_ready(p) for p in members):
