@@ -38,8 +38,8 @@ record() { # phase seconds
 summary() {
   echo
   echo "== make test: phases (seconds; budgets in $BUDGETS) =="
-  awk -F'\t' '{printf "  %-10s %6s s   budget %s s\n", $1, $2, ($3 == "" ? "-" : $3)}' "$TIMES/phases.tsv"
-  echo "  total      $((SECONDS - started)) s"
+  awk -F'\t' '{printf "  %-15s %6s s   budget %s s\n", $1, $2, ($3 == "" ? "-" : $3)}' "$TIMES/phases.tsv"
+  echo "  total           $((SECONDS - started)) s"
 }
 
 finish() { # exit status of the tests
