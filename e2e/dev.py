@@ -28,6 +28,7 @@ from e2e.operator_proc import RUNNER_MODULE, OperatorError, OperatorProcess, ope
 from e2e.storage import bound_claim, volume_for_claim
 from kubeforge.api.modeldeployment import ModelDeployment
 from kubeforge.builders.cache import cache_claim_name
+from kubeforge.builders.output import TRAINED_BY_LABEL
 
 DEV_DIR = REPO_ROOT / ".dev"
 CRDS_DIR = REPO_ROOT / "crds"
@@ -164,8 +165,9 @@ def _wait_for_examples(
 ) -> bool:
     """Wait until the examples' ModelDeployments are Ready and their TrainingJobs Succeeded (or one failed).
 
-    `examples` holds the (kind, namespace, name) that `up` applied; other objects in the cluster (a
-    developer's own) are reported, never waited for, and never fail `make dev`.
+    `examples` holds the (kind, namespace, name) that `up` applied; the ModelDeployments their
+    TrainingJobs hand off to count with them. Other objects in the cluster (a developer's own) are
+    reported, never waited for, and never fail `make dev`.
 
     kwok runs no containers, so a training pod would run forever: unless
     `finish_jobs_after` is None, pods owned by a Job get `sim.kubeforge.io/exit-code: "0"`
@@ -187,7 +189,7 @@ def _wait_for_examples(
         for obj in _custom_objects(kubectl):
             state = _example_state(obj)
             name = f"{obj['kind']} {obj['metadata']['namespace']}/{obj['metadata']['name']}"
-            if _key(obj) not in examples:
+            if not _is_example(obj, examples):
                 others.setdefault(state, []).append(name)
             elif state == "failed":
                 failed.append(name)
@@ -214,6 +216,14 @@ def _report_others(others: dict[str, list[str]]) -> None:
             print(
                 f"  other objects in the cluster, {words[state]} (not waited for): {', '.join(others[state])}"
             )
+
+
+def _is_example(obj: dict[str, Any], examples: set[tuple[str, str, str]]) -> bool:
+    """Applied by `up`, or a ModelDeployment an example TrainingJob handed its model to."""
+    if _key(obj) in examples:
+        return True
+    trainer = ((obj.get("metadata") or {}).get("labels") or {}).get(TRAINED_BY_LABEL)
+    return trainer is not None and ("TrainingJob", _key(obj)[1], trainer) in examples
 
 
 def _key(obj: dict[str, Any]) -> tuple[str, str, str]:

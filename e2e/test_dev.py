@@ -11,6 +11,7 @@ import yaml
 
 from e2e import dev
 from e2e.kube import Kubectl, wait_condition
+from kubeforge.builders.output import TRAINED_BY_LABEL as TRAINED_BY
 
 pytestmark = pytest.mark.e2e
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "model-deployment.yaml"
@@ -48,3 +49,19 @@ def test_up_waits_for_its_examples_and_reports_a_stuck_object_it_did_not_apply(
     stuck = {("ModelDeployment", namespace, "someone-elses")}
     assert not dev._wait_for_examples(kubectl, stuck, timeout=3, finish_jobs_after=None)
     assert f"not there after 3s: ModelDeployment {namespace}/someone-elses" in capsys.readouterr().err
+
+
+def test_a_model_deployment_an_example_training_job_handed_off_to_is_waited_for() -> None:
+    examples = {("TrainingJob", "default", "tabular-mlp")}
+    handed_off = {
+        "kind": "ModelDeployment",
+        "metadata": {
+            "namespace": "default",
+            "name": "tabular-mlp-serving",
+            "labels": {TRAINED_BY: "tabular-mlp"},
+        },
+    }
+    assert dev._is_example(handed_off, examples)
+    elsewhere = {**handed_off, "metadata": {**handed_off["metadata"], "namespace": "team-a"}}
+    assert not dev._is_example(elsewhere, examples)
+    assert not dev._is_example({"kind": "ModelDeployment", "metadata": {"name": "mine"}}, examples)
