@@ -48,7 +48,7 @@ dev-binaries: ## build (or reuse) the Go parts `make dev` runs: the control plan
 manifests: install ## regenerate CRDs, the chart's CRDs and docs/api.md from the API models
 	$(PY) -m kubeforge.generate
 
-lint: install ## pip check, ruff, mypy, import contracts, hadolint
+lint: install torch ## pip check, ruff, mypy, import contracts, hadolint
 	$(BIN)/pip check
 	$(BIN)/ruff check operator tests e2e bench
 	$(BIN)/ruff format --check operator tests e2e bench
