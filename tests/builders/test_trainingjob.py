@@ -10,7 +10,7 @@ import pytest
 from kubeforge.api import ModelDeployment, TrainingJob
 from kubeforge.builders.modeldeployment import endpoints
 from kubeforge.builders.output import build_output_model_deployment
-from kubeforge.builders.trainingjob import build_headless_service, build_worker_job
+from kubeforge.builders.trainingjob import build_headless_service, build_worker_job, worker_spec_hash
 from kubeforge.settings import Settings
 
 
@@ -181,3 +181,41 @@ def test_a_template_entry_for_the_trained_model_is_kept(tj_body: dict[str, Any])
     assert md is not None
     assert md["spec"]["models"][0]["source"] == "pvc://model-store/lm/opticks"
     assert md["spec"]["models"][0]["config"]["instanceGroups"] == [{"kind": "KIND_AUTO", "count": 2}]
+
+
+# -- the worker spec hash: only an edit of what shapes the workers restarts a running attempt -------
+
+
+def test_the_job_records_the_worker_spec_hash(tj: TrainingJob) -> None:
+    job = build_worker_job(tj, 0, suspend=False)
+    assert job["metadata"]["annotations"]["kubeforge.io/spec-hash"] == worker_spec_hash(tj)
+
+
+@pytest.mark.parametrize(
+    ("edit", "restarts"),
+    [
+        ({"image": "registry.local/trainer:2"}, True),
+        ({"env": [{"name": "LR", "value": "0.1"}]}, True),
+        ({"workers": 4}, True),
+        ({"runPolicy": {"activeDeadlineSeconds": 60}}, False),
+        ({"failurePolicy": {"maxRestarts": 9}}, False),
+        ({"shmSize": "2Gi"}, False),  # the default, written out: the same request
+        ({"shmSize": "8Gi"}, True),
+    ],
+)
+def test_the_worker_spec_hash_changes_with_what_shapes_the_workers(
+    tj_body: dict[str, Any], edit: dict[str, Any], restarts: bool
+) -> None:
+    before = worker_spec_hash(TrainingJob.model_validate(tj_body))
+    assert (worker_spec_hash(_variant(tj_body, **edit)) != before) is restarts
+
+
+def test_the_hand_offs_model_deployment_spec_is_not_a_worker_edit(tj_body: dict[str, Any]) -> None:
+    output = {"uri": "pvc://models/mnist", "modelName": "mnist"}
+    plain = _variant(tj_body, output=output)
+    served = {"name": "served", "spec": {"replicas": 3, "models": []}}
+    handed_off = _variant(tj_body, output={**output, "modelDeployment": served})
+    assert worker_spec_hash(handed_off) == worker_spec_hash(plain)
+    assert worker_spec_hash(_variant(tj_body, output={**output, "uri": "pvc://models/other"})) != (
+        worker_spec_hash(plain)
+    )

@@ -9,6 +9,8 @@ Service clear of a ModelDeployment of the same name (train `resnet50`, serve `re
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any
 
 from kubeforge.api.trainingjob import TrainingJob
@@ -21,6 +23,10 @@ KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 COMPLETION_INDEX = "metadata.annotations['batch.kubernetes.io/job-completion-index']"
 PVC_ROOT = "/mnt/pvc"
 CHECKPOINT_ENV = "KUBEFORGE_CHECKPOINT_DIR"
+# on each attempt's Job: a digest of the spec fields that shape its workers (worker_spec_hash)
+SPEC_HASH_ANNOTATION = "kubeforge.io/spec-hash"
+# spec fields that never shape a worker: they apply at once to a running attempt
+_NOT_WORKER_SHAPING = ("runPolicy", "failurePolicy")
 
 
 def labels(tj: TrainingJob) -> dict[str, str]:
@@ -42,6 +48,24 @@ def service_name(tj: TrainingJob) -> str:
 def master_addr(tj: TrainingJob, attempt: int) -> str:
     """Worker 0's stable DNS name for this attempt (resolvable before it is ready: publishNotReadyAddresses)."""
     return f"{job_name(tj, attempt)}-0.{service_name(tj)}"
+
+
+def worker_spec_hash(tj: TrainingJob) -> str:
+    """A digest of what the user asked of the workers, independent of the operator's release.
+
+    A running attempt is restarted only when this changes (an edit of the spec), never because a
+    new release of the builders (or a new setting) would render the same spec differently: the
+    new template applies to the next attempt. Fields left at their defaults are left out, so a
+    field that a newer CRD or operator adds with a default does not count as an edit; so are the
+    run and failure policies (they apply at once) and the hand-off's ModelDeployment spec.
+    """
+    spec = tj.spec.model_dump(by_alias=True, exclude_none=True, exclude_defaults=True, mode="json")
+    for key in _NOT_WORKER_SHAPING:
+        spec.pop(key, None)
+    if isinstance(spec.get("output"), dict):
+        spec["output"].pop("modelDeployment", None)
+    canonical = json.dumps(spec, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:20]
 
 
 def _meta(tj: TrainingJob, name: str, extra_labels: dict[str, str] | None = None) -> dict[str, Any]:
@@ -182,10 +206,12 @@ def build_worker_job(tj: TrainingJob, attempt: int, *, suspend: bool) -> Object:
     template_meta: dict[str, Any] = {"labels": pod_labels}
     if pod_annotations:
         template_meta["annotations"] = pod_annotations
+    meta = _meta(tj, job_name(tj, attempt), job_labels)
+    meta["annotations"] = {SPEC_HASH_ANNOTATION: worker_spec_hash(tj)}
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": _meta(tj, job_name(tj, attempt), job_labels),
+        "metadata": meta,
         "spec": {
             "completionMode": "Indexed",
             "completions": spec.workers,

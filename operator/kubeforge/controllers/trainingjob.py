@@ -13,6 +13,10 @@ Edits. A change to what shapes the workers (image, command, env, resources, work
 of a running job restarts the gang from its last checkpoint with the new template (reason
 SpecChanged; not counted against maxRestarts, no backoff). Run-policy and failure-policy changes
 apply at once. A finished job does not run again.
+
+Upgrades. Only an edit restarts a running attempt: a new operator release (or setting) that
+renders the same spec differently leaves it running, and its template applies to the next
+attempt. Each attempt's Job records what the user asked of its workers (worker_spec_hash).
 """
 
 from __future__ import annotations
@@ -33,9 +37,11 @@ from kubeforge.api.trainingjob import (
 from kubeforge.builders.output import build_output_model_deployment, created_by
 from kubeforge.builders.trainingjob import (
     ATTEMPT_LABEL,
+    SPEC_HASH_ANNOTATION,
     build_headless_service,
     build_worker_job,
     service_name,
+    worker_spec_hash,
 )
 from kubeforge.controllers.context import ChildConflict, Context
 from kubeforge.controllers.crashpoints import crash_point
@@ -174,6 +180,19 @@ def _job_finished(job: Object) -> bool:
 def _desired_job(tj: TrainingJob, attempt: int) -> Object:
     queue = tj.spec.scheduling.queue if tj.spec.scheduling else None
     return build_worker_job(tj, attempt, suspend=queue is not None)
+
+
+def _workers_respecified(tj: TrainingJob, status: TrainingJobStatus, job: Object) -> bool:
+    """Whether the spec of the workers changed since the running attempt's Job was created."""
+    recorded = (job["metadata"].get("annotations") or {}).get(SPEC_HASH_ANNOTATION)
+    if recorded is not None:
+        return bool(recorded != worker_spec_hash(tj))
+    # a Job of a release that did not record the spec: only an edit since that release last
+    # reconciled (a newer generation) may restart it, when it changes the template
+    if tj.metadata.generation == status.observed_generation:
+        return False
+    current = applied_hash(job)
+    return current is not None and current != applied_hash(stamped(_desired_job(tj, status.attempt or 0)))
 
 
 async def _sweep(ctx: Context, step: _Step, jobs: dict[int, Object]) -> None:
@@ -333,8 +352,7 @@ async def _run(ctx: Context, step: _Step, jobs: dict[int, Object]) -> float | No
     if job is None:
         return await _start_attempt(ctx, step)
 
-    current = applied_hash(job)
-    if current is not None and current != applied_hash(stamped(_desired_job(tj, attempt))):
+    if _workers_respecified(tj, status, job):
         message = f"the worker template changed (generation {tj.metadata.generation}): restarting the gang"
         return await _next_attempt(ctx, step, jobs, "SpecChanged", message, 0, "Normal")
 
@@ -448,7 +466,7 @@ def _newly_stalled(tj: TrainingJob, failure: ReconcileFailure) -> bool:
 
 
 async def reconcile_training_job(ctx: Context, key: tuple[str, str]) -> float | None:
-    loaded = await load_or_refuse(ctx, r.TRAINING_JOB, TrainingJob, key)
+    loaded = await load_or_refuse(ctx, r.TRAINING_JOB, TrainingJob, key, keep_phase=True)
     if loaded is None:
         return None
     body, tj = loaded
