@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from kubeforge.api import ModelDeployment, TrainingJob
 from kubeforge.api.base import ApiModel
-from kubeforge.controllers.invalid import describe
+from kubeforge.controllers.invalid import describe, invalid_status, read_tolerantly
 from tests.data.invalid_specs import EXAMPLES, INVALID_SPECS, OPERATOR_ONLY_SPECS, InvalidSpec
 
 MODELS: dict[str, type[ApiModel]] = {"ModelDeployment": ModelDeployment, "TrainingJob": TrainingJob}
@@ -59,3 +59,45 @@ def test_readme_examples_are_valid() -> None:
     autoscaling = yaml.safe_load(blocks[1])["autoscaling"]
     spec = {**ten_lines["spec"], "autoscaling": autoscaling}
     ModelDeployment.model_validate({**ten_lines, "spec": spec})
+
+
+# -- version skew: what a newer CRD or release wrote ---------------------------------------------
+
+
+def _example(name: str) -> dict[str, object]:
+    doc: dict[str, object] = yaml.safe_load((EXAMPLES / name).read_text())
+    return doc
+
+
+def test_fields_a_newer_release_added_are_ignored_and_named() -> None:
+    body = _example("training-job.yaml")
+    body["spec"]["futureField"] = "x"  # type: ignore[index]
+    body["spec"]["failurePolicy"]["newKnob"] = 1  # type: ignore[index]
+    body["status"] = {"phase": "Running", "attempt": 2, "laterStatusField": {"a": 1}}
+    tj, unknown = read_tolerantly(TrainingJob, body)
+    assert unknown[:2] == ["spec.failurePolicy.newKnob", "spec.futureField"]
+    assert tj.status is not None and tj.status.attempt == 2
+
+
+def test_a_tolerant_read_still_refuses_a_bad_value_and_names_only_it() -> None:
+    body = _example("training-job.yaml")
+    body["spec"]["futureField"] = "x"  # type: ignore[index]
+    body["spec"]["workers"] = 0  # type: ignore[index]
+    with pytest.raises(ValidationError) as info:
+        read_tolerantly(TrainingJob, body)
+    assert describe(info.value).startswith("spec.workers:")
+
+
+def test_a_refused_training_job_keeps_its_status_and_phase() -> None:
+    body = _example("training-job.yaml")
+    body["metadata"]["generation"] = 5  # type: ignore[index]
+    status = {"phase": "Running", "attempt": 3, "restarts": 1, "startTime": "2026-12-01T00:00:00Z"}
+    body["status"] = {**status, "observedGeneration": 4}
+    refused, changed = invalid_status(body, "spec.x: bad", "Failed", None, keep_phase=True)
+    assert changed
+    assert {k: refused[k] for k in status} == status
+    stalled = next(c for c in refused["conditions"] if c["type"] == "Stalled")
+    assert (stalled["status"], stalled["reason"]) == ("True", "InvalidSpec")
+    # without a phase of its own (never reconciled), it is Failed
+    del body["status"]
+    assert invalid_status(body, "spec.x: bad", "Failed", None, keep_phase=True)[0]["phase"] == "Failed"
