@@ -33,6 +33,9 @@ class Settings:
     metric_absent_seconds: float = 300.0
     # a failed model cache fill is retried after this long, doubling per retry up to an hour
     fill_retry_seconds: float = 60.0
+    # at most this many ModelDeployments roll at once for a pod template change no edit asked for
+    # (a new operator release or setting); each holds its slot until its rollout completed
+    operator_rollouts: int = 1
     namespaces: tuple[str, ...] = field(default_factory=tuple)
 
     @classmethod
@@ -50,5 +53,6 @@ class Settings:
                 env.get("KUBEFORGE_METRIC_ABSENT_SECONDS", cls.metric_absent_seconds)
             ),
             fill_retry_seconds=float(env.get("KUBEFORGE_FILL_RETRY_SECONDS", cls.fill_retry_seconds)),
+            operator_rollouts=int(env.get("KUBEFORGE_OPERATOR_ROLLOUTS", cls.operator_rollouts)),
             model_probe=env.get("KUBEFORGE_MODEL_PROBE", "true").lower() not in ("0", "false", "no", "off"),
         )

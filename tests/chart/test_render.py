@@ -248,6 +248,7 @@ def test_settings_are_read_by_the_operator(helm: Helm) -> None:
         "resyncSeconds": 12.5,
         "fillRetrySeconds": 30,
         "modelProbe": False,
+        "operatorRollouts": 3,
     }
     settings = Settings.from_env(_env(helm.template(values)))
     assert (settings.triton_image, settings.helper_image) == (
@@ -260,6 +261,7 @@ def test_settings_are_read_by_the_operator(helm: Helm) -> None:
     assert settings.resync_seconds == 12.5
     assert settings.fill_retry_seconds == 30
     assert settings.model_probe is False
+    assert settings.operator_rollouts == 3
 
 
 def test_replicas_zero_pauses_the_operator(helm: Helm) -> None:

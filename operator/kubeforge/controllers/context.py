@@ -15,6 +15,7 @@ from typing import Any
 
 from kubeforge.controllers.cache import ObjectCache
 from kubeforge.controllers.metrics import OperatorMetrics
+from kubeforge.controllers.rollout import OperatorRollouts
 from kubeforge.k8s.client import Kube
 from kubeforge.k8s.resources import Resource, resource_for
 from kubeforge.k8s.semantic import controller_ref, controller_uid, describe_controller, stamped, up_to_date
@@ -72,9 +73,14 @@ class Context:
     cache: ObjectCache = field(default_factory=ObjectCache)
     metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
     now: Callable[[], datetime] = utcnow
+    rollouts: OperatorRollouts | None = None
+    # (uid, fields) of objects whose unknown fields were reported (controllers/invalid.py)
+    reported_unknown: set[tuple[str, str]] = field(default_factory=set)
     _events: set[asyncio.Task[None]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
+        if self.rollouts is None:
+            self.rollouts = OperatorRollouts(self.settings.operator_rollouts)
         if self.metrics.cache_objects is None:
             self.metrics.cache_objects = self.cache.counts  # kubeforge_cache_objects, read at scrape time
 

@@ -28,6 +28,7 @@ from kubeforge.controllers.context import Context
 from kubeforge.controllers.failures import settle
 from kubeforge.controllers.invalid import load_or_refuse
 from kubeforge.controllers.modelcache import FILL_POLL_SECONDS, observe_cache, sweep_cache
+from kubeforge.controllers.rollout import DEFERRED_RECHECK_SECONDS
 from kubeforge.controllers.status_patch import write_status
 from kubeforge.controllers.workqueue import Surfaced
 from kubeforge.k8s import resources as r
@@ -83,9 +84,38 @@ class AppliedWorkload:
     leaderworkerset: dict[str, Any] | None = None
     # why neither was applied: the LeaderWorkerSet API is not served
     failure: ReconcileFailure | None = None
+    # why the live one keeps its template: it waits for an operator rollout slot (controllers/rollout.py)
+    deferred: str | None = None
 
 
-async def _workload(ctx: Context, md: ModelDeployment) -> AppliedWorkload:
+async def _apply_workload(
+    ctx: Context, md: ModelDeployment, desired: dict[str, Any], observed_generation: int | None
+) -> tuple[dict[str, Any], str | None]:
+    """Apply the serving workload, unless it waits for an operator rollout slot: (live or applied, why)."""
+    rollouts = ctx.rollouts
+    assert rollouts is not None
+    meta = desired["metadata"]
+    live = ctx.cache.get(desired["kind"], meta["namespace"], meta["name"])
+    decision = rollouts.decide(ctx.cache, desired, live, md.metadata.generation, observed_generation)
+    if decision.operator_rollout:
+        async with rollouts.lock:  # the slot is taken by the apply: decide again under the lock
+            decision = rollouts.decide(ctx.cache, desired, live, md.metadata.generation, observed_generation)
+            if decision.desired is not None:
+                applied = await ctx.ensure(decision.desired)
+                log.info(
+                    "%s %s/%s: operator rollout of a new pod template started",
+                    desired["kind"],
+                    meta["namespace"],
+                    meta["name"],
+                )
+                return applied, None
+    if decision.desired is None:
+        assert live is not None and decision.deferred is not None
+        return live, decision.deferred
+    return await ctx.ensure(decision.desired), None
+
+
+async def _workload(ctx: Context, md: ModelDeployment, observed_generation: int | None) -> AppliedWorkload:
     """Apply the Deployment, or the LeaderWorkerSet when a replica spans nodes, and remove the other.
 
     The new one is applied before the old one is deleted, and the old one stays when the new one
@@ -98,16 +128,19 @@ async def _workload(ctx: Context, md: ModelDeployment) -> AppliedWorkload:
         if not (await ctx.kube.api_group_served(LWS_API) or await ctx.kube.api_group_served(LWS_API, ttl=0)):
             return AppliedWorkload(failure=LWS_NOT_INSTALLED)
         try:
-            lws = await ctx.ensure(build_leaderworkerset(md, ctx.settings))
+            lws, deferred = await _apply_workload(
+                ctx, md, build_leaderworkerset(md, ctx.settings), observed_generation
+            )
         except ApiError as err:
             if err.status != 404:
                 raise
             return AppliedWorkload(failure=LWS_NOT_INSTALLED)  # uninstalled since discovery was last asked
         await ctx.ensure_absent(r.DEPLOYMENT, ns, name, uid)
-        return AppliedWorkload(leaderworkerset=lws)
-    deployment = await ctx.ensure(build_triton_deployment(md, ctx.settings))
+        return AppliedWorkload(leaderworkerset=lws, deferred=deferred)
+    desired = build_triton_deployment(md, ctx.settings)
+    deployment, deferred = await _apply_workload(ctx, md, desired, observed_generation)
     await ctx.ensure_absent(r.LEADER_WORKER_SET, ns, leaderworkerset_name(md), uid)
-    return AppliedWorkload(deployment=deployment)
+    return AppliedWorkload(deployment=deployment, deferred=deferred)
 
 
 def _ours(ctx: Context, md: ModelDeployment, resource: r.Resource, name: str) -> dict[str, Any] | None:
@@ -208,7 +241,10 @@ async def reconcile_model_deployment(ctx: Context, key: tuple[str, str]) -> floa
     if loaded is None:
         return None
     body, md = loaded
-    previous = ModelDeploymentStatus.model_validate(body["status"]) if body.get("status") else None
+    # a status a newer release wrote may carry fields this one does not know
+    previous = (
+        ModelDeploymentStatus.model_validate(body["status"], extra="ignore") if body.get("status") else None
+    )
 
     # the model cache first: with one, the pods of this spec start only once its fill is complete
     (cache,), failure = await settle(observe_cache(ctx, md, previous.cache if previous else None))
@@ -217,7 +253,9 @@ async def reconcile_model_deployment(ctx: Context, key: tuple[str, str]) -> floa
     multi_node = md.spec.replica_nodes > 1
     # the children do not depend on each other: apply them concurrently
     (workload, _, _, autoscaler, _), child_failure = await settle(
-        _workload(ctx, md) if serve else _withheld(ctx, md),
+        _workload(ctx, md, previous.observed_generation if previous else None)
+        if serve
+        else _withheld(ctx, md),
         ctx.ensure(build_leader_service(md) if multi_node else build_service(md)),
         _ensure_optional(ctx, r.PDB, md, build_pod_disruption_budget(md)),
         _autoscaler(ctx, md),
@@ -253,6 +291,7 @@ async def reconcile_model_deployment(ctx: Context, key: tuple[str, str]) -> floa
         model_probe_error=probe_error,
         failure=failure,
         cache=cache,
+        rollout_deferred=workload.deferred,
     )
     now = ctx.now()
     status, transitions = compute_status(
@@ -276,6 +315,8 @@ async def reconcile_model_deployment(ctx: Context, key: tuple[str, str]) -> floa
     if scaling is not None and scaling.status != ConditionStatus.TRUE:
         # an API installed later, or a metric absent long enough, sends no watch event: look again
         requeue.append(MISSING_API_SECONDS)
+    if workload.deferred is not None:
+        requeue.append(DEFERRED_RECHECK_SECONDS)  # a slot freed elsewhere sends no event here
     if ctx.settings.model_probe and states is not None:
         requeue.append(MODEL_PROBE_SECONDS)  # Triton's model state sends no watch events: look again soon
     return min((s for s in requeue if s is not None), default=None)

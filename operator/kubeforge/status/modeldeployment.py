@@ -60,6 +60,8 @@ class Observed:
     cache: CacheObservation | None = None
     # a replica spanning several nodes runs as a LeaderWorkerSet group instead of a Deployment
     leaderworkerset: dict[str, Any] | None = None
+    # the workload keeps its pod template: it waits for an operator rollout slot (why, in words)
+    rollout_deferred: str | None = None
 
 
 @dataclass(frozen=True)
@@ -291,6 +293,11 @@ def compute_status(
             desired_replicas = int(hpa_desired)
     else:
         conditions = [c for c in conditions if c.type != "AutoscalingReady"]
+
+    if observed.rollout_deferred is not None:
+        put("RolloutDeferred", True, "WaitingForRolloutSlot", observed.rollout_deferred)
+    else:
+        conditions = [c for c in conditions if c.type != "RolloutDeferred"]
 
     conditions = _gitops(conditions, failure, stall_seconds, generation, now)
     degraded = get_condition(conditions, "Degraded")
