@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from e2e.storage import bound_claim
 
 pytestmark = pytest.mark.e2e
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXIT_CODE = "sim.kubeforge.io/exit-code"
 
 
 @pytest.fixture(scope="module")
@@ -27,6 +29,7 @@ def kueue(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 
 def _queues(namespace: str) -> str:
+    """8 GPUs; a workload of a higher priority preempts lower ones in the same ClusterQueue."""
     return f"""
 apiVersion: kueue.x-k8s.io/v1beta2
 kind: ResourceFlavor
@@ -37,6 +40,7 @@ kind: ClusterQueue
 metadata: {{name: gpus-{namespace}}}
 spec:
   namespaceSelector: {{matchLabels: {{kubernetes.io/metadata.name: {namespace}}}}}
+  preemption: {{withinClusterQueue: LowerPriority}}
   resourceGroups:
     - coveredResources: [cpu, memory, nvidia.com/gpu]
       flavors:
@@ -53,14 +57,31 @@ spec: {{clusterQueue: gpus-{namespace}}}
 """
 
 
-def _job(namespace: str, name: str) -> str:
+PRIORITIES = """
+apiVersion: scheduling.k8s.io/v1
+kind: PriorityClass
+metadata: {name: e2e-training-low}
+value: 100
+---
+apiVersion: scheduling.k8s.io/v1
+kind: PriorityClass
+metadata: {name: e2e-training-high}
+value: 1000
+"""
+
+
+def _job(namespace: str, name: str, priority: str | None = None, **run_policy: Any) -> str:
     doc = yaml.safe_load((EXAMPLES / "training-job.yaml").read_text())
     doc["metadata"].update(name=name, namespace=namespace)
+    scheduling: dict[str, Any] = {"queue": "gpu-queue"}
+    if priority:
+        scheduling["placement"] = {"priorityClassName": priority}
     doc["spec"].update(
         workers=1,
         gpu={"count": 8, "product": "NVIDIA-A100-SXM4-80GB"},
-        scheduling={"queue": "gpu-queue"},
+        scheduling=scheduling,
     )
+    doc["spec"]["runPolicy"].update(run_policy)
     return json.dumps(doc)
 
 
@@ -80,7 +101,8 @@ def test_two_8_gpu_jobs_are_admitted_one_after_the_other(
         timeout=90,
         message="first admitted and running",
     )
-    kubectl.apply(_job(namespace, "second"))
+    # it waits in the queue longer than its pending deadline: only the time since admission counts
+    kubectl.apply(_job(namespace, "second", pendingDeadlineSeconds=8))
 
     def queued() -> bool:
         phase, tj = _phase(kubectl, namespace, "second")
@@ -104,13 +126,15 @@ def test_two_8_gpu_jobs_are_admitted_one_after_the_other(
         find_condition(workload, "QuotaReserved") is None
         or find_condition(workload, "QuotaReserved")["status"] == "False"
     )  # type: ignore[index]
+    time.sleep(10)  # past the pending deadline, still queued
+    assert _phase(kubectl, namespace, "second")[0] == "Pending"
 
     kubectl(
         "annotate",
         "pods",
         "-l",
         "batch.kubernetes.io/job-name=first-0",
-        "sim.kubeforge.io/exit-code=0",
+        f"{EXIT_CODE}=0",
         namespace=namespace,
     )
     wait_for(
@@ -121,3 +145,36 @@ def test_two_8_gpu_jobs_are_admitted_one_after_the_other(
         timeout=90,
         message="second admitted once the GPUs are free",
     )
+    assert _phase(kubectl, namespace, "second")[1]["status"]["restarts"] == 0
+
+
+def test_a_job_preempted_by_kueue_is_requeued_and_resumes_with_restarts_unchanged(
+    kubectl: Kubectl, namespace: str, operator: Any, kueue: None
+) -> None:
+    bound_claim(kubectl, namespace, "training-checkpoints")
+    kubectl.apply(PRIORITIES)
+    kubectl.apply(_queues(namespace))
+    kubectl.apply(_job(namespace, "low", priority="e2e-training-low"))
+    wait_for(lambda: _phase(kubectl, namespace, "low")[0] == "Running", timeout=90, message="low running")
+
+    kubectl.apply(_job(namespace, "high", priority="e2e-training-high"))
+
+    def requeued() -> dict[str, Any] | None:
+        phase, tj = _phase(kubectl, namespace, "low")
+        succeeded = find_condition(tj, "Succeeded")
+        return tj if phase == "Pending" and succeeded and succeeded["reason"] == "Requeued" else None
+
+    tj = wait_for(requeued, timeout=90, message="low preempted by Kueue and requeued")
+    assert (tj["status"]["restarts"], tj["status"]["attempt"], tj["status"]["preemptions"]) == (0, 0, 1)
+    wait_for(lambda: _phase(kubectl, namespace, "high")[0] == "Running", timeout=90, message="high running")
+    assert kubectl.json("get", "job", "low-0", namespace=namespace)["spec"]["suspend"] is True
+
+    kubectl(
+        "annotate", "pods", "-l", "batch.kubernetes.io/job-name=high-0", f"{EXIT_CODE}=0", namespace=namespace
+    )
+    wait_for(lambda: _phase(kubectl, namespace, "low")[0] == "Running", timeout=90, message="low resumed")
+    status = _phase(kubectl, namespace, "low")[1]["status"]
+    # the same attempt (the same Job, Kueue's same Workload) resumes: no restart was counted
+    assert (status["restarts"], status["attempt"], status["preemptions"]) == (0, 0, 1)
+    events = kubectl.json("get", "events", "--field-selector", "involvedObject.name=low", namespace=namespace)
+    assert any(e["reason"] == "Requeued" for e in events["items"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -160,8 +161,12 @@ def _set_suspend(kubectl: Kubectl, namespace: str, suspend: bool) -> None:
 
 
 def test_suspend_then_resume(kubectl: Kubectl, namespace: str, operator: Any, checkpoints: str) -> None:
-    kubectl.apply(_job(namespace))
+    """The suspended time does not count against activeDeadlineSeconds: it runs afresh on resume."""
+    deadline = 12
+    kubectl.apply(_job(namespace, runPolicy={"activeDeadlineSeconds": deadline}))
     _running_workers(kubectl, namespace, "train-0", 2)
+    started = time.monotonic()
+    time.sleep(4)
     _set_suspend(kubectl, namespace, True)
     tj = wait_condition(kubectl, "tj", "train", "Suspended", "True", namespace=namespace, timeout=60)
     assert tj["status"]["phase"] == "Suspended"
@@ -170,11 +175,18 @@ def test_suspend_then_resume(kubectl: Kubectl, namespace: str, operator: Any, ch
         timeout=30,
         message="workers removed",
     )
+    time.sleep(
+        max(0.0, deadline + 1 - (time.monotonic() - started))
+    )  # past the deadline, counted from the start
     _set_suspend(kubectl, namespace, False)
     tj = wait_condition(kubectl, "tj", "train", "Running", "True", namespace=namespace, timeout=60)
+    resumed = time.monotonic()
     assert tj["status"]["phase"] == "Running"
     assert find_condition(tj, "Suspended")["status"] == "False"  # type: ignore[index]
     assert tj["status"]["restarts"] == 0  # a suspension is not a failure
+    tj = wait_condition(kubectl, "tj", "train", "Failed", "True", namespace=namespace, timeout=60)
+    assert find_condition(tj, "Failed")["reason"] == "DeadlineExceeded"  # type: ignore[index]
+    assert time.monotonic() - resumed >= deadline - 2  # the resumed workers had their full deadline
 
 
 def test_pending_deadline_fails_with_the_scheduler_message(

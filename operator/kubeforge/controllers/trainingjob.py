@@ -313,7 +313,38 @@ async def _suspend(ctx: Context, step: _Step, jobs: dict[int, Object]) -> None:
         await step.commit(ctx)
         await _sweep(ctx, step, jobs)
     status.active_workers = 0
+    status.start_time = None  # activeDeadlineSeconds runs afresh from the resumed workers' start
     step.phase(TrainingPhase.SUSPENDED, "Suspended", message)
+
+
+def _queued(step: _Step, was_running: bool) -> None:
+    """The workers wait for Kueue: not admitted yet, or evicted (preempted by a higher-priority
+    workload, a reclaimed quota...). Kueue evicts by suspending the Job again, and the Job controller
+    then removes its pods without counting them as failed: a requeue, never a worker failure. The
+    same Job (Kueue's Workload) stays in the queue, so Kueue requeues it by its own policy, and the
+    workers resume from the last checkpoint once it is admitted again."""
+    tj, status = step.tj, step.status
+    queue = tj.spec.scheduling.queue if tj.spec.scheduling else ""
+    status.active_workers = 0
+    if was_running:
+        status.preemptions = (status.preemptions or 0) + 1
+        status.start_time = None  # activeDeadlineSeconds does not run while the job waits in the queue
+        message = (
+            f"Kueue evicted the workers of attempt {status.attempt or 0} (preempted, or its quota reclaimed); "
+            f"waiting in queue {queue} to be admitted again, then resuming from the last checkpoint"
+        )
+        step.phase(TrainingPhase.PENDING, "Requeued", message, event="Warning")
+    elif step.reason != "Requeued" or step.status.phase != TrainingPhase.PENDING:
+        step.phase(TrainingPhase.PENDING, "Queued", f"waiting for Kueue to admit the workers (queue {queue})")
+
+
+def _pending_since(tj: TrainingJob, status: TrainingJobStatus, job: Object) -> datetime | None:
+    """Where pendingDeadlineSeconds counts from: the attempt's start or, for a queued job, its
+    admission (the Job controller sets the Job's startTime when Kueue unsuspends it). Time spent
+    waiting in the queue never counts."""
+    if tj.spec.scheduling and tj.spec.scheduling.queue:
+        return _ts((job.get("status") or {}).get("startTime"))
+    return status.attempt_start_time or _ts(job["metadata"].get("creationTimestamp"))
 
 
 async def _start_attempt(ctx: Context, step: _Step) -> float | None:
@@ -358,6 +389,7 @@ async def _run(ctx: Context, step: _Step, jobs: dict[int, Object]) -> float | No
 
     pods = _pods_of(ctx, tj, job)
     obs = observe_attempt(job, pods, tj.spec.workers)
+    was_running = status.phase == TrainingPhase.RUNNING or (status.active_workers or 0) > 0
     checkpoint = reported_checkpoint(pods)
     if checkpoint is not None and (
         status.last_checkpoint is None or (checkpoint.step or 0) >= (status.last_checkpoint.step or 0)
@@ -372,6 +404,10 @@ async def _run(ctx: Context, step: _Step, jobs: dict[int, Object]) -> float | No
     status.succeeded_workers = obs.succeeded
     status.failed_workers = len(obs.failed_pods)
 
+    if obs.suspended_by_queue:
+        # before the failures: the pods of an evicted Job are being removed, they did not fail
+        _queued(step, was_running)
+        return None
     policy = tj.spec.failure_policy or FailurePolicy()
     if obs.failed_pods:
         first = earliest_failure(obs.failed_pods)
@@ -404,19 +440,11 @@ async def _run(ctx: Context, step: _Step, jobs: dict[int, Object]) -> float | No
         return max(1.0, active_left) if active_left is not None else None
 
     # not all workers running yet
-    if obs.suspended_by_queue:
-        step.phase(
-            TrainingPhase.PENDING,
-            "Queued",
-            f"waiting for Kueue to admit the workers (queue {tj.spec.scheduling.queue if tj.spec.scheduling else ''})",
-        )
-        return None
     reason, message = "WorkersPending", f"attempt {attempt}: {obs.running}/{tj.spec.workers} workers running"
     if obs.pending_message:
         reason, message = "Unschedulable", f"{message}; {obs.pending_message}"
     pending_deadline = run_policy.pending_deadline_seconds if run_policy else None
-    since = status.attempt_start_time or _ts(job["metadata"].get("creationTimestamp"))
-    pending_left = _seconds_left(step.now, since, pending_deadline)
+    pending_left = _seconds_left(step.now, _pending_since(tj, status, job), pending_deadline)
     if pending_left is not None:
         if pending_left <= 0:
             message = f"workers not all running within {pending_deadline}s; {obs.pending_message or message}"
