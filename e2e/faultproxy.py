@@ -213,6 +213,8 @@ class FaultProxy:
         self._delay = 0.0
         self._injections: list[_Injection] = []
         self._gone_watches = 0
+        # watches open when silence_watches() was called: they deliver nothing more (index -> True)
+        self._open_watches: dict[int, bool] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._upstream = ""
@@ -305,6 +307,15 @@ class FaultProxy:
         listening: clients reconnect as they would after a network blip.
         """
         return self._call(self._drop_all())
+
+    def silence_watches(self) -> int:
+        """Every watch open now goes silent, as on a half-open TCP connection (a NAT that forgot
+        it): its events, bookmarks and end are swallowed and its connection stays open until the
+        client gives up. Watches opened later flow as usual. Returns how many were silenced."""
+        with self._lock:
+            for index in self._open_watches:
+                self._open_watches[index] = True
+            return len(self._open_watches)
 
     def delay(self, seconds: float) -> None:
         """Hold each request `seconds` before it is forwarded or answered (0 to stop)."""
@@ -521,9 +532,24 @@ class FaultProxy:
                     response.content_length = upstream.content_length
                 await response.prepare(request)
                 self._answered(index, upstream.status, None)
-                async for chunk in upstream.content.iter_any():
-                    await self._flowing.wait()
-                    await response.write(chunk)
+                watch = _is_watch(request)
+                if watch:
+                    with self._lock:
+                        self._open_watches[index] = False
+                try:
+                    async for chunk in upstream.content.iter_any():
+                        await self._flowing.wait()
+                        if watch and self._open_watches.get(index):
+                            continue  # silenced: swallowed
+                        await response.write(chunk)
+                    while watch and self._open_watches.get(index):
+                        # silenced: the end is swallowed too; hold until the client gives up
+                        if request.transport is None or request.transport.is_closing():
+                            break
+                        await asyncio.sleep(0.2)
+                finally:
+                    with self._lock:
+                        self._open_watches.pop(index, None)
                 await response.write_eof()
                 return response
         except (aiohttp.ClientError, OSError, RuntimeError) as error:

@@ -257,6 +257,32 @@ def test_a_relist_after_410_recreates_deleted_children_and_forgets_deleted_owner
     assert "listing again" in own_operator.log_text()
 
 
+def test_a_silently_dead_watch_is_noticed_and_watched_again(
+    kubectl: Kubectl,
+    namespace: str,
+    own_operator: OperatorProcess,
+    models_claim: str,
+    cluster: Cluster,
+    tmp_path: Path,
+) -> None:
+    """A half-open connection: the watches deliver nothing, not even their end, and no reset comes.
+    The operator asks the server to end each watch after KUBEFORGE_WATCH_SECONDS (10 s here; 45 by
+    default) and gives up on one silent for 15 s more: a new object is seen within about 25 s."""
+    watch_seconds, margin = 10, 15
+    with _behind_proxy(
+        own_operator, cluster, tmp_path, env={"KUBEFORGE_WATCH_SECONDS": str(watch_seconds)}
+    ) as proxy:
+        kubectl.apply(json.dumps(_md(namespace, "first")))
+        _observed(kubectl, namespace, "first")
+        assert proxy.silence_watches() >= 2
+        silenced = time.monotonic()
+        kubectl.apply(json.dumps(_md(namespace, "second")))
+        _observed(kubectl, namespace, "second", timeout=90)
+        noticed = time.monotonic() - silenced
+    assert noticed <= watch_seconds + margin + 10, noticed
+    assert "the connection is presumed dead" in own_operator.log_text()
+
+
 def test_injected_conflicts_throttling_and_server_errors_back_off_and_converge(
     kubectl: Kubectl,
     namespace: str,

@@ -36,6 +36,9 @@ class Settings:
     # at most this many ModelDeployments roll at once for a pod template change no edit asked for
     # (a new operator release or setting); each holds its slot until its rollout completed
     operator_rollouts: int = 1
+    # the API server ends each watch after this long; a watch silent for this long plus a margin
+    # is presumed dead (a half-open connection) and started again
+    watch_seconds: int = 45
     namespaces: tuple[str, ...] = field(default_factory=tuple)
 
     @classmethod
@@ -53,6 +56,7 @@ class Settings:
                 env.get("KUBEFORGE_METRIC_ABSENT_SECONDS", cls.metric_absent_seconds)
             ),
             fill_retry_seconds=float(env.get("KUBEFORGE_FILL_RETRY_SECONDS", cls.fill_retry_seconds)),
+            watch_seconds=int(env.get("KUBEFORGE_WATCH_SECONDS", cls.watch_seconds)),
             operator_rollouts=int(env.get("KUBEFORGE_OPERATOR_ROLLOUTS", cls.operator_rollouts)),
             model_probe=env.get("KUBEFORGE_MODEL_PROBE", "true").lower() not in ("0", "false", "no", "off"),
         )

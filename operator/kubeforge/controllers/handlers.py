@@ -110,6 +110,7 @@ class Runtime:
                 namespace=ns,
                 on_change=self.owner_changed if owner else self.child_changed,
                 label_selector=None if owner else OWNER_KIND_LABEL,
+                watch_seconds=self.ctx.settings.watch_seconds,
             )
             for ns in self.namespaces or (None,)
         ]

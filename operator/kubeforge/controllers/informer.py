@@ -8,6 +8,12 @@ vanished children are reconciled (the children are recreated), vanished owners a
 
 Between lists, the watch continues from the last resourceVersion seen (bookmarks keep it fresh),
 so a dropped connection costs a new watch, not a new list; only 410 costs a list.
+
+A connection that died silently (a NAT timeout, a half-open TCP session) sends no reset either.
+Every watch asks the server to end it after `watch_seconds` (45 s by default), and the client
+gives up on a stream that delivered nothing for that long plus a margin (k8s/client.py): so a
+silent dead watch is noticed and watched again within about a minute (client-go relies on HTTP/2
+pings for the same; this client speaks HTTP/1.1).
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ log = logging.getLogger(__name__)
 Object = dict[str, Any]
 # (event type: ADDED, MODIFIED or DELETED; the object)
 OnChange = Callable[[str, Object], None]
-WATCH_SECONDS = 300  # the server ends each watch after this; it is resumed from the last version
+WATCH_SECONDS = 45  # the server ends each watch after this; it is resumed from the last version
 RETRY = Backoff(base=0.2, factor=2.0, cap=30.0, jitter=0.2)
 
 
@@ -45,6 +51,7 @@ class Informer:
     label_selector: str | None = None
     synced: asyncio.Event = field(default_factory=asyncio.Event)
     lists: int = 0  # how many times the kind was listed (1 at start; more after 410s)
+    watch_seconds: int = WATCH_SECONDS
 
     @property
     def name(self) -> str:
@@ -92,7 +99,7 @@ class Informer:
     async def _watch(self, version: str) -> str:
         """Apply watch events to the cache; returns the version to resume from when the stream ends."""
         async for event in self.kube.watch(
-            self.resource, self.namespace, version, self.label_selector, WATCH_SECONDS
+            self.resource, self.namespace, version, self.label_selector, self.watch_seconds
         ):
             type_, obj = event.get("type"), event.get("object") or {}
             if type_ == "ERROR":

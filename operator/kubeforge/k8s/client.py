@@ -35,6 +35,9 @@ APPLY_PATCH = "application/apply-patch+yaml"
 REQUEST_TIMEOUT = (5.0, 30.0)
 WRITE_TIMEOUT = (1.5, 3.0)
 READ_VERBS = frozenset({"get", "list", "discovery"})
+# a watch that delivered nothing (no event, no bookmark, not the server's own close at its
+# timeoutSeconds) for that long plus this margin is on a dead connection
+WATCH_READ_MARGIN = 15
 
 
 class ApiError(Exception):
@@ -239,8 +242,9 @@ class Kube:
             headers["Authorization"] = token
         self.calls["watch"] += 1
         url = config.host.rstrip("/") + resource.path(namespace)
+        silent = timeout_seconds + WATCH_READ_MARGIN
         client_timeout = aiohttp.ClientTimeout(
-            total=timeout_seconds + 30, sock_connect=REQUEST_TIMEOUT[0], sock_read=timeout_seconds + 30
+            total=silent + WATCH_READ_MARGIN, sock_connect=REQUEST_TIMEOUT[0], sock_read=silent
         )
         try:
             async with self._http().get(
@@ -265,7 +269,10 @@ class Kube:
                     for line in lines:
                         if line.strip():
                             yield json.loads(line)
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except TimeoutError:
+            message = f"nothing received for {silent}s: the connection is presumed dead"
+            raise ApiError(0, "Timeout", message, f"watch {resource.kind}") from None
+        except aiohttp.ClientError as exc:
             raise ApiError(0, type(exc).__name__, str(exc), f"watch {resource.kind}") from None
 
     async def apply(self, obj: Object, *, force: bool = True) -> Object:
