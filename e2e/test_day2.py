@@ -463,7 +463,115 @@ def test_a_crash_between_two_api_calls_counts_the_restart_once_and_keeps_the_bac
     assert started - killed_at >= 0  # ordering sanity: the new attempt started after the restart
 
 
+@pytest.mark.parametrize(
+    ("exit_code", "max_restarts", "reason"), [(1, 3, "PermanentFailure"), (137, 0, "RestartsExhausted")]
+)
+def test_a_crash_right_after_a_final_failure_is_committed_never_runs_the_job_again(
+    kubectl: Kubectl,
+    namespace: str,
+    own_operator: OperatorProcess,
+    exit_code: int,
+    max_restarts: int,
+    reason: str,
+) -> None:
+    """The failure is written to status (with a precondition) before the workers still running are
+    stopped: SIGKILL between the two, and the restarted operator finishes the stop, runs nothing again."""
+    own_operator.start(env={"KUBEFORGE_CRASH_AT": "failure-committed"})
+    kubectl.apply(
+        _tj(namespace, name="train", failurePolicy={"maxRestarts": max_restarts, "backoffSeconds": 1})
+    )
+    wait_condition(kubectl, "tj", "train", "Running", "True", namespace=namespace, timeout=60)
+    uid = kubectl.json("get", "job", "train-0", namespace=namespace)["metadata"]["uid"]
+    selector = "batch.kubernetes.io/job-name=train-0,batch.kubernetes.io/job-completion-index=1"
+    kubectl(
+        "annotate", "pods", "-l", selector, f"{EXIT_CODE}={exit_code}", "--overwrite", namespace=namespace
+    )
+    wait_for(
+        lambda: own_operator.process.exit_code() is not None, timeout=60, message="killed at the crash point"
+    )
+    tj = kubectl.json("get", "tj", "train", namespace=namespace)
+    assert tj["status"]["phase"] == "Failed"  # committed before the crash
+
+    own_operator.start()
+    tj = wait_condition(kubectl, "tj", "train", "Failed", "True", namespace=namespace, timeout=60)
+    assert find_condition(tj, "Failed")["reason"] == reason  # type: ignore[index]
+    assert (tj["status"]["attempt"], tj["status"]["restarts"]) == (0, 0)
+    time.sleep(3)  # a few reconciles of the restarted operator
+    jobs = kubectl.json("get", "jobs", namespace=namespace)["items"]
+    assert [j["metadata"]["uid"] for j in jobs if j["metadata"]["name"].startswith("train-")] in ([], [uid])
+
+
 def _seconds(timestamp: str) -> float:
     from datetime import datetime
 
     return datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp()
+
+
+# -- refusals made elsewhere, and a namespace going away -------------------------------------------
+
+GPU_QUOTA = """
+apiVersion: v1
+kind: ResourceQuota
+metadata: {name: gpus}
+spec:
+  hard: {requests.nvidia.com/gpu: "0"}
+"""
+
+
+def test_a_quota_refusing_the_pods_is_in_both_kinds_status_and_leaves_with_the_quota(
+    kubectl: Kubectl, namespace: str, operator: Any, models_claim: str
+) -> None:
+    kubectl.apply(GPU_QUOTA, namespace=namespace)
+    kubectl.apply(_md(namespace, gpu={"count": 1}))
+    kubectl.apply(_tj(namespace, name="train"))
+
+    def refused(kind: str, name: str, condition: str, status: str) -> dict[str, Any] | None:
+        obj = kubectl.json("get", kind, name, namespace=namespace)
+        found = find_condition(obj, condition)
+        ok = found and found["status"] == status and found["reason"] == "FailedCreate"
+        return obj if ok and "exceeded quota: gpus" in found["message"] else None  # type: ignore[index]
+
+    md = wait_for(lambda: refused("md", "resnet50", "Degraded", "True"), timeout=60, message="md refused")
+    assert find_condition(md, "Ready")["reason"] == "FailedCreate"  # type: ignore[index]
+    tj = wait_for(lambda: refused("tj", "train", "Stalled", "True"), timeout=60, message="tj refused")
+    assert tj["status"]["phase"] == "Pending"
+    warnings = {e["reason"] for e in _warnings(kubectl, namespace, "train")}
+    assert "FailedCreate" in warnings
+
+    kubectl("delete", "resourcequota", "gpus", namespace=namespace)
+    wait_condition(kubectl, "md", "resnet50", "Ready", "True", namespace=namespace, timeout=120)
+    tj = wait_condition(kubectl, "tj", "train", "Running", "True", namespace=namespace, timeout=120)
+    assert find_condition(tj, "Stalled")["status"] == "False"  # type: ignore[index]
+    assert tj["status"]["restarts"] == 0
+
+
+def test_deleting_the_namespace_of_a_running_job_is_neither_a_failure_nor_a_new_attempt(
+    kubectl: Kubectl, namespace: str, operator: OperatorProcess
+) -> None:
+    kubectl.apply(_tj(namespace, name="train"))
+    wait_condition(kubectl, "tj", "train", "Running", "True", namespace=namespace, timeout=60)
+    offset = operator.log_size()
+    kubectl("delete", "namespace", namespace, "--wait=false")
+    seen: list[tuple[Any, ...]] = []
+
+    def gone() -> bool:
+        result = kubectl("get", "tj", "train", "-o", "json", namespace=namespace, check=False)
+        if result.returncode != 0:
+            return True
+        tj = json.loads(result.stdout)
+        status = tj.get("status", {})
+        phase = find_condition(tj, status.get("phase", "")) or {}
+        seen.append((status.get("phase"), status.get("attempt"), status.get("restarts"), phase.get("reason")))
+        return False
+
+    wait_for(gone, timeout=120, message="the TrainingJob deleted with its namespace")
+    wait_for(
+        lambda: kubectl("get", "namespace", namespace, check=False).returncode != 0,
+        timeout=120,
+        message="the namespace deleted",
+    )
+    assert seen
+    assert [s for s in seen if s[1:3] != (0, 0)] == []
+    log = operator.log_text(offset)
+    ours = [line for line in log.splitlines() if namespace in line and ("WARNING" in line or "ERROR" in line)]
+    assert not ours, ours

@@ -102,7 +102,10 @@ def test_two_8_gpu_jobs_are_admitted_one_after_the_other(
         message="first admitted and running",
     )
     # it waits in the queue longer than its pending deadline: only the time since admission counts
-    kubectl.apply(_job(namespace, "second", pendingDeadlineSeconds=8))
+    # (its workers start 3 s after they are created, so they are seen pending once admitted)
+    second = json.loads(_job(namespace, "second", pendingDeadlineSeconds=8))
+    second["spec"]["podMetadata"] = {"annotations": {"sim.kubeforge.io/start-after": "3s"}}
+    kubectl.apply(json.dumps(second))
 
     def queued() -> bool:
         phase, tj = _phase(kubectl, namespace, "second")

@@ -22,7 +22,7 @@ OPERATOR_USES: dict[r.Resource, frozenset[str]] = {
     r.DEPLOYMENT: WRITE,
     r.SERVICE: WRITE,
     r.POD: READ,
-    r.EVENT: frozenset({"create", "patch"}),
+    r.EVENT: frozenset({"create", "patch", "list"}),  # list: a Job's FailedCreate Events
     r.NAMESPACE: frozenset(),  # declared in kubeforge.k8s.resources, but no operator code calls it
     r.JOB: WRITE,
     r.PVC: WRITE,  # the model cache's claim (spec.cache.size)

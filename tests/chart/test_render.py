@@ -224,6 +224,7 @@ def test_settings_are_passed_as_environment(rendered: dict[str, list[Manifest]])
         "KUBEFORGE_HELPER_IMAGE": "ghcr.io/kubeforge/kubeforge-operator:0.1.0",
         "KUBEFORGE_PROMETHEUS_ADDRESS": "http://prometheus-operated.monitoring.svc:9090",
         "KUBEFORGE_CLUSTER_DOMAIN": "cluster.local",
+        "KUBEFORGE_OPERATOR_ROLLOUTS": "1",
         "KUBEFORGE_MODEL_PROBE": "true",
     }
     assert _container(rendered["default"])["image"] == "ghcr.io/kubeforge/kubeforge-operator:0.1.0"

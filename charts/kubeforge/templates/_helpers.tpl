@@ -124,9 +124,10 @@ it is a Role of its own in the release namespace (rbac.yaml).
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list", "watch"]
+# list: why a Job could not create its workers (its FailedCreate Events: a quota, a policy)
 - apiGroups: [""]
   resources: ["events"]
-  verbs: ["create", "patch"]
+  verbs: ["create", "patch", "list"]
 {{- if .Values.rbac.keda }}
 # KEDA ScaledObjects (rbac.keda): autoscaling from zero, only where keda.sh is served.
 - apiGroups: ["keda.sh"]

@@ -12,10 +12,16 @@ from collections.abc import Awaitable
 from typing import Any
 
 from kubeforge.controllers.context import ChildConflict
+from kubeforge.controllers.workqueue import Abandoned
 from kubeforge.k8s.client import ApiError
 from kubeforge.status.gitops import ReconcileFailure
 
 MAX_MESSAGE = 1000
+
+
+def abandoned(err: ApiError) -> Abandoned:
+    """A namespace being deleted is not a failure: nothing more is created in it, nothing retried."""
+    return Abandoned(f"namespace is being deleted, nothing more is created in it ({err.describe()})")
 
 
 def as_failure(err: BaseException) -> ReconcileFailure | None:
@@ -34,6 +40,9 @@ async def settle(*calls: Awaitable[Any]) -> tuple[list[Any], ReconcileFailure | 
     is no failure (a conflict, a 5xx, a timeout) is raised once every call has finished.
     """
     results = await asyncio.gather(*calls, return_exceptions=True)
+    for result in results:
+        if isinstance(result, ApiError) and result.namespace_terminating:
+            raise abandoned(result)
     failure: ReconcileFailure | None = None
     for result in results:
         if isinstance(result, BaseException):

@@ -45,7 +45,7 @@ from kubeforge.builders.trainingjob import (
 )
 from kubeforge.controllers.context import ChildConflict, Context
 from kubeforge.controllers.crashpoints import crash_point
-from kubeforge.controllers.failures import as_failure
+from kubeforge.controllers.failures import abandoned, as_failure
 from kubeforge.controllers.invalid import load_or_refuse
 from kubeforge.controllers.status_patch import write_status
 from kubeforge.controllers.workqueue import Surfaced
@@ -58,6 +58,7 @@ from kubeforge.status.trainingjob import (
     backoff_seconds,
     classify_failure,
     earliest_failure,
+    failed_at,
     gitops_conditions,
     gpu_seconds,
     is_preemption,
@@ -67,6 +68,7 @@ from kubeforge.status.trainingjob import (
     phase_reason,
     reported_checkpoint,
     reported_validation,
+    stopped_by_others,
 )
 
 log = logging.getLogger(__name__)
@@ -74,6 +76,12 @@ FINISHED = (TrainingPhase.SUCCEEDED, TrainingPhase.FAILED)
 Object = dict[str, Any]
 # how soon to look again while an earlier attempt's pods are terminating (their events also wake us)
 LEFTOVER_RECHECK_SECONDS = 2.0
+# workers missing this long after their Job was created: ask the Job's Events why (a quota...)
+MISSING_WORKERS_GRACE_SECONDS = 2.0
+REFUSAL_RECHECK_SECONDS = 5.0
+# a gang stopped from outside (its workers deleted, none failed by itself) is left this long
+# before it is restarted: when its namespace or the TrainingJob is being deleted, it is gone by then
+STOPPED_GANG_GRACE_SECONDS = 5.0
 
 
 class _Step:
@@ -86,6 +94,9 @@ class _Step:
         self.status = tj.status.model_copy(deep=True) if tj.status else TrainingJobStatus()
         self.reason, self.message = phase_reason(self.status.conditions, self.status.phase)
         self.events: list[tuple[str, str, str]] = []
+        # what keeps the workers from being created (a quota, an admission policy): in status as a
+        # failure (Stalled), looked at again soon, never retried with a backoff
+        self.blocked: ReconcileFailure | None = None
 
     def phase(self, phase: TrainingPhase, reason: str, message: str, event: str | None = None) -> None:
         before = self.status.phase
@@ -272,6 +283,9 @@ async def _on_failure(
     ctx: Context, step: _Step, jobs: dict[int, Object], failure: Failure, pods: list[Object], preempted: bool
 ) -> float | None:
     tj, status = step.tj, step.status
+    # the workers of a namespace being deleted die with it (their pods, or the Job's own Failed
+    # condition once they are gone): that is not theirs to count
+    await _refuse_if_namespace_terminating(ctx, tj, (status.attempt or 0) + 1)
     policy = tj.spec.failure_policy or FailurePolicy()
     status.last_failure = failure
     status.gpu_seconds = (status.gpu_seconds or 0.0) + gpu_seconds(pods, _gpus_per_worker(tj), step.now)
@@ -291,6 +305,12 @@ async def _on_failure(
         _fail(step, "RestartsExhausted", f"{failure.message}; maxRestarts ({policy.max_restarts}) exhausted")
     else:
         _fail(step, "PermanentFailure", failure.message or "a worker failed")
+    # durably, before the workers still running are stopped (_finished): a crash, a lost Lease or
+    # a refused status write in between must not leave a Running status without its Job (which
+    # the next reconcile would create again, running the job once more)
+    step.status.active_workers = 0
+    await step.commit(ctx)
+    crash_point("failure-committed")
     return None
 
 
@@ -368,6 +388,42 @@ async def _start_attempt(ctx: Context, step: _Step) -> float | None:
     return None
 
 
+async def _creation_refusal(ctx: Context, step: _Step, job: Object, pods: list[Object]) -> str | None:
+    """Why the Job controller cannot create the workers (a ResourceQuota, a LimitRange, an
+    admission webhook or policy): the message of the Job's newest FailedCreate Event. Asked only
+    while workers are missing a while after the Job was created (one API call then)."""
+    created = _ts(job["metadata"].get("creationTimestamp"))
+    if len(pods) >= step.tj.spec.workers or created is None:
+        return None
+    if (step.now - created).total_seconds() < MISSING_WORKERS_GRACE_SECONDS:
+        return None
+    meta = job["metadata"]
+    selector = f"involvedObject.uid={meta['uid']},reason=FailedCreate"
+    events = await ctx.kube.list(r.EVENT, meta["namespace"], field_selector=selector)
+    if not events:
+        return None
+    newest = max(events, key=lambda e: str(e.get("lastTimestamp") or e.get("eventTime") or ""))
+    return str(newest.get("message") or "")[:1000] or None
+
+
+async def _refuse_if_namespace_terminating(ctx: Context, tj: TrainingJob, attempt: int) -> None:
+    """Raise Abandoned when the namespace is being deleted (the usual reason a whole gang is
+    stopped from outside), before a new attempt is decided. Asked with a dry run of the attempt's
+    Job: the NamespaceLifecycle admission refuses it there, and no namespace read is needed (the
+    operator may hold only namespaced Roles)."""
+    try:
+        await ctx.kube.apply(stamped(_desired_job(tj, attempt)), force=False, dry_run=True)
+    except ApiError as err:
+        if err.namespace_terminating:
+            raise abandoned(err) from None
+
+
+def _stopped_from_outside(failed: list[Object]) -> bool:
+    """Every failed worker was stopped (deleted, or sent SIGTERM) and none failed by itself or was
+    preempted: someone deleted the gang (kubectl, the namespace's deletion), the program did not fail."""
+    return bool(failed) and all(stopped_by_others(p) and not is_preemption(p) for p in failed)
+
+
 async def _run(ctx: Context, step: _Step, jobs: dict[int, Object]) -> float | None:
     tj, status = step.tj, step.status
     run_policy = tj.spec.run_policy
@@ -386,6 +442,16 @@ async def _run(ctx: Context, step: _Step, jobs: dict[int, Object]) -> float | No
     if _workers_respecified(tj, status, job):
         message = f"the worker template changed (generation {tj.metadata.generation}): restarting the gang"
         return await _next_attempt(ctx, step, jobs, "SpecChanged", message, 0, "Normal")
+
+    if job["metadata"].get("deletionTimestamp"):
+        # the operator deletes only attempts it has moved past: someone else deletes this one (its
+        # namespace is being deleted, or a person): not a failure of the workers; once it is gone,
+        # the attempt starts again
+        message = (
+            f"attempt {attempt}: its Job {job['metadata']['name']} is being deleted, not by the operator"
+        )
+        step.phase(status.phase or TrainingPhase.PENDING, "JobDeleted", message)
+        return LEFTOVER_RECHECK_SECONDS
 
     pods = _pods_of(ctx, tj, job)
     obs = observe_attempt(job, pods, tj.spec.workers)
@@ -409,6 +475,19 @@ async def _run(ctx: Context, step: _Step, jobs: dict[int, Object]) -> float | No
         _queued(step, was_running)
         return None
     policy = tj.spec.failure_policy or FailurePolicy()
+    if _stopped_from_outside(obs.failed_pods):
+        stopped = max((failed_at(p) or step.now for p in obs.failed_pods), default=step.now)
+        wait = STOPPED_GANG_GRACE_SECONDS - (step.now - stopped).total_seconds()
+        if wait > 0:
+            return wait
+        await _refuse_if_namespace_terminating(ctx, tj, attempt + 1)
+        status.last_failure = classify_failure(earliest_failure(obs.failed_pods), policy, step.now)
+        status.gpu_seconds = (status.gpu_seconds or 0.0) + gpu_seconds(pods, _gpus_per_worker(tj), step.now)
+        message = (
+            f"attempt {attempt}: its workers were deleted or stopped from outside, none failed by itself; "
+            "starting the gang again from the last checkpoint (not counted against maxRestarts)"
+        )
+        return await _next_attempt(ctx, step, jobs, "WorkersStopped", message, 0, "Warning")
     if obs.failed_pods:
         first = earliest_failure(obs.failed_pods)
         failure = classify_failure(first, policy, step.now)
@@ -441,20 +520,28 @@ async def _run(ctx: Context, step: _Step, jobs: dict[int, Object]) -> float | No
 
     # not all workers running yet
     reason, message = "WorkersPending", f"attempt {attempt}: {obs.running}/{tj.spec.workers} workers running"
-    if obs.pending_message:
+    refusal = await _creation_refusal(ctx, step, job, pods)
+    pending_message = obs.pending_message or refusal
+    if refusal:
+        reason, message = "FailedCreate", f"{message}; the workers cannot be created: {refusal}"
+        step.blocked = ReconcileFailure(reason, message)
+    elif obs.pending_message:
         reason, message = "Unschedulable", f"{message}; {obs.pending_message}"
     pending_deadline = run_policy.pending_deadline_seconds if run_policy else None
     pending_left = _seconds_left(step.now, _pending_since(tj, status, job), pending_deadline)
+    # the Job's Events wake no reconcile: while workers are missing, look again
+    recheck = REFUSAL_RECHECK_SECONDS if refusal or len(pods) < tj.spec.workers else None
     if pending_left is not None:
         if pending_left <= 0:
-            message = f"workers not all running within {pending_deadline}s; {obs.pending_message or message}"
+            step.blocked = None
+            message = f"workers not all running within {pending_deadline}s; {pending_message or message}"
             await _stop(ctx, step, job, "PendingDeadlineExceeded", message)
             return None
-        if status.phase != TrainingPhase.RESTARTING or obs.pending_message:
+        if status.phase != TrainingPhase.RESTARTING or pending_message:
             step.phase(TrainingPhase.PENDING, reason, message)
-        return max(1.0, pending_left)
+        return min(max(1.0, pending_left), recheck or pending_left)
     step.phase(TrainingPhase.PENDING, reason, message)
-    return None
+    return recheck
 
 
 async def _finished(ctx: Context, step: _Step, jobs: dict[int, Object]) -> float | None:
@@ -505,14 +592,18 @@ async def reconcile_training_job(ctx: Context, key: tuple[str, str]) -> float | 
     try:
         requeue = await _reconcile(ctx, step)
     except (ChildConflict, ApiError) as err:
+        if isinstance(err, ApiError) and err.namespace_terminating:
+            raise abandoned(err) from None  # neither a failure nor a reason to start an attempt
         failure = as_failure(err)
         if failure is None:
             raise
+    blocked = step.blocked if failure is None else None
+    failure = failure or blocked
     await write_status(ctx, r.TRAINING_JOB, step.body, step.wire(failure))
     if failure is not None and _newly_stalled(tj, failure):
         step.events.append(("Warning", failure.reason, failure.message))
     for type_, reason, message in step.events:
         ctx.announce(body, type_, reason, message)
-    if failure is not None:
+    if failure is not None and blocked is None:
         raise Surfaced(f"{failure.reason}: {failure.message}", reason=failure.reason)
     return requeue

@@ -40,6 +40,11 @@ class Surfaced(Exception):
         self.reason = reason
 
 
+class Abandoned(Exception):
+    """A reconcile that no retry can complete, and that the object's own end is about to make moot
+    (its namespace is being deleted): not retried. An event or the resync runs the key again."""
+
+
 class QueueHooks:
     """Instrumentation points of a WorkQueue; this base class does nothing.
 
@@ -199,6 +204,9 @@ class WorkQueue(Generic[K]):
                 self._active.discard(key)
                 self.add(key)  # cut short (leadership lost): it runs again when workers start
                 raise
+            except Abandoned as err:
+                self._backoffs.pop(key, None)
+                log.info("%s: %s: %s; not retried", self.name, key, err)
             except Exception as err:  # noqa: BLE001 - any failure is retried; _failed logs it
                 self.failures += 1
                 self._hooks.retried(key)

@@ -34,7 +34,8 @@ APPLY_PATCH = "application/apply-patch+yaml"
 # < lease duration), so that a partitioned old leader never writes after a new one took over.
 REQUEST_TIMEOUT = (5.0, 30.0)
 WRITE_TIMEOUT = (1.5, 3.0)
-READ_VERBS = frozenset({"get", "list", "discovery"})
+# calls that write nothing (a dry run is admitted as a write would be, and persists nothing)
+READ_VERBS = frozenset({"get", "list", "discovery", "dry_run"})
 # a watch that delivered nothing (no event, no bookmark, not the server's own close at its
 # timeoutSeconds) for that long plus this margin is on a dead connection
 WATCH_READ_MARGIN = 15
@@ -43,12 +44,22 @@ WATCH_READ_MARGIN = 15
 class ApiError(Exception):
     """An API call failed; `status` is the HTTP status (0 when the server was not reached or timed out)."""
 
-    def __init__(self, status: int, reason: str, message: str, call: str = "") -> None:
+    def __init__(
+        self, status: int, reason: str, message: str, call: str = "", causes: tuple[str, ...] = ()
+    ) -> None:
         super().__init__(f"{call + ': ' if call else ''}{status} {reason}: {message}")
         self.status = status
         self.reason = reason
         self.message = message
         self.call = call  # e.g. "apply Service ns/name": what the operator was doing
+        self.causes = causes  # the reasons in the Status's details.causes
+
+    @property
+    def namespace_terminating(self) -> bool:
+        """A create refused because its namespace is being deleted (the NamespaceLifecycle plugin)."""
+        return self.status == 403 and (
+            "NamespaceTerminating" in self.causes or "because it is being terminated" in self.message
+        )
 
     @property
     def retryable(self) -> bool:
@@ -71,13 +82,16 @@ class ApiError(Exception):
 def _error(exc: ApiException, call: str) -> ApiError:
     message = exc.reason or ""
     reason = exc.reason or ""
+    causes: tuple[str, ...] = ()
     try:
         body = json.loads(exc.body or "{}")
         message = body.get("message", message)
         reason = body.get("reason", reason)
-    except (TypeError, ValueError):
+        details = body.get("details") or {}
+        causes = tuple(str(c.get("reason", "")) for c in details.get("causes") or [] if isinstance(c, dict))
+    except (TypeError, ValueError, AttributeError):
         pass
-    return ApiError(int(exc.status or 0), str(reason), str(message), call)
+    return ApiError(int(exc.status or 0), str(reason), str(message), call, causes)
 
 
 def load_api_client(pool_size: int = 16, kubeconfig: str | None = None) -> k8s_client.ApiClient:
@@ -157,7 +171,7 @@ class Kube:
 
     @property
     def writes(self) -> int:
-        return sum(n for verb, n in self.calls.items() if verb not in ("get", "list", "discovery"))
+        return sum(n for verb, n in self.calls.items() if verb not in READ_VERBS)
 
     async def get(
         self, resource: Resource, namespace: str | None, name: str, *, verb: str = "get"
@@ -172,7 +186,12 @@ class Kube:
             raise
 
     async def list_with_version(
-        self, resource: Resource, namespace: str | None, label_selector: str | None = None, page: int = 500
+        self,
+        resource: Resource,
+        namespace: str | None,
+        label_selector: str | None = None,
+        page: int = 500,
+        field_selector: str | None = None,
     ) -> tuple[list[Object], str]:
         """Every object (in pages, so a large cluster is not one huge response) and the list's
         resourceVersion, from which a watch continues without a gap."""
@@ -182,6 +201,8 @@ class Kube:
             query: list[tuple[str, Any]] = [("limit", page)]
             if label_selector:
                 query.append(("labelSelector", label_selector))
+            if field_selector:
+                query.append(("fieldSelector", field_selector))
             if token:
                 query.append(("continue", token))
             result = await self._call("list", "GET", resource.path(namespace), query=query)
@@ -194,9 +215,15 @@ class Kube:
                 return items, str((result.get("metadata") or {}).get("resourceVersion", ""))
 
     async def list(
-        self, resource: Resource, namespace: str | None, label_selector: str | None = None
+        self,
+        resource: Resource,
+        namespace: str | None,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
     ) -> list[Object]:
-        items, _ = await self.list_with_version(resource, namespace, label_selector)
+        items, _ = await self.list_with_version(
+            resource, namespace, label_selector, field_selector=field_selector
+        )
         return items
 
     def _http(self) -> aiohttp.ClientSession:
@@ -275,17 +302,20 @@ class Kube:
         except aiohttp.ClientError as exc:
             raise ApiError(0, type(exc).__name__, str(exc), f"watch {resource.kind}") from None
 
-    async def apply(self, obj: Object, *, force: bool = True) -> Object:
+    async def apply(self, obj: Object, *, force: bool = True, dry_run: bool = False) -> Object:
         """Server-side apply under our field manager.
 
         `force` takes back fields someone edited by hand on a child we already own; creating a
         child is applied without it, so an object that appeared in the meantime is a conflict.
+        `dry_run`: admitted and validated as the apply would be, and nothing persisted.
         """
         resource = resource_for(obj["apiVersion"], obj["kind"])
         meta = obj["metadata"]
         query = [("fieldManager", self.field_manager), ("force", "true" if force else "false")]
+        if dry_run:
+            query.append(("dryRun", "All"))
         result: Object = await self._call(
-            "apply",
+            "dry_run" if dry_run else "apply",
             "PATCH",
             resource.path(meta.get("namespace"), meta["name"]),
             body=obj,
@@ -426,8 +456,10 @@ class Kube:
         try:
             await self._call("event", "POST", EVENT.path(meta["namespace"]), body=event)
         except ApiError as err:
-            log.warning(
-                "could not record event %s on %s/%s: %s", reason, meta["namespace"], meta["name"], err
+            # an Event into a namespace being deleted is refused; the object goes with it
+            level = logging.DEBUG if err.namespace_terminating else logging.WARNING
+            log.log(
+                level, "could not record event %s on %s/%s: %s", reason, meta["namespace"], meta["name"], err
             )
 
     async def api_group_served(self, api_version: str, ttl: float = 10.0) -> bool:

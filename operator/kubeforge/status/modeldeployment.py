@@ -194,6 +194,8 @@ def compute_status(
         put("Degraded", True, "CacheFillFailed", f"the model cache fill failed: {cache.message}")
     elif held_up is not None:
         put("Degraded", True, held_up.reason, f"the model cache fill's pod {held_up.pod}: {held_up.message}")
+    elif workload.replica_failure is not None:
+        put("Degraded", True, "FailedCreate", f"pods cannot be created: {workload.replica_failure}")
     elif problem:
         put("Degraded", True, problem.reason, f"pod {problem.pod}: {problem.message}")
     elif workload.deadline is not None:
@@ -258,6 +260,8 @@ def compute_status(
         )
     elif workload.recreating is not None:
         put("Ready", False, "GroupRecreating", workload.recreating)
+    elif workload.replica_failure is not None:
+        put("Ready", False, "FailedCreate", f"pods cannot be created: {workload.replica_failure}")
     elif problem:
         put("Ready", False, problem.reason, f"pod {problem.pod}: {problem.message}")
     else:

@@ -27,6 +27,8 @@ class Workload:
     rolled_out: bool
     deadline: str | None = None  # the Deployment's ProgressDeadlineExceeded message
     recreating: str | None = None  # a group being recreated after one of its pods failed
+    # the ReplicaSet could not create pods (a ResourceQuota, a LimitRange, an admission policy)
+    replica_failure: str | None = None
 
 
 def deployment_workload(dep: dict[str, Any] | None, desired: int) -> Workload:
@@ -38,6 +40,7 @@ def deployment_workload(dep: dict[str, Any] | None, desired: int) -> Workload:
         dep["metadata"].get("generation", 0) or 0
     )
     progress = _condition(dep, "Progressing") if dep else None
+    refused = _condition(dep, "ReplicaFailure") if dep else None
     return Workload(
         name="the Triton Deployment",
         exists=dep is not None,
@@ -48,6 +51,11 @@ def deployment_workload(dep: dict[str, Any] | None, desired: int) -> Workload:
         deadline=(
             str(progress.get("message", ""))
             if progress and progress.get("reason") == "ProgressDeadlineExceeded"
+            else None
+        ),
+        replica_failure=(
+            str(refused.get("message") or refused.get("reason") or "FailedCreate")
+            if refused and refused.get("status") == "True"
             else None
         ),
     )
