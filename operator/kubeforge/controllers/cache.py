@@ -47,10 +47,17 @@ def slim(kind: str, obj: Object) -> Object:
     return out
 
 
+# how many deleted objects are remembered (by UID) against a late write response
+TOMBSTONES = 10_000
+
+
 class ObjectCache:
     def __init__(self) -> None:
         self._objects: dict[Key, Object] = {}
         self._by_owner: dict[tuple[str, OwnerKey], set[Key]] = defaultdict(set)
+        # UIDs of objects the API server said were deleted: a write's response that arrives after
+        # the DELETED event (the write raced the deletion) must not bring the object back
+        self._deleted: dict[str, None] = {}
 
     @staticmethod
     def _owner(obj: Object) -> OwnerKey | None:
@@ -65,6 +72,8 @@ class ObjectCache:
         obj = slim(kind, obj)
         meta = obj["metadata"]
         key = (kind, meta.get("namespace", ""), meta["name"])
+        if meta.get("uid") in self._deleted:
+            return  # a UID never comes back: this is a late copy of a deleted object
         current = self._objects.get(key)
         if current is not None and _rv(current) > _rv(obj) > 0:
             return
@@ -80,6 +89,18 @@ class ObjectCache:
         obj = self._objects.pop(key, None)
         if obj is not None:
             self._unindex(kind, key, obj)
+
+    def deleted(self, kind: str, obj: Object) -> None:
+        """The API server says `obj` is gone (a DELETED event, or absent from a fresh list)."""
+        meta = obj["metadata"]
+        current = self._objects.get((kind, meta.get("namespace", ""), meta["name"]))
+        if current is None or current["metadata"].get("uid") == meta.get("uid"):
+            self.remove(kind, meta.get("namespace", ""), meta["name"])
+        uid = meta.get("uid")
+        if uid:
+            self._deleted[uid] = None
+            if len(self._deleted) > TOMBSTONES:
+                del self._deleted[next(iter(self._deleted))]
 
     def _unindex(self, kind: str, key: Key, obj: Object) -> None:
         owner = self._owner(obj)
@@ -111,8 +132,8 @@ class ObjectCache:
             and not _rv(obj) > snapshot > 0
         ]
         removed = [self._objects[key] for key in stale]
-        for key in stale:
-            self.remove(*key)
+        for obj in removed:
+            self.deleted(kind, obj)
         changed = []
         for obj in objects:
             meta = obj["metadata"]

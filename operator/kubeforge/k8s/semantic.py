@@ -11,6 +11,11 @@ Two checks, both needed:
   field the operator sets (the annotation is still right, the value is not).
 
 The API server adds defaults, status and metadata of its own; the subset test ignores them.
+So does it ignore list items that admission added (a mutating webhook's sidecar container or env
+var, a policy's toleration): items with a `name` are matched by name, other lists as a prefix.
+Applying again would not remove them (the webhook adds them again), so counting them as a
+difference would make every reconcile a write. Items the operator removed are still caught: the
+hash of the desired object changes.
 """
 
 from __future__ import annotations
@@ -37,11 +42,15 @@ def is_subset(desired: Any, live: Any) -> bool:
             for key, value in desired.items()
         )
     if isinstance(desired, list):
-        return (
-            isinstance(live, list)
-            and len(desired) == len(live)
-            and all(is_subset(d, lv) for d, lv in zip(desired, live, strict=True))
-        ) or (_empty(desired) and _empty(live))
+        if _empty(desired) and _empty(live):
+            return True
+        if not isinstance(live, list) or len(live) < len(desired):
+            return False
+        if all(isinstance(d, dict) and "name" in d for d in desired):
+            # a webhook may put its sidecar anywhere: matched by name, wherever it is
+            by_name = {lv.get("name"): lv for lv in live if isinstance(lv, dict)}
+            return all(d["name"] in by_name and is_subset(d, by_name[d["name"]]) for d in desired)
+        return all(is_subset(d, lv) for d, lv in zip(desired, live, strict=False))
     if isinstance(desired, int | float) and isinstance(live, str) and not isinstance(desired, bool):
         return str(desired) == live
     return bool(desired == live)
