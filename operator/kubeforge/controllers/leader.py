@@ -19,6 +19,7 @@ import asyncio
 import logging
 import os
 import socket
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -76,7 +77,8 @@ class LeaderElector:
         self.identity = settings.identity or default_identity()
         self._on_started = on_started
         self._on_stopped = on_stopped
-        self._clock = clock or (lambda: asyncio.get_running_loop().time())
+        # monotonic, and readable from any thread: the fence is checked again as a call is sent
+        self._clock = clock or time.monotonic
         self._leading = False
         self._renewed_at: float | None = None  # local time at the start of the last successful renewal
         self._observed: tuple[str, float] | None = None  # (the Lease's resourceVersion, when it was seen)
@@ -121,6 +123,9 @@ class LeaderElector:
     async def _try_acquire_or_renew(self, now: float) -> bool:
         s = self.settings
         lease = await self.kube.lease(s.namespace, s.name)
+        # what was read is stamped with the time the read returned, not when it was sent: a slow
+        # GET must not make a live holder's Lease look older than it is
+        seen = self._clock()
         wall = datetime.now(UTC)
         if lease is None:
             await self.kube.write_lease(self._record(None, wall, transitions=0), create=True)
@@ -128,7 +133,7 @@ class LeaderElector:
         spec = lease.get("spec") or {}
         version = lease["metadata"]["resourceVersion"]
         if self._observed is None or self._observed[0] != version:
-            self._observed = (version, now)  # the Lease changed: its holder is alive as of now
+            self._observed = (version, seen)  # the Lease changed: its holder is alive as of then
         holder = spec.get("holderIdentity") or ""
         duration = float(spec.get("leaseDurationSeconds") or s.lease_duration)
         if holder and holder != self.identity and now < self._observed[1] + duration:

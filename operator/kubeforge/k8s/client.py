@@ -104,6 +104,9 @@ def load_api_client(pool_size: int = 16, kubeconfig: str | None = None) -> k8s_c
     except k8s_config.ConfigException:
         k8s_config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)  # type: ignore[no-untyped-call]
     configuration.connection_pool_maxsize = pool_size
+    # no retries inside the client: urllib3 would resend a request (a DELETE, 4 times over 12 s)
+    # on a dead connection long after the leader's fence was checked; the work queue retries
+    configuration.retries = False
     return k8s_client.ApiClient(configuration)
 
 
@@ -115,6 +118,10 @@ class Kube:
         self.field_manager = field_manager
         self.calls: Counter[str] = Counter()
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kube")
+        # the Lease has a connection pool and a thread of its own: a renewal never queues behind
+        # reconcile calls (on a busy operator, it would miss its deadline and cost the leadership)
+        self._lease_api = k8s_client.ApiClient(api.configuration)
+        self._lease_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kube-lease")
         self._api_groups: dict[str, tuple[float, bool]] = {}
         self._session: aiohttp.ClientSession | None = None
         # with leader election: whether this replica may write now (lease writes are exempt)
@@ -131,8 +138,9 @@ class Kube:
         query: list[tuple[str, Any]] | None = None,
         describe: str = "",
     ) -> Any:
-        gate = self.may_write
-        if gate is not None and verb not in READ_VERBS and not verb.startswith("lease") and not gate():
+        lease = verb.startswith("lease")
+        gate = self.may_write if verb not in READ_VERBS and not lease else None
+        if gate is not None and not gate():
             raise ApiError(0, "NotLeader", "this replica does not hold the leader Lease", describe)
         self.calls[verb] += 1
         timeout = REQUEST_TIMEOUT if verb in READ_VERBS else WRITE_TIMEOUT
@@ -140,7 +148,7 @@ class Kube:
         if content_type:
             headers["Content-Type"] = content_type
 
-        api: Any = self.api  # the generated client is untyped
+        api: Any = self._lease_api if lease else self.api  # the generated client is untyped
         if content_type == APPLY_PATCH and not isinstance(body, str):
             body = json.dumps(body)  # YAML is a superset of JSON; the REST layer sends strings as they are
 
@@ -153,6 +161,12 @@ class Kube:
                 body=body,
                 auth_settings=["BearerToken"],
             )
+            if gate is not None and not gate():
+                # the fence again as the request is sent: the call may have waited for a thread
+                # while the Lease ran out
+                raise ApiError(
+                    0, "NotLeader", "this replica lost the leader Lease before the call was sent", describe
+                )
             response = api.call_api(
                 method_, url, header_params=header_params, body=payload, _request_timeout=timeout
             )
@@ -163,7 +177,7 @@ class Kube:
 
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._pool, call)
+            return await loop.run_in_executor(self._lease_pool if lease else self._pool, call)
         except ApiException as exc:
             raise _error(exc, describe or f"{method} {path}") from None
         except TransportError as exc:  # connection refused or reset, timeouts
@@ -486,4 +500,6 @@ class Kube:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._lease_pool.shutdown(wait=False, cancel_futures=True)
         self.api.close()  # type: ignore[no-untyped-call]
+        self._lease_api.close()  # type: ignore[no-untyped-call]
