@@ -346,6 +346,91 @@ def test_the_service_account_cannot(
     assert not can_i(kubectl, SERVICE_ACCOUNT, verb, resource, namespace, subresource)
 
 
+def _stand_in_crd(group: str, version: str, kind: str, plural: str) -> str:
+    """A CRD of another project's kind (its API served, any content), for what its RBAC allows."""
+    return json.dumps(
+        {
+            "apiVersion": "apiextensions.k8s.io/v1",
+            "kind": "CustomResourceDefinition",
+            "metadata": {"name": f"{plural}.{group}"},
+            "spec": {
+                "group": group,
+                "names": {"kind": kind, "plural": plural, "listKind": f"{kind}List"},
+                "scope": "Namespaced",
+                "versions": [
+                    {
+                        "name": version,
+                        "served": True,
+                        "storage": True,
+                        "schema": {
+                            "openAPIV3Schema": {
+                                "type": "object",
+                                "x-kubernetes-preserve-unknown-fields": True,
+                            }
+                        },
+                    }
+                ],
+            },
+        }
+    )
+
+
+STAND_INS = (
+    ("keda.sh", "v1alpha1", "ScaledObject", "scaledobjects"),
+    ("monitoring.coreos.com", "v1", "ServiceMonitor", "servicemonitors"),
+)
+
+
+def test_a_refused_watch_does_not_hold_startup_and_is_named(
+    installed: str, helm: Helm, cluster: Cluster, kubectl: Kubectl
+) -> None:
+    """KEDA's and the Prometheus operator's APIs are served, but the chart grants neither
+    (rbac.keda and rbac.prometheusOperator false): the operator starts, names both refused kinds
+    in its log and in kubeforge_watch_refused, and reconciles the rest."""
+    helm.install(
+        RELEASE,
+        NAMESPACE,
+        cluster.kubeconfig,
+        values={**VALUES, "rbac": {"keda": False, "prometheusOperator": False}},
+        upgrade=True,
+    )
+    for stand_in in STAND_INS:
+        kubectl.apply(_stand_in_crd(*stand_in))
+    kubectl(
+        "wait", "--for=condition=Established", "--timeout=60s", *(f"crd/{s[3]}.{s[0]}" for s in STAND_INS)
+    )
+    bound_claim(kubectl, SERVE_NS, "models")
+    kubectl.apply(_model_deployment(SERVE_NS, "refused-watches"))
+    # live within OperatorProcess.start's 60 s; a log of its own (the later tests read kubeforge-0's)
+    operator = _operator(cluster, kubectl, name=f"{RELEASE}-refused", metrics=True)
+    try:
+        wait_for(
+            lambda: (
+                kubectl.json("get", "md", "refused-watches", namespace=SERVE_NS)
+                .get("status", {})
+                .get("phase")
+                is not None
+            ),
+            timeout=60,
+            message="the ModelDeployment reconciled",
+        )
+        log = operator.log_text()
+        for kind in ("ScaledObject", "ServiceMonitor"):
+            assert f"informer {kind} in all namespaces: refused" in log
+            refused = [
+                value
+                for name, labels, value in operator.metrics()
+                if name == "kubeforge_watch_refused" and labels.get("kind") == kind
+            ]
+            assert refused == [1.0], (kind, refused)
+    finally:
+        operator.stop()
+        kubectl("delete", "md", "refused-watches", namespace=SERVE_NS, check=False)
+        for stand_in in STAND_INS:
+            kubectl("delete", "crd", f"{stand_in[3]}.{stand_in[0]}", check=False)
+        helm.install(RELEASE, NAMESPACE, cluster.kubeconfig, values=VALUES, upgrade=True)
+
+
 def test_upgrade_to_namespaced_mode(
     installed: str, helm: Helm, cluster: Cluster, kubectl: Kubectl, tmp_path: Path
 ) -> None:

@@ -76,6 +76,9 @@ class Context:
     rollouts: OperatorRollouts | None = None
     # (uid, fields) of objects whose unknown fields were reported (controllers/invalid.py)
     reported_unknown: set[tuple[str, str]] = field(default_factory=set)
+    # the watches of these kinds that cover this namespace and have not listed yet (refused, or
+    # still failing): the cache cannot say what exists there (set by the runtime)
+    unwatched: Callable[[tuple[str, ...], str], list[str]] = lambda kinds, namespace: []
     _events: set[asyncio.Task[None]] = field(default_factory=set)
 
     def __post_init__(self) -> None:

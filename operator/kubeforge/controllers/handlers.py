@@ -42,6 +42,8 @@ OPTIONAL_API_SECONDS = 30.0  # how often to look for KEDA's and the Prometheus o
 OWNERS = (r.MODEL_DEPLOYMENT, r.TRAINING_JOB)
 CHILDREN = (r.DEPLOYMENT, r.SERVICE, r.PDB, r.HPA, r.JOB, r.PVC, r.POD)
 # children whose API exists only where KEDA / the Prometheus operator / LeaderWorkerSet is installed
+# startup waits this long at most for the first list of every kind
+STARTUP_SYNC_SECONDS = 60.0
 OPTIONAL_CHILDREN = (
     (r.SCALED_OBJECT, KEDA_API),
     (r.SERVICE_MONITOR, MONITORING_API),
@@ -54,6 +56,7 @@ class Runtime:
 
     def __init__(self, ctx: Context, workers: int, namespaces: tuple[str, ...]) -> None:
         self.ctx = ctx
+        ctx.unwatched = self.unwatched
         self.namespaces = namespaces
         self.md_queue: WorkQueue[Key] = WorkQueue(
             "modeldeployment", self._md, workers, hooks=ctx.metrics.queue_hooks("modeldeployment")
@@ -111,6 +114,7 @@ class Runtime:
                 on_change=self.owner_changed if owner else self.child_changed,
                 label_selector=None if owner else OWNER_KIND_LABEL,
                 watch_seconds=self.ctx.settings.watch_seconds,
+                on_refused=self._watch_refused,
             )
             for ns in self.namespaces or (None,)
         ]
@@ -119,11 +123,39 @@ class Runtime:
         self.informers += started
         return started
 
+    def unwatched(self, kinds: tuple[str, ...], namespace: str) -> list[str]:
+        return [
+            i.name + (f" ({i.refused.describe()})" if i.refused else "")
+            for i in self.informers
+            if i.resource.kind in kinds and i.namespace in (None, namespace) and not i.synced.is_set()
+        ]
+
+    def _watch_refused(self, informer: Informer, refused: bool) -> None:
+        labels = {"kind": informer.resource.kind, "namespace": informer.namespace or ""}
+        self.ctx.metrics.watch_refused.labels(**labels).set(1 if refused else 0)
+
     async def start_informers(self) -> None:
-        """Watch owners and children, and wait until every cache is filled (a miss then means absent)."""
+        """Watch owners and children, and wait until every cache is filled (a miss then means absent).
+
+        A kind the API server refuses (403: the RBAC lacks it, e.g. `rbac.keda: false` where KEDA's
+        CRDs are installed, or a namespace whose Role was removed) does not hold startup: it is named
+        in a log line and `kubeforge_watch_refused`, retried with backoff, and the rest works. So
+        does a kind whose first list still fails after STARTUP_SYNC_SECONDS for another reason.
+        """
         started = [i for resource in (*OWNERS, *CHILDREN) for i in self._inform(resource)]
         started += await self._inform_optional()
-        await asyncio.gather(*(i.synced.wait() for i in started))
+        try:
+            await asyncio.wait_for(
+                asyncio.gather(*(i.settled.wait() for i in started)), timeout=STARTUP_SYNC_SECONDS
+            )
+        except TimeoutError:
+            pending = ", ".join(i.name for i in started if not i.settled.is_set())
+            log.warning(
+                "started without a first list of %s after %.0fs; still trying", pending, STARTUP_SYNC_SECONDS
+            )
+        refused = [i.name for i in started if i.refused is not None]
+        if refused:
+            log.warning("started without watching %s: the API server refuses it (RBAC)", ", ".join(refused))
         self._tasks.append(asyncio.create_task(self._watch_for_optional_apis(), name="optional APIs"))
 
     async def _inform_optional(self) -> list[Informer]:

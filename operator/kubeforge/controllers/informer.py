@@ -52,6 +52,11 @@ class Informer:
     synced: asyncio.Event = field(default_factory=asyncio.Event)
     lists: int = 0  # how many times the kind was listed (1 at start; more after 410s)
     watch_seconds: int = WATCH_SECONDS
+    # set once the first list succeeded or was refused (403): startup waits for this, not for a
+    # list that a missing permission would keep failing for ever
+    settled: asyncio.Event = field(default_factory=asyncio.Event)
+    refused: ApiError | None = None
+    on_refused: Callable[[Informer, bool], None] | None = None
 
     @property
     def name(self) -> str:
@@ -67,6 +72,8 @@ class Informer:
                 if version is None:
                     version = await self._list()
                     self.synced.set()
+                    self.settled.set()
+                    self._refusal(None)
                 version = await self._watch(version)
                 failures = 0
             except Gone:
@@ -78,9 +85,29 @@ class Informer:
                     continue
                 failures += 1
                 delay = RETRY.delay(failures)
+                if err.status == 403:
+                    self._refusal(err)
+                    self.settled.set()
                 if failures <= 3 or failures % 10 == 0:
                     log.warning("informer %s: %s; retrying in %.1fs", self.name, err, delay)
                 await asyncio.sleep(delay)
+
+    def _refusal(self, err: ApiError | None) -> None:
+        """Record whether the API server refuses this kind (a 403: the RBAC does not grant it)."""
+        if (err is None) == (self.refused is None):
+            self.refused = err or self.refused
+            return
+        self.refused = err
+        if err is not None:
+            log.warning(
+                "informer %s: refused, its objects cannot be reconciled until it is granted: %s",
+                self.name,
+                err,
+            )
+        else:
+            log.info("informer %s: granted again", self.name)
+        if self.on_refused is not None:
+            self.on_refused(self, err is not None)
 
     async def _list(self) -> str:
         objects, version = await self.kube.list_with_version(
@@ -113,9 +140,8 @@ class Informer:
                 continue
             obj.setdefault("apiVersion", self.resource.api_version)
             obj.setdefault("kind", self.resource.kind)
-            meta = obj["metadata"]
             if type_ == "DELETED":
-                self.cache.remove(self.resource.kind, meta.get("namespace", ""), meta["name"])
+                self.cache.deleted(self.resource.kind, obj)
             else:
                 self.cache.upsert(self.resource.kind, obj)
             self.on_change(str(type_), obj)

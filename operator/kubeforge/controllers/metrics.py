@@ -180,6 +180,13 @@ class OperatorMetrics:
             ["namespace", "modeldeployment", "state"],
             registry=registry,
         )
+        self.watch_refused = prom.Gauge(
+            "kubeforge_watch_refused",
+            "1 while the API server refuses to list or watch this kind in this namespace ('' for all "
+            "namespaces): the RBAC does not grant it; objects that need it cannot be reconciled.",
+            ["kind", "namespace"],
+            registry=registry,
+        )
         registry.register(_ReadAtScrape(self))
 
     def observe(self, kind: str, seconds: float, ok: bool, reason: str | None = None) -> None:

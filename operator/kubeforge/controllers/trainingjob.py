@@ -37,11 +37,16 @@ from kubeforge.api.trainingjob import (
 from kubeforge.builders.output import build_output_model_deployment, created_by
 from kubeforge.builders.trainingjob import (
     ATTEMPT_LABEL,
-    SPEC_HASH_ANNOTATION,
     build_headless_service,
-    build_worker_job,
     service_name,
-    worker_spec_hash,
+)
+from kubeforge.controllers.attempts import (
+    creation_refusal,
+    desired_job,
+    pending_since,
+    refuse_if_namespace_terminating,
+    stopped_from_outside,
+    workers_respecified,
 )
 from kubeforge.controllers.context import ChildConflict, Context
 from kubeforge.controllers.crashpoints import crash_point
@@ -51,7 +56,7 @@ from kubeforge.controllers.status_patch import write_status
 from kubeforge.controllers.workqueue import Surfaced
 from kubeforge.k8s import resources as r
 from kubeforge.k8s.client import ApiError
-from kubeforge.k8s.semantic import applied_hash, controller_uid, stamped
+from kubeforge.k8s.semantic import controller_uid
 from kubeforge.status.conditions import get_condition
 from kubeforge.status.gitops import ReconcileFailure
 from kubeforge.status.trainingjob import (
@@ -68,7 +73,6 @@ from kubeforge.status.trainingjob import (
     phase_reason,
     reported_checkpoint,
     reported_validation,
-    stopped_by_others,
 )
 
 log = logging.getLogger(__name__)
@@ -76,8 +80,6 @@ FINISHED = (TrainingPhase.SUCCEEDED, TrainingPhase.FAILED)
 Object = dict[str, Any]
 # how soon to look again while an earlier attempt's pods are terminating (their events also wake us)
 LEFTOVER_RECHECK_SECONDS = 2.0
-# workers missing this long after their Job was created: ask the Job's Events why (a quota...)
-MISSING_WORKERS_GRACE_SECONDS = 2.0
 REFUSAL_RECHECK_SECONDS = 5.0
 # a gang stopped from outside (its workers deleted, none failed by itself) is left this long
 # before it is restarted: when its namespace or the TrainingJob is being deleted, it is gone by then
@@ -148,10 +150,6 @@ def _seconds_left(now: datetime, since: datetime | None, limit: int | None) -> f
     return (since + timedelta(seconds=limit) - now).total_seconds()
 
 
-def _ts(value: str | None) -> datetime | None:
-    return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
-
-
 def _gpus_per_worker(tj: TrainingJob) -> int:
     return tj.spec.gpu.resource_count if tj.spec.gpu else 0
 
@@ -186,24 +184,6 @@ def _leftover_pods(ctx: Context, tj: TrainingJob) -> list[Object]:
 def _job_finished(job: Object) -> bool:
     conditions = (job.get("status") or {}).get("conditions") or []
     return any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True" for c in conditions)
-
-
-def _desired_job(tj: TrainingJob, attempt: int) -> Object:
-    queue = tj.spec.scheduling.queue if tj.spec.scheduling else None
-    return build_worker_job(tj, attempt, suspend=queue is not None)
-
-
-def _workers_respecified(tj: TrainingJob, status: TrainingJobStatus, job: Object) -> bool:
-    """Whether the spec of the workers changed since the running attempt's Job was created."""
-    recorded = (job["metadata"].get("annotations") or {}).get(SPEC_HASH_ANNOTATION)
-    if recorded is not None:
-        return bool(recorded != worker_spec_hash(tj))
-    # a Job of a release that did not record the spec: only an edit since that release last
-    # reconciled (a newer generation) may restart it, when it changes the template
-    if tj.metadata.generation == status.observed_generation:
-        return False
-    current = applied_hash(job)
-    return current is not None and current != applied_hash(stamped(_desired_job(tj, status.attempt or 0)))
 
 
 async def _sweep(ctx: Context, step: _Step, jobs: dict[int, Object]) -> None:
@@ -285,7 +265,7 @@ async def _on_failure(
     tj, status = step.tj, step.status
     # the workers of a namespace being deleted die with it (their pods, or the Job's own Failed
     # condition once they are gone): that is not theirs to count
-    await _refuse_if_namespace_terminating(ctx, tj, (status.attempt or 0) + 1)
+    await refuse_if_namespace_terminating(ctx, tj, (status.attempt or 0) + 1)
     policy = tj.spec.failure_policy or FailurePolicy()
     status.last_failure = failure
     status.gpu_seconds = (status.gpu_seconds or 0.0) + gpu_seconds(pods, _gpus_per_worker(tj), step.now)
@@ -358,15 +338,6 @@ def _queued(step: _Step, was_running: bool) -> None:
         step.phase(TrainingPhase.PENDING, "Queued", f"waiting for Kueue to admit the workers (queue {queue})")
 
 
-def _pending_since(tj: TrainingJob, status: TrainingJobStatus, job: Object) -> datetime | None:
-    """Where pendingDeadlineSeconds counts from: the attempt's start or, for a queued job, its
-    admission (the Job controller sets the Job's startTime when Kueue unsuspends it). Time spent
-    waiting in the queue never counts."""
-    if tj.spec.scheduling and tj.spec.scheduling.queue:
-        return _ts((job.get("status") or {}).get("startTime"))
-    return status.attempt_start_time or _ts(job["metadata"].get("creationTimestamp"))
-
-
 async def _start_attempt(ctx: Context, step: _Step) -> float | None:
     """Create the current attempt's Job, once every worker of earlier attempts has exited."""
     tj, status = step.tj, step.status
@@ -378,7 +349,7 @@ async def _start_attempt(ctx: Context, step: _Step) -> float | None:
         step.phase(phase, "WaitingForWorkersToExit", message)
         return LEFTOVER_RECHECK_SECONDS
     queue = tj.spec.scheduling.queue if tj.spec.scheduling else None
-    await ctx.create_child(_desired_job(tj, attempt))
+    await ctx.create_child(desired_job(tj, attempt))
     status.attempt_start_time = step.now
     status.restart_after = None
     message = f"attempt {attempt}: {tj.spec.workers} worker(s) created" + (
@@ -386,42 +357,6 @@ async def _start_attempt(ctx: Context, step: _Step) -> float | None:
     )
     step.phase(TrainingPhase.PENDING, "WorkersCreated", message)
     return None
-
-
-async def _creation_refusal(ctx: Context, step: _Step, job: Object, pods: list[Object]) -> str | None:
-    """Why the Job controller cannot create the workers (a ResourceQuota, a LimitRange, an
-    admission webhook or policy): the message of the Job's newest FailedCreate Event. Asked only
-    while workers are missing a while after the Job was created (one API call then)."""
-    created = _ts(job["metadata"].get("creationTimestamp"))
-    if len(pods) >= step.tj.spec.workers or created is None:
-        return None
-    if (step.now - created).total_seconds() < MISSING_WORKERS_GRACE_SECONDS:
-        return None
-    meta = job["metadata"]
-    selector = f"involvedObject.uid={meta['uid']},reason=FailedCreate"
-    events = await ctx.kube.list(r.EVENT, meta["namespace"], field_selector=selector)
-    if not events:
-        return None
-    newest = max(events, key=lambda e: str(e.get("lastTimestamp") or e.get("eventTime") or ""))
-    return str(newest.get("message") or "")[:1000] or None
-
-
-async def _refuse_if_namespace_terminating(ctx: Context, tj: TrainingJob, attempt: int) -> None:
-    """Raise Abandoned when the namespace is being deleted (the usual reason a whole gang is
-    stopped from outside), before a new attempt is decided. Asked with a dry run of the attempt's
-    Job: the NamespaceLifecycle admission refuses it there, and no namespace read is needed (the
-    operator may hold only namespaced Roles)."""
-    try:
-        await ctx.kube.apply(stamped(_desired_job(tj, attempt)), force=False, dry_run=True)
-    except ApiError as err:
-        if err.namespace_terminating:
-            raise abandoned(err) from None
-
-
-def _stopped_from_outside(failed: list[Object]) -> bool:
-    """Every failed worker was stopped (deleted, or sent SIGTERM) and none failed by itself or was
-    preempted: someone deleted the gang (kubectl, the namespace's deletion), the program did not fail."""
-    return bool(failed) and all(stopped_by_others(p) and not is_preemption(p) for p in failed)
 
 
 async def _run(ctx: Context, step: _Step, jobs: dict[int, Object]) -> float | None:
@@ -439,7 +374,7 @@ async def _run(ctx: Context, step: _Step, jobs: dict[int, Object]) -> float | No
     if job is None:
         return await _start_attempt(ctx, step)
 
-    if _workers_respecified(tj, status, job):
+    if workers_respecified(tj, status, job):
         message = f"the worker template changed (generation {tj.metadata.generation}): restarting the gang"
         return await _next_attempt(ctx, step, jobs, "SpecChanged", message, 0, "Normal")
 
@@ -475,12 +410,12 @@ async def _run(ctx: Context, step: _Step, jobs: dict[int, Object]) -> float | No
         _queued(step, was_running)
         return None
     policy = tj.spec.failure_policy or FailurePolicy()
-    if _stopped_from_outside(obs.failed_pods):
+    if stopped_from_outside(obs.failed_pods):
         stopped = max((failed_at(p) or step.now for p in obs.failed_pods), default=step.now)
         wait = STOPPED_GANG_GRACE_SECONDS - (step.now - stopped).total_seconds()
         if wait > 0:
             return wait
-        await _refuse_if_namespace_terminating(ctx, tj, attempt + 1)
+        await refuse_if_namespace_terminating(ctx, tj, attempt + 1)
         status.last_failure = classify_failure(earliest_failure(obs.failed_pods), policy, step.now)
         status.gpu_seconds = (status.gpu_seconds or 0.0) + gpu_seconds(pods, _gpus_per_worker(tj), step.now)
         message = (
@@ -520,7 +455,7 @@ async def _run(ctx: Context, step: _Step, jobs: dict[int, Object]) -> float | No
 
     # not all workers running yet
     reason, message = "WorkersPending", f"attempt {attempt}: {obs.running}/{tj.spec.workers} workers running"
-    refusal = await _creation_refusal(ctx, step, job, pods)
+    refusal = await creation_refusal(ctx, tj, job, pods, step.now)
     pending_message = obs.pending_message or refusal
     if refusal:
         reason, message = "FailedCreate", f"{message}; the workers cannot be created: {refusal}"
@@ -528,7 +463,7 @@ async def _run(ctx: Context, step: _Step, jobs: dict[int, Object]) -> float | No
     elif obs.pending_message:
         reason, message = "Unschedulable", f"{message}; {obs.pending_message}"
     pending_deadline = run_policy.pending_deadline_seconds if run_policy else None
-    pending_left = _seconds_left(step.now, _pending_since(tj, status, job), pending_deadline)
+    pending_left = _seconds_left(step.now, pending_since(tj, status, job), pending_deadline)
     # the Job's Events wake no reconcile: while workers are missing, look again
     recheck = REFUSAL_RECHECK_SECONDS if refusal or len(pods) < tj.spec.workers else None
     if pending_left is not None:
@@ -589,6 +524,15 @@ async def reconcile_training_job(ctx: Context, key: tuple[str, str]) -> float | 
     step = _Step(tj, body, ctx.now())
     failure: ReconcileFailure | None = None
     requeue: float | None = None
+    unwatched = ctx.unwatched((r.JOB.kind, r.POD.kind), key[0])
+    if unwatched:
+        # without them, an attempt's Job or its pods look absent: a second gang could be started
+        message = f"cannot reconcile while the operator does not watch {'; '.join(unwatched)}"
+        failure = ReconcileFailure("WatchRefused", message[:1000])
+        await write_status(ctx, r.TRAINING_JOB, step.body, step.wire(failure))
+        if _newly_stalled(tj, failure):
+            ctx.announce(body, "Warning", failure.reason, failure.message)
+        raise Surfaced(f"{failure.reason}: {failure.message}", reason=failure.reason)
     try:
         requeue = await _reconcile(ctx, step)
     except (ChildConflict, ApiError) as err:

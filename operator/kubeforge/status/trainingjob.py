@@ -26,7 +26,8 @@ MAX_BACKOFF_SECONDS = 600
 SIGTERM_EXIT_CODE = 128 + 15
 
 
-def _ts(value: str | None) -> datetime | None:
+def parse_time(value: str | None) -> datetime | None:
+    """A Kubernetes timestamp (RFC 3339, `Z`), or None."""
     return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
 
 
@@ -60,10 +61,10 @@ def is_preemption(pod: dict[str, Any]) -> bool:
 
 def failed_at(pod: dict[str, Any]) -> datetime | None:
     """When a failed worker failed: its container's finish, else the pod's latest condition change."""
-    finished = _ts((_terminated(pod) or {}).get("finishedAt"))
+    finished = parse_time((_terminated(pod) or {}).get("finishedAt"))
     if finished is not None:
         return finished
-    changes = [_ts(c.get("lastTransitionTime")) for c in pod.get("status", {}).get("conditions") or []]
+    changes = [parse_time(c.get("lastTransitionTime")) for c in pod.get("status", {}).get("conditions") or []]
     return max((t for t in changes if t), default=None)
 
 
@@ -153,7 +154,7 @@ def observe_attempt(job: dict[str, Any], pods: list[dict[str, Any]], workers: in
     running = [p for p in live if p.get("status", {}).get("phase") == "Running"]
     failed = [p for p in pods if p.get("status", {}).get("phase") == "Failed"]
     succeeded = sum(1 for p in pods if p.get("status", {}).get("phase") == "Succeeded")
-    starts = [_ts(p.get("status", {}).get("startTime")) for p in running]
+    starts = [parse_time(p.get("status", {}).get("startTime")) for p in running]
     started = max((s for s in starts if s), default=None) if len(running) >= workers else None
     return AttemptObservation(
         suspended_by_queue=bool(job.get("spec", {}).get("suspend")),
@@ -189,12 +190,12 @@ def gpu_seconds(pods: list[dict[str, Any]], gpus_per_worker: int, now: datetime)
     """GPU-seconds the pods held: from each worker's start to its end (or now)."""
     total = 0.0
     for pod in pods:
-        start = _ts(pod.get("status", {}).get("startTime"))
+        start = parse_time(pod.get("status", {}).get("startTime"))
         if start is None:
             continue
         end = now
         for cs in pod.get("status", {}).get("containerStatuses") or []:
-            finished = _ts(((cs.get("state") or {}).get("terminated") or {}).get("finishedAt"))
+            finished = parse_time(((cs.get("state") or {}).get("terminated") or {}).get("finishedAt"))
             if finished:
                 end = finished
         total += max(0.0, (end - start).total_seconds()) * gpus_per_worker
