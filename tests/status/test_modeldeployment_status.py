@@ -312,3 +312,44 @@ def test_a_scale_up_from_zero_records_the_cold_start() -> None:
         _md(replicas=1), _observed(_deployment(1, 1, replicas=1), [_pod("a")]), ready, ready_at
     )
     assert again.cold_start == ready.cold_start and transitions == []  # recorded once
+
+
+def test_waiting_for_a_predecessors_child_is_in_progress_not_stalled() -> None:
+    waiting = ReconcileFailure(
+        "WaitingForPredecessor", "Service ns/resnet50: controlled by ...", waiting=True
+    )
+    status, _ = compute_status(_md(), _observed(None, [], failure=waiting), None, NOW)
+    assert status.phase == "Progressing"
+    conditions = {c.type: (c.status, c.reason) for c in status.conditions or []}
+    assert conditions["Ready"] == ("False", "WaitingForPredecessor")
+    assert conditions["Reconciling"] == ("True", "WaitingForPredecessor")
+    assert conditions["Stalled"][0] == "False"
+
+
+def test_a_quota_refusing_the_pods_is_degraded_with_its_words() -> None:
+    dep = _deployment(0, 0, replicas=0)
+    refusal = 'pods "resnet50-x" is forbidden: exceeded quota: gpus, requested: requests.nvidia.com/gpu=1'
+    dep["status"]["conditions"].append(
+        {"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate", "message": refusal}
+    )
+    status, _ = compute_status(_md(), _observed(dep, []), None, NOW)
+    degraded = get_condition(status.conditions, "Degraded")
+    ready = get_condition(status.conditions, "Ready")
+    assert degraded is not None and (degraded.status, degraded.reason) == ("True", "FailedCreate")
+    assert refusal in degraded.message
+    assert ready is not None and ready.reason == "FailedCreate"
+    # and it leaves with the condition
+    dep["status"]["conditions"].pop()
+    status, _ = compute_status(_md(), _observed(dep, []), status, NOW)
+    degraded = get_condition(status.conditions, "Degraded")
+    assert degraded is not None and degraded.status == "False"
+
+
+def test_a_deferred_operator_rollout_is_named_and_leaves() -> None:
+    observed = _observed(_deployment(2, 2), [_pod("a"), _pod("b")], rollout_deferred="waits for ns/other")
+    status, _ = compute_status(_md(), observed, None, NOW)
+    deferred = get_condition(status.conditions, "RolloutDeferred")
+    assert deferred is not None and deferred.status == "True" and "ns/other" in deferred.message
+    assert status.phase == "Ready"  # it serves with its template meanwhile
+    status, _ = compute_status(_md(), _observed(_deployment(2, 2), [_pod("a"), _pod("b")]), status, NOW)
+    assert get_condition(status.conditions, "RolloutDeferred") is None

@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import Awaitable
 from typing import Any
 
-from kubeforge.controllers.context import ChildConflict
+from kubeforge.controllers.context import ChildConflict, PredecessorChild
 from kubeforge.controllers.workqueue import Abandoned
 from kubeforge.k8s.client import ApiError
 from kubeforge.status.gitops import ReconcileFailure
@@ -28,6 +28,9 @@ def as_failure(err: BaseException) -> ReconcileFailure | None:
     """The failure to show for `err`; None for an error that a quick retry may fix."""
     if isinstance(err, ChildConflict):
         return ReconcileFailure("ChildConflict", str(err)[:MAX_MESSAGE])
+    if isinstance(err, PredecessorChild):
+        message = f"{err}: the garbage collector removes it shortly, then this one is created"
+        return ReconcileFailure("WaitingForPredecessor", message[:MAX_MESSAGE], waiting=True)
     if isinstance(err, ApiError) and not err.retryable:
         return ReconcileFailure(err.condition_reason, err.describe()[:MAX_MESSAGE])
     return None

@@ -48,6 +48,8 @@ RESOURCE_METRICS_API = "metrics.k8s.io/v1beta1"
 EXTERNAL_METRICS_API = "external.metrics.k8s.io/v1beta1"
 MODEL_PROBE_SECONDS = 30.0
 MISSING_API_SECONDS = 30.0
+# a predecessor's child (same name, deleted owner) is being removed by the garbage collector
+PREDECESSOR_RECHECK_SECONDS = 1.0
 MONITORING_API = "monitoring.coreos.com/v1"
 LWS_API = "leaderworkerset.x-k8s.io/v1"
 LWS_NOT_INSTALLED = ReconcileFailure(
@@ -301,9 +303,11 @@ async def reconcile_model_deployment(ctx: Context, key: tuple[str, str]) -> floa
     ctx.metrics.set_replicas(ns, name, status.desired_replicas or 0, status.ready_replicas or 0)
     for transition in transitions:
         ctx.announce(body, transition.type, transition.reason, transition.message)
-    if failure is not None and not missing_lws:
+    if failure is not None and not missing_lws and not failure.waiting:
         raise Surfaced(f"{failure.reason}: {failure.message}", reason=failure.reason)
     requeue = [stall_check_in(status, now, ctx.settings.stall_seconds)]
+    if failure is not None and failure.waiting:
+        requeue.append(PREDECESSOR_RECHECK_SECONDS)
     if missing_lws:
         # like a missing KEDA: LWS installed later sends no event here, so look again (no backoff)
         requeue.append(MISSING_API_SECONDS)

@@ -23,6 +23,9 @@ class ReconcileFailure:
 
     reason: str  # ChildConflict, Forbidden, Invalid, ...
     message: str
+    # it resolves by itself (a predecessor's child the garbage collector is removing): in status,
+    # but in progress rather than stalled, and looked at again soon rather than backed off
+    waiting: bool = False
 
 
 @dataclass(frozen=True)

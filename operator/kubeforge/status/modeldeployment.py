@@ -306,7 +306,9 @@ def compute_status(
     conditions = _gitops(conditions, failure, stall_seconds, generation, now)
     degraded = get_condition(conditions, "Degraded")
     ready = get_condition(conditions, "Ready")
-    if failure:
+    if failure and failure.waiting:
+        phase = Phase.PROGRESSING
+    elif failure:
         phase = Phase.FAILED
     elif degraded and degraded.status == ConditionStatus.TRUE:
         phase = Phase.DEGRADED
@@ -365,7 +367,9 @@ def _gitops(
     degraded = get_condition(conditions, "Degraded")
     assert ready is not None and progressing is not None and degraded is not None
     stalled = Verdict(False, "AsExpected", "nothing keeps the deployment from progressing")
-    if failure:
+    if failure and failure.waiting:
+        pass
+    elif failure:
         stalled = Verdict(True, failure.reason, failure.message)
     elif degraded.status == ConditionStatus.TRUE:
         since = degraded.last_transition_time
@@ -380,7 +384,9 @@ def _gitops(
             )
             stalled = Verdict(True, degraded.reason, f"degraded {bound}: {degraded.message}")
     reconciling = Verdict(False, "AsExpected", "the deployment matches its spec")
-    if not stalled.status and progressing.status == ConditionStatus.TRUE:
+    if failure and failure.waiting:
+        reconciling = Verdict(True, failure.reason, failure.message)
+    elif not stalled.status and progressing.status == ConditionStatus.TRUE:
         reconciling = Verdict(True, progressing.reason, progressing.message)
     ready_verdict = Verdict(ready.status == ConditionStatus.TRUE, ready.reason, ready.message)
     return kstatus_conditions(
