@@ -283,6 +283,52 @@ def test_a_silently_dead_watch_is_noticed_and_watched_again(
     assert "the connection is presumed dead" in own_operator.log_text()
 
 
+def _training_job(namespace: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "kubeforge.io/v1alpha1",
+        "kind": "TrainingJob",
+        "metadata": {"name": "train", "namespace": namespace},
+        "spec": {
+            "image": "trainer:e2e",
+            "workers": 2,
+            "failurePolicy": {"maxRestarts": 3, "backoffSeconds": 1},
+        },
+    }
+
+
+def test_a_refused_status_write_of_a_final_failure_never_runs_the_job_again(
+    kubectl: Kubectl, namespace: str, own_operator: OperatorProcess, cluster: Cluster, tmp_path: Path
+) -> None:
+    """An etcd leader change answers the failure's status write with 503 (twice): the workers
+    still running are stopped only once the failure is recorded, and the Job is never created again."""
+    with _behind_proxy(own_operator, cluster, tmp_path) as proxy:
+        kubectl.apply(json.dumps(_training_job(namespace)))
+        wait_for(
+            lambda: (
+                kubectl.json("get", "tj", "train", namespace=namespace).get("status", {}).get("phase")
+                == "Running"
+            ),
+            timeout=60,
+            message="train running",
+        )
+        proxy.inject(503, "PATCH", r"/trainingjobs/train/status$", count=2)
+        failed_at = time.monotonic()
+        selector = "batch.kubernetes.io/job-name=train-0,batch.kubernetes.io/job-completion-index=1"
+        kubectl("annotate", "pods", "-l", selector, "sim.kubeforge.io/exit-code=1", namespace=namespace)
+
+        def failed() -> dict[str, Any] | None:
+            tj = kubectl.json("get", "tj", "train", namespace=namespace)
+            return tj if tj.get("status", {}).get("phase") == "Failed" else None
+
+        tj = wait_for(failed, timeout=60, message="train failed")
+        time.sleep(3)
+        assert proxy.requests("PATCH", r"/trainingjobs/train/status$", status=503) == 2
+        # no Job of this TrainingJob was applied (created) again after the failure
+        assert proxy.requests("PATCH", r"/jobs/train-\d+$", since=failed_at) == 0
+    assert tj["status"]["lastFailure"]["exitCode"] == 1
+    assert (tj["status"]["attempt"], tj["status"]["restarts"]) == (0, 0)
+
+
 def test_injected_conflicts_throttling_and_server_errors_back_off_and_converge(
     kubectl: Kubectl,
     namespace: str,
