@@ -234,7 +234,8 @@ def _writes_by_verb(op: OperatorProcess) -> dict[str, float]:
     return {
         k[len(prefix) :]: v
         for k, v in op.metrics().items()
-        if k.startswith(prefix) and not any(r in k for r in ('"get"', '"list"', '"discovery"'))
+        if k.startswith(prefix)
+        and not any(r in k for r in ('"get"', '"list"', '"discovery"', '"watch"', '"dry_run"'))
     }
 
 

@@ -77,7 +77,8 @@ class OperatorProcess:
         return out
 
     def writes(self) -> int:
-        reads = ('verb="get"', 'verb="list"', 'verb="discovery"')
+        # watches and dry runs write nothing (a watch is re-established every 45 s)
+        reads = ('verb="get"', 'verb="list"', 'verb="discovery"', 'verb="watch"', 'verb="dry_run"')
         return int(
             sum(
                 v

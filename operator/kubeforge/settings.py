@@ -39,6 +39,9 @@ class Settings:
     # the API server ends each watch after this long; a watch silent for this long plus a margin
     # is presumed dead (a half-open connection) and started again
     watch_seconds: int = 45
+    # an edit (a new generation) is reconciled this long after it arrives: a burst of edits costs
+    # one reconcile (and one write per child and status), not one per edit
+    edit_coalesce_seconds: float = 0.5
     namespaces: tuple[str, ...] = field(default_factory=tuple)
 
     @classmethod
@@ -56,6 +59,9 @@ class Settings:
                 env.get("KUBEFORGE_METRIC_ABSENT_SECONDS", cls.metric_absent_seconds)
             ),
             fill_retry_seconds=float(env.get("KUBEFORGE_FILL_RETRY_SECONDS", cls.fill_retry_seconds)),
+            edit_coalesce_seconds=float(
+                env.get("KUBEFORGE_EDIT_COALESCE_SECONDS", cls.edit_coalesce_seconds)
+            ),
             watch_seconds=int(env.get("KUBEFORGE_WATCH_SECONDS", cls.watch_seconds)),
             operator_rollouts=int(env.get("KUBEFORGE_OPERATOR_ROLLOUTS", cls.operator_rollouts)),
             model_probe=env.get("KUBEFORGE_MODEL_PROBE", "true").lower() not in ("0", "false", "no", "off"),

@@ -25,7 +25,7 @@ def _rv(obj: Object) -> int:
 
 
 # what no reconciler reads, and what makes up most of an object's size
-_DROPPED_ANNOTATIONS = ("kubectl.kubernetes.io/last-applied-configuration",)
+DROPPED_ANNOTATIONS = ("kubectl.kubernetes.io/last-applied-configuration",)
 
 
 def slim(kind: str, obj: Object) -> Object:
@@ -35,13 +35,13 @@ def slim(kind: str, obj: Object) -> Object:
     annotations = meta.get("annotations") or {}
     if (
         "managedFields" not in meta
-        and not any(a in annotations for a in _DROPPED_ANNOTATIONS)
+        and not any(a in annotations for a in DROPPED_ANNOTATIONS)
         and kind != "Pod"
     ):
         return obj
     meta = {k: v for k, v in meta.items() if k != "managedFields"}
-    if any(a in annotations for a in _DROPPED_ANNOTATIONS):
-        meta["annotations"] = {k: v for k, v in annotations.items() if k not in _DROPPED_ANNOTATIONS}
+    if any(a in annotations for a in DROPPED_ANNOTATIONS):
+        meta["annotations"] = {k: v for k, v in annotations.items() if k not in DROPPED_ANNOTATIONS}
     out = {k: v for k, v in obj.items() if k != "metadata" and not (kind == "Pod" and k == "spec")}
     out["metadata"] = meta
     return out

@@ -17,6 +17,7 @@ from typing import Any
 import kopf
 
 from kubeforge.builders.meta import OWNER_KIND_LABEL, OWNER_NAME_LABEL
+from kubeforge.controllers.cache import DROPPED_ANNOTATIONS
 from kubeforge.controllers.context import Context
 from kubeforge.controllers.informer import Informer
 from kubeforge.controllers.leader import LeaderElector, LeaseSettings
@@ -75,7 +76,15 @@ class Runtime:
     def _queue_of(self, kind: str) -> WorkQueue[Key]:
         return self.md_queue if kind == r.MODEL_DEPLOYMENT.kind else self.tj_queue
 
-    def owner_changed(self, type_: str, obj: Object) -> None:
+    def owner_changed(self, type_: str, obj: Object, previous: Object | None = None) -> None:
+        """An owner changed: reconcile it, except for what needs no reconcile.
+
+        - Only its status changed (the echo of the operator's own status write, whose response is
+          already cached): nothing to do.
+        - Its spec changed (a new generation): reconciled `edit_coalesce_seconds` later, so that a
+          burst of edits (a script, a GitOps sync of many commits) costs one reconcile, not one
+          per edit; an edit while a reconcile runs is folded into the next one either way.
+        """
         meta = obj["metadata"]
         key = (meta.get("namespace", ""), meta["name"])
         queue = self._queue_of(obj["kind"])
@@ -83,10 +92,16 @@ class Runtime:
             queue.forget(key)  # its backoff and timers go with it; the children go with the GC
             if obj["kind"] == r.MODEL_DEPLOYMENT.kind:
                 self.ctx.metrics.forget_model_deployment(*key)
+        elif previous is None or type_ == "ADDED":
+            queue.add(key)
+        elif _only_status_changed(previous, obj):
+            return
+        elif previous["metadata"].get("generation") != meta.get("generation"):
+            queue.add_after(key, self.ctx.settings.edit_coalesce_seconds)
         else:
             queue.add(key)
 
-    def child_changed(self, _: str, obj: Object) -> None:
+    def child_changed(self, _: str, obj: Object, previous: Object | None = None) -> None:
         """A child changed: reconcile its owner shortly, once for a burst of child events.
 
         A rollout sends a storm of Deployment, ReplicaSet and pod events; folding them into one
@@ -248,6 +263,24 @@ class Runtime:
         self.ctx.metrics.identity = self.elector.identity
         self.ctx.metrics.set_leader(False)
         self._tasks.append(asyncio.create_task(self.elector.run(), name="leader election"))
+
+
+def _metadata_that_matters(obj: Object) -> tuple[Any, ...]:
+    meta = obj["metadata"]
+    annotations = {k: v for k, v in (meta.get("annotations") or {}).items() if k not in DROPPED_ANNOTATIONS}
+    return (
+        meta.get("uid"),
+        meta.get("generation"),
+        meta.get("labels") or {},
+        annotations,
+        meta.get("deletionTimestamp"),
+        meta.get("finalizers") or [],
+    )
+
+
+def _only_status_changed(previous: Object, obj: Object) -> bool:
+    """Whether `obj` differs from the cached `previous` in its status (and version) alone."""
+    return _metadata_that_matters(previous) == _metadata_that_matters(obj)
 
 
 def _runtime(memo: Any) -> Runtime:

@@ -31,8 +31,8 @@ from kubeforge.k8s.resources import Resource
 
 log = logging.getLogger(__name__)
 Object = dict[str, Any]
-# (event type: ADDED, MODIFIED or DELETED; the object)
-OnChange = Callable[[str, Object], None]
+# (event type: ADDED, MODIFIED or DELETED; the object; the cached copy it replaces, if any)
+OnChange = Callable[[str, Object, Object | None], None]
 WATCH_SECONDS = 45  # the server ends each watch after this; it is resumed from the last version
 RETRY = Backoff(base=0.2, factor=2.0, cap=30.0, jitter=0.2)
 
@@ -118,9 +118,9 @@ class Informer:
         if self.lists > 1 and removed:
             log.info("informer %s: %d object(s) vanished while unwatched", self.name, len(removed))
         for obj in removed:
-            self.on_change("DELETED", obj)
+            self.on_change("DELETED", obj, None)
         for obj in changed:
-            self.on_change("ADDED", obj)
+            self.on_change("ADDED", obj, None)
         return version
 
     async def _watch(self, version: str) -> str:
@@ -140,9 +140,11 @@ class Informer:
                 continue
             obj.setdefault("apiVersion", self.resource.api_version)
             obj.setdefault("kind", self.resource.kind)
+            meta = obj["metadata"]
+            previous = self.cache.get(self.resource.kind, meta.get("namespace", ""), meta["name"])
             if type_ == "DELETED":
                 self.cache.deleted(self.resource.kind, obj)
             else:
                 self.cache.upsert(self.resource.kind, obj)
-            self.on_change(str(type_), obj)
+            self.on_change(str(type_), obj, previous)
         return version
