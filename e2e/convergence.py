@@ -26,6 +26,7 @@ from kubeforge.builders.modeldeployment import (
     build_triton_deployment,
 )
 from kubeforge.builders.trainingjob import build_headless_service, build_worker_job
+from kubeforge.controllers.rollout import ROLLOUT_CAUSE_ANNOTATION, WORKLOAD_TEMPLATE_ANNOTATION, annotated
 from kubeforge.k8s.semantic import applied_hash, controller_uid, stamped
 from kubeforge.settings import Settings
 
@@ -72,7 +73,8 @@ def desired_model_deployment_children(md_body: Object, settings: Settings) -> li
         workload = (
             build_leaderworkerset(md, settings) if multi_node else build_triton_deployment(md, settings)
         )
-        children.insert(0, workload)
+        # with what it was applied for (controllers/rollout.py): the generation, the template's hash
+        children.insert(0, annotated(workload, md.metadata.generation, None))
     children += [autoscaling.build_hpa(md), build_cache_claim(md), build_cache_fill_job(md, settings)]
     return [c for c in children if c is not None]
 
@@ -104,9 +106,21 @@ def _view(obj: Object) -> Object:
     }
 
 
+def _as_applied(desired: Object, live: Object) -> Object:
+    """`desired` as the operator applies it to `live`: a serving workload keeps the cause of its
+    template (kubeforge.io/rollout-cause, a fact about the live object) while its template stays."""
+    annotations = desired["metadata"].get("annotations") or {}
+    live_annotations = live["metadata"].get("annotations") or {}
+    cause = live_annotations.get(ROLLOUT_CAUSE_ANNOTATION)
+    template = annotations.get(WORKLOAD_TEMPLATE_ANNOTATION)
+    if cause and template and template == live_annotations.get(WORKLOAD_TEMPLATE_ANNOTATION):
+        meta = {**desired["metadata"], "annotations": {**annotations, ROLLOUT_CAUSE_ANNOTATION: cause}}
+        return {**desired, "metadata": meta}
+    return desired
+
+
 def differences(kubectl: Kubectl, desired: Object, namespace: str) -> list[str]:
     """Where the live child differs from the result of applying `desired` (stamped) now; [] when converged."""
-    applied = stamped(desired)
     kind, name = desired["kind"], desired["metadata"]["name"]
     group = _group(desired)
     resource = f"{kind.lower()}s" + (f".{group}" if group else "")
@@ -114,6 +128,7 @@ def differences(kubectl: Kubectl, desired: Object, namespace: str) -> list[str]:
     if result.returncode != 0:
         return [f"{kind} {name} is missing"]
     live = json.loads(result.stdout)
+    applied = stamped(_as_applied(desired, live))
     dry = kubectl(
         "apply",
         "--server-side",
@@ -246,7 +261,7 @@ def namespace_problems(kubectl: Kubectl, namespace: str, settings: Settings) -> 
             problems.append(f"{key[0]} {key[1]}: not wanted by any owner (orphan)")
         elif controller_uid(child) != controller_uid(want):
             problems.append(f"{key[0]} {key[1]}: controlled by {controller_uid(child)}, not its owner")
-        elif applied_hash(child) != applied_hash(stamped(want)):
+        elif applied_hash(child) != applied_hash(stamped(_as_applied(want, child))):
             problems.append(f"{key[0]} {key[1]}: not applied from the current spec")
     problems += [f"{kind} {name}: missing" for kind, name in sorted(set(desired) - seen)]
     return problems

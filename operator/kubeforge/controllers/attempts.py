@@ -15,7 +15,7 @@ from kubeforge.controllers.failures import abandoned
 from kubeforge.k8s import resources as r
 from kubeforge.k8s.client import ApiError
 from kubeforge.k8s.semantic import applied_hash, stamped
-from kubeforge.status.trainingjob import is_preemption, parse_time, stopped_by_others
+from kubeforge.status.trainingjob import is_preemption, parse_time
 
 Object = dict[str, Any]
 # workers missing this long after their Job was created: ask the Job's Events why (a quota...)
@@ -82,6 +82,9 @@ async def refuse_if_namespace_terminating(ctx: Context, tj: TrainingJob, attempt
 
 
 def stopped_from_outside(failed: list[Object]) -> bool:
-    """Every failed worker was stopped (deleted, or sent SIGTERM) and none failed by itself or was
-    preempted: someone deleted the gang (kubectl, the namespace's deletion), the program did not fail."""
-    return bool(failed) and all(stopped_by_others(p) and not is_preemption(p) for p in failed)
+    """Every failed worker was deleted (and so stopped) and none was preempted: someone deleted the
+    gang (kubectl, the namespace's deletion), the program did not fail. A worker that exited by
+    itself, even on SIGTERM (143), is not this: the failure policy judges it."""
+    return bool(failed) and all(
+        p["metadata"].get("deletionTimestamp") and not is_preemption(p) for p in failed
+    )
