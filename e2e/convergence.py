@@ -75,13 +75,35 @@ def desired_model_deployment_children(md_body: Object, settings: Settings) -> li
         )
         # with what it was applied for (controllers/rollout.py): the generation, the template's hash
         children.insert(0, annotated(workload, md.metadata.generation, None))
-    children += [autoscaling.build_hpa(md), build_cache_claim(md), build_cache_fill_job(md, settings)]
+    children += [autoscaling.build_hpa(md), build_cache_claim(md)]
+    if not _filled(md_body):
+        children.append(build_cache_fill_job(md, settings))
     return [c for c in children if c is not None]
+
+
+def _filled(md_body: Object) -> bool:
+    """Whether status says the cache of the spec's key is complete: its fill Job may then be gone
+    (a TTL, a person) and is not created again."""
+    key = model_cache_key(ModelDeployment.model_validate(md_body))
+    cache = (md_body.get("status") or {}).get("cache") or {}
+    return key is not None and cache.get("key") == key and cache.get("state") == "Ready"
+
+
+def _fill_job_of_a_filled_cache(md_body: Object, child: Object) -> bool:
+    labels = child["metadata"].get("labels") or {}
+    return (
+        child["kind"] == "Job"
+        and labels.get("app.kubernetes.io/component") == "model-cache"
+        and _filled(md_body)
+        and child["metadata"]["name"] == (md_body.get("status") or {}).get("cache", {}).get("job")
+    )
 
 
 def _tolerated(md_body: Object, child: Object) -> bool:
     """A child the operator keeps while a model cache fills: the Deployment of the previous spec and the
     claims and fill Jobs of earlier caches."""
+    if _fill_job_of_a_filled_cache(md_body, child):
+        return True
     if serves_current_spec(md_body):
         return False
     labels = child["metadata"].get("labels") or {}
@@ -232,6 +254,7 @@ def namespace_problems(kubectl: Kubectl, namespace: str, settings: Settings) -> 
         *kubectl.json("get", "tj", namespace=namespace)["items"],
     ]
     desired: dict[tuple[str, str], Object] = {}
+    by_name = {o["metadata"]["name"]: o for o in owners if o["kind"] == "ModelDeployment"}
     waiting = {
         o["metadata"]["name"] for o in owners if o["kind"] == "ModelDeployment" and not serves_current_spec(o)
     }
@@ -255,6 +278,9 @@ def namespace_problems(kubectl: Kubectl, namespace: str, settings: Settings) -> 
         labels = child["metadata"].get("labels") or {}
         if labels.get("kubeforge.io/owner-name") in waiting and key not in desired:
             continue  # kept while its owner's model cache fills
+        owner = by_name.get(labels.get("kubeforge.io/owner-name", ""))
+        if key not in desired and owner is not None and _fill_job_of_a_filled_cache(owner, child):
+            continue  # the fill Job of a complete cache: kept or gone, either is converged
         seen.add(key)
         want = desired.get(key)
         if want is None:

@@ -14,6 +14,7 @@ log.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -248,6 +249,15 @@ def test_fill_once_then_serve_from_the_cache(
         kubectl("scale", "md", NAME, "--replicas=1", namespace=namespace)
         servers.wait_for_servers(1, timeout=180)
         assert servers.errors == []
+
+        # the fill Job goes (a TTL, a person): the completion is in status, nothing fills again
+        job2 = _md(kubectl, namespace)["status"]["cache"]["job"]
+        kubectl("delete", "job", job2, namespace=namespace)
+        kubectl("annotate", "md", NAME, "e2e/poke=1", namespace=namespace)  # and a reconcile, to be sure
+        time.sleep(5)
+        assert kubectl.json("get", "jobs", namespace=namespace)["items"] == []
+        md = _cache_state(kubectl, namespace, "Ready", key2)
+        assert md["status"]["phase"] == "Ready"
     _no_secret_anywhere(kubectl, namespace, operator.log_text(log_offset))
 
 

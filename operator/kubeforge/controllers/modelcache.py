@@ -16,7 +16,7 @@ import logging
 from datetime import timedelta
 from typing import Any
 
-from kubeforge.api.modeldeployment import CacheStatus, ModelDeployment
+from kubeforge.api.modeldeployment import CacheState, CacheStatus, ModelDeployment
 from kubeforge.builders.cache import (
     CACHE_KEY_LABEL,
     COMPONENT,
@@ -79,6 +79,23 @@ async def observe_cache(
         await ctx.ensure(desired_claim)
     desired_job = build_cache_fill_job(md, ctx.settings, PVC_ROOT)
     assert desired_job is not None
+    job_name = desired_job["metadata"]["name"]
+    if (
+        previous is not None
+        and previous.key == key
+        and previous.state == CacheState.READY
+        and ctx.cache.get(r.JOB.kind, md.metadata.namespace or "", job_name) is None
+    ):
+        # the completion is remembered in status, not only by the fill Job: once the Job is gone
+        # (its TTL, a person), the cache is still whole and is not filled again
+        return CacheObservation(
+            claim_name=claim,
+            key=key,
+            job_name=job_name,
+            job=None,
+            sources=cache_entries_count(md),
+            filled=True,
+        )
     # a Job's template cannot change; its name carries the key, so a new source is a new Job
     job: Object | None = await ctx.create_child(desired_job)
     retries = (previous.retries or 0) if previous is not None and previous.key == key else 0

@@ -34,7 +34,7 @@ from kubeforge.controllers.workqueue import Surfaced
 from kubeforge.k8s import resources as r
 from kubeforge.k8s.client import ApiError
 from kubeforge.k8s.semantic import controller_uid
-from kubeforge.status.cache import fill_complete, job_finished
+from kubeforge.status.cache import cache_ready, job_finished
 from kubeforge.status.conditions import get_condition
 from kubeforge.status.gitops import ReconcileFailure
 from kubeforge.status.modeldeployment import AutoscalerObservation, Observed, compute_status, stall_check_in
@@ -220,21 +220,18 @@ async def _monitoring(ctx: Context, md: ModelDeployment) -> None:
     await _ensure_optional(ctx, r.SERVICE_MONITOR, md, autoscaling.build_service_monitor(md))
 
 
-async def _probe_models(
-    ctx: Context, pods: list[dict[str, Any]]
+def _probe_models(
+    ctx: Context, key: tuple[str, str], pods: list[dict[str, Any]]
 ) -> tuple[list[ModelState] | None, str | None]:
-    """Per-model state from one ready server's repository index; (None, why) when it cannot be read."""
+    """Per-model state from one ready server's repository index, as last read in the background
+    (controllers/modelprobe.py: a reconcile never waits for a server); (None, why) when it cannot
+    be read."""
     if not ctx.settings.model_probe:
         return None, "model probing is off in the operator settings"
     ready = [p for p in pods if pod_ready(p) and p.get("status", {}).get("podIP")]
     if not ready:
         return None, None
-    from kubeforge.triton.client import model_states
-
-    result = await model_states(f"http://{ready[0]['status']['podIP']}:{HTTP_PORT}", timeout=2.0)
-    if not result.reachable:
-        return None, result.error
-    return list(result.models), result.error
+    return ctx.prober.latest(key, f"http://{ready[0]['status']['podIP']}:{HTTP_PORT}")
 
 
 async def reconcile_model_deployment(ctx: Context, key: tuple[str, str]) -> float | None:
@@ -250,7 +247,7 @@ async def reconcile_model_deployment(ctx: Context, key: tuple[str, str]) -> floa
 
     # the model cache first: with one, the pods of this spec start only once its fill is complete
     (cache,), failure = await settle(observe_cache(ctx, md, previous.cache if previous else None))
-    serve = md.spec.cache is None or (cache is not None and fill_complete(cache.job))
+    serve = md.spec.cache is None or cache_ready(cache)
 
     multi_node = md.spec.replica_nodes > 1
     # the children do not depend on each other: apply them concurrently
@@ -282,7 +279,7 @@ async def reconcile_model_deployment(ctx: Context, key: tuple[str, str]) -> floa
     pods = ctx.cache.owned(r.POD.kind, "modeldeployment", ns, name)
     # a group's workers run no Triton: only leaders are asked for their models
     servers = [p for p in pods if (p["metadata"].get("labels") or {}).get(WORKER_INDEX_LABEL) == LEADER_INDEX]
-    states, probe_error = await _probe_models(ctx, servers if multi_node else pods)
+    states, probe_error = _probe_models(ctx, key, servers if multi_node else pods)
     observed = Observed(
         deployment=workload.deployment,
         leaderworkerset=workload.leaderworkerset,
@@ -311,7 +308,7 @@ async def reconcile_model_deployment(ctx: Context, key: tuple[str, str]) -> floa
     if missing_lws:
         # like a missing KEDA: LWS installed later sends no event here, so look again (no backoff)
         requeue.append(MISSING_API_SECONDS)
-    if cache is not None and not job_finished(cache.job):
+    if cache is not None and not cache.filled and not job_finished(cache.job):
         requeue.append(FILL_POLL_SECONDS)  # what holds the fill up sends no event we watch
     if cache is not None and cache.retry_at is not None:
         requeue.append(max((cache.retry_at - now).total_seconds(), 0.0))  # time sends no event

@@ -27,6 +27,14 @@ class CacheObservation:
     sources: int = 1
     retries: int = 0  # fills of this key started again after a failure
     retry_at: datetime | None = None  # when the failed Job is deleted for another fill
+    # status says this key's cache is complete, and its fill Job is gone (a TTL, a person): the
+    # cache is whole on the claim; it is not filled again
+    filled: bool = False
+
+
+def cache_ready(obs: CacheObservation | None) -> bool:
+    """Whether the cache of the spec's key is complete: its fill Job completed, or did before it went."""
+    return obs is not None and (obs.filled or fill_complete(obs.job))
 
 
 def _ts(value: str | None) -> datetime | None:
@@ -102,6 +110,8 @@ def cache_status(obs: CacheObservation, previous: CacheStatus | None) -> CacheSt
     job = obs.job
     if obs.retries:
         base["retries"] = obs.retries
+    if obs.filled and same and previous is not None:
+        return previous.model_copy(update=base)
     if job is None:
         message = (
             f"filling again after a failure (retry {obs.retries})" if obs.retries else "creating the fill Job"
