@@ -15,6 +15,7 @@ from typing import Any
 
 from kubeforge.controllers.cache import ObjectCache
 from kubeforge.controllers.metrics import OperatorMetrics
+from kubeforge.controllers.modelprobe import ModelProber
 from kubeforge.controllers.rollout import OperatorRollouts
 from kubeforge.k8s.client import Kube
 from kubeforge.k8s.resources import Resource, resource_for
@@ -74,6 +75,7 @@ class Context:
     metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
     now: Callable[[], datetime] = utcnow
     rollouts: OperatorRollouts | None = None
+    prober: ModelProber = field(default_factory=ModelProber)
     # (uid, fields) of objects whose unknown fields were reported (controllers/invalid.py)
     reported_unknown: set[tuple[str, str]] = field(default_factory=set)
     # the watches of these kinds that cover this namespace and have not listed yet (refused, or

@@ -65,6 +65,7 @@ class Runtime:
         self.tj_queue: WorkQueue[Key] = WorkQueue(
             "trainingjob", self._tj, workers, hooks=ctx.metrics.queue_hooks("trainingjob")
         )
+        ctx.prober.on_change = self.md_queue.add  # a new answer from Triton: status follows it
         self.informers: list[Informer] = []
         self.elector: LeaderElector | None = None
         self.metrics_server: asyncio.Server | None = None
@@ -92,6 +93,7 @@ class Runtime:
             queue.forget(key)  # its backoff and timers go with it; the children go with the GC
             if obj["kind"] == r.MODEL_DEPLOYMENT.kind:
                 self.ctx.metrics.forget_model_deployment(*key)
+                self.ctx.prober.forget(key)
         elif previous is None or type_ == "ADDED":
             queue.add(key)
         elif _only_status_changed(previous, obj):
@@ -253,6 +255,7 @@ class Runtime:
             await self.elector.release()
         if self.metrics_server is not None:
             self.metrics_server.close()
+        await self.ctx.prober.close()
         await self.ctx.flush_events()
         await self.ctx.kube.aclose()
 
