@@ -346,6 +346,47 @@ def test_the_service_account_cannot(
     assert not can_i(kubectl, SERVICE_ACCOUNT, verb, resource, namespace, subresource)
 
 
+def test_a_teams_edit_and_view_roles_cover_the_crds(installed: str, kubectl: Kubectl) -> None:
+    """The chart's user roles aggregate into the built-in edit and view: a namespace's RoleBindings
+    are all a team needs (the API server's own aggregation controller and RBAC decide)."""
+    for user, role in (("alice", "edit"), ("bob", "view")):
+        kubectl(
+            "create",
+            "rolebinding",
+            f"team-{role}",
+            f"--clusterrole={role}",
+            f"--user={user}",
+            namespace=SERVE_NS,
+        )
+    wait_for(
+        lambda: can_i(kubectl, "alice", "create", "modeldeployments.kubeforge.io", SERVE_NS),
+        timeout=30,
+        message="edit aggregating kubeforge-edit",
+    )
+    for verb, resource, subresource in [
+        ("create", "modeldeployments.kubeforge.io", None),
+        ("patch", "modeldeployments.kubeforge.io", "scale"),
+        ("delete", "trainingjobs.kubeforge.io", None),
+        ("get", "modeldeployments.kubeforge.io", "status"),
+    ]:
+        assert can_i(kubectl, "alice", verb, resource, SERVE_NS, subresource), (verb, resource, subresource)
+    wait_for(
+        lambda: can_i(kubectl, "bob", "list", "modeldeployments.kubeforge.io", SERVE_NS),
+        timeout=30,
+        message="view aggregating kubeforge-view",
+    )
+    assert can_i(kubectl, "bob", "get", "trainingjobs.kubeforge.io", SERVE_NS, "status")
+    for verb, resource, subresource in [
+        ("create", "modeldeployments.kubeforge.io", None),
+        ("patch", "modeldeployments.kubeforge.io", "scale"),
+        ("get", "secrets", None),  # the Secrets a spec names stay unreadable to a viewer
+    ]:
+        assert not can_i(kubectl, "bob", verb, resource, SERVE_NS, subresource), (verb, resource, subresource)
+    # and only where the binding is
+    assert not can_i(kubectl, "bob", "list", "modeldeployments.kubeforge.io", OTHER_NS)
+    assert not can_i(kubectl, "alice", "create", "modeldeployments.kubeforge.io", OTHER_NS)
+
+
 def _stand_in_crd(group: str, version: str, kind: str, plural: str) -> str:
     """A CRD of another project's kind (its API served, any content), for what its RBAC allows."""
     return json.dumps(

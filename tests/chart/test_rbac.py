@@ -77,15 +77,29 @@ def _expected(keda: bool = True, monitoring: bool = True) -> dict[tuple[str, str
     return expected
 
 
+USER_ROLES = ("kubeforge-view", "kubeforge-edit", "kubeforge-admin")
+
+
+def _operator_manifests(manifests: list[Manifest]) -> list[Manifest]:
+    """The chart's objects less the ClusterRoles for the people who use the CRDs (userroles.yaml)."""
+    return [m for m in manifests if not (m["kind"] == "ClusterRole" and m["metadata"]["name"] in USER_ROLES)]
+
+
 def _all_rules(manifests: list[Manifest]) -> list[dict[str, Any]]:
-    return [rule for m in manifests if m["kind"] in ("Role", "ClusterRole") for rule in m["rules"]]
+    """The rules of every Role/ClusterRole the operator runs with (the user roles apart)."""
+    return [
+        rule
+        for m in _operator_manifests(manifests)
+        if m["kind"] in ("Role", "ClusterRole")
+        for rule in m["rules"]
+    ]
 
 
 def _operator_rules(manifests: list[Manifest]) -> list[dict[str, Any]]:
     """The rules of every Role/ClusterRole but the leader-election Role."""
     return [
         rule
-        for m in manifests
+        for m in _operator_manifests(manifests)
         if m["kind"] in ("Role", "ClusterRole") and m["metadata"]["name"] != LEASE_ROLE
         for rule in m["rules"]
     ]
@@ -105,7 +119,7 @@ def test_every_resource_the_operator_knows_is_accounted_for() -> None:
 
 
 def test_cluster_scope_grants_exactly_what_the_operator_uses(rendered: dict[str, list[Manifest]]) -> None:
-    manifests = rendered["default"]
+    manifests = _operator_manifests(rendered["default"])
     role = one(manifests, "ClusterRole")
     # kopf's cluster scanning is off (handlers.startup): no namespaces, no CRDs
     assert _grants(role["rules"]) == _expected()
@@ -124,7 +138,7 @@ def test_cluster_scope_grants_exactly_what_the_operator_uses(rendered: dict[str,
 
 
 def test_namespaced_mode_has_no_cluster_wide_grant(rendered: dict[str, list[Manifest]]) -> None:
-    manifests = rendered["namespaced"]
+    manifests = _operator_manifests(rendered["namespaced"])
     assert not of_kind(manifests, "ClusterRole")
     assert not of_kind(manifests, "ClusterRoleBinding")
     roles = {
@@ -255,3 +269,21 @@ def test_rbac_can_be_left_to_the_platform_team(helm: Helm) -> None:
         assert not [
             m for m in manifests if m["kind"] in ("ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")
         ]
+
+
+def test_user_roles_aggregate_into_the_built_in_roles_and_name_no_secret(
+    rendered: dict[str, list[Manifest]],
+) -> None:
+    for mode in ("default", "namespaced"):
+        roles = {m["metadata"]["name"]: m for m in of_kind(rendered[mode], "ClusterRole")}
+        for name, level in zip(USER_ROLES, ("view", "edit", "admin"), strict=True):
+            labels = roles[name]["metadata"]["labels"]
+            assert labels[f"rbac.authorization.k8s.io/aggregate-to-{level}"] == "true"
+            grants = _grants(roles[name]["rules"])
+            assert {group for group, _ in grants} == {"kubeforge.io"}, grants  # nothing else, no Secret
+        assert not [
+            b for b in of_kind(rendered[mode], "ClusterRoleBinding") if b["roleRef"]["name"] in USER_ROLES
+        ]
+    view = _grants(roles["kubeforge-view"]["rules"])
+    assert all(verbs <= READ for verbs in view.values())
+    assert "create" in _grants(roles["kubeforge-edit"]["rules"])[("kubeforge.io", "modeldeployments")]
