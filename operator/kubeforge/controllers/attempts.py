@@ -15,7 +15,8 @@ from kubeforge.controllers.failures import abandoned
 from kubeforge.k8s import resources as r
 from kubeforge.k8s.client import ApiError
 from kubeforge.k8s.semantic import applied_hash, stamped
-from kubeforge.status.trainingjob import is_preemption, parse_time
+from kubeforge.status.conditions import parse_time
+from kubeforge.status.trainingjob import is_preemption
 
 Object = dict[str, Any]
 # workers missing this long after their Job was created: ask the Job's Events why (a quota...)

@@ -9,6 +9,7 @@ from typing import Any
 
 from kubeforge.api.modeldeployment import CacheState, CacheStatus
 from kubeforge.builders.cache import FILL_CONTAINER
+from kubeforge.status.conditions import parse_time
 from kubeforge.status.pods import PodProblem, pod_problem
 
 Object = dict[str, Any]
@@ -35,10 +36,6 @@ class CacheObservation:
 def cache_ready(obs: CacheObservation | None) -> bool:
     """Whether the cache of the spec's key is complete: its fill Job completed, or did before it went."""
     return obs is not None and (obs.filled or fill_complete(obs.job))
-
-
-def _ts(value: str | None) -> datetime | None:
-    return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
 
 
 def _job_condition(job: Object, type_: str) -> Object | None:
@@ -87,7 +84,7 @@ def fill_failed_at(job: Object | None) -> datetime | None:
     condition = _job_condition(job, "Failed") if job is not None else None
     if condition is None:
         return None
-    return _ts(condition.get("lastTransitionTime")) or _ts(
+    return parse_time(condition.get("lastTransitionTime")) or parse_time(
         (job or {}).get("metadata", {}).get("creationTimestamp")
     )
 
@@ -122,7 +119,7 @@ def cache_status(obs: CacheObservation, previous: CacheStatus | None) -> CacheSt
             return previous.model_copy(update=base)  # read once when the fill completed
         summary = fill_summary(obs.pod)
         if summary is None:
-            done = _ts((job.get("status") or {}).get("completionTime"))
+            done = parse_time((job.get("status") or {}).get("completionTime"))
             return CacheStatus(
                 state=CacheState.READY,
                 completed_at=done,
@@ -134,7 +131,7 @@ def cache_status(obs: CacheObservation, previous: CacheStatus | None) -> CacheSt
             state=CacheState.READY,
             bytes=int(summary["bytes"]) if isinstance(summary.get("bytes"), int) else None,
             digest=str(summary["digest"]),
-            completed_at=_ts(summary.get("completedAt")),
+            completed_at=parse_time(summary.get("completedAt")),
             **base,
         )
     if _job_condition(job, "Failed") is not None:

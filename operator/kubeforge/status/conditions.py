@@ -7,6 +7,11 @@ from datetime import datetime
 from kubeforge.api.common import Condition, ConditionStatus
 
 
+def parse_time(value: str | None) -> datetime | None:
+    """A Kubernetes timestamp (RFC 3339, `Z`), or None."""
+    return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
+
+
 def set_condition(
     conditions: list[Condition],
     type_: str,

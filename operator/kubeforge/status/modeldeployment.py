@@ -20,7 +20,7 @@ from kubeforge.builders.leaderworkerset import leader_selector_string
 from kubeforge.builders.modeldeployment import selector_string
 from kubeforge.builders.pods import gpu_summary
 from kubeforge.status.cache import CacheObservation, cache_status, fill_problem
-from kubeforge.status.conditions import get_condition, set_condition
+from kubeforge.status.conditions import get_condition, parse_time, set_condition
 from kubeforge.status.gitops import ReconcileFailure, Verdict, kstatus_conditions
 from kubeforge.status.pods import PodProblem, pod_problem, pod_ready
 from kubeforge.status.workload import deployment_workload, leaderworkerset_workload
@@ -81,10 +81,6 @@ def _first_problem(pods: list[dict[str, Any]]) -> PodProblem | None:
     return None
 
 
-def _ts(value: str | None) -> datetime | None:
-    return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
-
-
 def _autoscaling_condition(
     obs: AutoscalerObservation, now: datetime, absent_seconds: float
 ) -> tuple[bool | None, str, str, int | None]:
@@ -103,7 +99,7 @@ def _autoscaling_condition(
             if c is None:
                 return None, "Pending", "the HorizontalPodAutoscaler has not reported yet", desired
             if c.get("status") != "True":
-                since = _ts(c.get("lastTransitionTime"))
+                since = parse_time(c.get("lastTransitionTime"))
                 absent_for = (now - since).total_seconds() if since else 0.0
                 if c.get("reason") in METRIC_FAILURES and absent_for >= absent_seconds:
                     message = (

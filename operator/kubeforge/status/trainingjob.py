@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 from kubeforge.api.common import Condition, ConditionStatus
 from kubeforge.api.trainingjob import CheckpointInfo, Failure, FailurePolicy, TrainingPhase, ValidationInfo
-from kubeforge.status.conditions import get_condition, set_condition
+from kubeforge.status.conditions import get_condition, parse_time, set_condition
 from kubeforge.status.gitops import ReconcileFailure, Verdict, kstatus_conditions
 from kubeforge.status.pods import pending_message
 
@@ -24,11 +24,6 @@ PREEMPTION_REASONS = {
 COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
 MAX_BACKOFF_SECONDS = 600
 SIGTERM_EXIT_CODE = 128 + 15
-
-
-def parse_time(value: str | None) -> datetime | None:
-    """A Kubernetes timestamp (RFC 3339, `Z`), or None."""
-    return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
 
 
 def _terminated(pod: dict[str, Any]) -> dict[str, Any] | None:
