@@ -42,9 +42,9 @@ OPTIONAL_API_SECONDS = 30.0  # how often to look for KEDA's and the Prometheus o
 
 OWNERS = (r.MODEL_DEPLOYMENT, r.TRAINING_JOB)
 CHILDREN = (r.DEPLOYMENT, r.SERVICE, r.PDB, r.HPA, r.JOB, r.PVC, r.POD)
-# children whose API exists only where KEDA / the Prometheus operator / LeaderWorkerSet is installed
 # startup waits this long at most for the first list of every kind
 STARTUP_SYNC_SECONDS = 60.0
+# children whose API exists only where KEDA / the Prometheus operator / LeaderWorkerSet is installed
 OPTIONAL_CHILDREN = (
     (r.SCALED_OBJECT, KEDA_API),
     (r.SERVICE_MONITOR, MONITORING_API),

@@ -94,10 +94,10 @@ class Informer:
 
     def _refusal(self, err: ApiError | None) -> None:
         """Record whether the API server refuses this kind (a 403: the RBAC does not grant it)."""
-        if (err is None) == (self.refused is None):
-            self.refused = err or self.refused
-            return
+        was_refused = self.refused is not None
         self.refused = err
+        if (err is not None) == was_refused:
+            return  # no change to report
         if err is not None:
             log.warning(
                 "informer %s: refused, its objects cannot be reconciled until it is granted: %s",

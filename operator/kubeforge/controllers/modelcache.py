@@ -24,7 +24,6 @@ from kubeforge.builders.cache import (
     build_cache_fill_job,
     cache_claim_name,
     cache_entries_count,
-    fill_job_name,
     model_cache_key,
 )
 from kubeforge.builders.modeldeployment import PVC_ROOT
@@ -118,7 +117,7 @@ async def observe_cache(
     return CacheObservation(
         claim_name=claim,
         key=key,
-        job_name=fill_job_name(md, key),
+        job_name=job_name,
         job=job,
         pod=pod,
         sources=cache_entries_count(md),

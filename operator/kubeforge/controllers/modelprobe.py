@@ -10,14 +10,12 @@ ModelDeployment is reconciled again (`on_change`), so status follows within one 
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from kubeforge.api.modeldeployment import ModelState
 from kubeforge.triton.client import TritonObservation, model_states
 
-log = logging.getLogger(__name__)
 Key = tuple[str, str]
 Fetch = Callable[[str, float], Awaitable[TritonObservation]]
 PROBE_TIMEOUT_SECONDS = 2.0
@@ -30,12 +28,8 @@ class ProbeAnswer:
     error: str | None
 
 
-async def _fetch(url: str, timeout: float) -> TritonObservation:
-    return await model_states(url, timeout=timeout)
-
-
 class ModelProber:
-    def __init__(self, fetch: Fetch = _fetch, timeout: float = PROBE_TIMEOUT_SECONDS) -> None:
+    def __init__(self, fetch: Fetch = model_states, timeout: float = PROBE_TIMEOUT_SECONDS) -> None:
         self._fetch = fetch
         self._timeout = timeout
         self._answers: dict[Key, ProbeAnswer] = {}
