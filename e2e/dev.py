@@ -182,7 +182,7 @@ def _wait_for_examples(
     pending: list[str] = []
     while time.monotonic() < deadline:
         if finish_jobs_after is not None:
-            _finish_job_pods(kubectl, finish_jobs_after)
+            finish_job_pods(kubectl, finish_jobs_after)
         pending = []
         failed = []
         others: dict[str, list[str]] = {}
@@ -258,8 +258,11 @@ def _example_state(obj: dict[str, Any]) -> str:
     return "failed" if status.get("phase") == "Failed" else "pending"
 
 
-def _finish_job_pods(kubectl: Kubectl, after: str) -> None:
-    pods = kubectl.json("get", "pods", "--all-namespaces")["items"]
+def finish_job_pods(kubectl: Kubectl, after: str, namespace: str | None = None) -> None:
+    """Job pods (training workers, cache fills) without an exit yet exit 0 `after` (kwok runs no
+    container): in `namespace`, or in every namespace when None."""
+    scope = ["--all-namespaces"] if namespace is None else ["--namespace", namespace]
+    pods = kubectl.json("get", "pods", *scope)["items"]
     for pod in pods:
         owners = pod["metadata"].get("ownerReferences") or []
         annotations = pod["metadata"].get("annotations") or {}

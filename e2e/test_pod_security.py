@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from e2e.cluster import REPO_ROOT
-from e2e.dev import _claims_without_volume, _operator_claims
+from e2e.dev import _claims_without_volume, _operator_claims, finish_job_pods
 from e2e.kube import Kubectl, fresh_namespace, wait_for
 from e2e.lws import LeaderWorkerSetController
 from e2e.operator_proc import OperatorProcess
@@ -33,23 +33,6 @@ def _examples(namespace: str) -> list[dict[str, Any]]:
     for doc in docs:
         doc["metadata"]["namespace"] = namespace
     return docs
-
-
-def _finish_training(kubectl: Kubectl, namespace: str) -> None:
-    """The simulated workers and fill pods of this namespace exit 0 (kwok runs no container)."""
-    for pod in kubectl.json("get", "pods", "-l", "batch.kubernetes.io/job-name", namespace=namespace)[
-        "items"
-    ]:
-        if "sim.kubeforge.io/exit-code" not in (pod["metadata"].get("annotations") or {}):
-            kubectl(
-                "annotate",
-                "pod",
-                pod["metadata"]["name"],
-                "sim.kubeforge.io/exit-code=0",
-                "sim.kubeforge.io/exit-after=2s",
-                namespace=namespace,
-                check=False,
-            )
 
 
 def test_every_example_runs_under_restricted_pod_security(
@@ -83,7 +66,7 @@ def test_every_example_runs_under_restricted_pod_security(
         applied = {(d["kind"], d["metadata"]["name"]) for d in docs if d["kind"] in GOAL}
 
         def at_goal() -> list[str] | None:
-            _finish_training(kubectl, namespace)
+            finish_job_pods(kubectl, "2s", namespace)
             objects = kubectl.json("get", "modeldeployments,trainingjobs", namespace=namespace)["items"]
             names = {(o["kind"], o["metadata"]["name"]) for o in objects}
             missing = applied - names
