@@ -5,6 +5,7 @@ builds and tool installs are stand-ins that only sleep, print and exit."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -110,4 +111,6 @@ def test_a_phase_over_one_and_a_half_times_its_budget_fails_only_under_ci(
     root = _tree(tmp_path, GENEROUS.replace("go-builds 60", "go-builds 1"), go_seconds=2)
     result = _run(root, ci=ci)
     assert result.returncode == returncode, result.stdout
-    assert "BUDGET EXCEEDED: go-builds took 0m02s, budget 0m01s" in result.stdout
+    # the stand-in sleeps 2 s; the phase's whole seconds are 2, or 3 on a loaded machine (seen)
+    took = re.search(r"BUDGET EXCEEDED: go-builds took 0m(\d\d)s, budget 0m01s", result.stdout)
+    assert took is not None and int(took.group(1)) >= 2, result.stdout
