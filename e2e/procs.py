@@ -205,6 +205,10 @@ def _reap(proc: ManagedProcess) -> None:
     if proc._popen is not None:
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc._popen.wait(timeout=1.0)
+        # stopped on purpose: its exit is no failure to report. Keeping it made a cluster's second
+        # start (after a port was taken) fail at once: "kube-apiserver exited with status 0 while
+        # waiting for etcd", the first start's API server, before the new one was launched.
+        proc._popen = None
     proc.pid_file.unlink(missing_ok=True)
 
 
