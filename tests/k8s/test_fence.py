@@ -1,9 +1,11 @@
-"""A deposed leader's writes stop at the fence as they are sent, and no write is resent by the client."""
+"""A deposed leader's writes stop at the fence as they are sent, each write lasts at most what is left
+of its Lease (and the API server is told so), and no write is resent by the client."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import pytest
@@ -16,13 +18,14 @@ from kubeforge.k8s.resources import SERVICE
 
 @asynccontextmanager
 async def _server(
-    handler: Callable[[web.Request], web.StreamResponse],
+    handler: Callable[[web.Request], web.StreamResponse | Awaitable[web.StreamResponse]],
 ) -> AsyncIterator[tuple[int, list[str]]]:
     seen: list[str] = []
 
     async def record(request: web.Request) -> web.StreamResponse:
-        seen.append(f"{request.method} {request.path}")
-        return handler(request)
+        seen.append(f"{request.method} {request.path_qs}")
+        answer = handler(request)
+        return await answer if isinstance(answer, Awaitable) else answer
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", record)
@@ -45,8 +48,8 @@ def _kube(port: int) -> Kube:
 async def _deposed_while_queued() -> list[str]:
     async with _server(lambda _: web.json_response({}, status=200)) as (port, seen):
         kube = _kube(port)
-        answers = iter([True])  # leading when the call is made, deposed by the time it is sent
-        kube.may_write = lambda: next(answers, False)
+        answers = iter([5.0])  # leading when the call is made, deposed by the time it is sent
+        kube.write_budget = lambda: next(answers, 0.0)
         with pytest.raises(ApiError) as info:
             await kube.delete(SERVICE, "ns", "s", uid="u")
         assert info.value.reason == "NotLeader"
@@ -56,6 +59,54 @@ async def _deposed_while_queued() -> list[str]:
 
 def test_a_write_is_fenced_again_when_it_is_sent() -> None:
     assert asyncio.run(_deposed_while_queued()) == []
+
+
+def _answers_after(seconds: float) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    async def slow(_: web.Request) -> web.StreamResponse:
+        await asyncio.sleep(seconds)
+        return web.json_response({})
+
+    return slow
+
+
+async def _delete_within(budget: float | None, answer_after: float) -> tuple[list[str], float, str]:
+    """One DELETE under a Lease that leaves `budget` seconds (None: no election) to a server that
+    answers after `answer_after`: what reached it, how long the call took, how it ended."""
+    async with _server(_answers_after(answer_after)) as (port, seen):
+        kube = _kube(port)
+        if budget is not None:
+            kube.write_budget = lambda: budget
+        started = time.monotonic()
+        outcome = "ok"
+        try:
+            await kube.delete(SERVICE, "ns", "s", uid="u")
+        except ApiError as err:
+            outcome = err.reason
+        took = time.monotonic() - started
+        await kube.aclose()
+        return seen, took, outcome
+
+
+def test_a_slow_write_on_a_healthy_leader_is_not_cut_short() -> None:
+    # a busy API server answering after 3.5 s: a fixed 3 s write timeout gave up and retried
+    seen, took, outcome = asyncio.run(_delete_within(6.0, 3.5))
+    assert outcome == "ok"
+    assert took >= 3.5
+    # the server is told to give up half a second before the client does
+    assert seen == ["DELETE /api/v1/namespaces/ns/services/s?timeout=5500ms"]
+
+
+def test_a_write_is_abandoned_when_its_lease_runs_out() -> None:
+    seen, took, outcome = asyncio.run(_delete_within(1.0, 3.0))
+    assert outcome != "ok"
+    assert took < 2.0  # abandoned at the budget, not after the server's 3 s
+    assert seen == ["DELETE /api/v1/namespaces/ns/services/s?timeout=500ms"]
+
+
+def test_without_election_a_write_has_the_client_s_own_bound() -> None:
+    seen, _, outcome = asyncio.run(_delete_within(None, 0.0))
+    assert outcome == "ok"
+    assert seen == ["DELETE /api/v1/namespaces/ns/services/s?timeout=29500ms"]
 
 
 async def _dropped_connections(retries: object) -> int:

@@ -260,9 +260,9 @@ class Runtime:
         await self.ctx.kube.aclose()
 
     def lead(self, lease: LeaseSettings) -> None:
-        """Reconcile only while holding the Lease; writes are gated on it too (Kube.may_write)."""
+        """Reconcile only while holding the Lease; writes are gated and timed by it (Kube.write_budget)."""
         self.elector = LeaderElector(self.ctx.kube, lease, self.start_reconciling, self.stop_reconciling)
-        self.ctx.kube.may_write = self.elector.may_write
+        self.ctx.kube.write_budget = self.elector.write_budget
         self.ctx.metrics.identity = self.elector.identity
         self.ctx.metrics.set_leader(False)
         self._tasks.append(asyncio.create_task(self.elector.run(), name="leader election"))

@@ -1,16 +1,18 @@
 """Leader election on a coordination.k8s.io/v1 Lease, as client-go's leaderelection does it.
 
 Every replica watches and keeps its cache warm; only the holder of the Lease reconciles and
-writes. The holder renews every `retry_period`; it stops writing once `renew_deadline` has passed
-since the start of its last successful renewal (the Kube facade's write gate asks `may_write`), and
-a standby takes the Lease only after `lease_duration` has passed since it last saw the Lease change
-(its own clock: no trust in the other replica's). Since renew_deadline + the longest write
-(kubeforge.k8s.client.WRITE_TIMEOUT, connect + read) < lease_duration, a partitioned old leader
-has finished or abandoned every write before another replica can hold the Lease.
+writes. The holder renews every `retry_period`; it sends no write once `renew_deadline` has passed
+since the start of its last successful renewal, and a standby takes the Lease only after
+`lease_duration` has passed since it last saw the Lease change (its own clock: no trust in the
+other replica's). Each write may take what is left of the Lease it was sent under, less a margin
+(`write_budget`: the Kube facade gives it to urllib3 as the call's total time and to the API
+server as `?timeout=`), so a partitioned old leader has finished or abandoned every write before
+another replica can hold the Lease, while a slow write on a healthy leader (a busy API server
+allocating ClusterIPs) gets up to about 10 s instead of a fixed few.
 
-Defaults: lease 12 s, renew deadline 7 s, retry 1.5 s (writes time out after 1.5 + 3 s): a
-SIGKILLed leader is replaced within about 12-14 s; a leader that shuts down releases the Lease
-and is replaced within one retry period.
+Defaults: lease 12 s, renew deadline 7 s, retry 1.5 s: a write gets between 4 s (sent at the renew
+deadline) and about 11 s (sent just after a renewal); a SIGKILLed leader is replaced within about
+12-14 s; a leader that shuts down releases the Lease and is replaced within one retry period.
 """
 
 from __future__ import annotations
@@ -26,10 +28,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from kubeforge.k8s.client import WRITE_TIMEOUT, ApiError, Kube
+from kubeforge.k8s.client import ApiError, Kube
 
 log = logging.getLogger(__name__)
 Object = dict[str, Any]
+# a write must be over this long before the Lease could pass on (clock rates differ a little)
+WRITE_MARGIN = 1.0
+# the least time any write the fence lets through gets (a fixed 3 s was the timeout before)
+MIN_WRITE_SECONDS = 3.0
 
 
 @dataclass(frozen=True)
@@ -42,11 +48,11 @@ class LeaseSettings:
     retry_period: float = 1.5
 
     def __post_init__(self) -> None:
-        longest_write = sum(WRITE_TIMEOUT)
-        if not self.renew_deadline + longest_write < self.lease_duration:
+        if not self.renew_deadline + MIN_WRITE_SECONDS + WRITE_MARGIN <= self.lease_duration:
             raise ValueError(
-                f"renew deadline ({self.renew_deadline}s) + the longest write ({longest_write}s) must be "
-                f"shorter than the lease duration ({self.lease_duration}s)"
+                f"the renew deadline ({self.renew_deadline}s) must leave a write sent at it "
+                f"{MIN_WRITE_SECONDS}s and a {WRITE_MARGIN}s margin within the lease duration "
+                f"({self.lease_duration}s)"
             )
         if not self.retry_period < self.renew_deadline:
             raise ValueError("the retry period must be shorter than the renew deadline")
@@ -95,6 +101,13 @@ class LeaderElector:
             and self._renewed_at is not None
             and self._clock() < self._renewed_at + self.settings.renew_deadline
         )
+
+    def write_budget(self) -> float:
+        """The seconds a write sent now may take: until a margin before the Lease it is sent under
+        could pass to another replica; 0 when this replica may not send one."""
+        if not self.may_write() or self._renewed_at is None:
+            return 0.0
+        return self._renewed_at + self.settings.lease_duration - WRITE_MARGIN - self._clock()
 
     async def run(self) -> None:
         """Try to acquire or renew every retry period, forever (cancel to stop; then call release)."""

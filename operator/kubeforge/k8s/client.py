@@ -29,11 +29,14 @@ log = logging.getLogger(__name__)
 Object = dict[str, Any]
 APPLY_PATCH = "application/apply-patch+yaml"
 # (connect, read) seconds: no call may hang a reconcile worker; a timeout is retried with backoff.
-# Writes get a short read timeout: with leader election, a write sent just before the renew
-# deadline must be over (or abandoned) before the Lease can expire (renew deadline + write timeout
-# < lease duration), so that a partitioned old leader never writes after a new one took over.
 REQUEST_TIMEOUT = (5.0, 30.0)
-WRITE_TIMEOUT = (1.5, 3.0)
+# seconds in all for a write when no Lease bounds it (no leader election)
+WRITE_SECONDS = 30.0
+# reading and renewing the Lease itself: a renewal must be over well within the renew deadline
+LEASE_TIMEOUT = (1.5, 3.0)
+# with leader election, a write gets what is left of the Lease (Kube.write_budget); the API server is
+# told to give up this much earlier (`?timeout=`), so that its own deadline answers first (a 504)
+SERVER_DEADLINE_MARGIN = 0.5
 # calls that write nothing (a dry run is admitted as a write would be, and persists nothing)
 READ_VERBS = frozenset({"get", "list", "discovery", "dry_run"})
 # a watch that delivered nothing (no event, no bookmark, not the server's own close at its
@@ -124,8 +127,9 @@ class Kube:
         self._lease_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kube-lease")
         self._api_groups: dict[str, tuple[float, bool]] = {}
         self._session: aiohttp.ClientSession | None = None
-        # with leader election: whether this replica may write now (lease writes are exempt)
-        self.may_write: Callable[[], bool] | None = None
+        # with leader election: the seconds a write sent now may take, from the Lease it was sent
+        # under; 0 when this replica may not write (Lease writes are exempt). None: no election
+        self.write_budget: Callable[[], float] | None = None
 
     async def _call(
         self,
@@ -139,11 +143,10 @@ class Kube:
         describe: str = "",
     ) -> Any:
         lease = verb.startswith("lease")
-        gate = self.may_write if verb not in READ_VERBS and not lease else None
-        if gate is not None and not gate():
+        budget = self.write_budget if verb not in READ_VERBS and not lease else None
+        if budget is not None and budget() <= 0:
             raise ApiError(0, "NotLeader", "this replica does not hold the leader Lease", describe)
         self.calls[verb] += 1
-        timeout = REQUEST_TIMEOUT if verb in READ_VERBS else WRITE_TIMEOUT
         headers = {"Accept": "application/json"}
         if content_type:
             headers["Content-Type"] = content_type
@@ -153,20 +156,32 @@ class Kube:
             body = json.dumps(body)  # YAML is a superset of JSON; the REST layer sends strings as they are
 
         def call() -> Any:
+            # a write may take what is left of the Lease it is sent under (checked as it is sent:
+            # the call may have waited for a thread), so a slow write on a healthy leader is not
+            # cut short, and no write of a deposed leader outlives its Lease
+            timeout: float | tuple[float, float] = LEASE_TIMEOUT if lease else REQUEST_TIMEOUT
+            params = list(query or [])
+            if verb not in READ_VERBS and not lease:
+                seconds = budget() if budget is not None else WRITE_SECONDS
+                if seconds <= 0:
+                    raise ApiError(
+                        0,
+                        "NotLeader",
+                        "this replica lost the leader Lease before the call was sent",
+                        describe,
+                    )
+                server_ms = max(int((seconds - SERVER_DEADLINE_MARGIN) * 1000), 1)
+                params.append(("timeout", f"{server_ms}ms"))
+                timeout = seconds
             method_, url, header_params, payload, _ = api.param_serialize(
                 method=method,
                 resource_path=path,
-                query_params=query or [],
+                query_params=params,
                 header_params=headers,
                 body=body,
                 auth_settings=["BearerToken"],
             )
-            if gate is not None and not gate():
-                # the fence again as the request is sent: the call may have waited for a thread
-                # while the Lease ran out
-                raise ApiError(
-                    0, "NotLeader", "this replica lost the leader Lease before the call was sent", describe
-                )
+            # a write's one number is urllib3's total for connecting and reading the whole answer
             response = api.call_api(
                 method_, url, header_params=header_params, body=payload, _request_timeout=timeout
             )
