@@ -21,6 +21,7 @@ import os
 import shutil
 import ssl
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -48,6 +49,8 @@ KUBERNETES_SERVICE_IP = "10.96.0.1"
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+# ...and, beside kwok, the kubelet's Secret check for its pods (e2e/secretrefs.py, this Python)
+SECRET_CHECK = "secretrefs"
 # The e2e/binaries.sh components that leave COMPONENTS.
 CONTROL_PLANE_PARTS = ("kubernetes", "etcd", "kwok")
 # What the e2e tests run beside the cluster: e2e/binaries.sh component -> the binaries it leaves.
@@ -159,7 +162,7 @@ class Cluster:
                 log_file=self.state_dir / "logs" / f"{name}.log",
                 marker=f"{self.state_dir}{os.sep}",
             )
-            for name in COMPONENTS
+            for name in (*COMPONENTS, SECRET_CHECK)
         }
         self.timings: dict[str, float] = {}
         self._launched: dict[str, tuple[list[str | Path], dict[str, str]]] = {}
@@ -274,6 +277,10 @@ class Cluster:
             self._start(
                 "kwok", bin_dir, self._kwok_args(ports), env={"KWOK_WORKDIR": str(self.state_dir / "kwok")}
             )
+            argv: list[str | Path] = [sys.executable, "-m", "e2e.secretrefs", "--kubeconfig", self.kubeconfig]
+            environ = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+            self._launched[SECRET_CHECK] = (argv, environ)
+            self.processes[SECRET_CHECK].start(argv, env=environ)
             self._create_nodes(self.nodes)
             self._wait("kwok", lambda: self._nodes_ready([n.name for n in self.nodes]), deadline)
             self._mark("nodes ready", started)

@@ -4,8 +4,9 @@ kwok runs no containers. `FillPods` follows the fill Job pods of a namespace (la
 `app.kubernetes.io/component=model-cache`): for each pod that kwok reports Running it runs the pod's
 own `kubeforge fill-cache` container with this Python (kubeforge.testing.triton_pod), with
 
-- its environment as the kubelet would give it: `value`s as they are, `secretKeyRef`s resolved from
-  the Secret in the API server (an optional key that is absent is left out, as a kubelet does);
+- its environment as the kubelet would give it: `value`s as they are, `envFrom` Secrets (with their
+  prefix) and `secretKeyRef`s resolved from the Secret in the API server (an optional key that is
+  absent is left out, as a kubelet does);
 - each claim it mounts mapped to `<claims_root>/<claim>`, so the serving pods' stand-ins
   (`PodServers`) read the same folder;
 - its terminationMessagePath mapped to a local file.
@@ -92,23 +93,31 @@ class FillPods:
             self._handled.add(meta["name"])
             self.runs.append(self._run(pod))
 
-    def _secret_value(self, name: str, key: str, cache: dict[str, dict[str, str]]) -> str | None:
+    def _secret(self, name: str, cache: dict[str, dict[str, str] | None]) -> dict[str, str] | None:
+        """The Secret's data, decoded; None when it does not exist."""
         if name not in cache:
             secret = self.kubectl("get", "secret", name, "-o", "json", namespace=self.namespace, check=False)
-            cache[name] = json.loads(secret.stdout).get("data", {}) if secret.returncode == 0 else {}
-        value = cache[name].get(key)
-        return base64.b64decode(value).decode() if value is not None else None
+            data = json.loads(secret.stdout).get("data") or {} if secret.returncode == 0 else None
+            cache[name] = None if data is None else {k: base64.b64decode(v).decode() for k, v in data.items()}
+        return cache[name]
 
     def _run(self, pod: dict[str, Any]) -> FillRun:
         name = pod["metadata"]["name"]
         spec = pod["spec"]
         (container,) = spec["containers"]
-        secrets: dict[str, dict[str, str]] = {}
+        secrets: dict[str, dict[str, str] | None] = {}
         env: dict[str, str] = {}
+        # as a kubelet: envFrom first, then env (which wins); a Secret that is missing kept the pod
+        # from starting (e2e/secretrefs.py and kwok's pod-config-error stage), so it is here
+        for source in container.get("envFrom") or []:
+            ref = source.get("secretRef")
+            if ref is not None:
+                data = self._secret(ref["name"], secrets) or {}
+                env.update({source.get("prefix", "") + k: v for k, v in data.items()})
         for entry in container.get("env") or []:
             ref = (entry.get("valueFrom") or {}).get("secretKeyRef")
             if ref is not None:
-                value = self._secret_value(ref["name"], ref["key"], secrets)
+                value = (self._secret(ref["name"], secrets) or {}).get(ref["key"])
                 if value is None and not ref.get("optional"):
                     raise RuntimeError(f"{name}: secret {ref['name']} has no key {ref['key']}")
                 if value is not None:

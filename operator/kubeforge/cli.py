@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from kubeforge import __version__
+from kubeforge.redact import redact_logs
 
 
 def _cmd_version(_: argparse.Namespace) -> int:
@@ -96,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    redact_logs()  # no log line carries a URL's credential
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["assemble-repository"]:
         # argparse's REMAINDER refuses a first argument that starts with `--`: hand over untouched

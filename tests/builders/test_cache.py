@@ -33,7 +33,7 @@ def test_no_cache_no_children_and_pods_fetch_themselves() -> None:
     assert build_cache_claim(plain) is None and build_cache_fill_job(plain, Settings()) is None
     pod = build_triton_deployment(plain, Settings())["spec"]["template"]["spec"]
     assert "--cache-dir" not in pod["initContainers"][0]["args"]
-    assert any(e["name"] == "AWS_ACCESS_KEY_ID" for e in pod["initContainers"][0]["env"])
+    assert pod["initContainers"][0]["envFrom"][0]["secretRef"]["name"] == "creds"
 
 
 def test_the_operators_claim() -> None:
@@ -94,13 +94,9 @@ def test_the_fill_job() -> None:
     }
     assert container["volumeMounts"][0] == {"name": "model-cache", "mountPath": "/cache"}
     assert pod["volumes"][0]["persistentVolumeClaim"] == {"claimName": cache_claim_name(spec)}
-    # credentials only by reference to the Secret
-    secret_env = [e for e in container["env"] if e["name"] != "KUBEFORGE_CACHE_PLAN"]
-    assert {e["name"] for e in secret_env} >= {"AWS_ACCESS_KEY_ID", "HF_TOKEN"}
-    assert all(
-        set(e) == {"name", "valueFrom"} and e["valueFrom"]["secretKeyRef"]["name"] == "creds"
-        for e in secret_env
-    )
+    # credentials only by reference to the Secret, which must exist (not optional)
+    assert [e["name"] for e in container["env"]] == ["KUBEFORGE_CACHE_PLAN"]
+    assert container["envFrom"] == [{"prefix": "KUBEFORGE_STORAGE_", "secretRef": {"name": "creds"}}]
     assert job["spec"]["podFailurePolicy"]["rules"][0]["onExitCodes"]["values"] == [1, 2]
 
 

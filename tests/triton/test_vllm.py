@@ -143,19 +143,18 @@ def test_a_hugging_face_token_comes_from_the_secret_never_as_a_value() -> None:
     # the example has a model cache: its fill Job downloads, the serving pods get no credentials at all
     fill = build_cache_fill_job(md, Settings())
     assert fill is not None
-    token = next(
-        e for e in fill["spec"]["template"]["spec"]["containers"][0]["env"] if e["name"] == "HF_TOKEN"
+    token = {"prefix": "KUBEFORGE_STORAGE_", "secretRef": {"name": "hf"}}
+    assert fill["spec"]["template"]["spec"]["containers"][0]["envFrom"] == [token]
+    assert all(
+        "HF_TOKEN" not in e.get("value", "") for e in fill["spec"]["template"]["spec"]["containers"][0]["env"]
     )
-    assert token == {
-        "name": "HF_TOKEN",
-        "valueFrom": {"secretKeyRef": {"name": "hf", "key": "HF_TOKEN", "optional": True}},
-    }
     init = build_triton_deployment(md, Settings())["spec"]["template"]["spec"]["initContainers"][0]
     assert [e["name"] for e in init["env"]] == ["KUBEFORGE_MODELS"]
+    assert "envFrom" not in init
     doc["spec"].pop("cache")
     md = ModelDeployment.model_validate(doc)
     init = build_triton_deployment(md, Settings())["spec"]["template"]["spec"]["initContainers"][0]
-    assert token in init["env"]
+    assert init["envFrom"] == [token]
 
 
 def test_a_vllm_model_runs_on_tritons_vllm_image_unless_the_spec_names_one() -> None:

@@ -16,6 +16,8 @@ from typing import Annotated, Any, ClassVar
 from pydantic import AfterValidator, BaseModel, ConfigDict, WithJsonSchema, model_validator
 from pydantic.alias_generators import to_camel
 
+from kubeforge.redact import CREDENTIAL_MARKERS, USERINFO_PATTERN, credential_in_url
+
 
 @dataclass(frozen=True)
 class Rule:
@@ -124,5 +126,24 @@ def object_name_rules(max_length: int, why: str) -> tuple[Rule, ...]:
             cel="",
             message=f"metadata.name must start with a letter and hold only a-z, 0-9 and '-' ({why})",
             check=lambda o: re.match(NAME_PATTERN, o.metadata.name) is not None,
+        ),
+    )
+
+
+def no_credential_rules(field: str, wire: str, instead: str) -> tuple[Rule, ...]:
+    """Refuse a URL in `field` (`wire` its camelCase name) that carries a credential: the object is
+    readable by anyone with the built-in view role. `instead` says where the credential goes."""
+    markers = " && ".join(f"!u.contains('{m}')" for m in CREDENTIAL_MARKERS)
+    why = (
+        f"{wire}: a credential in the URL is refused (user info, or a query parameter named *signature, "
+        "*credential, *token, *key, *secret, *password, sig or GoogleAccessId: anyone who can read this "
+        f"object could read it); {instead}"
+    )
+    return (
+        Rule(
+            cel=f"[self.{wire}.lowerAscii()].all(u, !u.matches('{USERINFO_PATTERN}') && {markers})",
+            message=why,
+            check=lambda m: credential_in_url(getattr(m, field)) is None,
+            field_path=f".{wire}",
         ),
     )

@@ -9,7 +9,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, WithJsonSchema
 
-from kubeforge.api.base import ApiModel, Quantity, Rule, StringMap, object_name_rules
+from kubeforge.api.base import ApiModel, Quantity, Rule, StringMap, no_credential_rules, object_name_rules
 from kubeforge.api.common import (
     GPU,
     ConditionList,
@@ -30,6 +30,11 @@ MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 HF_URI_PATTERN = r"hf://[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}(@[A-Za-z0-9][A-Za-z0-9_./-]{0,127})?"
 # where a served model comes from: the URIs a TrainingJob can also write, and the Hugging Face Hub
 MODEL_SOURCE_PATTERN = MODEL_URI_PATTERN.removesuffix(")$") + "|" + HF_URI_PATTERN + ")$"
+# where the credential of a source goes instead of its URL
+SOURCE_CREDENTIALS = (
+    "for https give the Authorization header by a Secret (storage.secretName, key HTTP_AUTHORIZATION); "
+    "for a presigned URL use its s3:// or gs:// form with storage.secretName"
+)
 # the engine arguments the typed fields of `llm` own; engineArgs may not set them again
 TYPED_ENGINE_ARGS = (
     "model", "tensor_parallel_size", "pipeline_parallel_size", "max_model_len", "gpu_memory_utilization",
@@ -177,6 +182,8 @@ class LoraAdapter(ApiModel):
         "the same URI forms as the model's source.",
     )
 
+    rules = no_credential_rules("source", "source", SOURCE_CREDENTIALS)
+
 
 # any JSON value: some engine arguments are objects (speculative_config, hf_overrides, ...)
 EngineArgs = Annotated[
@@ -234,7 +241,8 @@ class LLMEngine(ApiModel):
         Annotated[
             list[LoraAdapter],
             Field(
-                json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]}
+                max_length=64,
+                json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
             ),
         ]
         | None
@@ -309,6 +317,7 @@ class ModelSpec(ApiModel):
             "model's config.pbtxt from llm",
             check=lambda m: m.llm is None or m.config is None,
         ),
+        *no_credential_rules("source", "source", SOURCE_CREDENTIALS),
     )
 
 
@@ -345,17 +354,20 @@ class Runtime(ApiModel):
 
 
 class StorageCredentials(ApiModel):
-    """Credentials for s3:// and gs:// sources."""
+    """Credentials for the sources, from a Secret: they never appear in a spec, a status or a log."""
 
     secret_name: str = Field(
         pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
         max_length=253,
         description=(
-            "Secret in the same namespace. For s3:// its keys AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY "
-            "(and optionally AWS_SESSION_TOKEN, AWS_DEFAULT_REGION, AWS_ENDPOINT_URL) are given to the "
-            "container that fetches the models; for gs:// the same two keys hold a GCS HMAC key (XML API); "
-            "for hf:// the optional key HF_TOKEN holds a Hugging Face access token (and HF_ENDPOINT, optional, a "
-            "Hub mirror's URL). Values reach the fetching container only by reference to this Secret."
+            "Secret in the same namespace, given to the container that fetches the models (by reference, "
+            "envFrom). For s3:// its keys AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (and optionally "
+            "AWS_SESSION_TOKEN, AWS_DEFAULT_REGION, AWS_ENDPOINT_URL); for gs:// the same two keys hold a GCS "
+            "HMAC key (XML API); for hf:// the optional key HF_TOKEN holds a Hugging Face access token (and "
+            "HF_ENDPOINT, optional, a Hub mirror's URL); for https:// the optional key HTTP_AUTHORIZATION is "
+            "sent as the Authorization header (e.g. `Bearer <token>`) and HTTP_HEADERS, a JSON object, as more "
+            "headers, to the source's URL only (never along a redirect). The Secret must exist: until it does, "
+            "the fetching pod does not start (CreateContainerConfigError) and the status names it."
         ),
     )
 

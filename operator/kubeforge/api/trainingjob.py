@@ -8,7 +8,7 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field
 
-from kubeforge.api.base import ApiModel, Quantity, Rule, object_name_rules
+from kubeforge.api.base import ApiModel, Quantity, Rule, no_credential_rules, object_name_rules
 from kubeforge.api.common import (
     GPU,
     ConditionList,
@@ -130,6 +130,7 @@ class Output(ApiModel):
 
     uri: str = Field(
         pattern=MODEL_URI_PATTERN,
+        max_length=1024,
         description="Triton model repository the trainer writes, e.g. pvc://models/mnist; "
         "the trained model is <uri>/<modelName>.",
     )
@@ -142,6 +143,10 @@ class Output(ApiModel):
     )
     model_deployment: ModelDeploymentTemplate | None = Field(
         default=None, description="Create or update this ModelDeployment when training succeeds."
+    )
+
+    rules = no_credential_rules(
+        "uri", "uri", "give the trainer its credentials from a Secret (env with valueFrom.secretKeyRef)"
     )
 
 

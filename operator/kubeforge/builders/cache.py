@@ -16,7 +16,7 @@ from kubeforge.settings import Settings
 from kubeforge.triton.cache import DEFAULT_ROOT, cache_entries, cache_key, fill_args, fill_plan
 from kubeforge.triton.cache import PLAN_ENV as CACHE_PLAN_ENV
 from kubeforge.triton.repository import pvc_claims
-from kubeforge.triton.sources import DEFAULT_PVC_ROOT
+from kubeforge.triton.sources import DEFAULT_PVC_ROOT, STORAGE_ENV_PREFIX
 
 KIND = "ModelDeployment"
 COMPONENT = "model-cache"
@@ -112,24 +112,14 @@ def build_cache_claim(md: ModelDeployment) -> Object | None:
     return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": _meta(md, name), "spec": spec}
 
 
-def storage_env(md: ModelDeployment) -> list[dict[str, Any]]:
-    """Credentials from the storage Secret, by reference: the values never appear in a spec."""
+def storage_env_from(md: ModelDeployment) -> list[dict[str, Any]]:
+    """The storage Secret for the fetching container, by reference (the values never appear in a
+    spec), prefixed (`kubeforge.triton.sources.credentials` takes the prefix off). Not optional: a
+    Secret that does not exist keeps the container from starting (CreateContainerConfigError:
+    secret "..." not found), which the status then names, rather than a fetch without credentials."""
     if md.spec.storage is None:
         return []
-    secret = md.spec.storage.secret_name
-    keys = (
-        "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY",
-        "AWS_SESSION_TOKEN",
-        "AWS_DEFAULT_REGION",
-        "AWS_ENDPOINT_URL",
-        "HF_TOKEN",
-        "HF_ENDPOINT",
-    )
-    return [
-        {"name": key, "valueFrom": {"secretKeyRef": {"name": secret, "key": key, "optional": True}}}
-        for key in keys
-    ]
+    return [{"prefix": STORAGE_ENV_PREFIX, "secretRef": {"name": md.spec.storage.secret_name}}]
 
 
 def build_cache_fill_job(
@@ -169,7 +159,8 @@ def build_cache_fill_job(
             pvc_root,
             *(["--prune"] if spec.cache and spec.cache.size else []),
         ],
-        "env": [{"name": CACHE_PLAN_ENV, "value": fill_plan(spec.models)}, *storage_env(md)],
+        "env": [{"name": CACHE_PLAN_ENV, "value": fill_plan(spec.models)}],
+        **({"envFrom": storage_env_from(md)} if spec.storage else {}),
         "volumeMounts": mounts,
         "resources": {"requests": {"cpu": "500m", "memory": "512Mi"}, "limits": {"memory": "2Gi"}},
         "securityContext": pods.container_security_context(),

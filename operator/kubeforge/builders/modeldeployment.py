@@ -12,7 +12,7 @@ from kubeforge.builders.cache import (
     cache_claim_name,
     model_cache_key,
     one_node_cache,
-    storage_env,
+    storage_env_from,
 )
 from kubeforge.builders.meta import Object, object_meta, owner_reference, recommended_labels, selector_labels
 from kubeforge.settings import Settings
@@ -121,13 +121,13 @@ def _repository_init_container(md: ModelDeployment, settings: Settings) -> dict[
             {"name": f"pvc-{claim}", "mountPath": f"{PVC_ROOT}/{claim}", "readOnly": True}
             for claim in pvc_claims(md.spec.models)
         ]
-        env += storage_env(md)
     return {
         "name": "model-repository",
         "image": settings.helper_image,
         "command": ["kubeforge", "assemble-repository"],
         "args": args,
         "env": env,
+        **({"envFrom": storage_env_from(md)} if key is None and md.spec.storage else {}),
         "volumeMounts": mounts,
         "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
         "securityContext": pods.container_security_context(),

@@ -20,6 +20,7 @@ from kubeforge.controllers.rollout import OperatorRollouts
 from kubeforge.k8s.client import Kube
 from kubeforge.k8s.resources import Resource, resource_for
 from kubeforge.k8s.semantic import controller_ref, controller_uid, describe_controller, stamped, up_to_date
+from kubeforge.redact import redact
 from kubeforge.settings import Settings
 
 Object = dict[str, Any]
@@ -90,8 +91,9 @@ class Context:
             self.metrics.cache_objects = self.cache.counts  # kubeforge_cache_objects, read at scrape time
 
     def announce(self, owner: Object, type_: str, reason: str, message: str) -> None:
-        """Post an Event in the background: Events are best effort and never delay a reconcile."""
-        task = asyncio.create_task(self.kube.event(owner, type_, reason, message))
+        """Post an Event in the background: Events are best effort and never delay a reconcile.
+        `view` reads Events: the message is redacted (`kubeforge.redact`)."""
+        task = asyncio.create_task(self.kube.event(owner, type_, reason, redact(message)))
         self._events.add(task)
         task.add_done_callback(self._events.discard)
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from kubeforge.controllers.context import Context
 from kubeforge.k8s.resources import Resource
+from kubeforge.redact import redact
 
 log = logging.getLogger(__name__)
 
@@ -23,8 +24,10 @@ async def write_status(
 
     Returns the object as it now is (`body` itself when nothing changed: no API call). With
     `precondition`, the write is refused (a retryable 409) if the object changed since `body`
-    was read, so a decision recorded in status is never based on a stale view.
+    was read, so a decision recorded in status is never based on a stale view. Every string in
+    it is redacted (`kubeforge.redact`): `view` reads the status, so no URL's credential may be in it.
     """
+    status = _redacted(status)
     old = body.get("status") or {}
     if status == old:
         return body
@@ -44,3 +47,13 @@ async def write_status(
     updated = await ctx.kube.patch_status(resource, meta["namespace"], meta["name"], patch, version)
     ctx.cache.upsert(resource.kind, updated)
     return updated
+
+
+def _redacted(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {k: _redacted(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redacted(v) for v in value]
+    return value

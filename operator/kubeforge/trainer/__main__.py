@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch.distributed as dist
 
+from kubeforge.redact import redact_logs
 from kubeforge.trainer.config import TrainerConfig, parse_args
 from kubeforge.trainer.distributed import init_distributed, shutdown_distributed
 from kubeforge.trainer.export import MODEL_NAME, export_triton_model
@@ -35,6 +36,7 @@ def _configure_logging() -> None:
         format=f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    redact_logs()
 
 
 def _output_target(config: TrainerConfig, model: object) -> tuple[Path, str] | None:

@@ -34,6 +34,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from kubeforge.api.modeldeployment import ModelSpec
+from kubeforge.redact import redact, redact_logs
 from kubeforge.trainer.atomic import atomic_write_bytes, fsync_directory
 from kubeforge.triton.sources import DEFAULT_PVC_ROOT, SourceError, fetch_source
 
@@ -240,7 +241,7 @@ def fill_cache(
             fetch_source(entry.source, dest, pvc_root, environ)
         except SourceError as exc:
             shutil.rmtree(partial, ignore_errors=True)  # a failed fill leaves no half copy behind
-            raise CacheError(f"{entry.path} from {entry.source}: {exc}") from exc
+            raise CacheError(f"{entry.path} from {redact(entry.source)}: {exc}") from exc
     size, digest = measure(partial)
     partial.rename(final)
     fsync_directory(root)
@@ -290,6 +291,7 @@ def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    redact_logs()
     if not args.key or "/" in args.key or args.key.startswith("."):
         _terminate(args.termination_log, f"invalid cache key {args.key!r}")
         return 2

@@ -42,6 +42,7 @@ from google.protobuf import text_format
 from google.protobuf.message import Message
 
 from kubeforge.api.modeldeployment import ModelSpec
+from kubeforge.redact import redact, redact_logs
 from kubeforge.triton.cache import ADAPTERS_DIR, MODELS_DIR, CacheError, require_complete
 from kubeforge.triton.config import (
     CONFIG_FILENAME,
@@ -74,7 +75,7 @@ class AssemblyError(RuntimeError):
     """A model could not be put into the repository; the message names the model and its source."""
 
     def __init__(self, model: str, source: str, reason: str) -> None:
-        super().__init__(f"model {model!r} from {source}: {reason}")
+        super().__init__(f"model {model!r} from {redact(source)}: {redact(reason)}")
         self.model = model
         self.source = source
         self.reason = reason
@@ -445,6 +446,7 @@ def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    redact_logs()
     text = Path(args.plan_file).read_text() if args.plan_file else os.environ.get(PLAN_ENV)
     if text is None:
         log.error("no plan: set %s (or pass --plan-file)", PLAN_ENV)

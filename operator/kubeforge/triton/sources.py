@@ -7,6 +7,7 @@ message says what went wrong; the caller adds which model it was.
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import tarfile
@@ -20,6 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 
 from kubeforge import __version__
+from kubeforge.redact import redact
 from kubeforge.triton.config import CONFIG_FILENAME
 
 log = logging.getLogger(__name__)
@@ -34,6 +36,43 @@ DEFAULT_PVC_ROOT = "/mnt/pvc"
 
 class SourceError(RuntimeError):
     """A source could not be fetched; the message is the reason."""
+
+
+# the storage Secret reaches the fetching containers as `envFrom` with this prefix (a key named
+# PATH or PYTHONPATH in it cannot change the container); `credentials` takes the prefix off
+STORAGE_ENV_PREFIX = "KUBEFORGE_STORAGE_"
+# the storage Secret's keys for http(s) sources: the Authorization header's value, and a JSON
+# object of more headers; sent to the source's URL only, never along a redirect
+HTTP_AUTHORIZATION_KEY = "HTTP_AUTHORIZATION"
+HTTP_HEADERS_KEY = "HTTP_HEADERS"
+
+
+def credentials(environ: Mapping[str, str]) -> dict[str, str]:
+    """The storage Secret's keys as the fetchers read them: the environment, with the keys the
+    Secret brought (prefixed) in place of unprefixed ones."""
+    found = {
+        k.removeprefix(STORAGE_ENV_PREFIX): v for k, v in environ.items() if k.startswith(STORAGE_ENV_PREFIX)
+    }
+    return {**environ, **found}
+
+
+def http_headers(environ: Mapping[str, str]) -> dict[str, str]:
+    """The headers the storage Secret gives http(s) requests (values are never logged)."""
+    headers: dict[str, str] = {}
+    extra = environ.get(HTTP_HEADERS_KEY)
+    if extra:
+        try:
+            parsed = json.loads(extra)
+        except ValueError:
+            parsed = None
+        if not isinstance(parsed, dict) or not all(isinstance(v, str) for v in parsed.values()):
+            raise SourceError(
+                f"the storage Secret's key {HTTP_HEADERS_KEY} must be a JSON object of header names to strings"
+            )
+        headers.update(parsed)
+    if environ.get(HTTP_AUTHORIZATION_KEY):
+        headers["Authorization"] = environ[HTTP_AUTHORIZATION_KEY]
+    return headers
 
 
 def pvc_path(source: str, pvc_root: Path) -> Path:
@@ -54,9 +93,15 @@ def fetch_pvc(source: str, dest: Path, pvc_root: Path) -> None:
     shutil.copytree(src, dest)
 
 
-def download(url: str, dest: Path) -> None:
-    """Download url into the file dest; transient failures (5xx, 429, network) are retried."""
+def download(url: str, dest: Path, headers: Mapping[str, str] | None = None) -> None:
+    """Download url into the file dest; transient failures (5xx, 429, network) are retried.
+
+    `headers` (credentials) go to url only: a redirect elsewhere (a presigned URL on another
+    host) must not carry them, so they are unredirected headers, which urllib never forwards.
+    """
     request = urllib.request.Request(url, headers={"User-Agent": f"kubeforge/{__version__}"})
+    for name, value in (headers or {}).items():
+        request.add_unredirected_header(name, value)
     delays = (*HTTP_RETRY_DELAYS_SECONDS, None)
     for attempt, delay in enumerate(delays, start=1):
         try:
@@ -71,12 +116,12 @@ def download(url: str, dest: Path) -> None:
                 raise SourceError(f"HTTP {exc.code} {exc.reason}") from exc
             problem = f"HTTP {exc.code} {exc.reason}"
         except (urllib.error.URLError, OSError) as exc:
-            problem = str(getattr(exc, "reason", exc))
+            problem = redact(str(getattr(exc, "reason", exc)))
         if delay is None:
             raise SourceError(f"download failed after {attempt} attempts: {problem}")
         log.warning(
             "download of %s failed (%s); attempt %d of %d in %.0fs",
-            url,
+            redact(url),
             problem,
             attempt + 1,
             len(delays),
@@ -126,12 +171,13 @@ def archive_root(unpacked: Path) -> Path:
     return unpacked
 
 
-def fetch_http(url: str, dest: Path) -> None:
-    """Download an archive from an https:// (or http://) URL and unpack it into dest."""
+def fetch_http(url: str, dest: Path, environ: Mapping[str, str]) -> None:
+    """Download an archive from an https:// (or http://) URL, with the storage Secret's headers,
+    and unpack it into dest."""
     # next to dest, so the final rename stays on one filesystem (and off a read-only /tmp)
     with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
         archive = Path(tmp) / "archive"
-        download(url, archive)
+        download(url, archive, http_headers(environ))
         unpacked = Path(tmp) / "unpacked"
         unpacked.mkdir()
         unpack_archive(archive, unpacked)
@@ -146,7 +192,7 @@ def fetch_object_store(uri: str, dest: Path, environ: Mapping[str, str]) -> None
         count = download_prefix(uri, dest, environ)
     except ObjectStoreError as exc:
         raise SourceError(str(exc)) from exc
-    log.info("downloaded %d objects from %s", count, uri)
+    log.info("downloaded %d objects from %s", count, redact(uri))
 
 
 HF_TOKEN_ENV = "HF_TOKEN"
@@ -188,19 +234,22 @@ def fetch_hf(source: str, dest: Path, environ: Mapping[str, str]) -> None:
         )
     except (HfHubHTTPError, LocalEntryNotFoundError, ValueError) as exc:
         # the exception's text names the URL and the Hub's answer; the token is only ever a header
-        raise SourceError(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise SourceError(f"{type(exc).__name__}: {redact(first)}") from exc
     # huggingface_hub's bookkeeping (download metadata) is not part of the model
     shutil.rmtree(dest / ".cache", ignore_errors=True)
     log.info("downloaded %s at %s", repo_id, revision)
 
 
 def fetch_source(source: str, dest: Path, pvc_root: Path, environ: Mapping[str, str]) -> None:
-    """Put the source's model directory at dest (which must not exist yet)."""
+    """Put the source's model directory at dest (which must not exist yet); `environ` holds the
+    storage Secret's keys (prefixed or not)."""
+    environ = credentials(environ)
     scheme = urllib.parse.urlsplit(source).scheme
     if scheme == "pvc":
         fetch_pvc(source, dest, pvc_root)
     elif scheme in ("https", "http"):
-        fetch_http(source, dest)
+        fetch_http(source, dest, environ)
     elif scheme in ("s3", "gs"):
         fetch_object_store(source, dest, environ)
     elif scheme == "hf":
