@@ -12,7 +12,7 @@ export KUBEFORGE_CACHE := $(CACHE)
 PYTEST_ARGS ?=
 # The Go parts (e2e/binaries.sh components), longest first: `make dev` builds only what it runs.
 DEV_PARTS := kubernetes etcd kwok lws
-E2E_PARTS := $(DEV_PARTS) helm kueue kstatus prometheus prometheus-adapter keda
+E2E_PARTS := $(DEV_PARTS) helm kueue kstatus netpol prometheus prometheus-adapter keda
 # e2e runs on this many local clusters at once (pytest-xdist): each file on one worker, and the tests
 # marked `serial` together on one, longest first (e2e/groups.py, e2e/durations.tsv).
 E2E_WORKERS ?= 3

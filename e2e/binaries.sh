@@ -23,6 +23,7 @@ HELM_K8S=${HELM_K8S:-1.34}
 HELM_STAMP="$HELM_VERSION+k8s$HELM_K8S"
 KUEUE_VERSION=${KUEUE_VERSION:-v0.17.0}
 KSTATUS_VERSION=${KSTATUS_VERSION:-v0.37.2} # sigs.k8s.io/cli-utils (Flux's kstatus)
+CYCLONUS_VERSION=${CYCLONUS_VERSION:-v0.5.6} # NetworkPolicy semantics (e2e/netpol)
 # Prometheus publishes its Go module as v0.3XX.Y for release v3.XX.Y (v0.316.0 is v3.16.0).
 PROMETHEUS_VERSION=${PROMETHEUS_VERSION:-v0.316.0}
 PROMETHEUS_ADAPTER_VERSION=${PROMETHEUS_ADAPTER_VERSION:-v0.12.0}
@@ -39,6 +40,7 @@ export CGO_ENABLED=0 GOFLAGS=-buildvcs=false
 LDSTRIP="-s -w"
 
 KSTATUS_SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/kstatus/main.go"
+NETPOL_SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/netpol/main.go"
 
 log() { echo "[binaries] $*" >&2; }
 
@@ -133,6 +135,25 @@ GO
   stamp kstatus "$version"
 }
 
+build_netpol() {
+  # Our own tiny CLI around cyclonus's policy engine (source: e2e/netpol/main.go), stamped like kstatus.
+  local version; version=$(component_stamp netpol)
+  have netpol "$version" && return
+  log "building netpol from github.com/mattfenwick/cyclonus $CYCLONUS_VERSION"
+  local dir="$WORK/netpol-$CYCLONUS_VERSION"
+  mkdir -p "$dir"
+  cat >"$dir/go.mod" <<GO
+module kubeforge.local/netpol
+
+go 1.22
+
+require github.com/mattfenwick/cyclonus $CYCLONUS_VERSION
+GO
+  cp "$NETPOL_SRC" "$dir/main.go"
+  (cd "$dir" && go mod tidy >/dev/null && go build -trimpath -ldflags "$LDSTRIP" -o "$BIN/netpol" .)
+  stamp netpol "$version"
+}
+
 go_install() { # name module/cmd version [ldflags] [stamp, default: version] [build tags]
   local tag=${5:-$3}
   have "$1" "$tag" && return
@@ -218,6 +239,7 @@ component_stamp() {
     helm) echo "$HELM_STAMP" ;;
     kueue) echo "$KUEUE_VERSION" ;;
     kstatus) echo "$KSTATUS_VERSION-$(sha256sum "$KSTATUS_SRC" | cut -c1-12)" ;;
+    netpol) echo "$CYCLONUS_VERSION-$(sha256sum "$NETPOL_SRC" | cut -c1-12)" ;;
     prometheus) echo "$PROMETHEUS_VERSION+remove_all_sd" ;;
     prometheus-adapter) echo "$PROMETHEUS_ADAPTER_VERSION" ;;
     keda) echo "$KEDA_VERSION" ;;
@@ -241,6 +263,7 @@ build() { # component: the build itself; its output goes to the component's log
       -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=${HELM_K8S%%.*} -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=${HELM_K8S#*.}" "$HELM_STAMP" ;;
     kueue) go_install kueue sigs.k8s.io/kueue/cmd/kueue "$KUEUE_VERSION" ;;
     kstatus) build_kstatus ;;
+    netpol) build_netpol ;;
     prometheus) build_prometheus ;;
     prometheus-adapter) go_build_in_module sigs.k8s.io/prometheus-adapter "$PROMETHEUS_ADAPTER_VERSION" "" \
       prometheus-adapter=./cmd/adapter ;;

@@ -54,10 +54,12 @@ SECRET_CHECK = "secretrefs"
 # The e2e/binaries.sh components that leave COMPONENTS.
 CONTROL_PLANE_PARTS = ("kubernetes", "etcd", "kwok")
 # What the e2e tests run beside the cluster: e2e/binaries.sh component -> the binaries it leaves.
-# kstatus: Flux's status library (e2e/kstatus.py); lws: LeaderWorkerSet's controller (e2e/lws.py); the
-# rest: the autoscaling stack (e2e/monitoring.py).
+# kstatus: Flux's status library (e2e/kstatus.py); netpol: cyclonus's NetworkPolicy engine
+# (e2e/netpol.py); lws: LeaderWorkerSet's controller (e2e/lws.py); the rest: the autoscaling stack
+# (e2e/monitoring.py).
 TOOLS: dict[str, tuple[str, ...]] = {
     "kstatus": ("kstatus",),
+    "netpol": ("netpol",),
     "lws": ("lws",),
     "prometheus": ("prometheus",),
     "prometheus-adapter": ("prometheus-adapter",),

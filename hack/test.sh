@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 MAKE=${MAKE:-make}
 BUDGETS=.ci/budgets.tsv
 TIMES=.times
-E2E_PARTS=(${KUBEFORGE_E2E_PARTS:-kubernetes etcd kwok lws helm kueue kstatus prometheus prometheus-adapter keda})
+E2E_PARTS=(${KUBEFORGE_E2E_PARTS:-kubernetes etcd kwok lws helm kueue kstatus netpol prometheus prometheus-adapter keda})
 mkdir -p "$TIMES"
 : >"$TIMES/phases.tsv"
 started=$SECONDS

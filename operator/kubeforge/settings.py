@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 DEFAULT_TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:25.10-py3"
 # Triton with its vLLM backend, for ModelDeployments serving a vLLM model: 26.02 ships vLLM 0.15.1, the
 # vLLM that the rendered model.json is validated against (tests/llm, docs/vllm-notes.md)
 DEFAULT_TRITON_VLLM_IMAGE = "nvcr.io/nvidia/tritonserver:26.02-vllm-python-py3"
 DEFAULT_OPERATOR_IMAGE = "ghcr.io/kubeforge/kubeforge-operator:0.1.0"
+# the label the API server puts on every namespace, with its name
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,20 @@ class Settings:
     # an edit (a new generation) is reconciled this long after it arrives: a burst of edits costs
     # one reconcile (and one write per child and status), not one per edit
     edit_coalesce_seconds: float = 0.5
+    # a NetworkPolicy per ModelDeployment and TrainingJob (their pods admit only what they serve)
+    network_policies: bool = True
+    # who may reach Triton's HTTP and gRPC ports where a spec does not say (NetworkPolicyPeers);
+    # empty: anyone
+    inference_from: tuple[dict[str, Any], ...] = field(default_factory=tuple, hash=False)
+    # who may scrape Triton's metrics port (NetworkPolicyPeers): the monitoring namespace
+    metrics_from: tuple[dict[str, Any], ...] = field(
+        default_factory=lambda: (
+            {"namespaceSelector": {"matchLabels": {NAMESPACE_NAME_LABEL: "monitoring"}}},
+        ),
+        hash=False,
+    )
+    # the operator's own namespace (POD_NAMESPACE): its probe reaches every server
+    operator_namespace: str = ""
     namespaces: tuple[str, ...] = field(default_factory=tuple)
 
     @classmethod
@@ -64,5 +83,28 @@ class Settings:
             ),
             watch_seconds=int(env.get("KUBEFORGE_WATCH_SECONDS", cls.watch_seconds)),
             operator_rollouts=int(env.get("KUBEFORGE_OPERATOR_ROLLOUTS", cls.operator_rollouts)),
-            model_probe=env.get("KUBEFORGE_MODEL_PROBE", "true").lower() not in ("0", "false", "no", "off"),
+            model_probe=_flag(env.get("KUBEFORGE_MODEL_PROBE", "true")),
+            network_policies=_flag(env.get("KUBEFORGE_NETWORK_POLICIES", "true")),
+            inference_from=_peers(env, "KUBEFORGE_NETWORK_POLICY_INFERENCE_FROM", cls().inference_from),
+            metrics_from=_peers(env, "KUBEFORGE_NETWORK_POLICY_METRICS_FROM", cls().metrics_from),
+            operator_namespace=env.get("POD_NAMESPACE", ""),
         )
+
+
+def _flag(value: str) -> bool:
+    return value.lower() not in ("0", "false", "no", "off")
+
+
+def _peers(
+    env: Mapping[str, str], name: str, default: tuple[dict[str, Any], ...]
+) -> tuple[dict[str, Any], ...]:
+    """A JSON list of NetworkPolicyPeers from the environment (the chart renders it)."""
+    if name not in env:
+        return default
+    try:
+        peers = json.loads(env[name])
+    except ValueError as err:
+        raise ValueError(f"{name} is not JSON: {err}") from None
+    if not isinstance(peers, list) or not all(isinstance(p, dict) for p in peers):
+        raise ValueError(f"{name} must be a JSON list of NetworkPolicy peers (objects)")
+    return tuple(peers)

@@ -27,6 +27,7 @@ OPERATOR_USES: dict[r.Resource, frozenset[str]] = {
     r.JOB: WRITE,
     r.PVC: WRITE,  # the model cache's claim (spec.cache.size)
     r.PDB: WRITE,
+    r.NETWORK_POLICY: WRITE,
     r.HPA: WRITE,
     r.SCALED_OBJECT: WRITE,  # rbac.keda
     r.SERVICE_MONITOR: WRITE,  # rbac.prometheusOperator

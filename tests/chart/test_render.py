@@ -226,6 +226,11 @@ def test_settings_are_passed_as_environment(rendered: dict[str, list[Manifest]])
         "KUBEFORGE_CLUSTER_DOMAIN": "cluster.local",
         "KUBEFORGE_OPERATOR_ROLLOUTS": "1",
         "KUBEFORGE_MODEL_PROBE": "true",
+        "KUBEFORGE_NETWORK_POLICIES": "true",
+        "KUBEFORGE_NETWORK_POLICY_INFERENCE_FROM": "[]",
+        "KUBEFORGE_NETWORK_POLICY_METRICS_FROM": (
+            '[{"namespaceSelector":{"matchLabels":{"kubernetes.io/metadata.name":"monitoring"}}}]'
+        ),
     }
     assert _container(rendered["default"])["image"] == "ghcr.io/kubeforge/kubeforge-operator:0.1.0"
     ha = _env(rendered["ha"])
@@ -250,6 +255,11 @@ def test_settings_are_read_by_the_operator(helm: Helm) -> None:
         "fillRetrySeconds": 30,
         "modelProbe": False,
         "operatorRollouts": 3,
+        "workloadNetworkPolicy": {
+            "enabled": False,
+            "inferenceFrom": [{"namespaceSelector": {"matchLabels": {"ingress": "true"}}}],
+            "metricsFrom": [],
+        },
     }
     settings = Settings.from_env(_env(helm.template(values)))
     assert (settings.triton_image, settings.helper_image) == (
@@ -263,6 +273,16 @@ def test_settings_are_read_by_the_operator(helm: Helm) -> None:
     assert settings.fill_retry_seconds == 30
     assert settings.model_probe is False
     assert settings.operator_rollouts == 3
+    assert settings.network_policies is False
+    assert settings.inference_from == ({"namespaceSelector": {"matchLabels": {"ingress": "true"}}},)
+    assert settings.metrics_from == ()
+    # the defaults are the Settings' own
+    default = Settings.from_env(_env(helm.template({})))
+    assert (default.network_policies, default.inference_from, default.metrics_from) == (
+        Settings().network_policies,
+        Settings().inference_from,
+        Settings().metrics_from,
+    )
 
 
 def test_replicas_zero_pauses_the_operator(helm: Helm) -> None:

@@ -9,7 +9,14 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, WithJsonSchema
 
-from kubeforge.api.base import ApiModel, Quantity, Rule, StringMap, no_credential_rules, object_name_rules
+from kubeforge.api.base import (
+    ApiModel,
+    Quantity,
+    Rule,
+    StringMap,
+    no_credential_rules,
+    object_name_rules,
+)
 from kubeforge.api.common import (
     GPU,
     ConditionList,
@@ -372,6 +379,71 @@ class StorageCredentials(ApiModel):
     )
 
 
+class IPBlock(ApiModel):
+    """Addresses outside the cluster (a NetworkPolicy ipBlock)."""
+
+    cidr: str = Field(max_length=64, description="A CIDR, e.g. 10.0.0.0/8 or 2001:db8::/32.")
+    except_: list[Annotated[str, Field(max_length=64)]] | None = Field(
+        default=None, alias="except", max_length=16, description="CIDRs inside cidr that are left out."
+    )
+
+
+class LabelSelectorRequirement(ApiModel):
+    key: str = Field(max_length=317, description="A label key.")
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"] = Field(description="How the key is matched.")
+    values: list[Annotated[str, Field(max_length=63)]] | None = Field(
+        default=None, max_length=64, description="The values for In and NotIn."
+    )
+
+
+class LabelSelector(ApiModel):
+    """A Kubernetes label selector; {} selects everything."""
+
+    match_labels: StringMap | None = Field(default=None, description="Labels that must all be present.")
+    match_expressions: list[LabelSelectorRequirement] | None = Field(
+        default=None, max_length=16, description="Requirements that must all hold."
+    )
+
+
+class NetworkPeer(ApiModel):
+    """Who may connect: pods (of namespaces) by labels, or addresses (a NetworkPolicyPeer)."""
+
+    pod_selector: LabelSelector | None = Field(
+        default=None, description="A label selector of pods (in this namespace, unless namespaceSelector)."
+    )
+    namespace_selector: LabelSelector | None = Field(
+        default=None, description="A label selector of namespaces ({} selects every namespace)."
+    )
+    ip_block: IPBlock | None = Field(default=None, description="Addresses, instead of pods.")
+
+    rules = (
+        Rule(
+            cel="has(self.podSelector) || has(self.namespaceSelector) || has(self.ipBlock)",
+            message="network.allowFrom[]: set podSelector, namespaceSelector or ipBlock",
+            check=lambda p: (
+                p.pod_selector is not None or p.namespace_selector is not None or p.ip_block is not None
+            ),
+        ),
+        Rule(
+            cel="!has(self.ipBlock) || (!has(self.podSelector) && !has(self.namespaceSelector))",
+            message="network.allowFrom[]: ipBlock cannot be combined with podSelector or namespaceSelector",
+            check=lambda p: p.ip_block is None or (p.pod_selector is None and p.namespace_selector is None),
+        ),
+    )
+
+
+class NetworkAccess(ApiModel):
+    """Who may reach the servers (with the operator's NetworkPolicies on, the chart's default)."""
+
+    allow_from: list[NetworkPeer] | None = Field(
+        default=None,
+        max_length=16,
+        description="Who may connect to Triton's HTTP and gRPC ports (8000, 8001), besides the operator "
+        "and the ModelDeployment's own pods; [] admits nobody else. Absent: the operator's default "
+        "(chart value networkPolicy.inferenceFrom; empty there means anyone).",
+    )
+
+
 class ModelCache(ApiModel):
     """A volume the models are fetched into once, by a Job, and served from by every pod.
 
@@ -633,7 +705,11 @@ class ModelDeploymentSpec(ApiModel):
     )
     runtime: Runtime | None = Field(default=None, description="The Triton server container.")
     storage: StorageCredentials | None = Field(
-        default=None, description="Credentials for s3://, gs:// and hf:// sources."
+        default=None, description="Credentials for s3://, gs://, hf:// and https:// sources."
+    )
+    network: NetworkAccess | None = Field(
+        default=None,
+        description="Who may reach the servers, through the NetworkPolicy the operator creates for them.",
     )
     cache: ModelCache | None = Field(
         default=None,

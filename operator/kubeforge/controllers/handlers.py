@@ -41,7 +41,7 @@ CHILD_EVENT_DELAY = 0.5  # seconds
 OPTIONAL_API_SECONDS = 30.0  # how often to look for KEDA's and the Prometheus operator's APIs
 
 OWNERS = (r.MODEL_DEPLOYMENT, r.TRAINING_JOB)
-CHILDREN = (r.DEPLOYMENT, r.SERVICE, r.PDB, r.HPA, r.JOB, r.PVC, r.POD)
+CHILDREN = (r.DEPLOYMENT, r.SERVICE, r.PDB, r.NETWORK_POLICY, r.HPA, r.JOB, r.PVC, r.POD)
 # startup waits this long at most for the first list of every kind
 STARTUP_SYNC_SECONDS = 60.0
 # children whose API exists only where KEDA / the Prometheus operator / LeaderWorkerSet is installed

@@ -24,6 +24,7 @@ from kubeforge.builders.modeldeployment import (
     build_triton_deployment,
     endpoints,
 )
+from kubeforge.builders.network import build_model_deployment_network_policy
 from kubeforge.controllers.context import Context
 from kubeforge.controllers.failures import settle
 from kubeforge.controllers.invalid import load_or_refuse
@@ -251,12 +252,13 @@ async def reconcile_model_deployment(ctx: Context, key: tuple[str, str]) -> floa
 
     multi_node = md.spec.replica_nodes > 1
     # the children do not depend on each other: apply them concurrently
-    (workload, _, _, autoscaler, _), child_failure = await settle(
+    (workload, _, _, _, autoscaler, _), child_failure = await settle(
         _workload(ctx, md, previous.observed_generation if previous else None)
         if serve
         else _withheld(ctx, md),
         ctx.ensure(build_leader_service(md) if multi_node else build_service(md)),
         _ensure_optional(ctx, r.PDB, md, build_pod_disruption_budget(md)),
+        _ensure_optional(ctx, r.NETWORK_POLICY, md, build_model_deployment_network_policy(md, ctx.settings)),
         _autoscaler(ctx, md),
         _monitoring(ctx, md),
     )

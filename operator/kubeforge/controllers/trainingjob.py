@@ -34,6 +34,7 @@ from kubeforge.api.trainingjob import (
     TrainingJobStatus,
     TrainingPhase,
 )
+from kubeforge.builders.network import build_training_job_network_policy
 from kubeforge.builders.output import build_output_model_deployment, created_by
 from kubeforge.builders.trainingjob import (
     ATTEMPT_LABEL,
@@ -364,6 +365,14 @@ async def _run(ctx: Context, step: _Step, jobs: dict[int, Object]) -> float | No
     run_policy = tj.spec.run_policy
     attempt = status.attempt or 0
     await ctx.ensure(build_headless_service(tj))
+    policy = build_training_job_network_policy(tj, ctx.settings)
+    if policy is not None:
+        await ctx.ensure(policy)
+    else:
+        assert tj.metadata.uid is not None
+        await ctx.ensure_absent(
+            r.NETWORK_POLICY, tj.metadata.namespace or "", tj.metadata.name, tj.metadata.uid
+        )
 
     if run_policy and run_policy.suspend:
         await _suspend(ctx, step, jobs)

@@ -42,6 +42,7 @@ NAMESPACE = Resource("v1", "Namespace", "namespaces", namespaced=False)
 JOB = Resource("batch/v1", "Job", "jobs")
 PVC = Resource("v1", "PersistentVolumeClaim", "persistentvolumeclaims")
 PDB = Resource("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets")
+NETWORK_POLICY = Resource("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies")
 HPA = Resource("autoscaling/v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers")
 SCALED_OBJECT = Resource("keda.sh/v1alpha1", "ScaledObject", "scaledobjects")
 SERVICE_MONITOR = Resource("monitoring.coreos.com/v1", "ServiceMonitor", "servicemonitors")
@@ -59,6 +60,7 @@ _ALL = (
     JOB,
     PVC,
     PDB,
+    NETWORK_POLICY,
     HPA,
     SCALED_OBJECT,
     SERVICE_MONITOR,
