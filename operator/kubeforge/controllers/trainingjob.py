@@ -365,9 +365,9 @@ async def _run(ctx: Context, step: _Step, jobs: dict[int, Object]) -> float | No
     run_policy = tj.spec.run_policy
     attempt = status.attempt or 0
     await ctx.ensure(build_headless_service(tj))
-    policy = build_training_job_network_policy(tj, ctx.settings)
-    if policy is not None:
-        await ctx.ensure(policy)
+    fence = build_training_job_network_policy(tj, ctx.settings)
+    if fence is not None:
+        await ctx.ensure(fence)
     else:
         assert tj.metadata.uid is not None
         await ctx.ensure_absent(
