@@ -94,7 +94,9 @@ def test_leader_runs_the_ray_head_then_triton_with_the_deployments_arguments(
     deployment_triton = build_triton_deployment(md, settings)["spec"]["template"]["spec"]["containers"][0]
     leader, _ = _templates(build_leaderworkerset(md, settings))
     triton = leader["spec"]["containers"][0]
-    assert triton["command"] == ["/bin/sh", "-c", LEADER_SCRIPT, "tritonserver"]
+    # the Ray head first, then the Deployment's own command (Triton with its restricted APIs)
+    assert triton["command"] == ["/bin/sh", "-c", LEADER_SCRIPT, *deployment_triton["command"]]
+    assert deployment_triton["command"][-1] == "tritonserver"
     assert triton["args"] == deployment_triton["args"]
     for key in ("image", "resources", "volumeMounts", "startupProbe", "readinessProbe", "livenessProbe"):
         assert triton[key] == deployment_triton[key], key

@@ -9,6 +9,7 @@ import pytest
 
 from kubeforge.api import ModelDeployment
 from kubeforge.builders.modeldeployment import (
+    RESTRICT_SCRIPT,
     build_pod_disruption_budget,
     build_service,
     build_triton_deployment,
@@ -50,7 +51,9 @@ def test_triton_container_ports_probes_and_args(md: ModelDeployment, settings: S
     pod = build_triton_deployment(md, settings)["spec"]["template"]["spec"]
     triton = pod["containers"][0]
     assert triton["image"] == "triton:test"
-    assert triton["command"] == ["tritonserver"]
+    # tritonserver behind a shell that restricts the APIs no client needs (its token never leaves it)
+    assert triton["command"] == ["/bin/sh", "-c", RESTRICT_SCRIPT, "tritonserver"]
+    assert {"name": "KUBEFORGE_RESTRICTED_APIS", "value": "shared-memory,trace,logging"} in triton["env"]
     assert "--model-repository=/models" in triton["args"]
     assert "--strict-readiness=true" in triton["args"]
     assert "--model-control-mode=none" in triton["args"]

@@ -59,6 +59,36 @@ def pvc_claims(models: list[ModelSpec]) -> list[str]:
     return claims
 
 
+# Triton's APIs that no client outside the pod needs and that change or expose the server: shared
+# memory (the server reads and writes a region of its own /dev/shm that a client registers by name),
+# trace and log settings (trace files are written on the server); in explicit model control mode also
+# the model repository (load, unload). They are restricted to a header whose value is drawn at each
+# start inside the container and never leaves it: closed to every client, in every namespace.
+RESTRICTED_APIS = ("shared-memory", "trace", "logging")
+RESTRICTED_APIS_ENV = "KUBEFORGE_RESTRICTED_APIS"
+RESTRICTED_HEADER = "kubeforge-restricted"
+RESTRICT_SCRIPT = (
+    "token=$(cat /proc/sys/kernel/random/uuid)\n"
+    'exec "$0" "$@" '
+    f'--http-restricted-api="${RESTRICTED_APIS_ENV}:{RESTRICTED_HEADER}=$token" '
+    f'--grpc-restricted-protocol="${RESTRICTED_APIS_ENV}:{RESTRICTED_HEADER}=$token"\n'
+)
+
+
+def restricted_apis(md: ModelDeployment) -> list[str]:
+    runtime = md.spec.runtime
+    explicit = runtime is not None and runtime.model_control_mode == ModelControlMode.EXPLICIT
+    return [*RESTRICTED_APIS, *(["model-repository"] if explicit else [])]
+
+
+def restricted_api_flags(apis: str, token: str) -> list[str]:
+    """What RESTRICT_SCRIPT adds to tritonserver's arguments (for running a container spec locally)."""
+    return [
+        f"--http-restricted-api={apis}:{RESTRICTED_HEADER}={token}",
+        f"--grpc-restricted-protocol={apis}:{RESTRICTED_HEADER}={token}",
+    ]
+
+
 def triton_args(md: ModelDeployment) -> list[str]:
     """tritonserver's arguments. Strict readiness makes /v2/health/ready mean every model is loaded."""
     runtime = md.spec.runtime
@@ -150,7 +180,8 @@ def triton_container(md: ModelDeployment, settings: Settings) -> dict[str, Any]:
     container: dict[str, Any] = {
         "name": "triton",
         "image": triton_image(md, settings),
-        "command": ["tritonserver"],
+        # `$0 "$@"` is tritonserver with its arguments (the container's args, readable in the spec)
+        "command": ["/bin/sh", "-c", RESTRICT_SCRIPT, "tritonserver"],
         "args": triton_args(md),
         "ports": [
             {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
@@ -167,9 +198,10 @@ def triton_container(md: ModelDeployment, settings: Settings) -> dict[str, Any]:
     if md.spec.cache is not None:
         # the repository's version folders (and a vLLM model's weights) are links into the cache
         container["volumeMounts"].append(CACHE_MOUNT)
-    env = pods.env_vars(runtime.env if runtime else None)
-    if env:
-        container["env"] = env
+    container["env"] = [
+        {"name": RESTRICTED_APIS_ENV, "value": ",".join(restricted_apis(md))},
+        *pods.env_vars(runtime.env if runtime else None),
+    ]
     resources = pods.container_resources(md.spec.resources, md.spec.gpu)
     if resources:
         container["resources"] = resources

@@ -23,6 +23,7 @@ from kubeforge.builders.modeldeployment import (
     build_service,
     build_triton_deployment,
     endpoints,
+    restricted_apis,
 )
 from kubeforge.builders.network import build_model_deployment_network_policy
 from kubeforge.controllers.context import Context
@@ -222,13 +223,16 @@ async def _monitoring(ctx: Context, md: ModelDeployment) -> None:
 
 
 def _probe_models(
-    ctx: Context, key: tuple[str, str], pods: list[dict[str, Any]]
+    ctx: Context, md: ModelDeployment, key: tuple[str, str], pods: list[dict[str, Any]]
 ) -> tuple[list[ModelState] | None, str | None]:
     """Per-model state from one ready server's repository index, as last read in the background
     (controllers/modelprobe.py: a reconcile never waits for a server); (None, why) when it cannot
     be read."""
     if not ctx.settings.model_probe:
         return None, "model probing is off in the operator settings"
+    if "model-repository" in restricted_apis(md):
+        # explicit model control: the repository API (load, unload, index) is closed to every client
+        return None, "the model repository API is closed in explicit model control mode"
     ready = [p for p in pods if pod_ready(p) and p.get("status", {}).get("podIP")]
     if not ready:
         return None, None
@@ -281,7 +285,7 @@ async def reconcile_model_deployment(ctx: Context, key: tuple[str, str]) -> floa
     pods = ctx.cache.owned(r.POD.kind, "modeldeployment", ns, name)
     # a group's workers run no Triton: only leaders are asked for their models
     servers = [p for p in pods if (p["metadata"].get("labels") or {}).get(WORKER_INDEX_LABEL) == LEADER_INDEX]
-    states, probe_error = _probe_models(ctx, key, servers if multi_node else pods)
+    states, probe_error = _probe_models(ctx, md, key, servers if multi_node else pods)
     observed = Observed(
         deployment=workload.deployment,
         leaderworkerset=workload.leaderworkerset,

@@ -11,11 +11,13 @@ import logging
 import os
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from kubeforge.builders.modeldeployment import RESTRICT_SCRIPT, RESTRICTED_APIS_ENV, restricted_api_flags
 from kubeforge.testing.triton import (
     ADDRESS_FLAGS,
     DEFAULT_PORTS,
@@ -89,6 +91,16 @@ def localize_container_command(
     return out
 
 
+def _unwrap_restriction(container: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+    """(command, arguments it adds): the builder's RESTRICT_SCRIPT wrapper does here what its shell
+    does in the container (a fresh token, the restricted-API flags after the container's args)."""
+    command = list(container.get("command") or ())
+    if command[:3] != ["/bin/sh", "-c", RESTRICT_SCRIPT]:
+        return command, []
+    env = {e["name"]: e.get("value", "") for e in container.get("env") or ()}
+    return command[3:], restricted_api_flags(env[RESTRICTED_APIS_ENV], uuid.uuid4().hex)
+
+
 def _container_env(container: Mapping[str, Any], paths: Mapping[str, str]) -> dict[str, str]:
     env = {}
     for entry in container.get("env") or ():
@@ -152,14 +164,15 @@ def run_triton_container(
         CONTAINER_CACHE_DIR: str(install.cache_dir),
         **{k: os.fspath(v) for k, v in paths.items()},
     }
-    argv = [*(container.get("command") or ()), *(container.get("args") or ())]
+    command, extra = _unwrap_restriction(container)
+    argv = [*command, *(container.get("args") or ()), *extra]
     declared = {int(p["containerPort"]) for p in container.get("ports") or ()} | set(DEFAULT_PORTS.values())
     declared |= {
         int(v) for f in PORT_FLAGS.values() if (v := flag_value(argv, f)) is not None and v.isdigit()
     }
     port_map = {port: free_port() for port in sorted(declared)}
     args = localize_container_command(
-        container.get("command"), container.get("args"), paths=path_map, ports=port_map
+        command, [*(container.get("args") or ()), *extra], paths=path_map, ports=port_map
     )
     # the container's defaults (8000-8002) when it sets no port flag, renumbered like the rest
     args = with_defaults(
