@@ -114,44 +114,20 @@ GO
   stamp etcd "$ETCD_VERSION"
 }
 
-build_kstatus() {
-  # Our own tiny CLI around kstatus's status.Compute (source: e2e/kstatus/main.go); the
-  # stamp carries a hash of that source so an edit rebuilds it. Never downloaded: no release ships it.
-  local src=$KSTATUS_SRC
-  local version; version=$(component_stamp kstatus)
-  have kstatus "$version" && return
-  log "building kstatus from sigs.k8s.io/cli-utils $KSTATUS_VERSION"
-  local dir="$WORK/kstatus-$KSTATUS_VERSION"
+build_small_cli() { # name source go-version module version
+  # Our own tiny CLI around a library (kstatus: Flux's status.Compute, e2e/kstatus/main.go; netpol:
+  # cyclonus's policy engine, e2e/netpol/main.go); the stamp carries a hash of that source so an
+  # edit rebuilds it. Never downloaded: no release ships it.
+  local name=$1 src=$2 go=$3 module=$4 version=$5
+  local stamp; stamp=$(component_stamp "$name")
+  have "$name" "$stamp" && return
+  log "building $name from $module $version"
+  local dir="$WORK/$name-$version"
   mkdir -p "$dir"
-  cat >"$dir/go.mod" <<GO
-module kubeforge.local/kstatus
-
-go 1.24
-
-require sigs.k8s.io/cli-utils $KSTATUS_VERSION
-GO
+  printf 'module kubeforge.local/%s\n\ngo %s\n\nrequire %s %s\n' "$name" "$go" "$module" "$version" >"$dir/go.mod"
   cp "$src" "$dir/main.go"
-  (cd "$dir" && go mod tidy >/dev/null && go build -trimpath -ldflags "$LDSTRIP" -o "$BIN/kstatus" .)
-  stamp kstatus "$version"
-}
-
-build_netpol() {
-  # Our own tiny CLI around cyclonus's policy engine (source: e2e/netpol/main.go), stamped like kstatus.
-  local version; version=$(component_stamp netpol)
-  have netpol "$version" && return
-  log "building netpol from github.com/mattfenwick/cyclonus $CYCLONUS_VERSION"
-  local dir="$WORK/netpol-$CYCLONUS_VERSION"
-  mkdir -p "$dir"
-  cat >"$dir/go.mod" <<GO
-module kubeforge.local/netpol
-
-go 1.22
-
-require github.com/mattfenwick/cyclonus $CYCLONUS_VERSION
-GO
-  cp "$NETPOL_SRC" "$dir/main.go"
-  (cd "$dir" && go mod tidy >/dev/null && go build -trimpath -ldflags "$LDSTRIP" -o "$BIN/netpol" .)
-  stamp netpol "$version"
+  (cd "$dir" && go mod tidy >/dev/null && go build -trimpath -ldflags "$LDSTRIP" -o "$BIN/$name" .)
+  stamp "$name" "$stamp"
 }
 
 go_install() { # name module/cmd version [ldflags] [stamp, default: version] [build tags]
@@ -262,8 +238,8 @@ build() { # component: the build itself; its output goes to the component's log
       -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=${HELM_K8S%%.*} -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=${HELM_K8S#*.}
       -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=${HELM_K8S%%.*} -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=${HELM_K8S#*.}" "$HELM_STAMP" ;;
     kueue) go_install kueue sigs.k8s.io/kueue/cmd/kueue "$KUEUE_VERSION" ;;
-    kstatus) build_kstatus ;;
-    netpol) build_netpol ;;
+    kstatus) build_small_cli kstatus "$KSTATUS_SRC" 1.24 sigs.k8s.io/cli-utils "$KSTATUS_VERSION" ;;
+    netpol) build_small_cli netpol "$NETPOL_SRC" 1.22 github.com/mattfenwick/cyclonus "$CYCLONUS_VERSION" ;;
     prometheus) build_prometheus ;;
     prometheus-adapter) go_build_in_module sigs.k8s.io/prometheus-adapter "$PROMETHEUS_ADAPTER_VERSION" "" \
       prometheus-adapter=./cmd/adapter ;;

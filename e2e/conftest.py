@@ -223,6 +223,13 @@ def models_claim(kubectl: Kubectl, namespace: str) -> str:
 
 
 @pytest.fixture
+def crds_restored(kubectl: Kubectl) -> Iterator[None]:
+    """For a test that applies other CRDs: this checkout's are applied again afterwards."""
+    yield
+    kubectl.apply(REPO_ROOT / "crds", server_side=True)
+
+
+@pytest.fixture
 def own_operator(cluster: Cluster, operator: OperatorProcess) -> Iterator[OperatorProcess]:
     """An operator of the test's own (not started yet: `own_operator.start(env=...)`), for tests that
     kill, restart or configure it. The session's operator is stopped meanwhile (one operator at a

@@ -12,7 +12,6 @@ this returns: `Current`, `InProgress`, `Failed` or `Terminating`.
 
 from __future__ import annotations
 
-import functools
 import json
 import subprocess
 from collections.abc import Iterable, Mapping
@@ -20,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, cast
 
+from e2e.cluster import ClusterError, tool_binary
 from e2e.kube import Kubectl
 
 BINARIES_SCRIPT = Path(__file__).resolve().parent / "binaries.sh"
@@ -43,16 +43,12 @@ class KStatus:
     namespace: str = ""
 
 
-@functools.cache
 def kstatus_binary() -> Path:
     """The kstatus CLI, built by e2e/binaries.sh when missing (milliseconds when cached)."""
-    result = subprocess.run(
-        ["bash", str(BINARIES_SCRIPT), "kstatus"], stdout=subprocess.PIPE, text=True, check=False
-    )
-    lines = result.stdout.strip().splitlines()
-    if result.returncode != 0 or not lines:
-        raise KStatusError(f"{BINARIES_SCRIPT} kstatus failed with exit status {result.returncode}")
-    binary = Path(lines[-1]) / "kstatus"
+    try:
+        binary = tool_binary("kstatus")
+    except ClusterError as err:
+        raise KStatusError(str(err)) from None
     if not binary.is_file():
         raise KStatusError(f"{BINARIES_SCRIPT} left no kstatus in {binary.parent}")
     return binary

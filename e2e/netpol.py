@@ -10,15 +10,13 @@ judged by an existing engine's semantics: our few-line Go CLI around cyclonus's 
 
 from __future__ import annotations
 
-import functools
 import json
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-BINARIES_SCRIPT = Path(__file__).resolve().parent / "binaries.sh"
+from e2e.cluster import tool_binary
 
 
 @dataclass(frozen=True)
@@ -47,20 +45,6 @@ class Connection:
     protocol: str = "TCP"
 
 
-@functools.cache
-def netpol_binary() -> Path:
-    result = subprocess.run(
-        ["bash", str(BINARIES_SCRIPT), "netpol"], stdout=subprocess.PIPE, text=True, check=False
-    )
-    lines = result.stdout.strip().splitlines()
-    if result.returncode != 0 or not lines:
-        raise RuntimeError(f"{BINARIES_SCRIPT} netpol failed with exit status {result.returncode}")
-    binary = Path(lines[-1]) / "netpol"
-    if not binary.is_file():
-        raise RuntimeError(f"{BINARIES_SCRIPT} left no netpol in {binary.parent}")
-    return binary
-
-
 def allowed(policies: Sequence[Mapping[str, Any]], connections: Sequence[Connection]) -> list[bool]:
     """Whether each connection is allowed (ingress and egress) under exactly these policies."""
     payload = {
@@ -76,7 +60,7 @@ def allowed(policies: Sequence[Mapping[str, Any]], connections: Sequence[Connect
         ],
     }
     result = subprocess.run(
-        [str(netpol_binary())],
+        [str(tool_binary("netpol"))],
         input=json.dumps(payload),
         capture_output=True,
         text=True,

@@ -276,12 +276,6 @@ def _without_the_credential_rule(path: Path) -> str:
     return json.dumps(strip(yaml.safe_load(path.read_text())))
 
 
-@pytest.fixture
-def crds_restored(kubectl: Kubectl) -> Iterator[None]:
-    yield
-    kubectl.apply(REPO_ROOT / "crds", server_side=True)
-
-
 def test_an_object_stored_before_the_rule_is_invalid_and_says_nothing_of_its_credential(
     kubectl: Kubectl, namespace: str, operator: OperatorProcess, crds_restored: None
 ) -> None:

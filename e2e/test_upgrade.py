@@ -12,7 +12,6 @@ import json
 import os
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -127,12 +126,6 @@ def _all_on(kubectl: Kubectl, namespace: str, release: str | None) -> dict[str, 
 def _switch(own_operator: OperatorProcess, env: dict[str, str]) -> None:
     own_operator.stop()
     own_operator.start(env=env)
-
-
-@pytest.fixture
-def crds_restored(kubectl: Kubectl) -> Iterator[None]:
-    yield
-    kubectl.apply(REPO_ROOT / "crds", server_side=True)
 
 
 def test_an_upgrade_and_a_rollback_restart_no_job_and_roll_one_model_deployment_at_a_time(
