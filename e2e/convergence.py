@@ -25,6 +25,10 @@ from kubeforge.builders.modeldeployment import (
     build_service,
     build_triton_deployment,
 )
+from kubeforge.builders.network import (
+    build_model_deployment_network_policy,
+    build_training_job_network_policy,
+)
 from kubeforge.builders.trainingjob import build_headless_service, build_worker_job
 from kubeforge.controllers.rollout import ROLLOUT_CAUSE_ANNOTATION, WORKLOAD_TEMPLATE_ANNOTATION, annotated
 from kubeforge.k8s.semantic import applied_hash, controller_uid, stamped
@@ -39,11 +43,12 @@ CHILD_KINDS = {
         "deployments.apps",
         "services",
         "poddisruptionbudgets.policy",
+        "networkpolicies.networking.k8s.io",
         "horizontalpodautoscalers.autoscaling",
         "jobs.batch",
         "persistentvolumeclaims",
     ),
-    "trainingjob": ("jobs.batch", "services"),
+    "trainingjob": ("jobs.batch", "services", "networkpolicies.networking.k8s.io"),
 }
 # ... and where the LeaderWorkerSet CRD is installed (e2e/lws.py), the groups of multi-node replicas
 LEADER_WORKER_SETS = "leaderworkersets.leaderworkerset.x-k8s.io"
@@ -68,6 +73,7 @@ def desired_model_deployment_children(md_body: Object, settings: Settings) -> li
     children = [
         build_leader_service(md) if multi_node else build_service(md),
         build_pod_disruption_budget(md),
+        build_model_deployment_network_policy(md, settings),
     ]
     if serves_current_spec(md_body):
         workload = (
@@ -110,9 +116,12 @@ def _tolerated(md_body: Object, child: Object) -> bool:
     return child["kind"] == "Deployment" or labels.get("app.kubernetes.io/component") == "model-cache"
 
 
-def desired_training_job_children(tj_body: Object) -> list[Object]:
+def desired_training_job_children(tj_body: Object, settings: Settings) -> list[Object]:
     tj = TrainingJob.model_validate(tj_body)
     children = [build_headless_service(tj)]
+    fence = build_training_job_network_policy(tj, settings)
+    if fence is not None:
+        children.append(fence)
     run_policy, scheduling = tj.spec.run_policy, tj.spec.scheduling
     if not (run_policy and run_policy.suspend):
         attempt = int((tj_body.get("status") or {}).get("attempt") or 0)
@@ -145,7 +154,7 @@ def differences(kubectl: Kubectl, desired: Object, namespace: str) -> list[str]:
     """Where the live child differs from the result of applying `desired` (stamped) now; [] when converged."""
     kind, name = desired["kind"], desired["metadata"]["name"]
     group = _group(desired)
-    resource = f"{kind.lower()}s" + (f".{group}" if group else "")
+    resource = kind.lower() + (f".{group}" if group else "")  # kubectl takes the singular
     result = kubectl("get", resource, name, "-o", "json", namespace=namespace, check=False)
     if result.returncode != 0:
         return [f"{kind} {name} is missing"]
@@ -234,9 +243,11 @@ def model_deployment_differences(
     )
 
 
-def training_job_differences(kubectl: Kubectl, name: str, namespace: str) -> list[str]:
+def training_job_differences(
+    kubectl: Kubectl, name: str, namespace: str, settings: Settings | None = None
+) -> list[str]:
     body = kubectl.json("get", "tj", name, namespace=namespace)
-    desired = desired_training_job_children(body)
+    desired = desired_training_job_children(body, settings or Settings())
     problems = [p for d in desired for p in differences(kubectl, d, namespace)]
     return problems + extra_children(kubectl, "trainingjob", name, desired, namespace)
 
@@ -265,7 +276,7 @@ def namespace_problems(kubectl: Kubectl, namespace: str, settings: Settings) -> 
         children = (
             desired_model_deployment_children(owner, settings)
             if owner["kind"] == "ModelDeployment"
-            else desired_training_job_children(owner)
+            else desired_training_job_children(owner, settings)
         )
         desired.update({(c["kind"], c["metadata"]["name"]): c for c in children})
     kinds = _child_kinds(kubectl, tuple(CHILD_KINDS))

@@ -24,6 +24,7 @@ from typing import Any
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
+from urllib3.exceptions import HTTPError
 
 ANNOTATION = "sim.kubeforge.io/config-error"
 POLL_SECONDS = 0.5
@@ -111,7 +112,11 @@ def main() -> int:
     while True:
         try:
             check_once(core)
-        except (ApiException, OSError) as err:  # the API server restarting (fault tests): try again
+        except (
+            ApiException,
+            OSError,
+            HTTPError,
+        ) as err:  # the API server restarting (fault tests): try again
             log.warning("check failed: %s", err)
         time.sleep(POLL_SECONDS)
 

@@ -103,6 +103,11 @@ MD_SAMPLES: dict[str, tuple[Patch, Patch | None]] = {
         {"runtime": {"startupTimeoutSeconds": None}},
     ),
     "storage": ({"storage": {"secretName": "s3-credentials"}}, None),
+    "network": ({"network": {"allowFrom": []}}, None),
+    "network.allowFrom": (
+        {"network": {"allowFrom": [{"namespaceSelector": {"matchLabels": {"team": "web"}}}]}},
+        {"network": {"allowFrom": None}},
+    ),
     "gpu": ({"gpu": {"count": 1}}, None),
     "gpu.count": ({"gpu": {"count": 2}}, {"gpu": {"count": None}}),
     "gpu.product": (

@@ -208,4 +208,4 @@ def test_each_object_is_fenced_by_its_own_policy_through_edits_and_a_restart(
     wait_for(
         lambda: "guarded" not in _policies(kubectl, namespace), timeout=60, message="the policy collected"
     )
-    assert set(_policies(kubectl, namespace)) == {"open", "gang"}
+    assert set(_policies(kubectl, namespace)) == {"open", "gang-workers"}

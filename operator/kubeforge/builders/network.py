@@ -72,6 +72,6 @@ def build_training_job_network_policy(tj: TrainingJob, settings: Settings) -> Ob
     if not settings.network_policies:
         return None
     gang = selector_labels(tjb.KIND, tj.metadata.name)
-    return _policy(
-        tjb._meta(tj, tj.metadata.name), gang, [{"from": [{"podSelector": {"matchLabels": gang}}]}]
-    )
+    # named as its headless Service (`<name>-workers`): a ModelDeployment of the same name has `<name>`
+    meta = tjb._meta(tj, tjb.service_name(tj))
+    return _policy(meta, gang, [{"from": [{"podSelector": {"matchLabels": gang}}]}])

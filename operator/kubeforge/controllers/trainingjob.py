@@ -197,7 +197,7 @@ async def _sweep(ctx: Context, step: _Step, jobs: dict[int, Object]) -> None:
 
 
 async def _finish_ttl(ctx: Context, step: _Step, jobs: dict[int, Object]) -> float | None:
-    """After ttlSecondsAfterFinished, delete the workers and the Service; the TrainingJob stays."""
+    """After ttlSecondsAfterFinished, delete the workers, the Service and the NetworkPolicy; the TrainingJob stays."""
     tj, status = step.tj, step.status
     run_policy = tj.spec.run_policy
     if not run_policy or run_policy.ttl_seconds_after_finished is None or status.completion_time is None:
@@ -208,7 +208,8 @@ async def _finish_ttl(ctx: Context, step: _Step, jobs: dict[int, Object]) -> flo
     for job in jobs.values():
         await ctx.delete_child(r.JOB, job)
     assert tj.metadata.uid is not None
-    await ctx.ensure_absent(r.SERVICE, tj.metadata.namespace or "", service_name(tj), tj.metadata.uid)
+    for resource in (r.SERVICE, r.NETWORK_POLICY):  # both named `<name>-workers`
+        await ctx.ensure_absent(resource, tj.metadata.namespace or "", service_name(tj), tj.metadata.uid)
     return None
 
 
@@ -371,7 +372,7 @@ async def _run(ctx: Context, step: _Step, jobs: dict[int, Object]) -> float | No
     else:
         assert tj.metadata.uid is not None
         await ctx.ensure_absent(
-            r.NETWORK_POLICY, tj.metadata.namespace or "", tj.metadata.name, tj.metadata.uid
+            r.NETWORK_POLICY, tj.metadata.namespace or "", service_name(tj), tj.metadata.uid
         )
 
     if run_policy and run_policy.suspend:
