@@ -15,6 +15,7 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -97,7 +98,17 @@ python3 -c "{GPU_COUNT}" > {workdir}/gpus-at-start
         "KUBEFORGE_ENGINE_GPUS": str(2 * GPUS_PER_NODE),
         "KUBEFORGE_ENGINE_WAIT_SECONDS": "90",
         "HOME": os.environ.get("HOME", "/root"),
+        "RAY_CLIENT_PORT": str(client_port),
     }
+
+
+def _runs_client_server(proc: Path, session: int) -> bool:
+    """Whether /proc/<pid> is a Ray client server of the session (the leader's: Ray's daemons stay in it)."""
+    try:
+        in_session = int((proc / "stat").read_text().rpartition(")")[2].split()[3]) == session
+        return in_session and b"ray.util.client.server" in (proc / "cmdline").read_bytes()
+    except (OSError, ValueError, IndexError):
+        return False
 
 
 def _start(script: str, argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -139,6 +150,14 @@ def test_the_leader_starts_triton_once_the_workers_gpus_have_joined(vllm_python:
         ]
         # tritonserver (and so vLLM's engine) started with both nodes' GPUs in the Ray cluster
         assert int((workdir / "gpus-at-start").read_text()) == 2 * GPUS_PER_NODE
+        # Ray's client server was started by `ray start --head` and stopped by the script: nothing
+        # answers on its port, and no such process is left
+        with (
+            pytest.raises(OSError),
+            socket.create_connection(("127.0.0.1", int(env["RAY_CLIENT_PORT"])), timeout=2),
+        ):
+            pass
+        assert not [p for p in Path("/proc").glob("[0-9]*") if _runs_client_server(p, leader.pid)]
         assert worker.poll() is None, (workdir / "worker.log").read_text(errors="replace")[-3000:]  # --block
     finally:
         if leader is not None:

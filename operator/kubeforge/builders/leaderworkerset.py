@@ -51,11 +51,21 @@ MAX_MULTI_NODE_NAME_LENGTH = 63 - 10 - len("-99-") - len(NAME_SUFFIX)
 RAY_PORT = 6379
 WORKER_CONTAINER = "engine-worker"
 
+# Ray's client server (10001) runs any driver that connects to it, with no authentication; vLLM does
+# not use it (its engine joins through the GCS), and `ray start --head` cannot leave it out where
+# ray[client] is installed (it defaults the port to 10001 and refuses one below 1024): stopped here
+# (the pattern's brackets keep it from matching this script's own command line, or grep's)
+RAY_CLIENT_SERVER_PATTERN = "ray[.]util[.]client[.]server"
+STOP_RAY_CLIENT_SERVER = f"""for p in /proc/[0-9]*; do
+  if grep -qa '{RAY_CLIENT_SERVER_PATTERN}' "$p/cmdline" 2>/dev/null; then kill "${{p#/proc/}}" 2>/dev/null || true; fi
+done"""
+
 # The leader: the Ray head, then tritonserver once the whole group's GPUs are in the Ray cluster
 # (vLLM places its workers when the engine starts; a GPU that joins later is not used). `$0 "$@"`
 # is tritonserver with its arguments (the container's args), so they stay readable in the spec.
 LEADER_SCRIPT = f"""set -eu
 ray start --head --port={RAY_PORT} --node-ip-address="$POD_IP" --include-dashboard=false --disable-usage-stats
+{STOP_RAY_CLIENT_SERVER}
 deadline=$(( $(date +%s) + KUBEFORGE_ENGINE_WAIT_SECONDS ))
 gpus() {{ python3 -c 'import ray; ray.init(address="auto", logging_level="ERROR"); print(int(ray.cluster_resources().get("GPU", 0)))'; }}
 until [ "$(gpus)" -ge "$KUBEFORGE_ENGINE_GPUS" ]; do
