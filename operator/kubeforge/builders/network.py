@@ -5,8 +5,8 @@ ModelDeployment (the Triton pods, and a LeaderWorkerSet's leaders and workers):
   default (`Settings.inference_from`; empty: from anyone), and from the operator's namespace
   (its probe reads every server);
 - the metrics port (8002) from `Settings.metrics_from` (the monitoring namespace) and the operator;
-- every port from the ModelDeployment's own pods: Ray's head (6379), its client server (10001, which
-  `ray start` cannot turn off where ray[client] is installed) and its worker ports, NCCL.
+- every port from the ModelDeployment's own pods: Ray's head (6379) and its worker ports, NCCL
+  (the leader stops Ray's client server: builders/leaderworkerset.py).
 TrainingJob (every attempt's workers): every port from the gang's own pods only (the c10d
 rendezvous on 29500, NCCL and gloo), nothing else.
 
