@@ -472,6 +472,47 @@ def test_a_refused_watch_does_not_hold_startup_and_is_named(
         helm.install(RELEASE, NAMESPACE, cluster.kubeconfig, values=VALUES, upgrade=True)
 
 
+def test_a_watched_namespace_whose_role_was_removed_does_not_hold_startup(
+    installed: str, helm: Helm, cluster: Cluster, kubectl: Kubectl
+) -> None:
+    """Namespaced mode over two namespaces, and the Role in one of them deleted (by hand, or a
+    policy engine): the operator starts, names every kind refused there in its log and in
+    kubeforge_watch_refused, and serves the other namespace."""
+    values = {**VALUES, "watchNamespaces": [SERVE_NS, TRAIN_NS]}
+    helm.install(RELEASE, NAMESPACE, cluster.kubeconfig, values=values, upgrade=True)
+    kubectl("delete", "role", RELEASE, namespace=TRAIN_NS)
+    bound_claim(kubectl, SERVE_NS, "models")
+    kubectl.apply(_model_deployment(SERVE_NS, "role-removed"))
+    operator = _operator(cluster, kubectl, name=f"{RELEASE}-role-removed", metrics=True)
+    try:
+        wait_for(
+            lambda: (
+                kubectl.json("get", "md", "role-removed", namespace=SERVE_NS).get("status", {}).get("phase")
+                is not None
+            ),
+            timeout=60,
+            message="the ModelDeployment of the namespace that still has its Role reconciled",
+        )
+        log = operator.log_text()
+        for kind in ("ModelDeployment", "TrainingJob", "Deployment"):
+            assert f"informer {kind} in {TRAIN_NS}: refused" in log, kind
+        refused = {
+            labels.get("kind")
+            for name, labels, value in operator.metrics()
+            if name == "kubeforge_watch_refused" and labels.get("namespace") == TRAIN_NS and value == 1.0
+        }
+        assert {"ModelDeployment", "TrainingJob", "Deployment"} <= refused
+        assert not [
+            value
+            for name, labels, value in operator.metrics()
+            if name == "kubeforge_watch_refused" and labels.get("namespace") == SERVE_NS and value
+        ]
+    finally:
+        operator.stop()
+        kubectl("delete", "md", "role-removed", namespace=SERVE_NS, check=False)
+        helm.install(RELEASE, NAMESPACE, cluster.kubeconfig, values=VALUES, upgrade=True)
+
+
 def test_upgrade_to_namespaced_mode(
     installed: str, helm: Helm, cluster: Cluster, kubectl: Kubectl, tmp_path: Path
 ) -> None:
