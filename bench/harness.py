@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from e2e.cluster import Cluster
+from e2e.kube import wait_established
 from e2e.net import free_ports
 from e2e.nodes import SimulatedNode, default_nodes
 from e2e.procs import ManagedProcess
@@ -55,7 +56,7 @@ def bench_cluster(state: Path) -> Iterator[Cluster]:
         kubectl = cluster.kubectl()
         kubectl.apply(ROOT / "crds", server_side=True)
         for crd in ("modeldeployments", "trainingjobs"):
-            kubectl("wait", "--for=condition=Established", f"crd/{crd}.kubeforge.io", "--timeout=60s")
+            wait_established(kubectl, f"{crd}.kubeforge.io")
         yield cluster
     finally:
         cluster.stop()

@@ -28,7 +28,7 @@ import yaml
 
 from e2e import durations, groups
 from e2e.cluster import REPO_ROOT, TOOLS, Cluster, ensure_binaries
-from e2e.kube import Kubectl, fresh_namespace, wait_condition, wait_for
+from e2e.kube import Kubectl, fresh_namespace, wait_condition, wait_established, wait_for
 from e2e.lws import LeaderWorkerSetController
 from e2e.operator_proc import OperatorProcess, operator_available
 from e2e.storage import bound_claim
@@ -83,7 +83,7 @@ def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
         cluster.start()
         kubectl = cluster.kubectl()
         kubectl.apply(CRDS_DIR, server_side=True)
-        kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", str(CRDS_DIR))
+        wait_established(kubectl, CRDS_DIR)
         _wait_openapi_published(kubectl)
         yield cluster
     finally:

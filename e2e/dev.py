@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 from e2e.cluster import REPO_ROOT, Cluster, ClusterError
-from e2e.kube import Kubectl, KubectlError, find_condition
+from e2e.kube import Kubectl, KubectlError, find_condition, wait_established
 from e2e.lws import LeaderWorkerSetController
 from e2e.operator_proc import RUNNER_MODULE, OperatorError, OperatorProcess, operator_available
 from e2e.storage import bound_claim, volume_for_claim
@@ -66,7 +66,7 @@ def up(wait: float, finish_jobs_after: str | None) -> int:
 
     crds = sorted(CRDS_DIR.glob("*.yaml"))
     kubectl.apply(CRDS_DIR, server_side=True)
-    kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", str(CRDS_DIR))
+    wait_established(kubectl, CRDS_DIR)
     print(f"  CRDs established: {', '.join(p.stem for p in crds)}")
 
     lws = _lws(cluster)

@@ -161,3 +161,37 @@ def fresh_namespace(kubectl: Kubectl, name: str) -> Iterator[str]:
         yield name
     finally:
         kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+def _crd_names(source: str | Path) -> list[str]:
+    """CRD names: `source` itself, or those defined in a YAML file or a folder of them."""
+    path = Path(source)
+    if not path.exists():
+        return [str(source).removeprefix("crd/")]
+    import yaml
+
+    files = sorted(path.glob("*.yaml")) if path.is_dir() else [path]
+    return [
+        doc["metadata"]["name"]
+        for f in files
+        for doc in yaml.safe_load_all(f.read_text())
+        if doc and doc.get("kind") == "CustomResourceDefinition"
+    ]
+
+
+def wait_established(kubectl: Kubectl, *sources: str | Path, timeout: float = 60.0) -> None:
+    """Wait until each CRD (a name, or the CRDs of a file or folder) is Established.
+
+    Polled, not `kubectl wait`: that fails at once ("accessor error: <nil>") on a CRD created so
+    recently that its status has no conditions yet.
+    """
+    for name in [n for s in sources for n in _crd_names(s)]:
+
+        def established(crd: str = name) -> bool:
+            result = kubectl("get", "crd", crd, "-o", "json", check=False)
+            if result.returncode != 0:
+                return False
+            conditions = (json.loads(result.stdout).get("status") or {}).get("conditions") or []
+            return any(c.get("type") == "Established" and c.get("status") == "True" for c in conditions)
+
+        wait_for(established, timeout=timeout, message=f"crd/{name} Established")

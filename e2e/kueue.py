@@ -13,7 +13,7 @@ import subprocess
 from pathlib import Path
 
 from e2e.cluster import Cluster
-from e2e.kube import wait_for
+from e2e.kube import wait_established, wait_for
 from e2e.net import free_ports
 from e2e.procs import ManagedProcess
 
@@ -65,7 +65,7 @@ def start_kueue(cluster: Cluster, state_dir: Path) -> ManagedProcess:
     crds = kueue_module_dir() / "config" / "components" / "crd" / "bases"
     kubectl.apply(crds, server_side=True)
     for crd in ("clusterqueues", "localqueues", "resourceflavors", "workloads"):
-        kubectl("wait", "--for=condition=Established", f"crd/{crd}.kueue.x-k8s.io", "--timeout=60s")
+        wait_established(kubectl, f"{crd}.kueue.x-k8s.io")
     kubectl("create", "namespace", "kueue-system", check=False)
     health, metrics, webhook = free_ports(3)
     _self_signed(state_dir / "certs")

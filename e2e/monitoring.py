@@ -34,7 +34,7 @@ import yaml
 
 from e2e.aggregation import LOOPBACK, AggregatedAPI, service_account_kubeconfig
 from e2e.cluster import REPO_ROOT, Cluster, tool_binary
-from e2e.kube import Kubectl
+from e2e.kube import Kubectl, wait_established
 from e2e.net import free_ports, http_status
 from e2e.pki import issue_serving_certificate
 from e2e.procs import BackgroundService, StartError
@@ -288,7 +288,7 @@ class Keda(BackgroundService):
         kubectl = self.cluster.kubectl()
         config = go_module_dir(KEDA_MODULE, KEDA_VERSION) / "config"
         kubectl.apply(config / "crd" / "bases", server_side=True)
-        kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", str(config / "crd" / "bases"))
+        wait_established(kubectl, config / "crd" / "bases")
         kubeconfig = service_account_kubeconfig(
             self.cluster, "keda", "keda-operator", self.state_dir / "kubeconfig"
         )

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from e2e.kube import Kubectl, find_condition, wait_for
+from e2e.kube import Kubectl, find_condition, wait_established, wait_for
 from e2e.monitoring import KEDA_MODULE, KEDA_VERSION
 from e2e.operator_proc import OperatorProcess
 from e2e.storage import bound_claim
@@ -90,7 +90,7 @@ def third_party_crds(kubectl: Kubectl) -> None:
     )
     kubectl.apply(crd, server_side=True)
     for name in ("scaledobjects.keda.sh", "servicemonitors.monitoring.coreos.com"):
-        kubectl("wait", "--for=condition=Established", f"crd/{name}", "--timeout=60s")
+        wait_established(kubectl, name)
 
 
 def test_keda_scaled_object_and_service_monitor_are_created(

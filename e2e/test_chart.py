@@ -27,7 +27,7 @@ import yaml
 
 from e2e.chart_support import Helm, can_i, service_account_kubeconfig
 from e2e.cluster import REPO_ROOT, Cluster, ensure_binaries
-from e2e.kube import Kubectl, wait_condition, wait_for
+from e2e.kube import Kubectl, wait_condition, wait_established, wait_for
 from e2e.operator_proc import OperatorProcess
 from e2e.storage import bound_claim
 
@@ -165,7 +165,7 @@ def _training_job(namespace: str) -> str:
 def test_install_creates_the_chart_objects(installed: str, kubectl: Kubectl) -> None:
     assert f"kubectl -n {NAMESPACE} rollout status deployment/{RELEASE}" in installed  # NOTES
     for crd in ("modeldeployments.kubeforge.io", "trainingjobs.kubeforge.io"):
-        kubectl("wait", "--for=condition=Established", f"crd/{crd}", "--timeout=60s")
+        wait_established(kubectl, crd)
     deployment = kubectl.json("get", "deployment", RELEASE, namespace=NAMESPACE)
     pod = deployment["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == RELEASE
@@ -437,9 +437,7 @@ def test_a_refused_watch_does_not_hold_startup_and_is_named(
     )
     for stand_in in STAND_INS:
         kubectl.apply(_stand_in_crd(*stand_in))
-    kubectl(
-        "wait", "--for=condition=Established", "--timeout=60s", *(f"crd/{s[3]}.{s[0]}" for s in STAND_INS)
-    )
+    wait_established(kubectl, *(f"{s[3]}.{s[0]}" for s in STAND_INS))
     bound_claim(kubectl, SERVE_NS, "models")
     kubectl.apply(_model_deployment(SERVE_NS, "refused-watches"))
     # live within OperatorProcess.start's 60 s; a log of its own (the later tests read kubeforge-0's)
