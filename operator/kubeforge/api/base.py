@@ -130,20 +130,19 @@ def object_name_rules(max_length: int, why: str) -> tuple[Rule, ...]:
     )
 
 
-def no_credential_rules(field: str, wire: str, instead: str) -> tuple[Rule, ...]:
-    """Refuse a URL in `field` (`wire` its camelCase name) that carries a credential: the object is
-    readable by anyone with the built-in view role. `instead` says where the credential goes."""
+def no_credential_rule(field: str, instead: str) -> Rule:
+    """Refuse a URL in `field` that carries a credential: the object is readable by anyone with the
+    built-in view role. `instead` says where the credential goes."""
+    wire = to_camel(field)
     markers = " && ".join(f"!u.contains('{m}')" for m in CREDENTIAL_MARKERS)
     why = (
         f"{wire}: a credential in the URL is refused (user info, or a query parameter named *signature, "
         "*credential, *token, *key, *secret, *password, sig or GoogleAccessId: anyone who can read this "
         f"object could read it); {instead}"
     )
-    return (
-        Rule(
-            cel=f"[self.{wire}.lowerAscii()].all(u, !u.matches('{USERINFO_PATTERN}') && {markers})",
-            message=why,
-            check=lambda m: credential_in_url(getattr(m, field)) is None,
-            field_path=f".{wire}",
-        ),
+    return Rule(
+        cel=f"[self.{wire}.lowerAscii()].all(u, !u.matches('{USERINFO_PATTERN}') && {markers})",
+        message=why,
+        check=lambda m: credential_in_url(getattr(m, field)) is None,
+        field_path=f".{wire}",
     )

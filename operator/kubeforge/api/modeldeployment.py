@@ -14,7 +14,7 @@ from kubeforge.api.base import (
     Quantity,
     Rule,
     StringMap,
-    no_credential_rules,
+    no_credential_rule,
     object_name_rules,
 )
 from kubeforge.api.common import (
@@ -189,7 +189,7 @@ class LoraAdapter(ApiModel):
         "the same URI forms as the model's source.",
     )
 
-    rules = no_credential_rules("source", "source", SOURCE_CREDENTIALS)
+    rules = (no_credential_rule("source", SOURCE_CREDENTIALS),)
 
 
 # any JSON value: some engine arguments are objects (speculative_config, hf_overrides, ...)
@@ -324,7 +324,7 @@ class ModelSpec(ApiModel):
             "model's config.pbtxt from llm",
             check=lambda m: m.llm is None or m.config is None,
         ),
-        *no_credential_rules("source", "source", SOURCE_CREDENTIALS),
+        no_credential_rule("source", SOURCE_CREDENTIALS),
     )
 
 

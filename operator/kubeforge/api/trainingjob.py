@@ -8,7 +8,7 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field
 
-from kubeforge.api.base import ApiModel, Quantity, Rule, no_credential_rules, object_name_rules
+from kubeforge.api.base import ApiModel, Quantity, Rule, no_credential_rule, object_name_rules
 from kubeforge.api.common import (
     GPU,
     ConditionList,
@@ -145,8 +145,10 @@ class Output(ApiModel):
         default=None, description="Create or update this ModelDeployment when training succeeds."
     )
 
-    rules = no_credential_rules(
-        "uri", "uri", "give the trainer its credentials from a Secret (env with valueFrom.secretKeyRef)"
+    rules = (
+        no_credential_rule(
+            "uri", "give the trainer its credentials from a Secret (env with valueFrom.secretKeyRef)"
+        ),
     )
 
 
