@@ -145,6 +145,16 @@ class Context:
         self.cache.upsert(desired["kind"], created)
         return created
 
+    async def ensure_optional(
+        self, resource: Resource, desired: Object | None, namespace: str, name: str, owner_uid: str
+    ) -> None:
+        """`ensure(desired)`, or, when the spec (or a setting) wants none (`desired` None), remove our
+        child `name` of that kind, if any."""
+        if desired is not None:
+            await self.ensure(desired)
+        else:
+            await self.ensure_absent(resource, namespace, name, owner_uid)
+
     async def ensure_absent(self, resource: Resource, namespace: str, name: str, owner_uid: str) -> None:
         """Delete a child we no longer want (e.g. the HPA once autoscaling is turned off).
 

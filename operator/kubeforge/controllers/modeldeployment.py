@@ -155,11 +155,11 @@ def _ours(ctx: Context, md: ModelDeployment, resource: r.Resource, name: str) ->
 async def _ensure_optional(
     ctx: Context, resource: r.Resource, md: ModelDeployment, desired: dict[str, Any] | None
 ) -> None:
-    if desired is not None:
-        await ctx.ensure(desired)
-    else:
-        assert md.metadata.uid is not None
-        await ctx.ensure_absent(resource, md.metadata.namespace or "", md.metadata.name, md.metadata.uid)
+    """A child named after the ModelDeployment that the spec may or may not want."""
+    assert md.metadata.uid is not None
+    await ctx.ensure_optional(
+        resource, desired, md.metadata.namespace or "", md.metadata.name, md.metadata.uid
+    )
 
 
 async def _autoscaler(ctx: Context, md: ModelDeployment) -> AutoscalerObservation | None:

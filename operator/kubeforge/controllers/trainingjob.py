@@ -366,14 +366,14 @@ async def _run(ctx: Context, step: _Step, jobs: dict[int, Object]) -> float | No
     run_policy = tj.spec.run_policy
     attempt = status.attempt or 0
     await ctx.ensure(build_headless_service(tj))
-    fence = build_training_job_network_policy(tj, ctx.settings)
-    if fence is not None:
-        await ctx.ensure(fence)
-    else:
-        assert tj.metadata.uid is not None
-        await ctx.ensure_absent(
-            r.NETWORK_POLICY, tj.metadata.namespace or "", service_name(tj), tj.metadata.uid
-        )
+    assert tj.metadata.uid is not None
+    await ctx.ensure_optional(
+        r.NETWORK_POLICY,
+        build_training_job_network_policy(tj, ctx.settings),
+        tj.metadata.namespace or "",
+        service_name(tj),
+        tj.metadata.uid,
+    )
 
     if run_policy and run_policy.suspend:
         await _suspend(ctx, step, jobs)
