@@ -15,6 +15,10 @@ DEFAULT_TRITON_VLLM_IMAGE = "nvcr.io/nvidia/tritonserver:26.02-vllm-python-py3"
 DEFAULT_OPERATOR_IMAGE = "ghcr.io/kubeforge/kubeforge-operator:0.1.0"
 # the label the API server puts on every namespace, with its name
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
+# who may scrape Triton's metrics port by default (NetworkPolicyPeers): the monitoring namespace
+DEFAULT_METRICS_FROM: tuple[dict[str, Any], ...] = (
+    {"namespaceSelector": {"matchLabels": {NAMESPACE_NAME_LABEL: "monitoring"}}},
+)
 
 
 @dataclass(frozen=True)
@@ -52,13 +56,8 @@ class Settings:
     # who may reach Triton's HTTP and gRPC ports where a spec does not say (NetworkPolicyPeers);
     # empty: anyone
     inference_from: tuple[dict[str, Any], ...] = field(default_factory=tuple, hash=False)
-    # who may scrape Triton's metrics port (NetworkPolicyPeers): the monitoring namespace
-    metrics_from: tuple[dict[str, Any], ...] = field(
-        default_factory=lambda: (
-            {"namespaceSelector": {"matchLabels": {NAMESPACE_NAME_LABEL: "monitoring"}}},
-        ),
-        hash=False,
-    )
+    # who may scrape Triton's metrics port (NetworkPolicyPeers)
+    metrics_from: tuple[dict[str, Any], ...] = field(default=DEFAULT_METRICS_FROM, hash=False)
     # the operator's own namespace (POD_NAMESPACE): its probe reaches every server
     operator_namespace: str = ""
     namespaces: tuple[str, ...] = field(default_factory=tuple)
@@ -85,8 +84,8 @@ class Settings:
             operator_rollouts=int(env.get("KUBEFORGE_OPERATOR_ROLLOUTS", cls.operator_rollouts)),
             model_probe=_flag(env.get("KUBEFORGE_MODEL_PROBE", "true")),
             network_policies=_flag(env.get("KUBEFORGE_NETWORK_POLICIES", "true")),
-            inference_from=_peers(env, "KUBEFORGE_NETWORK_POLICY_INFERENCE_FROM", cls().inference_from),
-            metrics_from=_peers(env, "KUBEFORGE_NETWORK_POLICY_METRICS_FROM", cls().metrics_from),
+            inference_from=_peers(env, "KUBEFORGE_NETWORK_POLICY_INFERENCE_FROM", ()),
+            metrics_from=_peers(env, "KUBEFORGE_NETWORK_POLICY_METRICS_FROM", DEFAULT_METRICS_FROM),
             operator_namespace=env.get("POD_NAMESPACE", ""),
         )
 

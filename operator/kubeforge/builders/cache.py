@@ -112,14 +112,15 @@ def build_cache_claim(md: ModelDeployment) -> Object | None:
     return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": _meta(md, name), "spec": spec}
 
 
-def storage_env_from(md: ModelDeployment) -> list[dict[str, Any]]:
-    """The storage Secret for the fetching container, by reference (the values never appear in a
-    spec), prefixed (`kubeforge.triton.sources.credentials` takes the prefix off). Not optional: a
-    Secret that does not exist keeps the container from starting (CreateContainerConfigError:
-    secret "..." not found), which the status then names, rather than a fetch without credentials."""
+def storage_env_from(md: ModelDeployment) -> dict[str, Any]:
+    """The fetching container's `envFrom` of the storage Secret ({} without one): by reference (the
+    values never appear in a spec), prefixed (`kubeforge.triton.sources.credentials` takes the prefix
+    off). Not optional: a Secret that does not exist keeps the container from starting
+    (CreateContainerConfigError: secret "..." not found), which the status then names, rather than a
+    fetch without credentials."""
     if md.spec.storage is None:
-        return []
-    return [{"prefix": STORAGE_ENV_PREFIX, "secretRef": {"name": md.spec.storage.secret_name}}]
+        return {}
+    return {"envFrom": [{"prefix": STORAGE_ENV_PREFIX, "secretRef": {"name": md.spec.storage.secret_name}}]}
 
 
 def build_cache_fill_job(
@@ -160,7 +161,7 @@ def build_cache_fill_job(
             *(["--prune"] if spec.cache and spec.cache.size else []),
         ],
         "env": [{"name": CACHE_PLAN_ENV, "value": fill_plan(spec.models)}],
-        **({"envFrom": storage_env_from(md)} if spec.storage else {}),
+        **storage_env_from(md),
         "volumeMounts": mounts,
         "resources": {"requests": {"cpu": "500m", "memory": "512Mi"}, "limits": {"memory": "2Gi"}},
         "securityContext": pods.container_security_context(),

@@ -157,7 +157,7 @@ def _repository_init_container(md: ModelDeployment, settings: Settings) -> dict[
         "command": ["kubeforge", "assemble-repository"],
         "args": args,
         "env": env,
-        **({"envFrom": storage_env_from(md)} if key is None and md.spec.storage else {}),
+        **(storage_env_from(md) if key is None else {}),
         "volumeMounts": mounts,
         "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
         "securityContext": pods.container_security_context(),

@@ -56,12 +56,13 @@ def build_model_deployment_network_policy(md: ModelDeployment, settings: Setting
         allowed: list[dict[str, Any]] | None = [peer.wire() for peer in network.allow_from]
     else:
         allowed = [dict(p) for p in settings.inference_from] or None
+    operator = _operator(settings)
     inference: dict[str, Any] = {"ports": _tcp(mdb.HTTP_PORT, mdb.GRPC_PORT)}
     if allowed is not None:  # else from anyone
-        inference["from"] = [*allowed, *_operator(settings)]
+        inference["from"] = [*allowed, *operator]
     metrics = {
         "ports": _tcp(mdb.METRICS_PORT),
-        "from": [*(dict(p) for p in settings.metrics_from), *_operator(settings)],
+        "from": [*(dict(p) for p in settings.metrics_from), *operator],
     }
     group = {"from": [{"podSelector": {"matchLabels": own}}]}
     return _policy(mdb._meta(md), own, [inference, metrics, group])

@@ -143,7 +143,8 @@ class Kube:
         describe: str = "",
     ) -> Any:
         lease = verb.startswith("lease")
-        budget = self.write_budget if verb not in READ_VERBS and not lease else None
+        write = verb not in READ_VERBS and not lease  # fenced and timed by the leader's Lease
+        budget = self.write_budget if write else None
         if budget is not None and budget() <= 0:
             raise ApiError(0, "NotLeader", "this replica does not hold the leader Lease", describe)
         self.calls[verb] += 1
@@ -161,7 +162,7 @@ class Kube:
             # cut short, and no write of a deposed leader outlives its Lease
             timeout: float | tuple[float, float] = LEASE_TIMEOUT if lease else REQUEST_TIMEOUT
             params = list(query or [])
-            if verb not in READ_VERBS and not lease:
+            if write:
                 seconds = budget() if budget is not None else WRITE_SECONDS
                 if seconds <= 0:
                     raise ApiError(
