@@ -15,6 +15,7 @@ side by side. Only nodes annotated `kwok.x-k8s.io/node=fake` are simulated
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -107,10 +108,12 @@ def ensure_binaries(cache_dir: Path | None = None, tools: Sequence[str] = ()) ->
     return bin_dir
 
 
+@functools.cache
 def tool_binary(component: str, name: str | None = None) -> Path:
     """The binary `name` (default: `component`) of one e2e/binaries.sh component (a TOOLS key), built if missing.
 
-    Milliseconds when cached: the script only compares version stamps then.
+    Asked of the script once per process (milliseconds when cached: it only compares version
+    stamps then), so a tool run per assertion (kstatus, netpol) does not run it each time.
     """
     result = subprocess.run(
         ["bash", str(BINARIES_SCRIPT), component], stdout=subprocess.PIPE, text=True, check=False
@@ -118,7 +121,10 @@ def tool_binary(component: str, name: str | None = None) -> Path:
     lines = result.stdout.strip().splitlines()
     if result.returncode != 0 or not lines:
         raise ClusterError(f"{BINARIES_SCRIPT} {component} failed with exit status {result.returncode}")
-    return Path(lines[-1]) / (name or component)
+    binary = Path(lines[-1]) / (name or component)
+    if not binary.is_file():
+        raise ClusterError(f"{BINARIES_SCRIPT} left no {binary.name} in {binary.parent}")
+    return binary
 
 
 @dataclass(frozen=True)

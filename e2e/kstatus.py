@@ -22,8 +22,6 @@ from typing import Any, Literal, cast
 from e2e.cluster import ClusterError, tool_binary
 from e2e.kube import Kubectl
 
-BINARIES_SCRIPT = Path(__file__).resolve().parent / "binaries.sh"
-
 # status.Compute returns one of these (NotFound only comes from the library's cluster readers).
 Status = Literal["Current", "InProgress", "Failed", "Terminating", "NotFound", "Unknown"]
 
@@ -46,12 +44,9 @@ class KStatus:
 def kstatus_binary() -> Path:
     """The kstatus CLI, built by e2e/binaries.sh when missing (milliseconds when cached)."""
     try:
-        binary = tool_binary("kstatus")
+        return tool_binary("kstatus")
     except ClusterError as err:
         raise KStatusError(str(err)) from None
-    if not binary.is_file():
-        raise KStatusError(f"{BINARIES_SCRIPT} left no kstatus in {binary.parent}")
-    return binary
 
 
 def compute_many(objs: Iterable[Mapping[str, Any]]) -> list[KStatus]:
