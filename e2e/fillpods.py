@@ -97,7 +97,7 @@ class FillPods:
         """The Secret's data, decoded; None when it does not exist."""
         if name not in cache:
             secret = self.kubectl("get", "secret", name, "-o", "json", namespace=self.namespace, check=False)
-            data = json.loads(secret.stdout).get("data") or {} if secret.returncode == 0 else None
+            data = (json.loads(secret.stdout).get("data") or {}) if secret.returncode == 0 else None
             cache[name] = None if data is None else {k: base64.b64decode(v).decode() for k, v in data.items()}
         return cache[name]
 

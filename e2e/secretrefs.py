@@ -5,10 +5,10 @@ A real kubelet resolves `envFrom[].secretRef` and `env[].valueFrom.secretKeyRef`
 before it starts a container, and reports the container waiting with reason
 CreateContainerConfigError (`secret "x" not found`, `couldn't find key K in Secret ns/x`), retrying
 until the Secret is there. kwok has no view of Secrets, so this process (one per local cluster,
-started with it) annotates each scheduled, not yet started pod with what the kubelet would say
-(`sim.kubeforge.io/config-error`), and removes the annotation once the Secret exists; kwok's
-`pod-config-error` stage (e2e/kwok/stages/pod.yaml) reports the waiting containers from it, and
-its `pod-ready` stage starts the pod once the annotation is gone.
+started with it) annotates each scheduled, not yet started pod that needs a Secret with what the
+kubelet would say (`sim.kubeforge.io/config-error`), or with "" once every Secret it needs exists;
+kwok's `pod-config-error` stage (e2e/kwok/stages/pod.yaml) reports the waiting containers from a
+non-empty value, and its `pod-ready` stage starts such a pod once the value is "".
 
     python -m e2e.secretrefs --kubeconfig <cluster>/kubeconfig
 """
