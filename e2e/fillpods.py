@@ -29,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from e2e.kube import Kubectl
+from kubeforge.api.modeldeployment import ModelDeployment
+from kubeforge.builders.cache import cache_claim_name, model_cache_key
 from kubeforge.testing.triton_pod import run_init_container
 
 log = logging.getLogger(__name__)
@@ -160,3 +162,12 @@ class FillPods:
                 raise TimeoutError(f"{len(self.runs)}/{count} fill runs after {timeout}s; {self.errors}")
             time.sleep(0.2)
         return self.runs
+
+
+def claim_and_key(body: dict[str, Any]) -> tuple[str, str]:
+    """The model cache's claim and key for a ModelDeployment body (applied or not): where its fill
+    pod writes and what the serving pods read."""
+    md = ModelDeployment.model_validate({**body, "metadata": {**body["metadata"], "uid": "x"}})
+    claim, key = cache_claim_name(md), model_cache_key(md)
+    assert claim is not None and key is not None
+    return claim, key

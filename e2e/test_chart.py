@@ -422,6 +422,26 @@ STAND_INS = (
 )
 
 
+def _wait_reconciled(kubectl: Kubectl, namespace: str, name: str) -> None:
+    """Wait until the operator wrote the ModelDeployment's status (its phase)."""
+    wait_for(
+        lambda: (
+            kubectl.json("get", "md", name, namespace=namespace).get("status", {}).get("phase") is not None
+        ),
+        timeout=60,
+        message=f"ModelDeployment {namespace}/{name} reconciled",
+    )
+
+
+def _watch_refused(operator: OperatorProcess) -> dict[tuple[str, str], float]:
+    """kubeforge_watch_refused by (kind, namespace)."""
+    return {
+        (labels.get("kind", ""), labels.get("namespace", "")): value
+        for name, labels, value in operator.metrics()
+        if name == "kubeforge_watch_refused"
+    }
+
+
 def test_a_refused_watch_does_not_hold_startup_and_is_named(
     installed: str, helm: Helm, cluster: Cluster, kubectl: Kubectl
 ) -> None:
@@ -443,24 +463,11 @@ def test_a_refused_watch_does_not_hold_startup_and_is_named(
     # live within OperatorProcess.start's 60 s; a log of its own (the later tests read kubeforge-0's)
     operator = _operator(cluster, kubectl, name=f"{RELEASE}-refused", metrics=True)
     try:
-        wait_for(
-            lambda: (
-                kubectl.json("get", "md", "refused-watches", namespace=SERVE_NS)
-                .get("status", {})
-                .get("phase")
-                is not None
-            ),
-            timeout=60,
-            message="the ModelDeployment reconciled",
-        )
+        _wait_reconciled(kubectl, SERVE_NS, "refused-watches")
         log = operator.log_text()
         for kind in ("ScaledObject", "ServiceMonitor"):
             assert f"informer {kind} in all namespaces: refused" in log
-            refused = [
-                value
-                for name, labels, value in operator.metrics()
-                if name == "kubeforge_watch_refused" and labels.get("kind") == kind
-            ]
+            refused = [v for (k, _), v in _watch_refused(operator).items() if k == kind]
             assert refused == [1.0], (kind, refused)
     finally:
         operator.stop()
@@ -483,28 +490,15 @@ def test_a_watched_namespace_whose_role_was_removed_does_not_hold_startup(
     kubectl.apply(_model_deployment(SERVE_NS, "role-removed"))
     operator = _operator(cluster, kubectl, name=f"{RELEASE}-role-removed", metrics=True)
     try:
-        wait_for(
-            lambda: (
-                kubectl.json("get", "md", "role-removed", namespace=SERVE_NS).get("status", {}).get("phase")
-                is not None
-            ),
-            timeout=60,
-            message="the ModelDeployment of the namespace that still has its Role reconciled",
-        )
+        _wait_reconciled(kubectl, SERVE_NS, "role-removed")
         log = operator.log_text()
         for kind in ("ModelDeployment", "TrainingJob", "Deployment"):
             assert f"informer {kind} in {TRAIN_NS}: refused" in log, kind
-        refused = {
-            labels.get("kind")
-            for name, labels, value in operator.metrics()
-            if name == "kubeforge_watch_refused" and labels.get("namespace") == TRAIN_NS and value == 1.0
+        refused = _watch_refused(operator)
+        assert {"ModelDeployment", "TrainingJob", "Deployment"} <= {
+            kind for (kind, ns), value in refused.items() if ns == TRAIN_NS and value == 1.0
         }
-        assert {"ModelDeployment", "TrainingJob", "Deployment"} <= refused
-        assert not [
-            value
-            for name, labels, value in operator.metrics()
-            if name == "kubeforge_watch_refused" and labels.get("namespace") == SERVE_NS and value
-        ]
+        assert not [value for (_, ns), value in refused.items() if ns == SERVE_NS and value]
     finally:
         operator.stop()
         kubectl("delete", "md", "role-removed", namespace=SERVE_NS, check=False)

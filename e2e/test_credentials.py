@@ -16,9 +16,7 @@
 
 from __future__ import annotations
 
-import io
 import json
-import tarfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,15 +28,14 @@ import pytest
 import yaml
 
 from e2e.cluster import REPO_ROOT
-from e2e.fillpods import FillPods
+from e2e.fillpods import FillPods, claim_and_key
 from e2e.kube import Kubectl, find_condition, wait_for
 from e2e.operator_proc import OperatorProcess
 from e2e.podservers import PodServers
 from e2e.storage import volume_for_claim
-from kubeforge.api.modeldeployment import ModelDeployment
-from kubeforge.builders.cache import cache_claim_name, model_cache_key
 from kubeforge.testing.workloads import FIXED_COST_MODEL_PY, fixed_cost_model
 from kubeforge.triton.config import render_model_config
+from tests.triton.models import tar_gz
 
 pytestmark = pytest.mark.e2e
 NAME = "web"
@@ -60,14 +57,7 @@ REFUSED = "a credential in the URL is refused"
 def _archive() -> bytes:
     config = render_model_config(MODEL)
     assert config is not None
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tf:
-        for name, text in (("fixed/config.pbtxt", config), ("fixed/1/model.py", FIXED_COST_MODEL_PY)):
-            data = text.encode()
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tf.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
+    return tar_gz({"fixed/config.pbtxt": config, "fixed/1/model.py": FIXED_COST_MODEL_PY})
 
 
 @contextmanager
@@ -189,9 +179,7 @@ def test_https_credentials_come_from_the_secret_and_never_leave_it(
     claims = tmp_path / "claims"
     with _model_server() as (url, received):
         body["spec"]["models"][0]["source"] = url
-        md = ModelDeployment.model_validate({**body, "metadata": {**body["metadata"], "uid": "x"}})
-        claim, key = cache_claim_name(md), model_cache_key(md)
-        assert claim is not None and key is not None
+        claim, key = claim_and_key(body)
         volume_for_claim(kubectl, namespace, claim)
         servers = PodServers(
             kubectl,

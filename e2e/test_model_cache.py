@@ -21,14 +21,12 @@ from typing import Any
 
 import pytest
 
-from e2e.fillpods import FillPods
+from e2e.fillpods import FillPods, claim_and_key
 from e2e.kube import Kubectl, find_condition, wait_for
 from e2e.nodes import H100_80GB
 from e2e.operator_proc import OperatorProcess
 from e2e.podservers import PodServers
 from e2e.storage import volume_for_claim
-from kubeforge.api.modeldeployment import ModelDeployment
-from kubeforge.builders.cache import cache_claim_name, model_cache_key
 from kubeforge.builders.pods import GPU_PRODUCT_LABEL
 from kubeforge.testing.hub import FakeHub, HubRepository, serve_hub
 from kubeforge.testing.triton import free_port
@@ -114,13 +112,6 @@ def _body(namespace: str, source: str, replicas: int = 1) -> dict[str, Any]:
     }
 
 
-def _claim_and_key(body: dict[str, Any]) -> tuple[str, str]:
-    md = ModelDeployment.model_validate({**body, "metadata": {**body["metadata"], "uid": "x"}})
-    claim, key = cache_claim_name(md), model_cache_key(md)
-    assert claim is not None and key is not None
-    return claim, key
-
-
 def _md(kubectl: Kubectl, namespace: str) -> dict[str, Any]:
     result: dict[str, Any] = kubectl.json("get", "md", NAME, namespace=namespace)
     return result
@@ -164,7 +155,7 @@ def test_fill_once_then_serve_from_the_cache(
     _upload(resource, bucket, "fixed")
     _secret(kubectl, namespace, endpoint)
     body = _body(namespace, f"s3://{bucket}/fixed")
-    claim, key = _claim_and_key(body)
+    claim, key = claim_and_key(body)
     volume_for_claim(kubectl, namespace, claim)
     log_offset = operator.log_size()
     claims = tmp_path / "claims"
@@ -197,7 +188,7 @@ def test_fill_once_then_serve_from_the_cache(
         _upload(resource, bucket, "fixed-v2")
         fills.hold.set()
         body2 = _body(namespace, f"s3://{bucket}/fixed-v2")
-        _, key2 = _claim_and_key(body2)
+        _, key2 = claim_and_key(body2)
         template_before = _deployment(kubectl, namespace)["spec"]["template"]  # type: ignore[index]
         kubectl.apply(json.dumps(body2))
         _cache_state(kubectl, namespace, "Filling", key2)
@@ -267,7 +258,7 @@ def test_a_failed_fill_is_reported_and_starts_no_pod(
     endpoint, _ = s3
     _secret(kubectl, namespace, endpoint)
     body = _body(namespace, "s3://no-such-bucket-e2e/fixed")
-    claim, key = _claim_and_key(body)
+    claim, key = claim_and_key(body)
     volume_for_claim(kubectl, namespace, claim)
     log_offset = operator.log_size()
     with FillPods(kubectl, namespace, tmp_path / "claims", tmp_path / "fill") as fills:
@@ -307,7 +298,7 @@ def test_fill_from_the_hugging_face_hub_with_the_secrets_token(
     with serve_hub(hub):
         _secret(kubectl, namespace, "http://127.0.0.1:1", hf_endpoint=hub.url)
         body = _body(namespace, "hf://team/fixed@v1")
-        claim, key = _claim_and_key(body)
+        claim, key = claim_and_key(body)
         volume_for_claim(kubectl, namespace, claim)
         log_offset = operator.log_size()
         claims = tmp_path / "claims"
@@ -336,7 +327,7 @@ def test_a_fill_held_up_says_why(kubectl: Kubectl, namespace: str, operator: Ope
     """No volume for the operator's claim (no provisioner here): the fill pod cannot be scheduled, and
     the status says so in the scheduler's words."""
     body = _body(namespace, "s3://models/fixed")
-    _, key = _claim_and_key(body)
+    _, key = claim_and_key(body)
     kubectl.apply(json.dumps(body))
 
     def held_up() -> dict[str, Any] | None:
@@ -359,7 +350,7 @@ def test_an_operator_restarted_mid_fill_converges(
     _upload(resource, bucket, "fixed")
     _secret(kubectl, namespace, endpoint)
     body = _body(namespace, f"s3://{bucket}/fixed")
-    claim, key = _claim_and_key(body)
+    claim, key = claim_and_key(body)
     volume_for_claim(kubectl, namespace, claim)
     own_operator.start()
     kubectl.apply(json.dumps(body))
@@ -406,7 +397,7 @@ def test_a_read_write_once_cache_keeps_its_pods_on_one_node(
     body = _body(namespace, f"s3://{bucket}/fixed", replicas=2)
     body["spec"]["cache"]["accessMode"] = "ReadWriteOnce"
     body["spec"]["gpu"] = {"count": 1, "product": H100_80GB}
-    claim, key = _claim_and_key(body)
+    claim, key = claim_and_key(body)
     volume_for_claim(kubectl, namespace, claim, access_modes=("ReadWriteOnce",))
     serving = f"kubeforge.io/owner-name={NAME}"
     fill = "app.kubernetes.io/component=model-cache"
@@ -430,7 +421,7 @@ def test_a_read_write_once_cache_keeps_its_pods_on_one_node(
 
         own_operator.kill()
         body["spec"]["models"][0]["source"] = f"s3://{bucket}/fixed-v2"
-        _, key2 = _claim_and_key(body)
+        _, key2 = claim_and_key(body)
         kubectl.apply(json.dumps(body))
         own_operator.start()
         _cache_state(kubectl, namespace, "Ready", key2)
@@ -473,7 +464,7 @@ def test_a_failed_fill_is_retried_and_fills_once_the_bucket_exists(
     bucket = f"late-{namespace}"[:63]
     _secret(kubectl, namespace, endpoint)
     body = _body(namespace, f"s3://{bucket}/fixed")
-    claim, key = _claim_and_key(body)
+    claim, key = claim_and_key(body)
     volume_for_claim(kubectl, namespace, claim)
     own_operator.start(env={"KUBEFORGE_FILL_RETRY_SECONDS": "3"})
     with FillPods(kubectl, namespace, tmp_path / "claims", tmp_path / "fill") as fills:
