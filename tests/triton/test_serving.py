@@ -194,35 +194,21 @@ def test_metrics_count_inferences(pod: Pod) -> None:
     assert "nv_inference_queue_duration_us" in metrics
 
 
-def _post(server: TritonServer, path: str, body: bytes = b"{}", headers: dict[str, str] | None = None) -> int:
-    import urllib.error
-    import urllib.request
-
-    request = urllib.request.Request(
-        f"{server.http_url}{path}", data=body, method="POST", headers=headers or {}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as exc:
-        return exc.code
-
-
 def test_apis_no_client_needs_are_closed_on_both_protocols(pod: Pod) -> None:
     server = pod.server
     region = b'{"key": "/triton_python_backend_shm_region_1", "offset": 0, "byte_size": 8}'
-    assert _post(server, "/v2/systemsharedmemory/region/r/register", region) == 403
+    assert server.http_post("/v2/systemsharedmemory/region/r/register", region) == 403
     assert server.http_get("/v2/systemsharedmemory/status") == 403
     assert server.http_get("/v2/trace/setting") == 403
-    assert _post(server, "/v2/logging", b'{"log_verbose_level": 1}') == 403
+    assert server.http_post("/v2/logging", b'{"log_verbose_level": 1}') == 403
     # a header with a guessed value does not open them
     guess = {"kubeforge-restricted": "0000"}
-    assert _post(server, "/v2/systemsharedmemory/region/r/register", region, guess) == 403
+    assert server.http_post("/v2/systemsharedmemory/region/r/register", region, guess) == 403
     client = grpcclient.InferenceServerClient(server.grpc_url)
     with pytest.raises(InferenceServerException, match=r"(?i)restricted|permission"):
         client.get_system_shared_memory_status()
     # what the operator's probe and the clients use stays open (mode none: no load or unload anyway)
-    assert _post(server, "/v2/repository/index") == 200
+    assert server.http_post("/v2/repository/index") == 200
     assert server.http_get("/v2/models/add/config") == 200
     client.close()
 
@@ -248,7 +234,7 @@ def test_explicit_mode_closes_loading_and_unloading(triton_install: TritonInstal
         pod_spec["containers"][0], paths={"/models": repo}, install=triton_install
     ) as server:
         server.wait_until("ready", 90)
-        assert _post(server, "/v2/repository/models/add/unload") == 403
-        assert _post(server, "/v2/repository/models/add/load") == 403
-        assert _post(server, "/v2/repository/index") == 403
+        assert server.http_post("/v2/repository/models/add/unload") == 403
+        assert server.http_post("/v2/repository/models/add/load") == 403
+        assert server.http_post("/v2/repository/index") == 403
         assert server.http_get("/v2/models/add/ready") == 200  # still served

@@ -279,6 +279,21 @@ class TritonServer:
         except (urllib.error.URLError, OSError):
             return None
 
+    def http_post(
+        self, path: str, body: bytes = b"{}", headers: Mapping[str, str] | None = None, timeout: float = 5.0
+    ) -> int | None:
+        """The HTTP status of POST path (a JSON body) on the server's HTTP port; None when it does not answer."""
+        request = urllib.request.Request(
+            f"{self.http_url}{path}", data=body, method="POST", headers=dict(headers or {})
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                return int(response.status)
+        except urllib.error.HTTPError as exc:
+            return exc.code
+        except (urllib.error.URLError, OSError):
+            return None
+
     def probe_succeeds(self, probe: Mapping[str, Any]) -> bool:
         """Evaluate a Kubernetes probe (httpGet or tcpSocket) of the container against this server."""
         action = probe.get("httpGet") or probe.get("tcpSocket")
