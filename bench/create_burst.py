@@ -30,19 +30,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.controlplane import StatusWatch, _create_all, ensure_namespace, floor_burst, md_body
-from bench.harness import ROOT, OperatorProcess, bench_cluster, kube_client, operator, write_results
+from bench.controlplane import StatusWatch, _create_all, floor_burst, md_body
+from bench.harness import ROOT, OperatorProcess, bench_cluster, is_ready, kube_client, operator, write_results
 from e2e.cluster import Cluster
 from kubeforge.k8s.client import load_api_client
 
 BEFORE = "536e8af"  # the fixed 1.5 s + 3 s write timeout
 FAILED = re.compile(r"reconcile of .* failed \(\d+ in a row\): (.*)")
 TIMED_OUT = re.compile(r"ReadTimeoutError|Read timed out|TimeoutError|504 |Timeout: request did not complete")
-
-
-def _ready(obj: dict[str, Any]) -> bool:
-    conditions = (obj.get("status") or {}).get("conditions") or []
-    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
 
 
 def _leading(op: OperatorProcess, timeout: float = 60) -> None:
@@ -61,13 +56,13 @@ def _failures(log: str) -> tuple[int, int, list[str]]:
     return len(reasons), len(timed_out), timed_out[:3]
 
 
-async def _round(cluster: Cluster, op: OperatorProcess, label: str, index: int, count: int) -> dict[str, Any]:
+async def _round(cluster: Cluster, namespace: str, other: str, count: int) -> dict[str, Any]:
+    """`count` ModelDeployments in `namespace` (the operator's, created with its Lease), `count` more by
+    a bare client in `other`, all at once."""
     kube = kube_client(cluster)
     api = load_api_client(kubeconfig=str(cluster.kubeconfig))
-    namespace, other = f"burst-{label}-{index}", f"other-{label}-{index}"
-    await ensure_namespace(kube, namespace)
     status = StatusWatch(api, "modeldeployments", namespace)
-    ready = StatusWatch(api, "modeldeployments", namespace, done=_ready)
+    ready = StatusWatch(api, "modeldeployments", namespace, done=is_ready)
     names = [f"md-{i}" for i in range(count)]
     start = time.perf_counter()
     try:
@@ -122,7 +117,7 @@ def main() -> int:
                 name = f"operator-{label}-{i}"
                 with operator(cluster, state, extra_args=lease, env=env, name=name) as op:
                     _leading(op)
-                    row = asyncio.run(_round(cluster, op, label, i, args.count))
+                    row = asyncio.run(_round(cluster, namespace, f"other-{label}-{i}", args.count))
                     log = (state / f"{name}.log").read_text()
                 failed, timed_out, examples = _failures(log)
                 row.update(failed_reconciles=failed, timed_out_writes=timed_out, examples=examples)

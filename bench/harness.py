@@ -189,6 +189,12 @@ def machine() -> dict[str, Any]:
     }
 
 
+def is_ready(obj: dict[str, Any]) -> bool:
+    """Whether an object's Ready condition is True."""
+    conditions = (obj.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     if not ordered:

@@ -30,7 +30,7 @@ from typing import Any
 from kubernetes import config as k8s_config
 
 from bench.controlplane import StatusWatch, ensure_namespace
-from bench.harness import bench_cluster, kube_client, machine, operator, write_results
+from bench.harness import bench_cluster, is_ready, kube_client, machine, operator, write_results
 from e2e.cluster import Cluster
 from e2e.lws import LWS_VERSION, LeaderWorkerSetController
 from kubeforge.api import ModelDeployment
@@ -59,11 +59,6 @@ def md_body(namespace: str, name: str, nodes: int) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _ready(obj: dict[str, Any]) -> bool:
-    conditions = (obj.get("status") or {}).get("conditions") or []
-    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
-
-
 async def operator_one(kube: Kube, watch: StatusWatch, name: str, nodes: int) -> float:
     start = time.perf_counter()
     await kube.create(md_body(WATCHED, name, nodes))
@@ -83,7 +78,7 @@ async def floor_one(kube: Kube, name: str, nodes: int, settings: Settings) -> fl
     deadline = start + 120.0
     while True:
         pods = await kube.list(r.POD, FLOOR, selector)
-        if sum(1 for p in pods if _ready(p)) >= nodes:
+        if sum(1 for p in pods if is_ready(p)) >= nodes:
             break
         if time.perf_counter() > deadline:
             raise TimeoutError(f"{name}: {len(pods)} pods, not {nodes} Ready")
@@ -153,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         operator(cluster, state, namespaces=(WATCHED,)),
     ):
         api = k8s_config.new_client_from_config(config_file=str(cluster.kubeconfig))  # type: ignore[no-untyped-call]
-        watch = StatusWatch(api, "modeldeployments", WATCHED, done=_ready)
+        watch = StatusWatch(api, "modeldeployments", WATCHED, done=is_ready)
         try:
             results["series"] = asyncio.run(measure(cluster, watch, settings, args.rounds))
         finally:
