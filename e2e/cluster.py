@@ -23,10 +23,12 @@ import shutil
 import ssl
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -526,3 +528,28 @@ def _parse(raw: bytes) -> Any:
         return json.loads(raw)
     except ValueError:
         return raw.decode(errors="replace")
+
+
+@contextmanager
+def own_cluster(
+    prefix: str, failures: Callable[[], int], extra_args: Mapping[str, Sequence[str]] | None = None
+) -> Iterator[Cluster]:
+    """A cluster of a test module's own (beside the session's, whose operator would reconcile the same
+    objects), under .e2e/<prefix>*: cleaned like the session's when abandoned, its logs kept when
+    `failures()` (the session's failed-test count) grew meanwhile."""
+    root = REPO_ROOT / ".e2e"
+    root.mkdir(exist_ok=True)
+    state_dir = Path(tempfile.mkdtemp(prefix=prefix, dir=root))
+    (state_dir / "owner.pid").write_text(f"{os.getpid()}\n")
+    cluster = Cluster(state_dir, bin_dir=ensure_binaries(), extra_args=extra_args)
+    failed_before = failures()
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+        if failures() > failed_before:
+            shutil.rmtree(state_dir / "etcd", ignore_errors=True)
+            print(f"\ne2e cluster logs kept in {state_dir / 'logs'}")
+        else:
+            shutil.rmtree(state_dir, ignore_errors=True)

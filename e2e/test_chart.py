@@ -13,10 +13,7 @@ which checks the operator's right to set blockOwnerDeletion on its children.
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +23,7 @@ import pytest
 import yaml
 
 from e2e.chart_support import Helm, can_i, service_account_kubeconfig
-from e2e.cluster import REPO_ROOT, Cluster, ensure_binaries
+from e2e.cluster import REPO_ROOT, Cluster, own_cluster
 from e2e.kube import Kubectl, wait_condition, wait_established, wait_for
 from e2e.operator_proc import OperatorProcess
 from e2e.storage import bound_claim
@@ -63,27 +60,12 @@ STANDBY_CALLS = frozenset({"list", "watch", "discovery", "lease_get"})
 
 @pytest.fixture(scope="module")
 def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
-    """A cluster of this module's own, under .e2e/run-chart-* (cleaned like the session's when abandoned)."""
-    root = REPO_ROOT / ".e2e"
-    root.mkdir(exist_ok=True)
-    state_dir = Path(tempfile.mkdtemp(prefix="run-chart-", dir=root))
-    (state_dir / "owner.pid").write_text(f"{os.getpid()}\n")
-    cluster = Cluster(
-        state_dir,
-        bin_dir=ensure_binaries(),
+    with own_cluster(
+        "run-chart-",
+        lambda: request.session.testsfailed,
         extra_args={"kube-apiserver": ["--enable-admission-plugins=OwnerReferencesPermissionEnforcement"]},
-    )
-    failed_before = request.session.testsfailed
-    try:
-        cluster.start()
+    ) as cluster:
         yield cluster
-    finally:
-        cluster.stop()
-        if request.session.testsfailed > failed_before:
-            shutil.rmtree(state_dir / "etcd", ignore_errors=True)
-            print(f"\nchart e2e cluster logs kept in {state_dir / 'logs'}")
-        else:
-            shutil.rmtree(state_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

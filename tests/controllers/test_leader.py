@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import cast
+from typing import Any, cast
 
 import pytest
 
@@ -49,3 +49,16 @@ def test_a_write_may_take_what_is_left_of_the_lease() -> None:
     now[0] = 107.0  # past it: nothing may be sent
     assert elector.write_budget() == 0.0
     assert not elector.may_write()
+
+
+def test_kopf_and_the_lease_share_the_pod_identity(monkeypatch: pytest.MonkeyPatch) -> None:
+    """kopf left to itself names the operator after the passwd entry of its uid, which the images'
+    non-root uids do not have (getpwuid fails: the operator image would not start)."""
+    from kubeforge.controllers import runner
+
+    seen: dict[str, Any] = {}
+    monkeypatch.setenv("POD_NAME", "kubeforge-7d9f-abcde")
+    monkeypatch.setattr(runner.kopf, "run", lambda **kwargs: seen.update(kwargs))
+    assert runner.run_operator((), "", 0, False, leader_election=True) == 0
+    assert seen["identity"] == "kubeforge-7d9f-abcde"
+    assert seen["memo"].options["lease"].identity == "kubeforge-7d9f-abcde"

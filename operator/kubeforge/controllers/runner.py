@@ -7,7 +7,7 @@ import logging
 
 import kopf
 
-from kubeforge.controllers.leader import LeaseSettings
+from kubeforge.controllers.leader import LeaseSettings, default_identity
 from kubeforge.settings import Settings
 
 
@@ -30,13 +30,20 @@ def run_operator(
     # kopf announces every handled watch event at INFO; our reconcilers log what matters
     logging.getLogger("kopf.objects").setLevel(logging.INFO if verbose else logging.WARNING)
     settings = dataclasses.replace(Settings.from_env(), namespaces=namespaces)
+    # One identity for the Lease and for kopf, which would otherwise ask the passwd file for the user's
+    # name: the images run as a uid that has no entry there (65532, or the pod's runAsUser).
+    identity = default_identity()
     memo = kopf.Memo(
         options={
             "settings": settings,
             "metrics_port": metrics_port,
             "metrics_host": metrics_host,
             "workers": workers,
-            "lease": LeaseSettings(namespace=lease_namespace, name=lease_name) if leader_election else None,
+            "lease": (
+                LeaseSettings(namespace=lease_namespace, name=lease_name, identity=identity)
+                if leader_election
+                else None
+            ),
             "shutdown_seconds": shutdown_seconds,
         }
     )
@@ -46,5 +53,6 @@ def run_operator(
         namespaces=list(namespaces),
         liveness_endpoint=liveness or None,
         memo=memo,
+        identity=identity,
     )
     return 0
