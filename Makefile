@@ -12,14 +12,14 @@ export KUBEFORGE_CACHE := $(CACHE)
 PYTEST_ARGS ?=
 # The Go parts (e2e/binaries.sh components), longest first: `make dev` builds only what it runs.
 DEV_PARTS := kubernetes etcd kwok lws
-E2E_PARTS := $(DEV_PARTS) helm kueue kstatus netpol prometheus prometheus-adapter keda
+E2E_PARTS := $(DEV_PARTS) helm kueue kstatus netpol prometheus prometheus-adapter keda syft
 # e2e runs on this many local clusters at once (pytest-xdist): each file on one worker, and the tests
 # marked `serial` together on one, longest first (e2e/groups.py, e2e/durations.tsv).
 E2E_WORKERS ?= 3
 # Every run writes each test's time to .times/<suite>.tsv (tests/harness.py); the slowest are printed.
 DURATIONS := --durations=15 --durations-min=5
 
-.PHONY: help install torch binaries dev-binaries manifests lint test test-unit test-e2e e2e-durations dev dev-down run bench bench-smoke clean
+.PHONY: help install torch binaries dev-binaries images image-store manifests lint test test-unit test-e2e e2e-durations dev dev-down run bench bench-smoke clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -45,21 +45,28 @@ binaries: ## build (or reuse) every Go part the e2e tests run, under ~/.cache/ku
 dev-binaries: ## build (or reuse) the Go parts `make dev` runs: the control plane, kwok, LeaderWorkerSet
 	e2e/binaries.sh $(DEV_PARTS)
 
+images: install torch ## the operator and trainer images (buildah, no Docker daemon): OCI + docker archives and SBOMs in dist/images
+	hack/images.sh release
+
+image-store: install torch ## build (or reuse) both images in the local image store only (what the e2e tests run)
+	hack/images.sh build
+
 manifests: install ## regenerate CRDs, the chart's CRDs and docs/api.md from the API models
 	$(PY) -m kubeforge.generate
 
-lint: install torch ## pip check, ruff, mypy, import contracts, hadolint
+lint: install torch ## pip check, ruff, mypy, import contracts, hadolint, actionlint
 	$(BIN)/pip check
 	$(BIN)/ruff check operator tests e2e bench
 	$(BIN)/ruff format --check operator tests e2e bench
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	$(BIN)/hadolint images/*/Dockerfile
+	"$$(e2e/binaries.sh actionlint | tail -n 1)/actionlint" .github/workflows/*.yml
 
 test-unit: install torch ## unit and integration tests (real Triton, torch on CPU); no cluster
 	$(BIN)/pytest tests $(DURATIONS) $(PYTEST_ARGS)
 
-test-e2e: install torch binaries ## end-to-end tests on E2E_WORKERS local clusters at once (a file, or the serial tests, per worker)
+test-e2e: install torch binaries image-store ## end-to-end tests on E2E_WORKERS local clusters at once (a file, or the serial tests, per worker)
 	$(BIN)/pytest e2e -n $(E2E_WORKERS) --dist loadfile --no-loadscope-reorder $(DURATIONS) $(PYTEST_ARGS)
 
 e2e-durations: install ## write e2e/durations.tsv (the order groups go to the e2e workers) from the last e2e run

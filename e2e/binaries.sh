@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Provides the pinned binaries of the local control plane (etcd, kube-apiserver,
-# kube-controller-manager, kube-scheduler), kwok, helm, Kueue, LeaderWorkerSet, a kstatus CLI and
-# the autoscaling stack (Prometheus, prometheus-adapter, KEDA's operator and metrics API server),
+# kube-controller-manager, kube-scheduler), kwok, helm, Kueue, LeaderWorkerSet, a kstatus CLI,
+# the autoscaling stack (Prometheus, prometheus-adapter, KEDA's operator and metrics API server) and
+# the release tools (syft, actionlint),
 # cached outside the repo so only the first run on a machine pays for them.
 #
 # Without internet (this project's CI) each one is built from its Go module via
@@ -29,6 +30,10 @@ PROMETHEUS_VERSION=${PROMETHEUS_VERSION:-v0.316.0}
 PROMETHEUS_ADAPTER_VERSION=${PROMETHEUS_ADAPTER_VERSION:-v0.12.0}
 # Also the version of the KEDA CRDs the e2e tests install (e2e/monitoring.py KEDA_VERSION).
 KEDA_VERSION=${KEDA_VERSION:-v2.21.0}
+# The release tools of `make images` (hack/images.sh) and `make lint`: an SBOM per image, and the
+# release workflow's linter.
+SYFT_VERSION=${SYFT_VERSION:-v1.57.2}
+ACTIONLINT_VERSION=${ACTIONLINT_VERSION:-v1.7.12}
 # LeaderWorkerSet; also the version of its CRDs and webhooks the e2e tests install (e2e/lws.py).
 LWS_VERSION=${LWS_VERSION:-v0.7.0}
 
@@ -220,6 +225,8 @@ component_stamp() {
     prometheus-adapter) echo "$PROMETHEUS_ADAPTER_VERSION" ;;
     keda) echo "$KEDA_VERSION" ;;
     lws) echo "$LWS_VERSION" ;;
+    syft) echo "$SYFT_VERSION" ;;
+    actionlint) echo "$ACTIONLINT_VERSION" ;;
     *) return 1 ;;
   esac
 }
@@ -245,6 +252,9 @@ build() { # component: the build itself; its output goes to the component's log
       prometheus-adapter=./cmd/adapter ;;
     keda) build_keda ;;
     lws) build_lws ;;
+    syft) go_install syft github.com/anchore/syft/cmd/syft "$SYFT_VERSION" "-X main.version=${SYFT_VERSION#v}" ;;
+    actionlint) go_install actionlint github.com/rhysd/actionlint/cmd/actionlint "$ACTIONLINT_VERSION" \
+      "-X github.com/rhysd/actionlint.version=$ACTIONLINT_VERSION" ;;
   esac
 }
 

@@ -2,6 +2,8 @@
 filesystem, as the kubelet would run the pod's container).
 
 - the chart's defaults and the examples name exactly the images that were built;
+- the operator's release archives (OCI with gzip layers, `docker load`) name it and hold what they
+  list, under 200 MB compressed, and its SBOM lists its Debian and Python packages;
 - the trainer image runs the DDP example's worker pods (2 pods of 1 process, gloo on CPU) as the
   operator's Job builds them, to a checkpoint and an exported model;
 - the operator image runs as the chart's Deployment runs it (uid 65532, read-only root, only /tmp
@@ -14,7 +16,11 @@ Under `make test` the images are built before e2e (hack/test.sh); a missing imag
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import subprocess
+import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +37,7 @@ from e2e.cluster import REPO_ROOT, Cluster, own_cluster
 from e2e.kube import Kubectl, wait_condition, wait_for
 from e2e.net import free_ports
 from e2e.storage import bound_claim
+from kubeforge import __version__
 from kubeforge.api.trainingjob import TrainingJob
 from kubeforge.builders.trainingjob import COMPLETION_INDEX, build_worker_job
 from kubeforge.testing.triton import free_port
@@ -72,6 +79,60 @@ def test_the_chart_and_the_examples_name_the_built_images(helm: Helm) -> None:
     }
     assert named == {trainer}
     assert images.built(operator) and images.built(trainer), "run `make images`"
+
+
+# -- the release archives (`make images`) ----------------------------------------------------------
+
+MAX_OPERATOR_PULL_BYTES = 200 * 1000**2  # the operator image's target, compressed
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_the_operator_archives_name_the_image_and_hold_what_they_list(tmp_path: Path) -> None:
+    """`hack/images.sh release operator`: the OCI archive (gzip layers: what a registry stores and a
+    node pulls), the `docker load` archive and the SBOM, checked as their readers read them."""
+    name = images.image_name("operator")
+    env = dict(os.environ, KUBEFORGE_IMAGES_OUT=str(tmp_path))
+    subprocess.run([str(images.IMAGES_SH), "release", "operator"], env=env, check=True, timeout=600)
+    base = tmp_path / f"kubeforge-operator-{__version__}"
+
+    with tarfile.open(f"{base}.oci.tar") as oci:
+        index = json.load(oci.extractfile("index.json"))  # type: ignore[arg-type]
+        (entry,) = index["manifests"]
+        assert entry["annotations"]["org.opencontainers.image.ref.name"] == name
+
+        def blob(digest: str) -> bytes:
+            data = oci.extractfile(f"blobs/sha256/{digest.removeprefix('sha256:')}").read()  # type: ignore[union-attr]
+            assert _digest(data) == digest.removeprefix("sha256:"), digest
+            return data
+
+        manifest = json.loads(blob(entry["digest"]))
+        config = json.loads(blob(manifest["config"]["digest"]))
+        assert {layer["mediaType"] for layer in manifest["layers"]} == {
+            "application/vnd.oci.image.layer.v1.tar+gzip"
+        }
+        for layer in manifest["layers"]:
+            blob(layer["digest"])
+    assert config["config"]["User"] == "65532:65532"
+    assert (config["config"]["Entrypoint"], config["config"]["Cmd"]) == (["kubeforge"], ["run"])
+    assert Path(f"{base}.oci.tar").stat().st_size < MAX_OPERATOR_PULL_BYTES
+
+    with tarfile.open(f"{base}.docker.tar") as docker:
+        (loaded,) = json.load(docker.extractfile("manifest.json"))  # type: ignore[arg-type]
+        assert loaded["RepoTags"] == [name]
+        assert _digest(docker.extractfile(loaded["Config"]).read()) == loaded["Config"].removesuffix(".json")  # type: ignore[union-attr]
+        members = set(docker.getnames())
+        assert set(loaded["Layers"]) <= members
+        assert len(loaded["Layers"]) == len(manifest["layers"])
+
+    sbom = json.loads(Path(f"{base}.spdx.json").read_text())
+    assert sbom["spdxVersion"].startswith("SPDX-2.")
+    packages = {(p["name"], p.get("versionInfo")) for p in sbom["packages"]}
+    assert ("kubeforge", __version__) in packages
+    names = {n for n, _ in packages}
+    assert {"kopf", "kubernetes", "tritonclient", "python3.11", "libc6"} <= names, sorted(names)
 
 
 # -- the trainer image ------------------------------------------------------------------------------

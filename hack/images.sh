@@ -3,7 +3,8 @@
 # registry: buildah (chroot isolation) into a store of our own under ~/.cache/kubeforge/images.
 #
 # usage: hack/images.sh build [operator|trainer ...]   the images, into the store (default: both)
-#        hack/images.sh release                        build, then write to dist/images/ for each image:
+#        hack/images.sh release [operator|trainer ...]  build, then write to dist/images/ (or
+#                                                      $KUBEFORGE_IMAGES_OUT) for each image:
 #                                                      <name>-<version>.oci.tar (OCI archive, gzip layers),
 #                                                      <name>-<version>.docker.tar (`docker load`),
 #                                                      <name>-<version>.spdx.json (SBOM, syft), sizes.tsv
@@ -23,9 +24,9 @@ cd "$(dirname "$0")/.."
 CACHE=${KUBEFORGE_CACHE:-$HOME/.cache/kubeforge}
 STORE="$CACHE/images"
 REGISTRY=${KUBEFORGE_IMAGE_REGISTRY:-ghcr.io/kubeforge}
-# The one version: pyproject.toml's (the chart's appVersion and default tag, and the operator's
-# default init-container image, are checked against it by tests/test_versions.py).
-VERSION=$(python3 -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])')
+# The one version: kubeforge.__version__ (pyproject.toml's too; the chart's appVersion, its default
+# image tag and the examples' trainer image are checked against it by tests/test_versions.py).
+VERSION=$(sed -n 's/^__version__ = "\(.*\)"$/\1/p' operator/kubeforge/__init__.py)
 DEBIAN_SUITE=bookworm
 DEBIAN_MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 TORCH_VERSION=2.9.1
@@ -156,22 +157,43 @@ build_image() { # operator|trainer
   log "built $name in $((SECONDS - t)) s"
 }
 
-release() {
-  local out=dist/images image name base
+release() { # image...: their archives and SBOMs, each written again only when its image changed
+  local out=${KUBEFORGE_IMAGES_OUT:-dist/images} image name base id t
   mkdir -p "$out"
   ensure_syft
-  printf 'image\tcompressed_bytes\tuncompressed_bytes\n' >"$out/sizes.tsv"
-  for image in operator trainer; do
+  printf 'image\tid\toci_archive_bytes\tdocker_archive_bytes\tsbom_packages\n' >"$out/sizes.tsv.new"
+  for image in "$@"; do
     name=$(image_name "$image")
     base="$out/kubeforge-$image-$VERSION"
-    log "writing $base.{oci.tar,docker.tar,spdx.json}"
-    rm -f "$base.oci.tar" "$base.docker.tar"
-    bah push -q "$name" "oci-archive:$base.oci.tar:$name"
-    bah push -q "$name" "docker-archive:$base.docker.tar:$name"
-    "$SYFT" scan -q "oci-archive:$base.oci.tar" -o "spdx-json=$base.spdx.json"
-    printf '%s\t%s\t%s\n' "$name" "$(stat -c %s "$base.oci.tar")" "$(stat -c %s "$base.docker.tar")" >>"$out/sizes.tsv"
+    id=$(bah inspect --type image --format '{{.FromImageID}}' "$name")
+    if [ "$(cat "$base.id" 2>/dev/null)" != "$id" ] || [ ! -f "$base.spdx.json" ]; then
+      t=$SECONDS
+      log "writing $base.oci.tar, .docker.tar, .spdx.json"
+      rm -f "$base".*
+      # the OCI archive's layers gzip-compressed, as a registry stores them: its size is the pull size
+      bah push -q "$name" "oci-archive:$base.oci.tar:$name"
+      bah push -q "$name" "docker-archive:$base.docker.tar:$name"
+      sbom "$name" "$base.spdx.json"
+      echo "$id" >"$base.id"
+      log "wrote the archives and SBOM of $name in $((SECONDS - t)) s"
+    fi
+    printf '%s\t%s\t%s\t%s\t%s\n' "$name" "${id:0:12}" "$(stat -c %s "$base.oci.tar")" "$(stat -c %s "$base.docker.tar")" \
+      "$(python3 -c 'import json, sys; print(len(json.load(open(sys.argv[1]))["packages"]))' "$base.spdx.json")" \
+      >>"$out/sizes.tsv.new"
   done
+  mv "$out/sizes.tsv.new" "$out/sizes.tsv"
   column -t "$out/sizes.tsv" >&2
+}
+
+sbom() { # image file: syft over the image's root filesystem (its archive's layers pass syft's 2 GiB
+  # read limit for one file: the trainer's torch layer is bigger), named as the image
+  local ctr mnt rc=0
+  ctr=$(bah from --pull=never "$1")
+  mnt=$(bah mount "$ctr")
+  SYFT_CHECK_FOR_APP_UPDATE=false "$SYFT" scan -q "dir:$mnt" --source-name "${1%:*}" --source-version "${1##*:}" \
+    -o "spdx-json=$2" || rc=$?
+  bah rm "$ctr" >/dev/null
+  return "$rc"
 }
 
 ensure_syft() {
@@ -202,7 +224,7 @@ case "$command" in
       [ "$image" = trainer ] && make_torch_base
       build_image "$image"
     done
-    [ "$command" = release ] && release
+    [ "$command" = release ] && release "${images[@]}"
     ;;
-  *) echo "usage: $0 build [operator|trainer ...] | release | name operator|trainer | buildah ARGS..." >&2; exit 2 ;;
+  *) echo "usage: $0 build|release [operator|trainer ...] | name operator|trainer | buildah ARGS..." >&2; exit 2 ;;
 esac

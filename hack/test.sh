@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 MAKE=${MAKE:-make}
 BUDGETS=.ci/budgets.tsv
 TIMES=.times
-E2E_PARTS=(${KUBEFORGE_E2E_PARTS:-kubernetes etcd kwok lws helm kueue kstatus netpol prometheus prometheus-adapter keda})
+E2E_PARTS=(${KUBEFORGE_E2E_PARTS:-kubernetes etcd kwok lws helm kueue kstatus netpol prometheus prometheus-adapter keda syft})
 mkdir -p "$TIMES"
 : >"$TIMES/phases.tsv"
 started=$SECONDS
@@ -102,9 +102,13 @@ background go-builds nice -n 10 e2e/binaries.sh "${E2E_PARTS[@]}"
 background tools bash -c 'tests/chart/checkov.sh && tests/llm/vllm-env.sh'
 
 phase venv "$MAKE" --no-print-directory install torch
+# The images the e2e tests run (hack/images.sh: buildah, their bases from Debian packages and the
+# machine's torch, which the venv phase provides): beside lint and unit, at low priority.
+background images nice -n 10 hack/images.sh build
 phase lint "$MAKE" --no-print-directory lint
 await tools "the [checkov] or [vllm] lines above say which; both scripts print pip's error"
 phase unit "$MAKE" --no-print-directory test-unit
 await go-builds "the [binaries] lines above name the part and its log"
+await images "the [images] lines above name the image and its build log"
 phase e2e "$MAKE" --no-print-directory test-e2e
 finish 0

@@ -33,6 +33,7 @@ def _tree(
         "e2e/binaries.sh": (go_seconds, go_status, ".."),
         "tests/chart/checkov.sh": (0, 0, "../.."),
         "tests/llm/vllm-env.sh": (1, 0, "../.."),
+        "hack/images.sh": (1, 0, ".."),
     }
     for path, (seconds, status, up) in stand_ins.items():
         script = root / path
@@ -69,7 +70,10 @@ def _phases(root: Path) -> dict[str, int]:
     return {row[0]: int(row[1]) for row in rows}
 
 
-GENEROUS = "venv 60\ngo-builds 60\ntools 60\ntools-wait 60\nlint 60\nunit 60\ngo-builds-wait 60\ne2e 60\n"
+GENEROUS = (
+    "venv 60\ngo-builds 60\ntools 60\ntools-wait 60\nimages 60\nimages-wait 60\nlint 60\nunit 60\n"
+    "go-builds-wait 60\ne2e 60\n"
+)
 
 
 def test_every_phase_is_timed_and_e2e_starts_only_after_the_go_builds(tmp_path: Path) -> None:
@@ -78,13 +82,19 @@ def test_every_phase_is_timed_and_e2e_starts_only_after_the_go_builds(tmp_path: 
     assert result.returncode == 0, result.stdout + result.stderr
     phases = _phases(root)
     assert list(phases) == [
-        "venv", "lint", "tools", "tools-wait", "unit", "go-builds", "go-builds-wait", "e2e"
+        "venv", "lint", "tools", "tools-wait", "unit", "go-builds", "go-builds-wait", "images", "images-wait",
+        "e2e",
     ]  # fmt: skip
     assert phases["go-builds"] >= 3
     calls = (root / "calls.log").read_text().splitlines()
-    # the e2e target is called once the Go builds have finished: their line comes first
-    assert calls.index("make --no-print-directory test-e2e") > next(
-        i for i, call in enumerate(calls) if "binaries.sh" in call
+    # the e2e target is called once the Go builds and the images have finished: their lines come first
+    for background in ("binaries.sh", "images.sh build"):
+        assert calls.index("make --no-print-directory test-e2e") > next(
+            i for i, call in enumerate(calls) if background in call
+        )
+    # the images are built after the venv (the trainer's base takes the machine's torch from it)
+    assert calls.index("make --no-print-directory install torch") < next(
+        i for i, call in enumerate(calls) if "images.sh" in call
     )
     assert "== make test: phases" in result.stdout
 

@@ -8,11 +8,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from kubeforge import __version__
+
 DEFAULT_TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:25.10-py3"
 # Triton with its vLLM backend, for ModelDeployments serving a vLLM model: 26.02 ships vLLM 0.15.1, the
 # vLLM that the rendered model.json is validated against (tests/llm, docs/vllm-notes.md)
 DEFAULT_TRITON_VLLM_IMAGE = "nvcr.io/nvidia/tritonserver:26.02-vllm-python-py3"
-DEFAULT_OPERATOR_IMAGE = "ghcr.io/kubeforge/kubeforge-operator:0.1.0"
+# the image `make images` builds (hack/images.sh) and the chart installs: tagged with this version
+DEFAULT_OPERATOR_IMAGE = f"ghcr.io/kubeforge/kubeforge-operator:{__version__}"
 # the label the API server puts on every namespace, with its name
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
 # who may scrape Triton's metrics port by default (NetworkPolicyPeers): the monitoring namespace
