@@ -6,6 +6,7 @@ import dataclasses
 import logging
 
 import kopf
+from kopf._core.engines.peering import Identity
 
 from kubeforge.controllers.leader import LeaseSettings, default_identity
 from kubeforge.settings import Settings
@@ -53,6 +54,6 @@ def run_operator(
         namespaces=list(namespaces),
         liveness_endpoint=liveness or None,
         memo=memo,
-        identity=identity,
+        identity=Identity(identity),
     )
     return 0
