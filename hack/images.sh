@@ -221,10 +221,10 @@ case "$command" in
     [ ${#images[@]} -gt 0 ] || images=(operator trainer)
     make_python_base
     for image in "${images[@]}"; do
-      [ "$image" = trainer ] && make_torch_base
+      if [ "$image" = trainer ]; then make_torch_base; fi
       build_image "$image"
     done
-    [ "$command" = release ] && release "${images[@]}"
+    if [ "$command" = release ]; then release "${images[@]}"; fi
     ;;
   *) echo "usage: $0 build|release [operator|trainer ...] | name operator|trainer | buildah ARGS..." >&2; exit 2 ;;
 esac
