@@ -10,7 +10,10 @@ times every token as it arrives:
   and per stream (tokens after the first over the time after the first: the reading speed a user sees);
 - streaming vs not: the same requests (same seeds, one at a time) to `generate_stream` and to the
   non-streaming `generate` (`"stream": false`), interleaved; the ratio is the time to the full
-  response over the time to first token, both medians of the same run.
+  response over the time to first token, both medians of the same run;
+- the OpenAI API: each concurrency point again through `kubeforge openai-front` (`/v1/completions`,
+  `stream: true`, the same prompts and seeds), right after the direct point: its TTFT and tokens/s
+  over the direct ones is what the front adds.
 
 The client runs on the same cores as the server (2 here), so at 16 streams part of what is measured
 is the client's own parsing; the forward passes the model reports (`kubeforge_forward_passes_total`)
@@ -28,6 +31,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +40,7 @@ from typing import Any
 import aiohttp
 
 from bench.harness import machine, percentile, write_results
+from e2e.net import http_status
 from kubeforge.testing.streaming import model_metrics
 from kubeforge.testing.triton import free_port, run_tritonserver
 from kubeforge.trainer.text_data import DEFAULT_CORPUS
@@ -108,6 +114,31 @@ async def stream_once(
     return sample
 
 
+async def openai_once(
+    session: aiohttp.ClientSession, url: str, prompt: str, seed: int, max_tokens: int = MAX_TOKENS
+) -> Sample:
+    """One streamed /v1/completions request through the OpenAI front; the arrival of every chunk."""
+    sample = Sample(started=time.monotonic())
+    body = {"model": MODEL, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.8, "seed": seed,
+            "stream": True, "stream_options": {"include_usage": True}}  # fmt: skip
+    tokens = 0
+    async with session.post(f"{url}/v1/completions", json=body) as response:
+        response.raise_for_status()
+        async for line in response.content:
+            if not line.startswith(b"data: ") or line.startswith(b"data: [DONE]"):
+                continue
+            event = json.loads(line[6:])
+            if "error" in event:
+                raise RuntimeError(event["error"])
+            if event["choices"]:
+                sample.arrivals.append(time.monotonic())
+            if event.get("usage"):
+                tokens = event["usage"]["completion_tokens"]
+    if tokens != max_tokens:
+        raise RuntimeError(f"expected {max_tokens} tokens, the usage says {tokens}")
+    return sample
+
+
 async def whole_once(session: aiohttp.ClientSession, url: str, prompt: str, seed: int) -> float:
     """One request to the non-streaming generate endpoint; seconds to the full response."""
     started = time.monotonic()
@@ -118,8 +149,12 @@ async def whole_once(session: aiohttp.ClientSession, url: str, prompt: str, seed
     return time.monotonic() - started
 
 
-async def load_point(url: str, metrics_url: str, clients: int, requests_per_client: int) -> dict[str, Any]:
-    """`clients` loops, each streaming `requests_per_client` requests back to back."""
+async def load_point(
+    url: str, metrics_url: str, clients: int, requests_per_client: int, via_openai: bool = False
+) -> dict[str, Any]:
+    """`clients` loops, each streaming `requests_per_client` requests back to back (to Triton's
+    generate_stream at `url`, or with `via_openai` to the OpenAI front at `url`)."""
+    once = openai_once if via_openai else stream_once
     texts = prompts(clients * requests_per_client)
     samples: list[Sample] = []
     before = model_metrics(metrics_url, MODEL)
@@ -129,13 +164,13 @@ async def load_point(url: str, metrics_url: str, clients: int, requests_per_clie
         async def loop(client: int) -> None:
             for index in range(requests_per_client):
                 seed = client * requests_per_client + index
-                samples.append(await stream_once(session, url, texts[seed], seed))
+                samples.append(await once(session, url, texts[seed], seed))
 
         started = time.monotonic()
         await asyncio.gather(*(loop(c) for c in range(clients)))
         wall = time.monotonic() - started
     after = model_metrics(metrics_url, MODEL)
-    tokens = sum(len(s.arrivals) for s in samples)
+    tokens = after["kubeforge_generated_tokens_total"] - before["kubeforge_generated_tokens_total"]
     passes = after["kubeforge_forward_passes_total"] - before["kubeforge_forward_passes_total"]
     ttfts = [s.ttft for s in samples]
     return {
@@ -168,17 +203,46 @@ async def streaming_vs_whole(url: str, pairs: int) -> dict[str, Any]:
     }
 
 
+@contextmanager
+def openai_front(triton_url: str, repository: Path) -> Iterator[str]:
+    """`kubeforge openai-front` over the server, on a free loopback port; yields its URL."""
+    port = free_port()
+    argv = [sys.executable, "-m", "kubeforge", "openai-front", "--host", "127.0.0.1", "--port", str(port),
+            "--triton", triton_url, "--repository", str(repository), "--model", MODEL]  # fmt: skip
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while http_status(f"{url}/health") != 200:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the OpenAI front did not start (exit {process.poll()})")
+            time.sleep(0.1)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
 async def measure(repository: Path, smoke: bool) -> dict[str, Any]:
     requests = 3 if smoke else 20
-    with run_tritonserver(repository=repository, wait="ready", startup_timeout=180) as server:
+    with (
+        run_tritonserver(repository=repository, wait="ready", startup_timeout=180) as server,
+        openai_front(server.http_url, repository) as front,
+    ):
         # warm-up: TorchScript's profiling executor optimises on the first calls of each shape
         async with aiohttp.ClientSession() as session:
             await asyncio.gather(*(stream_once(session, server.http_url, "Light", s, 32) for s in range(8)))
-        points = {}
+            await asyncio.gather(*(openai_once(session, front, "Light", s, 32) for s in range(8)))
+        points, through_openai = {}, {}
         for clients in CONCURRENCY:
             print(f"concurrency {clients} ...", flush=True)
             points[str(clients)] = await load_point(server.http_url, server.metrics_url, clients, requests)
             print(json.dumps(points[str(clients)]), flush=True)
+            print(f"concurrency {clients}, through the OpenAI front ...", flush=True)
+            through_openai[str(clients)] = await load_point(
+                front, server.metrics_url, clients, requests, True
+            )
+            print(json.dumps(through_openai[str(clients)]), flush=True)
         print("streaming vs non-streaming ...", flush=True)
         comparison = await streaming_vs_whole(server.http_url, 5 if smoke else 30)
         print(json.dumps(comparison), flush=True)
@@ -186,6 +250,7 @@ async def measure(repository: Path, smoke: bool) -> dict[str, Any]:
         "concurrency": list(CONCURRENCY),
         "requests_per_client": requests,
         "points": points,
+        "openai": through_openai,
         "streaming": comparison,
     }
 
@@ -200,6 +265,17 @@ def table(results: dict[str, Any]) -> str:
                 f"TTFT p50 {p['ttft_p50_ms']:.1f} ms, p99 {p['ttft_p99_ms']:.1f} ms; "
                 f"{p['tokens_per_s']:.0f} tokens/s in all, {p['stream_tokens_per_s_p50']:.0f} per stream (p50); "
                 f"{p['tokens_per_forward_pass']:.1f} tokens per forward pass",
+            )
+        )
+    for clients in results["concurrency"]:
+        direct, front = results["points"][str(clients)], results["openai"][str(clients)]
+        rows.append(
+            (
+                f"{clients} concurrent stream{'s' if clients > 1 else ''} through the OpenAI front "
+                f"(`/v1/completions`, same requests)",
+                f"TTFT p50 {front['ttft_p50_ms']:.1f} ms ({front['ttft_p50_ms'] / direct['ttft_p50_ms']:.2f}x direct); "
+                f"{front['tokens_per_s']:.0f} tokens/s in all ({direct['tokens_per_s'] / front['tokens_per_s']:.2f}x "
+                f"the direct time per token)",
             )
         )
     s = results["streaming"]

@@ -1,4 +1,5 @@
-"""The `kubeforge` command: run the operator, print CRDs, assemble a model repository, fill a model cache."""
+"""The `kubeforge` command: run the operator, print CRDs, assemble a model repository, fill a model cache,
+serve the OpenAI API in front of Triton."""
 
 from __future__ import annotations
 
@@ -48,6 +49,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     )
 
 
+def _cmd_openai_front(args: argparse.Namespace) -> int:
+    from kubeforge.openai.front import run_front
+
+    return run_front(args.host, args.port, args.triton, Path(args.repository), args.model)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kubeforge", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -85,6 +92,21 @@ def build_parser() -> argparse.ArgumentParser:
     crds = sub.add_parser("crds", help="print the CRDs, or write them into a folder")
     crds.add_argument("--out", help="folder to write <plural>.<group>.yaml files into")
     crds.set_defaults(func=_cmd_crds)
+
+    front = sub.add_parser(
+        "openai-front",
+        help="(server pods) the OpenAI API (/v1/completions, /v1/chat/completions) over Triton",
+    )
+    front.add_argument("--host", default="0.0.0.0", help="address to listen on")
+    front.add_argument("--port", type=int, default=9000)
+    front.add_argument("--triton", default="http://127.0.0.1:8000", help="Triton's HTTP endpoint in the pod")
+    front.add_argument(
+        "--repository", default="/models", help="the model repository the init container laid out"
+    )
+    front.add_argument(
+        "--model", action="append", required=True, help="a language model to serve (repeatable)"
+    )
+    front.set_defaults(func=_cmd_openai_front)
 
     version = sub.add_parser("version", help="print the version")
     version.set_defaults(func=_cmd_version)

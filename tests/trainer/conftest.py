@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import re
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import NoReturn
 
 import pytest
 
+from kubeforge.testing.triton import TritonServer, run_tritonserver
 from tests.harness import TORCH, available, missing
 from tests.trainer.runs import (
     LM_MODEL_NAME,
+    LM_SINGLE_MODEL_NAME,
     LM_TRAINING_ARGS,
     MODEL_NAME,
     TRAINING_ARGS,
@@ -63,3 +68,24 @@ def language_model_run(tmp_path_factory: pytest.TempPathFactory) -> ReferenceRun
     result = run(torchrun_argv(2, args), root / "train.log")
     assert result.returncode == 0, result.output
     return ReferenceRun(result, checkpoint_dir, repository, root / "termination-log", LM_MODEL_NAME)
+
+
+@pytest.fixture(scope="session")
+def llm_repository(language_model_run: ReferenceRun, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model repository with the language model twice: as exported (16 slots), and with one slot."""
+    repository = tmp_path_factory.mktemp("llm-repository")
+    shutil.copytree(language_model_run.model_dir, repository / LM_MODEL_NAME)
+    shutil.copytree(language_model_run.model_dir, repository / LM_SINGLE_MODEL_NAME)
+    config = repository / LM_SINGLE_MODEL_NAME / "config.pbtxt"
+    text = config.read_text().replace(f'name: "{LM_MODEL_NAME}"', f'name: "{LM_SINGLE_MODEL_NAME}"')
+    single = re.sub(r'(key: "max_concurrent_streams"\s+value: \{ string_value: )"16"', r'\1"1"', text)
+    assert single != text
+    config.write_text(single)
+    return repository
+
+
+@pytest.fixture(scope="session")
+def llm_server(llm_repository: Path) -> Iterator[TritonServer]:
+    """The real tritonserver serving `llm_repository`, shared by the modules that stream from it."""
+    with run_tritonserver(repository=llm_repository, wait="ready", startup_timeout=120) as triton:
+        yield triton

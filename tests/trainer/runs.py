@@ -50,6 +50,8 @@ LM_TRAINING_ARGS = (
 )  # fmt: skip
 LM_TOTAL_STEPS = 100
 LM_MODEL_NAME = "opticks"
+# the same export with one slot: what a request that never ends would block
+LM_SINGLE_MODEL_NAME = f"{LM_MODEL_NAME}-single"
 LM_VALIDATION_LOSS_BELOW = 2.6
 
 _DIGEST = re.compile(r"\[rank (\d+)\] .*parameters at step (\d+): sha256 ([0-9a-f]{64})")

@@ -4,12 +4,10 @@ concurrent streams share forward passes, and the model's own metrics are on /met
 
 from __future__ import annotations
 
-import re
-import shutil
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
@@ -23,16 +21,15 @@ from kubeforge.testing.streaming import (
     stream_grpc,
     stream_sse,
 )
-from kubeforge.testing.triton import TritonServer, run_tritonserver
+from kubeforge.testing.triton import TritonServer
 from tests.autoscaling.promql import Scrapes, Vector, evaluate, parse_exposition
 from tests.data.invalid_specs import example
-from tests.trainer.runs import LM_MODEL_NAME, ReferenceRun
+from tests.trainer.runs import LM_MODEL_NAME, LM_SINGLE_MODEL_NAME
 
 pytestmark = [pytest.mark.torch, pytest.mark.triton]
 
 MODEL = LM_MODEL_NAME
-# the same export with one slot: what a request that never ends would block
-SINGLE = f"{LM_MODEL_NAME}-single"
+SINGLE = LM_SINGLE_MODEL_NAME
 PROMPT = "The Light of the Sun"
 TOKENS = "kubeforge_generated_tokens_total"
 PASSES = "kubeforge_forward_passes_total"
@@ -41,19 +38,8 @@ POD = {"namespace": "team-a", "pod": "resnet50-5bb75f8dc6-d9xrc"}  # the labels 
 
 
 @pytest.fixture(scope="module")
-def server(
-    language_model_run: ReferenceRun, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[TritonServer]:
-    repository = tmp_path_factory.mktemp("llm-repository")
-    shutil.copytree(language_model_run.model_dir, repository / MODEL)
-    shutil.copytree(language_model_run.model_dir, repository / SINGLE)
-    config = repository / SINGLE / "config.pbtxt"
-    text = config.read_text().replace(f'name: "{MODEL}"', f'name: "{SINGLE}"')
-    single = re.sub(r'(key: "max_concurrent_streams"\s+value: \{ string_value: )"16"', r'\1"1"', text)
-    assert single != text
-    config.write_text(single)
-    with run_tritonserver(repository=repository, wait="ready", startup_timeout=120) as triton:
-        yield triton
+def server(llm_server: TritonServer) -> TritonServer:
+    return llm_server
 
 
 def _wait_for(condition: Callable[[], bool], timeout: float) -> bool:

@@ -3,6 +3,8 @@
 Layout written under the repository (``--output-uri``)::
 
     <repository>/<model_name>/config.pbtxt          decoupled, text in, text out (rendered by kubeforge.triton.config)
+    <repository>/<model_name>/tokenizer_config.json  Hugging Face's file: the chat template, the prompt limit,
+                                                     and that a token is a byte (for the OpenAI front)
     <repository>/<model_name>/1/model.pt            TorchScript with forward and forward_cached (KV cache)
     <repository>/<model_name>/1/model.py            triton_llm_model: requests -> engine -> one response per byte
     <repository>/<model_name>/1/generation.py       the engine: sampling, stop sequences, continuous batching
@@ -19,6 +21,7 @@ of the model and a process of their own, and could not share a forward pass.
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import torch
@@ -31,6 +34,7 @@ from kubeforge.api.modeldeployment import (
     TensorSpec,
     TritonModelConfig,
 )
+from kubeforge.openai import BYTE_TOKENIZER, TOKENIZER_CONFIG, TOKENIZER_KEY
 from kubeforge.trainer import generation, triton_llm_model
 from kubeforge.trainer.atomic import atomic_write, atomic_write_bytes
 from kubeforge.trainer.export import CONFIG_FILE, EXPORT_HEADER, MODEL_NAME, PYTHON_MODEL_FILE
@@ -57,6 +61,28 @@ GENERATE_OUTPUTS = (
     TensorSpec(name=triton_llm_model.TEXT_OUTPUT, data_type="TYPE_STRING", dims=[1]),
     TensorSpec(name=triton_llm_model.FINISH_OUTPUT, data_type="TYPE_STRING", dims=[1]),
 )
+
+
+# The model's own chat template (a byte-level model trained on prose has none of its own: a plain
+# question-and-answer layout), rendered by the OpenAI front as Hugging Face renders chat templates.
+CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{%- if message['role'] in ('system', 'developer') -%}{{ message['content'] + '\\n\\n' }}"
+    "{%- elif message['role'] == 'user' -%}{{ 'Q: ' + message['content'] + '\\n' }}"
+    "{%- else -%}{{ 'A: ' + message['content'] + '\\n' }}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ 'A:' }}{%- endif -%}"
+)
+MAX_PROMPT_TOKENS = 4096  # the front refuses longer prompts (the engine would window them)
+
+
+def tokenizer_config() -> dict[str, object]:
+    return {
+        "chat_template": CHAT_TEMPLATE,
+        "model_max_length": MAX_PROMPT_TOKENS,
+        TOKENIZER_KEY: BYTE_TOKENIZER,
+    }
 
 
 def language_model_config(
@@ -101,6 +127,9 @@ def export_language_model(
     )
     atomic_write_bytes(version_dir / triton_llm_model.GENERATION_FILE, Path(generation.__file__).read_bytes())
     atomic_write_bytes(version_dir / PYTHON_MODEL_FILE, Path(triton_llm_model.__file__).read_bytes())
+    atomic_write_bytes(
+        model_dir / TOKENIZER_CONFIG, (json.dumps(tokenizer_config(), indent=2) + "\n").encode()
+    )
     atomic_write_bytes(model_dir / CONFIG_FILE, config.encode())
     return model_dir
 
