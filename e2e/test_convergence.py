@@ -46,6 +46,12 @@ AFFINITY = {
     }
 }
 AUTOSCALING = {"maxReplicas": 3, "targets": {"queueTimeMicroseconds": 50000}}
+LANGUAGE_MODEL = {
+    "name": "opticks",
+    "source": "pvc://models/opticks",
+    "format": "python",
+    "config": {"decoupled": True},
+}
 LLM_MODEL = {"name": "qwen", "source": "hf://Qwen/Qwen2.5-7B-Instruct@main", "format": "vllm"}
 LLM = {"dtype": "bfloat16", "loraAdapters": [{"name": "sql", "source": "pvc://adapters/sql"}]}
 
@@ -179,6 +185,12 @@ MD_SAMPLES: dict[str, tuple[Patch, Patch | None]] = {
     ),
     "serviceAccountName": ({"serviceAccountName": "triton"}, None),
     "imagePullSecrets": ({"imagePullSecrets": ["registry-credentials"]}, None),
+    # the OpenAI front: on by default for a streaming Python model, off by openai.enabled: false
+    "openai": ({"models": [LANGUAGE_MODEL], "openai": {"enabled": True}}, None),
+    "openai.enabled": (
+        {"models": [LANGUAGE_MODEL], "openai": {"enabled": False}},
+        {"openai": {"enabled": None}},
+    ),
 }
 
 TJ_BASE: Patch = {"image": "ghcr.io/kubeforge/trainer:0.1.0", "workers": 1}
@@ -265,6 +277,12 @@ TJ_SAMPLES: dict[str, tuple[Patch, Patch | None]] = {
     "terminationGracePeriodSeconds": ({"terminationGracePeriodSeconds": 30}, None),
     "serviceAccountName": ({"serviceAccountName": "trainer"}, None),
     "imagePullSecrets": ({"imagePullSecrets": ["registry-credentials"]}, None),
+    # the OpenAI front: on by default for a streaming Python model, off by openai.enabled: false
+    "openai": ({"models": [LANGUAGE_MODEL], "openai": {"enabled": True}}, None),
+    "openai.enabled": (
+        {"models": [LANGUAGE_MODEL], "openai": {"enabled": False}},
+        {"openai": {"enabled": None}},
+    ),
 }
 
 

@@ -21,6 +21,7 @@ import json
 import os
 import subprocess
 import tarfile
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,11 +36,15 @@ from e2e import images
 from e2e.chart_support import Helm, one
 from e2e.cluster import REPO_ROOT, Cluster, own_cluster
 from e2e.kube import Kubectl, wait_condition, wait_for
-from e2e.net import free_ports
+from e2e.net import free_ports, http_status
 from e2e.storage import bound_claim
 from kubeforge import __version__
+from kubeforge.api import ModelDeployment
 from kubeforge.api.trainingjob import TrainingJob
+from kubeforge.builders.modeldeployment import build_triton_deployment
 from kubeforge.builders.trainingjob import COMPLETION_INDEX, build_worker_job
+from kubeforge.openai import BYTE_TOKENIZER, TOKENIZER_CONFIG, TOKENIZER_KEY
+from kubeforge.settings import Settings
 from kubeforge.testing.triton import free_port
 from kubeforge.testing.triton_pod import run_triton_container
 from tests.trainer.runs import TRAINING_ARGS
@@ -346,3 +351,39 @@ def test_the_init_container_from_the_operator_image_lays_out_what_triton_serves(
         inputs[1].set_data_from_numpy(b)
         np.testing.assert_array_equal(client.infer("add", inputs).as_numpy("SUM"), a + b)
         client.close()
+
+
+def test_the_openai_front_runs_from_the_operator_image(tmp_path: Path) -> None:
+    """The `openai` container of a language model's server pods, from the operator image: it serves the
+    model list it read from the repository (no Triton here: its health says so with a 503)."""
+    md = ModelDeployment.model_validate(
+        {
+            "metadata": {"name": "lm", "namespace": "team-a", "uid": "u", "generation": 1},
+            "spec": {"models": [{"name": "opticks", "source": "pvc://m/lm", "format": "python", "config": {"decoupled": True}}]},
+        }
+    )  # fmt: skip
+    pod_spec = build_triton_deployment(md, Settings())["spec"]["template"]["spec"]
+    container = next(c for c in pod_spec["containers"] if c["name"] == "openai")
+    repository = tmp_path / "models"
+    (repository / "opticks").mkdir(parents=True)
+    (repository / "opticks" / TOKENIZER_CONFIG).write_text(json.dumps({TOKENIZER_KEY: BYTE_TOKENIZER}))
+    port, triton = free_ports(2)
+    # the container's own arguments, on free loopback ports (the host's network is shared)
+    local = {"--port": str(port), "--triton": f"http://127.0.0.1:{triton}"}
+    args = [
+        local.get(previous, arg)
+        for previous, arg in zip(["", *container["args"]], container["args"], strict=False)
+    ]
+    args = ["--host", "127.0.0.1", *args]
+    with images.mounted(images.image_name("operator")) as image:
+        spec = images.from_pod(image, pod_spec, container, args=args, volumes={"models": repository})
+        with images.Container(spec, tmp_path / "front").started() as front:
+            url = f"http://127.0.0.1:{port}"
+            wait_for(
+                lambda: http_status(f"{url}/health") == 503 or not front.running(),
+                timeout=30,
+                message="the front",
+            )
+            assert front.running(), front.log()
+            with urllib.request.urlopen(f"{url}/v1/models", timeout=5) as response:
+                assert [m["id"] for m in json.load(response)["data"]] == ["opticks"]

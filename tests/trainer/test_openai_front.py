@@ -21,7 +21,10 @@ from openai.types import Completion, Model
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from pydantic import BaseModel
 
+from kubeforge.api import ModelDeployment
+from kubeforge.builders.modeldeployment import build_triton_deployment
 from kubeforge.openai.chat import render
+from kubeforge.settings import Settings
 from kubeforge.testing.streaming import model_metrics, stream_sse
 from kubeforge.testing.triton import TritonServer, free_port
 from kubeforge.trainer.llm_export import CHAT_TEMPLATE, MAX_PROMPT_TOKENS
@@ -66,18 +69,36 @@ class Front:
             return error.code, error.read()
 
 
+def _front_container() -> dict[str, Any]:
+    """The `openai` container the operator puts in the server pods of a ModelDeployment of both models."""
+    model = {"source": "pvc://model-store/language", "format": "python", "config": {"decoupled": True}}
+    md = ModelDeployment.model_validate(
+        {
+            "metadata": {"name": "lm", "namespace": "team-a", "uid": "u", "generation": 1},
+            "spec": {"models": [{**model, "name": MODEL}, {**model, "name": LM_SINGLE_MODEL_NAME}]},
+        }
+    )
+    pod = build_triton_deployment(md, Settings())["spec"]["template"]["spec"]
+    return next(c for c in pod["containers"] if c["name"] == "openai")
+
+
 @pytest.fixture(scope="module")
 def front(
     llm_server: TritonServer, llm_repository: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Front]:
-    """`kubeforge openai-front` as the server pod runs it, on a free loopback port."""
+    """The operator's `openai` container as the server pod runs it: its command and arguments, with the
+    pod's ports and paths moved to this machine's (a free loopback port, the local Triton, the local
+    model repository)."""
+    container = _front_container()
+    assert container["command"] == ["kubeforge", "openai-front"]
     port = free_port()
+    local = {"--port": str(port), "--triton": llm_server.http_url, "--repository": str(llm_repository)}
+    args = list(container["args"])
+    for index, arg in enumerate(args[:-1]):
+        if arg in local:
+            args[index + 1] = local[arg]
     log = tmp_path_factory.mktemp("front") / "front.log"
-    argv = [
-        sys.executable, "-m", "kubeforge", "openai-front", "--host", "127.0.0.1", "--port", str(port),
-        "--triton", llm_server.http_url, "--repository", str(llm_repository),
-        "--model", MODEL, "--model", LM_SINGLE_MODEL_NAME,
-    ]  # fmt: skip
+    argv = [sys.executable, "-m", "kubeforge", "openai-front", "--host", "127.0.0.1", *args]
     with log.open("wb") as out:
         process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
     running = Front(f"http://127.0.0.1:{port}", process, log)

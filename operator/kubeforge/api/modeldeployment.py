@@ -444,6 +444,17 @@ class NetworkAccess(ApiModel):
     )
 
 
+class OpenAIAPI(ApiModel):
+    """The OpenAI-compatible API (/v1/models, /v1/completions, /v1/chat/completions) of the language models."""
+
+    enabled: bool | None = Field(
+        default=None,
+        description="Serve the OpenAI API on the Service's `openai` port (9000, path /v1) from a front "
+        "container in each server pod, for the language models: streaming Python models exported by the "
+        "trainer (python-llm). Default: on when there is one; false removes the container and the port.",
+    )
+
+
 class ModelCache(ApiModel):
     """A volume the models are fetched into once, by a Job, and served from by every pod.
 
@@ -711,6 +722,10 @@ class ModelDeploymentSpec(ApiModel):
         default=None,
         description="Who may reach the servers, through the NetworkPolicy the operator creates for them.",
     )
+    openai: OpenAIAPI | None = Field(
+        default=None,
+        description="The OpenAI-compatible API of the language models (status.endpoints.openai).",
+    )
     cache: ModelCache | None = Field(
         default=None,
         description="Fetch the models once into a shared volume and serve every pod from it; unset means "
@@ -898,6 +913,11 @@ class Endpoints(ApiModel):
         default=None,
         description="Server-sent-events URLs (Triton's generate_stream) of the models that stream their "
         "responses (decoupled, or vLLM); gRPC clients stream through the grpc endpoint.",
+    )
+    openai: str | None = Field(
+        default=None,
+        description="Base URL of the OpenAI-compatible API (spec.openai): /v1/models, /v1/completions, "
+        "/v1/chat/completions.",
     )
 
 

@@ -23,6 +23,7 @@ from kubeforge.triton.sources import DEFAULT_PVC_ROOT
 
 KIND = "ModelDeployment"
 HTTP_PORT, GRPC_PORT, METRICS_PORT = 8000, 8001, 8002
+OPENAI_PORT = 9000
 MODEL_REPOSITORY = "/models"
 PVC_ROOT = DEFAULT_PVC_ROOT
 PROBE_PERIOD_SECONDS = 10
@@ -208,6 +209,48 @@ def triton_container(md: ModelDeployment, settings: Settings) -> dict[str, Any]:
     return container
 
 
+def openai_models(md: ModelDeployment) -> list[str]:
+    """The language models the OpenAI front serves (spec.openai): the streaming Python models, which is
+    how the trainer's python-llm export is served; none when spec.openai.enabled is false."""
+    if md.spec.openai is not None and md.spec.openai.enabled is False:
+        return []
+    return [m.name for m in md.spec.models if m.format == ModelFormat.PYTHON and streams(m)]
+
+
+def openai_container(md: ModelDeployment, settings: Settings) -> dict[str, Any]:
+    """`kubeforge openai-front` (the operator's image) beside tritonserver: OpenAI's API over the pod's Triton."""
+    args = [
+        "--port",
+        str(OPENAI_PORT),
+        "--triton",
+        f"http://127.0.0.1:{HTTP_PORT}",
+        "--repository",
+        MODEL_REPOSITORY,
+    ]
+    for name in openai_models(md):
+        args += ["--model", name]
+    mounts: list[dict[str, Any]] = [{"name": "models", "mountPath": MODEL_REPOSITORY, "readOnly": True}]
+    if md.spec.cache is not None:
+        mounts.append(CACHE_MOUNT)  # the repository's folders are links into the cache
+    return {
+        "name": "openai",
+        "image": settings.helper_image,
+        "command": ["kubeforge", "openai-front"],
+        "args": args,
+        "ports": [{"name": "openai", "containerPort": OPENAI_PORT, "protocol": "TCP"}],
+        # ready when Triton is: the front answers 503 on /health until then
+        "readinessProbe": {
+            "httpGet": {"path": "/health", "port": "openai"},
+            "periodSeconds": 5,
+            "timeoutSeconds": 5,
+            "failureThreshold": 3,
+        },
+        "volumeMounts": mounts,
+        "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
+        "securityContext": pods.container_security_context(),
+    }
+
+
 def rollout_strategy(md: ModelDeployment) -> dict[str, Any]:
     """With GPUs, replace a pod before starting its successor: a surge pod would wait for a free GPU forever."""
     rollout = md.spec.rollout
@@ -251,7 +294,10 @@ def build_triton_deployment(md: ModelDeployment, settings: Settings) -> Object:
         "enableServiceLinks": False,
         "securityContext": pods.pod_security_context(),
         "initContainers": [_repository_init_container(md, settings)],
-        "containers": [triton_container(md, settings)],
+        "containers": [
+            triton_container(md, settings),
+            *([openai_container(md, settings)] if openai_models(md) else []),
+        ],
         "volumes": volumes,
         **pods.placement_fields(spec.gpu, spec.placement),
     }
@@ -282,7 +328,9 @@ def build_triton_deployment(md: ModelDeployment, settings: Settings) -> Object:
 
 
 def build_service(md: ModelDeployment) -> Object:
-    """A ClusterIP Service in front of the servers: KServe v2 HTTP and gRPC, and metrics."""
+    """A ClusterIP Service in front of the servers: KServe v2 HTTP and gRPC, metrics, and OpenAI's API
+    where the pods have the front."""
+    openai = [{"name": "openai", "port": OPENAI_PORT, "targetPort": "openai", "protocol": "TCP"}]
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -300,6 +348,7 @@ def build_service(md: ModelDeployment) -> Object:
                     "appProtocol": "grpc",
                 },
                 {"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics", "protocol": "TCP"},
+                *(openai if openai_models(md) else []),
             ],
         },
     }
@@ -339,4 +388,6 @@ def endpoints(md: ModelDeployment, settings: Settings) -> dict[str, str | list[s
         urls["generate_stream"] = [
             f"http://{host}:{HTTP_PORT}/v2/models/{name}/generate_stream" for name in streaming
         ]
+    if openai_models(md):
+        urls["openai"] = f"http://{host}:{OPENAI_PORT}/v1"
     return urls

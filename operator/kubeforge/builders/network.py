@@ -1,7 +1,7 @@
 """The NetworkPolicy of each ModelDeployment and TrainingJob: its pods admit only what they serve.
 
 ModelDeployment (the Triton pods, and a LeaderWorkerSet's leaders and workers):
-- Triton's HTTP and gRPC ports (8000, 8001) from `spec.network.allowFrom`, else the operator's
+- Triton's HTTP and gRPC ports (8000, 8001), and the OpenAI front's (9000), from `spec.network.allowFrom`, else the operator's
   default (`Settings.inference_from`; empty: from anyone), and from the operator's namespace
   (its probe reads every server);
 - the metrics port (8002) from `Settings.metrics_from` (the monitoring namespace) and the operator;
@@ -57,7 +57,9 @@ def build_model_deployment_network_policy(md: ModelDeployment, settings: Setting
     else:
         allowed = [dict(p) for p in settings.inference_from] or None
     operator = _operator(settings)
-    inference: dict[str, Any] = {"ports": _tcp(mdb.HTTP_PORT, mdb.GRPC_PORT)}
+    inference: dict[str, Any] = {
+        "ports": _tcp(mdb.HTTP_PORT, mdb.GRPC_PORT, *([mdb.OPENAI_PORT] if mdb.openai_models(md) else []))
+    }
     if allowed is not None:  # else from anyone
         inference["from"] = [*allowed, *operator]
     metrics = {

@@ -31,8 +31,7 @@ async def write_status(
     old = body.get("status") or {}
     if status == old:
         return body
-    patch: dict[str, Any] = {key: None for key in old if key not in status}
-    patch.update(status)
+    patch = merge_patch(old, status)
     if log.isEnabledFor(logging.DEBUG):
         changed = sorted(k for k in set(old) | set(status) if old.get(k) != status.get(k))
         log.debug(
@@ -47,6 +46,18 @@ async def write_status(
     updated = await ctx.kube.patch_status(resource, meta["namespace"], meta["name"], patch, version)
     ctx.cache.upsert(resource.kind, updated)
     return updated
+
+
+def merge_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """The JSON merge patch (RFC 7386) that turns `old` into `new`: a key that is gone is null, at
+    every depth (an endpoint removed from status.endpoints too, not only a top-level field)."""
+    patch: dict[str, Any] = {key: None for key in old if key not in new}
+    for key, value in new.items():
+        before = old.get(key)
+        patch[key] = (
+            merge_patch(before, value) if isinstance(value, dict) and isinstance(before, dict) else value
+        )
+    return patch
 
 
 def _redacted(value: Any) -> Any:

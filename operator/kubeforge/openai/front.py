@@ -368,7 +368,12 @@ async def _answer(handle: Callable[[], Awaitable[web.StreamResponse]]) -> web.St
 
 def run_front(host: str, port: int, triton_url: str, repository: Path, names: Sequence[str]) -> int:
     """`kubeforge openai-front`: serve until SIGTERM/SIGINT."""
-    models = [ServedModel.load(repository, name) for name in names]
+    models = []
+    for name in names:
+        try:
+            models.append(ServedModel.load(repository, name))
+        except ValueError as error:  # a streaming model that is not a language model: Triton still serves it
+            log.warning("not served through the OpenAI API: %s", error)
     log.info("openai front on %s:%d for %s (Triton at %s)", host, port, ", ".join(names), triton_url)
     # a client that disconnects cancels its handler, and with it the call to Triton
     web.run_app(Front(triton_url, models).app(), host=host, port=port, handler_cancellation=True, print=None)
