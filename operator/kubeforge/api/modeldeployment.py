@@ -438,7 +438,8 @@ class NetworkAccess(ApiModel):
     allow_from: list[NetworkPeer] | None = Field(
         default=None,
         max_length=16,
-        description="Who may connect to Triton's HTTP and gRPC ports (8000, 8001), besides the operator "
+        description="Who may connect to Triton's HTTP and gRPC ports (8000, 8001) and the OpenAI front's "
+        "(9000), besides the operator "
         "and the ModelDeployment's own pods; [] admits nobody else. Absent: the operator's default "
         "(chart value networkPolicy.inferenceFrom; empty there means anyone).",
     )
