@@ -277,12 +277,6 @@ TJ_SAMPLES: dict[str, tuple[Patch, Patch | None]] = {
     "terminationGracePeriodSeconds": ({"terminationGracePeriodSeconds": 30}, None),
     "serviceAccountName": ({"serviceAccountName": "trainer"}, None),
     "imagePullSecrets": ({"imagePullSecrets": ["registry-credentials"]}, None),
-    # the OpenAI front: on by default for a streaming Python model, off by openai.enabled: false
-    "openai": ({"models": [LANGUAGE_MODEL], "openai": {"enabled": True}}, None),
-    "openai.enabled": (
-        {"models": [LANGUAGE_MODEL], "openai": {"enabled": False}},
-        {"openai": {"enabled": None}},
-    ),
 }
 
 
