@@ -185,7 +185,7 @@ release() { # image...: their archives and SBOMs, each written again only when i
   column -t "$out/sizes.tsv" >&2
 }
 
-sbom() { # image file: syft over the image's root filesystem (its archive's layers pass syft's 2 GiB
+sbom() { # image file: syft over the image's root filesystem (an archive's layer may exceed syft's 2 GiB
   # read limit for one file: the trainer's torch layer is bigger), named as the image
   local ctr mnt rc=0
   ctr=$(bah from --pull=never "$1")
