@@ -32,6 +32,7 @@ from kubeforge.openai.protocol import ChatCompletionRequest, CompletionRequest, 
 log = logging.getLogger(__name__)
 
 DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's default max_tokens for /v1/completions
+DEFAULT_MAX_TOKENS_LIMIT = 4096  # a python-llm model's, where its config does not say (max_tokens_limit)
 UPSTREAM_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=None)
 SSE_DATA = b"data: "
 
@@ -237,14 +238,18 @@ class Front:
 
     async def _max_tokens_limit(self, model: ServedModel) -> int:
         if model.name not in self._limits:
-            async with self.session.get(f"{self.triton_url}/v2/models/{model.name}/config") as response:
-                if response.status != 200:
-                    raise OpenAIError(
-                        503, f"model {model.name} is not ready on this server", kind="server_error"
-                    )
-                config = await response.json()
+            not_ready = OpenAIError(
+                503, f"model {model.name} is not ready on this server", kind="server_error"
+            )
+            try:
+                async with self.session.get(f"{self.triton_url}/v2/models/{model.name}/config") as response:
+                    if response.status != 200:
+                        raise not_ready
+                    config = await response.json()
+            except aiohttp.ClientError:
+                raise not_ready from None
             entry = (config.get("parameters") or {}).get("max_tokens_limit") or {}
-            self._limits[model.name] = int(entry.get("string_value") or 4096)
+            self._limits[model.name] = int(entry.get("string_value") or DEFAULT_MAX_TOKENS_LIMIT)
         return self._limits[model.name]
 
     async def _generation(self, model: ServedModel, prompt: str, max_tokens: int, body: Any) -> _Generation:
