@@ -264,13 +264,17 @@ def test_scale_adds_a_group_and_a_change_rolls_whole_groups(
     def rolled() -> dict[str, Any] | None:
         # A pod whose StatefulSet is gone is not part of a group any more: the garbage collector
         # deletes it, a moment later on a loaded machine (seen with e2e files run side by side).
+        # The pods are read first, so a StatefulSet deleted between the two reads drops its pods rather
+        # than leaving them in (seen once under load: an old worker beside its group's new leader).
+        listed = _md_pods(kubectl, namespace)
         live = {
             s["metadata"]["uid"] for s in kubectl.json("get", "statefulsets", namespace=namespace)["items"]
         }
         pods = [
             p
-            for p in _md_pods(kubectl, namespace)
+            for p in listed
             if any(o["uid"] in live for o in p["metadata"].get("ownerReferences") or [])
+            and not p["metadata"].get("deletionTimestamp")  # terminating: out of the Service already
         ]
         for index, members in _groups(pods).items():
             # a group serving (all its pods Ready) never mixes leader and worker revisions
