@@ -40,7 +40,7 @@ from typing import Any
 import aiohttp
 
 from bench.harness import machine, percentile, write_results
-from e2e.net import http_status
+from kubeforge.testing.openai_front import running_front
 from kubeforge.testing.streaming import model_metrics
 from kubeforge.testing.triton import free_port, run_tritonserver
 from kubeforge.trainer.text_data import DEFAULT_CORPUS
@@ -206,21 +206,14 @@ async def streaming_vs_whole(url: str, pairs: int) -> dict[str, Any]:
 @contextmanager
 def openai_front(triton_url: str, repository: Path) -> Iterator[str]:
     """`kubeforge openai-front` over the server, on a free loopback port; yields its URL."""
-    port = free_port()
-    argv = [sys.executable, "-m", "kubeforge", "openai-front", "--host", "127.0.0.1", "--port", str(port),
-            "--triton", triton_url, "--repository", str(repository), "--model", MODEL]  # fmt: skip
-    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while http_status(f"{url}/health") != 200:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the OpenAI front did not start (exit {process.poll()})")
-            time.sleep(0.1)
-        yield url
-    finally:
-        process.terminate()
-        process.wait(10)
+    with (
+        tempfile.TemporaryDirectory() as scratch,
+        running_front(
+            ["--triton", triton_url, "--repository", str(repository), "--model", MODEL],
+            Path(scratch) / "front.log",
+        ) as front,
+    ):
+        yield front.url
 
 
 async def measure(repository: Path, smoke: bool) -> dict[str, Any]:

@@ -74,7 +74,15 @@ MD_SAMPLES: dict[str, tuple[Patch, Patch | None]] = {
     "models.llm": (
         {
             "models": [
-                {**LLM_MODEL, "llm": {**LLM, "maxModelLen": 4096, "engineArgs": {"enforce_eager": True}}}
+                {
+                    **LLM_MODEL,
+                    "llm": {
+                        **LLM,
+                        "maxModelLen": 4096,
+                        "engineArgs": {"enforce_eager": True},
+                        "chatTemplate": "{% for m in messages %}{{ m.content }}{% endfor %}",
+                    },
+                }
             ],
             "gpu": {"count": 2},
         },

@@ -43,8 +43,9 @@ from kubeforge.api import ModelDeployment
 from kubeforge.api.trainingjob import TrainingJob
 from kubeforge.builders.modeldeployment import build_triton_deployment
 from kubeforge.builders.trainingjob import COMPLETION_INDEX, build_worker_job
-from kubeforge.openai import BYTE_TOKENIZER, TOKENIZER_CONFIG, TOKENIZER_KEY
+from kubeforge.openai import TOKENIZER_CONFIG
 from kubeforge.settings import Settings
+from kubeforge.testing.openai_front import with_flag_values
 from kubeforge.testing.triton import free_port
 from kubeforge.testing.triton_pod import run_triton_container
 from tests.trainer.runs import TRAINING_ARGS
@@ -366,15 +367,11 @@ def test_the_openai_front_runs_from_the_operator_image(tmp_path: Path) -> None:
     container = next(c for c in pod_spec["containers"] if c["name"] == "openai")
     repository = tmp_path / "models"
     (repository / "opticks").mkdir(parents=True)
-    (repository / "opticks" / TOKENIZER_CONFIG).write_text(json.dumps({TOKENIZER_KEY: BYTE_TOKENIZER}))
+    (repository / "opticks" / TOKENIZER_CONFIG).write_text(json.dumps({"chat_template": "{{ messages }}"}))
     port, triton = free_ports(2)
     # the container's own arguments, on free loopback ports (the host's network is shared)
     local = {"--port": str(port), "--triton": f"http://127.0.0.1:{triton}"}
-    args = [
-        local.get(previous, arg)
-        for previous, arg in zip(["", *container["args"]], container["args"], strict=False)
-    ]
-    args = ["--host", "127.0.0.1", *args]
+    args = ["--host", "127.0.0.1", *with_flag_values(container["args"], local)]
     with images.mounted(images.image_name("operator")) as image:
         spec = images.from_pod(image, pod_spec, container, args=args, volumes={"models": repository})
         with images.Container(spec, tmp_path / "front").started() as front:

@@ -1,5 +1,6 @@
 """The OpenAI API of a language-model ModelDeployment on the local cluster: the front container in the
-server pods, the Service's `openai` port, status.endpoints.openai and the NetworkPolicy's port. Turning
+server pods (for a python-llm and a vLLM model), the Service's `openai` port, status.endpoints.openai and
+the NetworkPolicy's port. Turning
 it off removes every one of them; turning it back on while the operator is down brings them back once
 it is up. After each step the children equal what the builders make of the spec, nothing more."""
 
@@ -19,6 +20,16 @@ pytestmark = pytest.mark.e2e
 
 NAME = "opticks-serving"
 LANGUAGE_MODEL = {"name": "opticks", "source": "pvc://models/opticks", "format": "python", "config": {"decoupled": True}}  # fmt: skip
+# a vLLM model with an adapter and a chat template of its own: the front finds both in its folder
+VLLM_MODEL = {
+    "name": "qwen",
+    "source": "hf://Qwen/Qwen2.5-0.5B-Instruct",
+    "format": "vllm",
+    "llm": {
+        "loraAdapters": [{"name": "qwen-sql", "source": "pvc://models/adapters/sql"}],
+        "chatTemplate": "{% for m in messages %}{{ m.content }}{% endfor %}",
+    },
+}
 
 
 def _front(kubectl: Kubectl, namespace: str) -> dict[str, Any]:
@@ -28,8 +39,15 @@ def _front(kubectl: Kubectl, namespace: str) -> dict[str, Any]:
     found = kubectl("get", "networkpolicy", NAME, "-o", "json", namespace=namespace, check=False)
     policy = json.loads(found.stdout) if found.returncode == 0 else {}
     md = kubectl.json("get", "md", NAME, namespace=namespace)
+    containers = deployment["spec"]["template"]["spec"]["containers"]
     return {
-        "containers": [c["name"] for c in deployment["spec"]["template"]["spec"]["containers"]],
+        "containers": [c["name"] for c in containers],
+        "served": [
+            arg
+            for c in containers
+            if c["name"] == "openai"
+            for arg in c["args"][c["args"].index("--model") :]
+        ],
         "service": {p["name"]: p["port"] for p in service["spec"]["ports"]},
         "policy": [
             p["port"] for p in ((policy.get("spec") or {}).get("ingress") or [{}])[0].get("ports", [])
@@ -60,12 +78,13 @@ def test_the_openai_api_is_on_the_service_and_turns_off_and_on_across_a_restart(
         "apiVersion": "kubeforge.io/v1alpha1",
         "kind": "ModelDeployment",
         "metadata": {"name": NAME, "namespace": namespace},
-        "spec": {"models": [LANGUAGE_MODEL], "replicas": 1},
+        "spec": {"models": [LANGUAGE_MODEL, VLLM_MODEL], "replicas": 1, "gpu": {"count": 1}},
     }
     kubectl.apply(json.dumps(body))
     wait_condition(kubectl, "md", NAME, "Ready", namespace=namespace, timeout=90)
     on = _settled(kubectl, namespace, settings, True, "created")
     assert on["containers"] == ["triton", "openai"]
+    assert on["served"] == ["--model", "opticks", "--model", "qwen"]
     assert on["service"]["openai"] == 9000
     assert on["endpoint"] == f"http://{NAME}.{namespace}.svc.cluster.local:9000/v1"
     if settings.network_policies:

@@ -3,12 +3,15 @@ port, the NetworkPolicy port and status.endpoints.openai; off removes all of the
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from kubeforge.api import ModelDeployment, TrainingJob
 from kubeforge.builders.cache import CACHE_ROOT
+from kubeforge.builders.leaderworkerset import build_leaderworkerset
 from kubeforge.builders.modeldeployment import (
     OPENAI_PORT,
     build_service,
@@ -19,6 +22,7 @@ from kubeforge.builders.modeldeployment import (
 from kubeforge.builders.network import build_model_deployment_network_policy
 from kubeforge.builders.output import build_output_model_deployment
 from kubeforge.settings import Settings
+from kubeforge.triton.repository import PLAN_ENV
 from tests.data.invalid_specs import example
 
 LLM = {
@@ -27,6 +31,7 @@ LLM = {
     "format": "python",
     "config": {"decoupled": True},
 }
+META = {"name": "lm", "namespace": "team-a", "uid": "u", "generation": 1}
 CLASSIFIER = {"name": "resnet50", "source": "pvc://models/resnet50", "format": "onnx"}
 
 
@@ -104,3 +109,42 @@ def test_the_trained_language_model_handed_off_by_its_job_is_served_through_the_
     )
     assert openai_models(md) == ["opticks"]
     assert "openai" in _containers(md, Settings())
+
+
+VLLM = {
+    "name": "qwen",
+    "source": "hf://Qwen/Qwen2.5-0.5B-Instruct",
+    "format": "vllm",
+    "llm": {"loraAdapters": [{"name": "qwen-sql", "source": "pvc://adapters/sql"}]},
+}
+
+
+def test_a_vllm_model_is_served_through_the_front_and_in_a_group_by_its_leader() -> None:
+    spec = {"models": [VLLM], "gpu": {"count": 1}}
+    md = ModelDeployment.model_validate({"metadata": META, "spec": spec})
+    assert openai_models(md) == ["qwen"]  # its adapters are found by the front in multi_lora.json
+    assert _containers(md, Settings())["openai"]["args"][-2:] == ["--model", "qwen"]
+    group = {**spec, "nodesPerReplica": 2, "models": [{**VLLM, "llm": {"pipelineParallelSize": 2}}]}
+    md = ModelDeployment.model_validate({"metadata": META, "spec": group})
+    lws = build_leaderworkerset(md, Settings())["spec"]["leaderWorkerTemplate"]
+    assert [c["name"] for c in lws["leaderTemplate"]["spec"]["containers"]] == ["triton", "openai"]
+    assert "openai" not in [c["name"] for c in lws["workerTemplate"]["spec"]["containers"]]
+
+
+def test_a_chat_template_goes_into_the_plan_and_is_checked_as_jinja() -> None:
+    template = "{% for m in messages %}{{ m.content }}{% endfor %}"
+    spec = {"models": [{**VLLM, "llm": {"chatTemplate": template}}], "gpu": {"count": 1}}
+    md = ModelDeployment.model_validate({"metadata": META, "spec": spec})
+    init = build_triton_deployment(md, Settings())["spec"]["template"]["spec"]["initContainers"][0]
+    plan = json.loads(next(e["value"] for e in init["env"] if e["name"] == PLAN_ENV))
+    assert plan[0]["chatTemplate"] == template
+    broken = {"models": [{**VLLM, "llm": {"chatTemplate": "{% for m in messages %}"}}], "gpu": {"count": 1}}
+    with pytest.raises(ValidationError, match=r"chatTemplate[\s\S]*not a Jinja2 template: line 1: .*endfor"):
+        ModelDeployment.model_validate({"metadata": META, "spec": broken})
+
+
+def test_an_adapter_may_not_share_a_name_with_a_model() -> None:
+    clash = {**VLLM, "llm": {"loraAdapters": [{"name": "resnet50", "source": "pvc://adapters/x"}]}}
+    spec = {"models": [clash, CLASSIFIER], "gpu": {"count": 1}}
+    with pytest.raises(ValidationError, match=r"loraAdapters\[\]\.name must differ from every model's name"):
+        ModelDeployment.model_validate({"metadata": META, "spec": spec})

@@ -26,25 +26,14 @@ from kubeforge.api.modeldeployment import TYPED_ENGINE_ARGS, ModelDeployment, Mo
 from kubeforge.builders.modeldeployment import build_triton_deployment
 from kubeforge.settings import Settings
 from kubeforge.triton.repository import PLAN_ENV, assemble_repository, parse_plan
+from tests.llm.conftest import CHECK_TIMEOUT_S, INSTALL_TIMEOUT_S
 
 HERE = Path(__file__).resolve().parent
-ENV_SCRIPT = HERE / "vllm-env.sh"
 CHECKER = HERE / "vllm_check.py"
 EXAMPLES = HERE.parents[1] / "examples"
-INSTALL_TIMEOUT_S = 1800
-CHECK_TIMEOUT_S = 300
 
 # The first test of the module waits for the install (a cold machine: minutes).
 pytestmark = pytest.mark.timeout(INSTALL_TIMEOUT_S + CHECK_TIMEOUT_S)
-
-
-@pytest.fixture(scope="module")
-def vllm_python() -> Path:
-    """A python with the real vllm; the install runs here when the machine has none yet."""
-    result = subprocess.run(
-        ["bash", str(ENV_SCRIPT)], stdout=subprocess.PIPE, text=True, check=True, timeout=INSTALL_TIMEOUT_S
-    )
-    return Path(result.stdout.strip().splitlines()[-1])
 
 
 def run_checker(

@@ -4,6 +4,7 @@ concurrent streams share forward passes, and the model's own metrics are on /met
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import urllib.request
@@ -89,6 +90,40 @@ def test_a_bad_request_is_refused_with_its_reason(server: TritonServer) -> None:
         stream_sse(server.http_url, MODEL, {"text_input": PROMPT, "max_tokens": 0})
     with pytest.raises(StreamError, match="unknown parameters"):
         stream_sse(server.http_url, MODEL, {"text_input": PROMPT, "max_token": 5})
+
+
+def test_the_vllm_backends_request_contract(server: TritonServer) -> None:
+    """What a client of Triton's vLLM backend sends (the OpenAI front is one): sampling_parameters as a
+    JSON string, and the flags that return the token counts, which match the tokens generated."""
+    vllm_style = {
+        "text_input": PROMPT,
+        "stream": True,
+        "exclude_input_in_output": True,
+        "return_finish_reason": True,
+        "return_num_input_tokens": True,
+        "return_num_output_tokens": True,
+        "sampling_parameters": json.dumps(
+            {"max_tokens": 30, "temperature": 0.8, "seed": 9, "stop": ["never"]}
+        ),
+    }
+    stream = stream_sse(server.http_url, MODEL, vllm_style)
+    same = stream_sse(
+        server.http_url, MODEL, {"text_input": PROMPT, "max_tokens": 30, "temperature": 0.8, "seed": 9}
+    )
+    assert stream.text == same.text and stream.finish_reason == "length"
+    assert [r["num_output_tokens"] for r in stream.responses] == [1] * 30
+    assert {r["num_input_tokens"] for r in stream.responses} == {len(PROMPT.encode())}
+    assert "num_output_tokens" not in same.responses[0]  # only when asked, as the vLLM backend does
+    (whole,) = generate(server.http_url, MODEL, {**vllm_style, "stream": False}).responses
+    assert (whole["text_output"], whole["num_output_tokens"]) == (stream.text, 30)
+    with_prompt = generate(
+        server.http_url, MODEL, {**vllm_style, "stream": False, "exclude_input_in_output": False}
+    )
+    assert with_prompt.text == PROMPT + stream.text
+    with pytest.raises(StreamError, match="longer than this model's maximum prompt length of 4096 tokens"):
+        stream_sse(server.http_url, MODEL, {**vllm_style, "text_input": "x" * 4097})
+    with pytest.raises(StreamError, match="sampling_parameters is not a JSON object"):
+        stream_sse(server.http_url, MODEL, {**vllm_style, "sampling_parameters": "{max_tokens"})
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http"])

@@ -104,13 +104,23 @@ def test_export_is_a_decoupled_streaming_model(language_model_run: ReferenceRun)
     assert [(i.name, i.optional) for i in config.input] == [
         (s.name, bool(s.optional)) for s in GENERATE_INPUTS
     ]
-    assert {i.name for i in config.input} == {"text_input", "stop", *triton_llm_model.SCALAR_INPUTS}
-    assert [o.name for o in config.output] == ["text_output", "finish_reason"]
+    # the vLLM backend's inputs, and TensorRT-LLM's sampling inputs
+    assert {i.name for i in config.input} == {
+        "text_input", "sampling_parameters", "stop", *triton_llm_model.SCALAR_INPUTS,
+        "exclude_input_in_output", "return_finish_reason", "return_num_input_tokens", "return_num_output_tokens",
+    }  # fmt: skip
+    assert [o.name for o in config.output] == [
+        "text_output",
+        "finish_reason",
+        "num_input_tokens",
+        "num_output_tokens",
+    ]
     assert [(g.kind, g.count) for g in config.instance_group] == [
         (model_config_pb2.ModelInstanceGroup.KIND_AUTO, 1)
     ]
     parameters = json_format.MessageToDict(config)["parameters"]
     assert parameters["max_concurrent_streams"] == {"stringValue": "16"}
+    assert parameters["max_prompt_tokens"] == {"stringValue": "4096"}
 
 
 def test_torchscript_export_computes_what_was_trained(language_model_run: ReferenceRun) -> None:

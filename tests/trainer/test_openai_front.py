@@ -6,11 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,9 +21,11 @@ from kubeforge.api import ModelDeployment
 from kubeforge.builders.modeldeployment import build_triton_deployment
 from kubeforge.openai.chat import render
 from kubeforge.settings import Settings
+from kubeforge.testing.openai_front import RunningFront, running_front, with_flag_values
 from kubeforge.testing.streaming import model_metrics, stream_sse
-from kubeforge.testing.triton import TritonServer, free_port
-from kubeforge.trainer.llm_export import CHAT_TEMPLATE, MAX_PROMPT_TOKENS
+from kubeforge.testing.triton import TritonServer
+from kubeforge.trainer.llm_export import CHAT_TEMPLATE
+from kubeforge.trainer.triton_llm_model import DEFAULT_MAX_PROMPT_TOKENS
 from tests.trainer.runs import LM_MODEL_NAME, LM_SINGLE_MODEL_NAME
 
 pytestmark = [pytest.mark.torch, pytest.mark.triton]
@@ -39,34 +37,12 @@ TOKENS = "kubeforge_generated_tokens_total"
 PASSES = "kubeforge_forward_passes_total"
 
 
-class Front:
-    def __init__(self, url: str, process: subprocess.Popen[bytes], log: Path) -> None:
-        self.url = url
-        self.process = process
-        self.log = log
+def sync_client(front: RunningFront) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{front.url}/v1", api_key="unused", max_retries=0, timeout=60)
 
-    def client(self) -> openai.OpenAI:
-        return openai.OpenAI(base_url=f"{self.url}/v1", api_key="unused", max_retries=0, timeout=60)
 
-    def async_client(self) -> openai.AsyncOpenAI:
-        return openai.AsyncOpenAI(base_url=f"{self.url}/v1", api_key="unused", max_retries=0, timeout=60)
-
-    def post(self, path: str, body: dict[str, Any]) -> tuple[int, bytes]:
-        request = urllib.request.Request(
-            f"{self.url}{path}", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=60) as response:
-                return response.status, response.read()
-        except urllib.error.HTTPError as error:
-            return error.code, error.read()
-
-    def get(self, path: str) -> tuple[int, bytes]:
-        try:
-            with urllib.request.urlopen(f"{self.url}{path}", timeout=10) as response:
-                return response.status, response.read()
-        except urllib.error.HTTPError as error:
-            return error.code, error.read()
+def async_client(front: RunningFront) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=f"{front.url}/v1", api_key="unused", max_retries=0, timeout=60)
 
 
 def _front_container() -> dict[str, Any]:
@@ -85,38 +61,16 @@ def _front_container() -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def front(
     llm_server: TritonServer, llm_repository: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Front]:
+) -> Iterator[RunningFront]:
     """The operator's `openai` container as the server pod runs it: its command and arguments, with the
-    pod's ports and paths moved to this machine's (a free loopback port, the local Triton, the local
-    model repository)."""
+    pod's paths moved to this machine's (the local Triton, the local model repository)."""
     container = _front_container()
     assert container["command"] == ["kubeforge", "openai-front"]
-    port = free_port()
-    local = {"--port": str(port), "--triton": llm_server.http_url, "--repository": str(llm_repository)}
-    args = list(container["args"])
-    for index, arg in enumerate(args[:-1]):
-        if arg in local:
-            args[index + 1] = local[arg]
-    log = tmp_path_factory.mktemp("front") / "front.log"
-    argv = [sys.executable, "-m", "kubeforge", "openai-front", "--host", "127.0.0.1", *args]
-    with log.open("wb") as out:
-        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
-    running = Front(f"http://127.0.0.1:{port}", process, log)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert process.poll() is None, log.read_text()
-            try:
-                if running.get("/health")[0] == 200:
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.1)
+    args = with_flag_values(
+        container["args"], {"--triton": llm_server.http_url, "--repository": str(llm_repository)}
+    )
+    with running_front(args, tmp_path_factory.mktemp("front") / "front.log") as running:
         yield running
-    finally:
-        process.terminate()
-        process.wait(10)
 
 
 def _conforms(model: type[BaseModel], body: dict[str, Any]) -> BaseModel:
@@ -144,18 +98,18 @@ def _events(raw: bytes) -> list[dict[str, Any]]:
     return [json.loads(line.removeprefix("data: ")) for line in lines[:-1]]
 
 
-def test_models_lists_what_the_front_serves(front: Front) -> None:
-    models = front.client().models.list()
+def test_models_lists_what_the_front_serves(front: RunningFront) -> None:
+    models = sync_client(front).models.list()
     assert [m.id for m in models.data] == [MODEL, LM_SINGLE_MODEL_NAME]
-    status, body = front.get(f"/v1/models/{MODEL}")
+    status, body = front.call(f"/v1/models/{MODEL}")
     assert status == 200
     _conforms(Model, json.loads(body))
 
 
 def test_a_completion_is_what_triton_generates_and_its_usage_is_exact(
-    front: Front, llm_server: TritonServer
+    front: RunningFront, llm_server: TritonServer
 ) -> None:
-    completion = front.client().completions.create(
+    completion = sync_client(front).completions.create(
         model=MODEL, prompt=PROMPT, max_tokens=40, temperature=0.7, seed=3
     )
     direct = stream_sse(
@@ -168,28 +122,28 @@ def test_a_completion_is_what_triton_generates_and_its_usage_is_exact(
     assert completion.usage.completion_tokens == 40 == len(direct.responses)
     assert completion.usage.prompt_tokens == len(PROMPT.encode())  # a byte is a token
     assert completion.usage.total_tokens == 40 + len(PROMPT.encode())
-    status, body = front.post(
+    status, body = front.call(
         "/v1/completions", {"model": MODEL, "prompt": PROMPT, "max_tokens": 5, "seed": 1}
     )
     assert status == 200
     _conforms(Completion, json.loads(body))
 
 
-def test_the_same_seed_gives_the_same_text(front: Front) -> None:
-    client = front.client()
+def test_the_same_seed_gives_the_same_text(front: RunningFront) -> None:
+    openai_client = sync_client(front)
 
     def text(seed: int) -> str:
-        return client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=60, temperature=0.9, seed=seed).choices[0].text  # fmt: skip
+        return openai_client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=60, temperature=0.9, seed=seed).choices[0].text  # fmt: skip
 
     assert text(11) == text(11)
     assert text(11) != text(12)
 
 
-def test_a_stream_arrives_token_by_token_and_ends_with_its_usage(front: Front) -> None:
+def test_a_stream_arrives_token_by_token_and_ends_with_its_usage(front: RunningFront) -> None:
     started = time.monotonic()
     arrivals: list[float] = []
     chunks = []
-    stream = front.client().completions.create(
+    stream = sync_client(front).completions.create(
         model=MODEL,
         prompt=PROMPT,
         max_tokens=200,
@@ -210,7 +164,7 @@ def test_a_stream_arrives_token_by_token_and_ends_with_its_usage(front: Front) -
         arrivals[-1] - started,
     )
     assert len(text_chunks) > 100
-    status, raw = front.post(
+    status, raw = front.call(
         "/v1/completions", {"model": MODEL, "prompt": PROMPT, "max_tokens": 8, "stream": True}
     )
     assert status == 200
@@ -223,32 +177,32 @@ def test_a_stream_arrives_token_by_token_and_ends_with_its_usage(front: Front) -
     assert [e["choices"][0]["finish_reason"] for e in events] == [None] * (len(events) - 1) + ["length"]
 
 
-def test_stop_sequences_stop_the_text_before_them(front: Front) -> None:
-    client = front.client()
+def test_stop_sequences_stop_the_text_before_them(front: RunningFront) -> None:
+    openai_client = sync_client(front)
     greedy = {"model": MODEL, "prompt": PROMPT, "max_tokens": 80, "temperature": 0.0}
-    full = client.completions.create(**greedy).choices[0].text
+    full = openai_client.completions.create(**greedy).choices[0].text
     stop = full[30:33]
-    stopped = client.completions.create(**greedy, stop=[stop, "never seen"]).choices[0]
+    stopped = openai_client.completions.create(**greedy, stop=[stop, "never seen"]).choices[0]
     assert stopped.finish_reason == "stop"
     assert stopped.text == full[: full.index(stop)]
 
 
-def test_chat_renders_the_models_own_template(front: Front) -> None:
+def test_chat_renders_the_models_own_template(front: RunningFront) -> None:
     messages = [
         {"role": "system", "content": "Answer as Newton would."},
         {"role": "user", "content": "What is white light?"},
     ]
-    chat = front.client().chat.completions.create(model=MODEL, messages=messages, max_completion_tokens=30, temperature=0.0)  # type: ignore[arg-type]  # fmt: skip
+    chat = sync_client(front).chat.completions.create(model=MODEL, messages=messages, max_completion_tokens=30, temperature=0.0)  # type: ignore[arg-type]  # fmt: skip
     prompt = render(CHAT_TEMPLATE, messages)
     assert prompt == "Answer as Newton would.\n\nQ: What is white light?\nA:"
-    same = front.client().completions.create(model=MODEL, prompt=prompt, max_tokens=30, temperature=0.0)
+    same = sync_client(front).completions.create(model=MODEL, prompt=prompt, max_tokens=30, temperature=0.0)
     assert chat.choices[0].message.content == same.choices[0].text
     assert chat.choices[0].message.role == "assistant"
     assert chat.usage is not None and chat.usage.prompt_tokens == len(prompt.encode())
-    status, body = front.post("/v1/chat/completions", {"model": MODEL, "messages": messages, "max_tokens": 4})
+    status, body = front.call("/v1/chat/completions", {"model": MODEL, "messages": messages, "max_tokens": 4})
     assert status == 200
     _conforms(ChatCompletion, json.loads(body))
-    status, raw = front.post(
+    status, raw = front.call(
         "/v1/chat/completions",
         {
             "model": MODEL,
@@ -265,9 +219,9 @@ def test_chat_renders_the_models_own_template(front: Front) -> None:
         _conforms(ChatCompletionChunk, event)
 
 
-def test_the_async_client_streams_a_chat(front: Front) -> None:
+def test_the_async_client_streams_a_chat(front: RunningFront) -> None:
     async def chat() -> tuple[str, str | None]:
-        client = front.async_client()
+        client = async_client(front)
         stream = await client.chat.completions.create(
             model=MODEL,
             messages=[{"role": "user", "content": "Of colours"}],
@@ -292,7 +246,9 @@ def test_the_async_client_streams_a_chat(front: Front) -> None:
         ({"model": "nope", "prompt": "x"}, 404, "model", "model_not_found", "does not exist"),
         ({"model": MODEL, "prompt": "x", "n": 2}, 400, "n", "unsupported_value", "n=2"),
         ({"model": MODEL, "prompt": "x", "max_tokens": 5000}, 400, "max_tokens", None, "limit of 4096"),
-        ({"model": MODEL, "prompt": "x" * (MAX_PROMPT_TOKENS + 1)}, 400, "prompt", "context_length_exceeded", "4096"),
+        ({"model": MODEL, "prompt": "x" * (DEFAULT_MAX_PROMPT_TOKENS + 1)}, 400, "prompt", "context_length_exceeded", "4096"),
+        # refused by the model before its first token: the answer's status, not an event in a 200 stream
+        ({"model": MODEL, "prompt": "x" * (DEFAULT_MAX_PROMPT_TOKENS + 1), "stream": True}, 400, "prompt", "context_length_exceeded", "4096"),
         ({"model": MODEL, "prompt": "x", "temperature": 3}, 400, "temperature", None, "less than or equal to 2"),
         ({"model": MODEL, "prompt": "x", "frobnicate": 1}, 400, "frobnicate", None, "Unrecognized request argument"),
         ({"model": MODEL}, 400, "prompt", None, "Missing required parameter"),
@@ -300,9 +256,9 @@ def test_the_async_client_streams_a_chat(front: Front) -> None:
     ],
 )  # fmt: skip
 def test_bad_requests_get_openais_error_body(
-    front: Front, body: dict[str, Any], status: int, param: str, code: str | None, message: str
+    front: RunningFront, body: dict[str, Any], status: int, param: str, code: str | None, message: str
 ) -> None:
-    got, raw = front.post("/v1/completions", body)
+    got, raw = front.call("/v1/completions", body)
     assert got == status, raw
     error = json.loads(raw)["error"]
     assert set(error) == {"message", "type", "param", "code"}
@@ -310,22 +266,26 @@ def test_bad_requests_get_openais_error_body(
     assert message in error["message"]
 
 
-def test_the_client_raises_openais_errors(front: Front) -> None:
+def test_the_client_raises_openais_errors(front: RunningFront) -> None:
     with pytest.raises(openai.NotFoundError) as missing:
-        front.client().completions.create(model="nope", prompt="x")
+        sync_client(front).completions.create(model="nope", prompt="x")
     assert missing.value.code == "model_not_found"
     with pytest.raises(openai.BadRequestError) as refused:
-        front.client().chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}], n=3)
+        sync_client(front).chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "x"}], n=3
+        )
     assert refused.value.param == "n"
 
 
 @pytest.mark.parametrize("stream", [True, False])
-def test_a_client_that_goes_away_frees_the_slot(front: Front, llm_server: TritonServer, stream: bool) -> None:
+def test_a_client_that_goes_away_frees_the_slot(
+    front: RunningFront, llm_server: TritonServer, stream: bool
+) -> None:
     # one slot: had the abandoned request kept generating its 4096 bytes, the next would wait for them
     single = LM_SINGLE_MODEL_NAME
     before = model_metrics(llm_server.metrics_url, single)[TOKENS]
     if stream:
-        chunks = front.client().completions.create(
+        chunks = sync_client(front).completions.create(
             model=single, prompt=PROMPT, max_tokens=4096, stream=True, seed=2
         )
         for index, _ in enumerate(chunks):
@@ -334,7 +294,7 @@ def test_a_client_that_goes_away_frees_the_slot(front: Front, llm_server: Triton
         chunks.close()
     else:  # the client gives up waiting for the whole text: its handler is cancelled, and the call to Triton
         with pytest.raises(openai.APITimeoutError):
-            front.client().with_options(timeout=1.5).completions.create(
+            sync_client(front).with_options(timeout=1.5).completions.create(
                 model=single, prompt=PROMPT, max_tokens=4096
             )
     deadline = time.monotonic() + 10
@@ -344,16 +304,16 @@ def test_a_client_that_goes_away_frees_the_slot(front: Front, llm_server: Triton
     generated = model_metrics(llm_server.metrics_url, single)[TOKENS] - before
     assert generated < 2000, generated  # stopped long before its 4096
     started = time.monotonic()
-    following = front.client().completions.create(model=single, prompt=PROMPT, max_tokens=8)
+    following = sync_client(front).completions.create(model=single, prompt=PROMPT, max_tokens=8)
     assert following.usage is not None and following.usage.completion_tokens == 8
     assert time.monotonic() - started < 5.0
 
 
-def test_sixteen_streams_share_forward_passes(front: Front, llm_server: TritonServer) -> None:
+def test_sixteen_streams_share_forward_passes(front: RunningFront, llm_server: TritonServer) -> None:
     before = model_metrics(llm_server.metrics_url, MODEL)
 
     async def streams() -> list[int]:
-        client = front.async_client()
+        client = async_client(front)
 
         async def one(seed: int) -> int:
             stream = await client.completions.create(

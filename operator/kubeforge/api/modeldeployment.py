@@ -7,7 +7,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field, WithJsonSchema
+from pydantic import Field, WithJsonSchema, field_validator
 
 from kubeforge.api.base import (
     ApiModel,
@@ -26,11 +26,14 @@ from kubeforge.api.common import (
     PodMetadata,
     Resources,
 )
+from kubeforge.openai.chat import template_error
 
 KIND = "ModelDeployment"
 PLURAL = "modeldeployments"
 # Children are named after the ModelDeployment and the Service name must be a DNS-1035 label.
 MAX_NAME_LENGTH = 63
+# a chat template rides in the init container's plan (an env var): the largest published ones are ~20 KB
+MAX_CHAT_TEMPLATE = 65536
 MODEL_URI_PATTERN = r"^(s3://[a-z0-9][a-z0-9.-]{1,62}(/[^\s]*)?|gs://[a-z0-9][a-z0-9._-]{1,221}(/[^\s]*)?|https?://[^\s/]+(/[^\s]*)?|pvc://[a-z0-9]([-a-z0-9.]*[a-z0-9])?(/[^\s]*)?)$"
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 # Hugging Face Hub repositories: hf://<org>/<model>[@<revision>] (a branch, tag or commit)
@@ -263,6 +266,23 @@ class LLMEngine(ApiModel):
         description="Other vLLM engine arguments by their snake_case name, e.g. {enforce_eager: true, "
         "max_lora_rank: 64}. Fields typed above are refused here.",
     )
+    chat_template: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_CHAT_TEMPLATE,
+        description="The Jinja2 chat template the OpenAI API (spec.openai) renders chat messages with, in "
+        "Hugging Face's form (messages, add_generation_prompt, bos_token, eos_token). Default: the model's "
+        "own, from chat_template.jinja or the chat_template of tokenizer_config.json in its files.",
+    )
+
+    @field_validator("chat_template")
+    @classmethod
+    def _jinja(cls, template: str | None) -> str | None:
+        if template is not None:
+            error = template_error(template)
+            if error:
+                raise ValueError(f"not a Jinja2 template: {error}")
+        return template
 
     # Checked by the operator only (status Stalled, reason InvalidSpec): CEL cannot range over an
     # object whose fields are unknown to the schema.
@@ -451,8 +471,9 @@ class OpenAIAPI(ApiModel):
     enabled: bool | None = Field(
         default=None,
         description="Serve the OpenAI API on the Service's `openai` port (9000, path /v1) from a front "
-        "container in each server pod, for the language models: streaming Python models exported by the "
-        "trainer (python-llm). Default: on when there is one; false removes the container and the port.",
+        "container in each server pod, for the language models: vLLM models (each LoRA adapter is a model "
+        "id of its own) and the streaming Python models the trainer exports (python-llm). Default: on "
+        "when there is one; false removes the container and the port.",
     )
 
 
@@ -690,6 +711,13 @@ _CEL_PARALLEL = _cel_parallel()
 MAX_MULTI_NODE_NAME_LENGTH = 45
 
 
+def _unique_model_ids(models: list[ModelSpec]) -> bool:
+    ids = [m.name for m in models] + [
+        a.name for m in models for a in ((m.llm.lora_adapters or []) if m.llm else [])
+    ]
+    return len(set(ids)) == len(ids)
+
+
 def _needs_credentials(model: ModelSpec) -> bool:
     """A model or one of its LoRA adapters is fetched from s3:// or gs://."""
     adapters = (model.llm.lora_adapters or []) if model.llm else []
@@ -768,6 +796,12 @@ class ModelDeploymentSpec(ApiModel):
             cel="",  # the schema's list-map keyed by name refuses duplicates itself
             message="models: Duplicate value: models[].name must be unique",
             check=lambda s: len({m.name for m in s.models}) == len(s.models),
+        ),
+        Rule(
+            cel="",  # checked by the operator: a walk over every adapter of every model costs too much in CEL
+            message="models[].llm.loraAdapters[].name must differ from every model's name and every other "
+            "adapter's: the OpenAI API selects a model or an adapter by that name",
+            check=lambda s: _unique_model_ids(s.models),
         ),
         Rule(
             cel="!has(self.autoscaling) || self.replicas <= self.autoscaling.maxReplicas",

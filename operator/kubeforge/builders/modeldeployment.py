@@ -210,11 +210,16 @@ def triton_container(md: ModelDeployment, settings: Settings) -> dict[str, Any]:
 
 
 def openai_models(md: ModelDeployment) -> list[str]:
-    """The language models the OpenAI front serves (spec.openai): the streaming Python models, which is
-    how the trainer's python-llm export is served; none when spec.openai.enabled is false."""
+    """The language models the OpenAI front serves (spec.openai): the vLLM models, and the streaming
+    Python models (how the trainer's python-llm export is served); none when spec.openai.enabled is
+    false. The front finds a vLLM model's LoRA adapters and chat template in its repository folder."""
     if md.spec.openai is not None and md.spec.openai.enabled is False:
         return []
-    return [m.name for m in md.spec.models if m.format == ModelFormat.PYTHON and streams(m)]
+    return [
+        m.name
+        for m in md.spec.models
+        if m.format == ModelFormat.VLLM or (m.format == ModelFormat.PYTHON and streams(m))
+    ]
 
 
 def openai_container(md: ModelDeployment, settings: Settings) -> dict[str, Any]:

@@ -1,10 +1,10 @@
 """The OpenAI-compatible API of language-model ModelDeployments (`kubeforge openai-front`).
 
-What a model directory tells the front, in its `tokenizer_config.json` (Hugging Face's file, which
-the python-llm export writes too): `chat_template`, `model_max_length` (the longest prompt, in
-tokens) and, for Kubeforge's byte-level models, `kubeforge_tokenizer: utf-8-bytes`.
+The files a model directory gives the front (`kubeforge.openai.models` reads them): Hugging Face's
+`tokenizer_config.json` (the `chat_template` and special tokens; the python-llm export writes one
+too) and `chat_template.jinja` (a template of its own, as Hugging Face saves it and as the operator
+writes `spec.models[].llm.chatTemplate`).
 """
 
 TOKENIZER_CONFIG = "tokenizer_config.json"
-TOKENIZER_KEY = "kubeforge_tokenizer"
-BYTE_TOKENIZER = "utf-8-bytes"
+CHAT_TEMPLATE_FILE = "chat_template.jinja"

@@ -2,8 +2,8 @@
 
 The template is Jinja2 run in an immutable sandbox (a template cannot reach Python objects beyond the
 values given to it), with Hugging Face's settings and helpers: `trim_blocks`, `lstrip_blocks`, the
-`loopcontrols` extension, `tojson`, `raise_exception` and `strftime_now`. A model's template comes
-from the `chat_template` of its `tokenizer_config.json`.
+`loopcontrols` extension, `tojson`, `raise_exception` and `strftime_now`. Where a model's template
+comes from: `kubeforge.openai.models`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any, NoReturn
 
-from jinja2 import TemplateError
+from jinja2 import TemplateError, TemplateSyntaxError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from kubeforge.openai.protocol import OpenAIError
@@ -48,6 +48,15 @@ def _compiled(template: str) -> Any:
     env.globals["raise_exception"] = _raise
     env.globals["strftime_now"] = _strftime_now
     return env.from_string(template)
+
+
+def template_error(template: str) -> str | None:
+    """Why `template` is not a Jinja2 template (its line and the parser's message), or None."""
+    try:
+        _compiled(template)
+    except TemplateSyntaxError as error:
+        return f"line {error.lineno}: {error.message}"
+    return None
 
 
 def render(

@@ -6,15 +6,22 @@ asked to stream: tokens are passed on as Triton sends them (never buffered when 
 is counted from what was generated, and a client that goes away closes the call to Triton, which
 cancels the generation and frees its slot. aiohttp is the HTTP server and client.
 
-A served model is a directory of the model repository the pod's init container laid out: its
-`tokenizer_config.json` gives the chat template, how prompt tokens are counted, and the prompt limit;
-Triton's model config gives `max_tokens_limit`.
+Both kinds of language model speak the vLLM backend's request contract
+(https://github.com/triton-inference-server/vllm_backend, `src/utils/request.py`), which the python-llm
+export implements too: `text_input`, `stream`, `exclude_input_in_output`, `sampling_parameters` (a JSON
+object: max_tokens, temperature, top_p, seed, stop, and lora_name for an adapter) and the flags that
+return `finish_reason`, `num_input_tokens` and `num_output_tokens`, which is what `usage` counts. The
+model refuses an over-long prompt itself (its tokenizer is the one that counts).
+
+A served model is a directory of the model repository the pod's init container laid out (`models`
+in `kubeforge.openai`): the chat template, the adapters, the longest context.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -26,7 +33,8 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from kubeforge.openai import BYTE_TOKENIZER, TOKENIZER_CONFIG, TOKENIZER_KEY, chat
+from kubeforge.openai import chat
+from kubeforge.openai.models import ServedModel, served_models
 from kubeforge.openai.protocol import ChatCompletionRequest, CompletionRequest, OpenAIError, parse
 
 log = logging.getLogger(__name__)
@@ -35,38 +43,18 @@ DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's default max_tokens for /v1/completion
 DEFAULT_MAX_TOKENS_LIMIT = 4096  # a python-llm model's, where its config does not say (max_tokens_limit)
 UPSTREAM_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=None)
 SSE_DATA = b"data: "
-
-
-@dataclass(frozen=True)
-class ServedModel:
-    """A model the front serves, as its repository directory describes it."""
-
-    name: str
-    chat_template: str | None
-    max_prompt_tokens: int | None
-    created: int
-
-    @classmethod
-    def load(cls, repository: Path, name: str) -> ServedModel:
-        path = repository / name / TOKENIZER_CONFIG
-        try:
-            config = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise ValueError(f"model {name}: no {TOKENIZER_CONFIG} in {repository / name}") from None
-        if config.get(TOKENIZER_KEY) != BYTE_TOKENIZER:
-            raise ValueError(
-                f"model {name}: {path} must say {TOKENIZER_KEY}: {BYTE_TOKENIZER} (the front counts byte tokens)"
-            )
-        limit = config.get("model_max_length")
-        return cls(
-            name=name,
-            chat_template=config.get("chat_template"),
-            max_prompt_tokens=int(limit) if limit is not None else None,
-            created=int(path.stat().st_mtime),
-        )
-
-    def prompt_tokens(self, prompt: str) -> int:
-        return len(prompt.encode())
+# the vLLM backend's flags: every response says why it ended and how many tokens it holds
+RETURN_FLAGS = {
+    "stream": True,
+    "exclude_input_in_output": True,
+    "return_finish_reason": True,
+    "return_num_input_tokens": True,
+    "return_num_output_tokens": True,
+}
+# "longer than this model's maximum prompt length of N tokens" (python-llm), "longer than the maximum
+# model length of N" (vLLM's input check)
+TOO_LONG = re.compile(r"longer than (?:this model's|the) maximum (?:prompt|model) length of (\d+)")
+NOT_FINISHED = ("", "None")  # the finish_reason of a response that is not the last (python-llm, vLLM)
 
 
 def _event(document: Mapping[str, Any]) -> bytes:
@@ -82,19 +70,22 @@ class _Generation:
     """What one request asked Triton for, and what came back."""
 
     model: ServedModel
-    prompt: str
-    max_tokens: int
     payload: dict[str, Any]
-    text: str = ""
+    param: str  # the request field the prompt came from: prompt or messages
+    texts: list[str]
+    prompt_tokens: int = 0
     completion_tokens: int = 0
     finish_reason: str | None = None
 
+    @property
+    def text(self) -> str:
+        return "".join(self.texts)
+
     def usage(self) -> dict[str, int]:
-        prompt = self.model.prompt_tokens(self.prompt)
         return {
-            "prompt_tokens": prompt,
+            "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
-            "total_tokens": prompt + self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
         }
 
 
@@ -168,8 +159,7 @@ class Front:
                         "choices": [choice]}  # fmt: skip
 
             if body.stream:
-                include_usage = bool(body.stream_options and body.stream_options.include_usage)
-                return await self._stream(request, generation, chunk, include_usage)
+                return await self._stream(request, generation, chunk, _include_usage(body))
             await self._run(generation)
             document = chunk(generation.text, generation.finish_reason)
             return web.json_response({**document, "usage": generation.usage()})
@@ -188,7 +178,7 @@ class Front:
                 {"role": m.role, "content": m.text(), **({"name": m.name} if m.name else {})}
                 for m in body.messages
             ]
-            prompt = chat.render(model.chat_template, messages)
+            prompt = chat.render(model.chat_template, messages, special_tokens=model.special_tokens)
             max_tokens = body.limit() or await self._max_tokens_limit(model)
             generation = await self._generation(model, prompt, max_tokens, body)
             created, ident = int(time.time()), f"chatcmpl-{uuid.uuid4().hex}"
@@ -200,9 +190,8 @@ class Front:
                         "choices": [choice]}  # fmt: skip
 
             if body.stream:
-                include_usage = bool(body.stream_options and body.stream_options.include_usage)
                 return await self._stream(
-                    request, generation, chunk, include_usage, opening=chunk("", None, first=True)
+                    request, generation, chunk, _include_usage(body), opening=chunk("", None, first=True)
                 )
             await self._run(generation)
             message = {"role": "assistant", "content": generation.text, "refusal": None}
@@ -237,20 +226,25 @@ class Front:
         return model
 
     async def _max_tokens_limit(self, model: ServedModel) -> int:
-        if model.name not in self._limits:
+        """The most tokens one request may generate: a vLLM model's context length, else the Triton
+        config's `max_tokens_limit` (a python-llm model's), read once."""
+        if model.context_length is not None:
+            return model.context_length
+        if model.triton_model not in self._limits:
             not_ready = OpenAIError(
                 503, f"model {model.name} is not ready on this server", kind="server_error"
             )
+            url = f"{self.triton_url}/v2/models/{model.triton_model}/config"
             try:
-                async with self.session.get(f"{self.triton_url}/v2/models/{model.name}/config") as response:
+                async with self.session.get(url) as response:
                     if response.status != 200:
                         raise not_ready
                     config = await response.json()
             except aiohttp.ClientError:
                 raise not_ready from None
             entry = (config.get("parameters") or {}).get("max_tokens_limit") or {}
-            self._limits[model.name] = int(entry.get("string_value") or DEFAULT_MAX_TOKENS_LIMIT)
-        return self._limits[model.name]
+            self._limits[model.triton_model] = int(entry.get("string_value") or DEFAULT_MAX_TOKENS_LIMIT)
+        return self._limits[model.triton_model]
 
     async def _generation(self, model: ServedModel, prompt: str, max_tokens: int, body: Any) -> _Generation:
         limit = await self._max_tokens_limit(model)
@@ -259,33 +253,34 @@ class Front:
             raise OpenAIError(
                 400, f"{param} is {max_tokens}, more than this model's limit of {limit}", param=param
             )
-        tokens = model.prompt_tokens(prompt)
-        if model.max_prompt_tokens is not None and tokens > model.max_prompt_tokens:
-            raise OpenAIError(
-                400,
-                f"This model's maximum prompt length is {model.max_prompt_tokens} tokens; the prompt has {tokens}",
-                param="messages" if isinstance(body, ChatCompletionRequest) else "prompt",
-                code="context_length_exceeded",
-            )
-        payload: dict[str, Any] = {"text_input": prompt, "max_tokens": max_tokens, "stream": True}
-        for field in ("temperature", "top_p", "seed"):
-            if getattr(body, field) is not None:
-                payload[field] = getattr(body, field)
-        if body.stops():
-            payload["stop"] = body.stops()
-        return _Generation(model, prompt, max_tokens, payload)
+        return _Generation(
+            model,
+            {
+                "text_input": prompt,
+                **RETURN_FLAGS,
+                "sampling_parameters": sampling_parameters(model, max_tokens, body),
+            },
+            "messages" if isinstance(body, ChatCompletionRequest) else "prompt",
+            [],
+        )
 
     @asynccontextmanager
     async def _upstream(
         self, generation: _Generation
     ) -> AsyncIterator[AsyncIterator[tuple[str, str | None]]]:
-        """Triton's generate_stream for this generation: (text, finish reason) per generated token."""
-        url = f"{self.triton_url}/v2/models/{generation.model.name}/generate_stream"
+        """Triton's generate_stream for this generation: (text, finish reason) per response. An error
+        before the first token is raised here, so that it is the request's answer and status."""
+        url = f"{self.triton_url}/v2/models/{generation.model.triton_model}/generate_stream"
         try:
             async with self.session.post(url, json=generation.payload) as response:
                 if response.status != 200:
-                    raise _upstream_error(response.status, await response.text())
-                yield _tokens(response, generation)
+                    raise _upstream_error(response.status, await response.text(), generation)
+                tokens = _tokens(response, generation)
+                try:
+                    first = await anext(tokens)
+                except StopAsyncIteration:
+                    first = None
+                yield _after(first, tokens)
         except aiohttp.ClientError as error:
             raise OpenAIError(
                 503, f"the model server is not answering: {error}", kind="server_error"
@@ -304,20 +299,18 @@ class Front:
         include_usage: bool,
         opening: dict[str, Any] | None = None,
     ) -> web.StreamResponse:
+        usage_field = {"usage": None} if include_usage else {}
         async with self._upstream(generation) as tokens:
             response = web.StreamResponse(
                 headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
             )
             await response.prepare(request)
             if opening is not None:
-                await response.write(_event({**opening, **({"usage": None} if include_usage else {})}))
+                await response.write(_event({**opening, **usage_field}))
             try:
                 async for text, finish in tokens:
                     if text or finish:
-                        document = chunk(text, finish)
-                        await response.write(
-                            _event({**document, **({"usage": None} if include_usage else {})})
-                        )
+                        await response.write(_event({**chunk(text, finish), **usage_field}))
             except OpenAIError as error:  # after the headers: the error as the stream's last event
                 await response.write(_event(error.body()))
                 return response
@@ -329,6 +322,39 @@ class Front:
             return response
 
 
+def sampling_parameters(model: ServedModel, max_tokens: int, body: Any) -> str:
+    """The `sampling_parameters` input: vLLM's SamplingParams fields (and the backend's lora_name)."""
+    parameters: dict[str, Any] = {"max_tokens": max_tokens}
+    for name in ("temperature", "top_p", "seed"):
+        if getattr(body, name) is not None:
+            parameters[name] = getattr(body, name)
+    if body.stops():
+        parameters["stop"] = body.stops()
+    if model.lora is not None:
+        parameters["lora_name"] = model.lora
+    return json.dumps(parameters, separators=(",", ":"))
+
+
+def _include_usage(body: Any) -> bool:
+    return bool(body.stream_options and body.stream_options.include_usage)
+
+
+async def _after(
+    first: tuple[str, str | None] | None, rest: AsyncIterator[tuple[str, str | None]]
+) -> AsyncIterator[tuple[str, str | None]]:
+    if first is not None:
+        yield first
+        async for item in rest:
+            yield item
+
+
+def _count(value: Any) -> int:
+    """A token count output: a number, or a list of one (an output of dims [-1])."""
+    if isinstance(value, list):
+        return sum(int(v) for v in value)
+    return int(value or 0)
+
+
 async def _tokens(
     response: aiohttp.ClientResponse, generation: _Generation
 ) -> AsyncIterator[tuple[str, str | None]]:
@@ -337,21 +363,35 @@ async def _tokens(
             continue
         event = json.loads(line[len(SSE_DATA) :])
         if "error" in event:
-            raise OpenAIError(400, str(event["error"]))
-        text, finish = str(event.get("text_output") or ""), event.get("finish_reason") or None
-        generation.completion_tokens += 1  # one response per generated token
-        generation.text += text
-        generation.finish_reason = finish or generation.finish_reason
-        yield text, finish
+            raise _model_error(str(event["error"]), generation)
+        text = str(event.get("text_output") or "")
+        finish = str(event.get("finish_reason") or "")
+        finished = None if finish in NOT_FINISHED else finish
+        generation.prompt_tokens = _count(event.get("num_input_tokens")) or generation.prompt_tokens
+        generation.completion_tokens += _count(event.get("num_output_tokens"))
+        generation.texts.append(text)
+        generation.finish_reason = finished or generation.finish_reason
+        yield text, finished
 
 
-def _upstream_error(status: int, body: str) -> OpenAIError:
+def _model_error(message: str, generation: _Generation) -> OpenAIError:
+    """An error the model answered with: an over-long prompt is OpenAI's context_length_exceeded;
+    the vLLM backend's engine failures ("Error generating stream: ...") are the server's; the rest
+    is the request's."""
+    if TOO_LONG.search(message):
+        return OpenAIError(400, message, param=generation.param, code="context_length_exceeded")
+    if message.startswith("Error generating stream"):
+        return OpenAIError(500, message, kind="server_error")
+    return OpenAIError(400, message)
+
+
+def _upstream_error(status: int, body: str, generation: _Generation) -> OpenAIError:
     try:
         message = str(json.loads(body).get("error") or body)
     except (ValueError, AttributeError):
         message = body
     if status == 400:
-        return OpenAIError(400, message)
+        return _model_error(message, generation)
     return OpenAIError(503, f"the model server answered {status}: {message}", kind="server_error")
 
 
@@ -373,13 +413,14 @@ async def _answer(handle: Callable[[], Awaitable[web.StreamResponse]]) -> web.St
 
 def run_front(host: str, port: int, triton_url: str, repository: Path, names: Sequence[str]) -> int:
     """`kubeforge openai-front`: serve until SIGTERM/SIGINT."""
-    models = []
-    for name in names:
-        try:
-            models.append(ServedModel.load(repository, name))
-        except ValueError as error:  # a streaming model that is not a language model: Triton still serves it
-            log.warning("not served through the OpenAI API: %s", error)
-    log.info("openai front on %s:%d for %s (Triton at %s)", host, port, ", ".join(names), triton_url)
+    models = served_models(repository, names)
+    log.info(
+        "openai front on %s:%d for %s (Triton at %s)",
+        host,
+        port,
+        ", ".join(m.name for m in models),
+        triton_url,
+    )
     # a client that disconnects cancels its handler, and with it the call to Triton
     web.run_app(Front(triton_url, models).app(), host=host, port=port, handler_cancellation=True, print=None)
     return 0

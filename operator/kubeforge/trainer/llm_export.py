@@ -3,8 +3,8 @@
 Layout written under the repository (``--output-uri``)::
 
     <repository>/<model_name>/config.pbtxt          decoupled, text in, text out (rendered by kubeforge.triton.config)
-    <repository>/<model_name>/tokenizer_config.json  Hugging Face's file: the chat template, the prompt limit,
-                                                     and that a token is a byte (for the OpenAI front)
+    <repository>/<model_name>/tokenizer_config.json  Hugging Face's file: the chat template and the prompt
+                                                     limit (for the OpenAI front)
     <repository>/<model_name>/1/model.pt            TorchScript with forward and forward_cached (KV cache)
     <repository>/<model_name>/1/model.py            triton_llm_model: requests -> engine -> one response per byte
     <repository>/<model_name>/1/generation.py       the engine: sampling, stop sequences, continuous batching
@@ -34,7 +34,7 @@ from kubeforge.api.modeldeployment import (
     TensorSpec,
     TritonModelConfig,
 )
-from kubeforge.openai import BYTE_TOKENIZER, TOKENIZER_CONFIG, TOKENIZER_KEY
+from kubeforge.openai import TOKENIZER_CONFIG
 from kubeforge.trainer import generation, triton_llm_model
 from kubeforge.trainer.atomic import atomic_write, atomic_write_bytes
 from kubeforge.trainer.export import CONFIG_FILE, EXPORT_HEADER, MODEL_NAME, PYTHON_MODEL_FILE
@@ -45,10 +45,13 @@ def _optional(name: str, data_type: str, dims: list[int]) -> TensorSpec:
     return TensorSpec.model_validate({"name": name, "dataType": data_type, "dims": dims, "optional": True})
 
 
-# Triton's LLM interface (the vLLM and TensorRT-LLM backends' names): the generate endpoints map a
-# request's JSON fields onto inputs of these names, and its outputs back onto JSON fields.
+# Triton's LLM interface (the vLLM backend's names, and TensorRT-LLM's for the sampling inputs): the
+# generate endpoints map a request's JSON fields onto inputs of these names, and its outputs back
+# onto JSON fields.
 GENERATE_INPUTS = (
     TensorSpec(name=triton_llm_model.PROMPT_INPUT, data_type="TYPE_STRING", dims=[1]),
+    _optional(triton_llm_model.SAMPLING_INPUT, "TYPE_STRING", [1]),
+    *(_optional(flag, "TYPE_BOOL", [1]) for flag in triton_llm_model.FLAG_INPUTS),
     _optional("max_tokens", "TYPE_INT32", [1]),
     _optional("temperature", "TYPE_FP32", [1]),
     _optional("top_k", "TYPE_INT32", [1]),
@@ -60,6 +63,8 @@ GENERATE_INPUTS = (
 GENERATE_OUTPUTS = (
     TensorSpec(name=triton_llm_model.TEXT_OUTPUT, data_type="TYPE_STRING", dims=[1]),
     TensorSpec(name=triton_llm_model.FINISH_OUTPUT, data_type="TYPE_STRING", dims=[1]),
+    TensorSpec(name=triton_llm_model.INPUT_TOKENS_OUTPUT, data_type="TYPE_UINT32", dims=[1]),
+    TensorSpec(name=triton_llm_model.OUTPUT_TOKENS_OUTPUT, data_type="TYPE_UINT32", dims=[1]),
 )
 
 
@@ -74,14 +79,12 @@ CHAT_TEMPLATE = (
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{ 'A:' }}{%- endif -%}"
 )
-MAX_PROMPT_TOKENS = 4096  # the front refuses longer prompts (the engine would window them)
 
 
 def tokenizer_config() -> dict[str, object]:
     return {
         "chat_template": CHAT_TEMPLATE,
-        "model_max_length": MAX_PROMPT_TOKENS,
-        TOKENIZER_KEY: BYTE_TOKENIZER,
+        "model_max_length": triton_llm_model.DEFAULT_MAX_PROMPT_TOKENS,
     }
 
 
@@ -100,6 +103,7 @@ def language_model_config(
         parameters={
             triton_llm_model.MAX_STREAMS_PARAMETER: str(max_concurrent_streams),
             triton_llm_model.MAX_TOKENS_LIMIT_PARAMETER: str(max_tokens_limit),
+            triton_llm_model.MAX_PROMPT_TOKENS_PARAMETER: str(triton_llm_model.DEFAULT_MAX_PROMPT_TOKENS),
         },
     )
 

@@ -175,6 +175,7 @@ def render_model_config(model: ModelSpec) -> str | None:
 # text_output) itself. Everything about the engine is in `<version>/model.json`.
 
 VLLM_MODEL_JSON = "model.json"
+VLLM_VERSION = "1"  # a vLLM model's one version folder, which holds model.json
 VLLM_MULTI_LORA_JSON = "multi_lora.json"
 # the backend reports vLLM's own metrics (vllm:time_to_first_token_seconds, ...) on Triton's
 # metrics port when this parameter is "true"

@@ -18,6 +18,7 @@ is not a version):
     <out>/<name>/1/multi_lora.json         {"<adapter>": "<out>/<name>/lora/<adapter>"} (LoRA only)
     <out>/<name>/weights/                  the source
     <out>/<name>/lora/<adapter>/           each adapter's source
+    <out>/<name>/chat_template.jinja       llm.chatTemplate (for the OpenAI front)
 
 With a model cache (spec.cache; `--cache-dir <cache root>/<key>`, see kubeforge.triton.cache) the
 init container downloads nothing: it refuses a cache without its completion marker, links each
@@ -42,6 +43,7 @@ from google.protobuf import text_format
 from google.protobuf.message import Message
 
 from kubeforge.api.modeldeployment import ModelSpec
+from kubeforge.openai import CHAT_TEMPLATE_FILE
 from kubeforge.redact import redact, redact_logs
 from kubeforge.triton.cache import ADAPTERS_DIR, MODELS_DIR, CacheError, require_complete
 from kubeforge.triton.config import (
@@ -49,6 +51,7 @@ from kubeforge.triton.config import (
     HEADER,
     VLLM_MODEL_JSON,
     VLLM_MULTI_LORA_JSON,
+    VLLM_VERSION,
     render_model_config,
     vllm_engine_args,
 )
@@ -64,7 +67,6 @@ STAGING_DIRNAME = ".kubeforge-staging"
 # A vLLM model's folders for its weights and LoRA adapters, next to its version folder
 WEIGHTS_DIRNAME = "weights"
 LORA_DIRNAME = "lora"
-VLLM_VERSION = "1"
 
 
 class PlanError(ValueError):
@@ -96,6 +98,7 @@ class PlannedModel:
     # a vLLM model with `llm`: its engine arguments (model.json without "model") and LoRA adapters
     engine_args: dict[str, object] | None = None
     lora: dict[str, str] | None = None
+    chat_template: str | None = None  # written as <name>/chat_template.jinja for the OpenAI front
 
 
 def repository_plan(models: Sequence[ModelSpec], gpus_per_pod: int = 1, nodes: int = 1) -> str:
@@ -115,6 +118,8 @@ def repository_plan(models: Sequence[ModelSpec], gpus_per_pod: int = 1, nodes: i
             entry["engineArgs"] = vllm_engine_args(m.llm, gpus_per_pod, nodes)
             if m.llm.lora_adapters:
                 entry["lora"] = {a.name: a.source for a in m.llm.lora_adapters}
+            if m.llm.chat_template is not None:
+                entry["chatTemplate"] = m.llm.chat_template
         entries.append(entry)
     return json.dumps(entries, separators=(",", ":"), ensure_ascii=False, sort_keys=True)
 
@@ -157,6 +162,9 @@ def _planned_model(index: int, entry: object) -> PlannedModel:
         and all(isinstance(k, str) and _safe_name(k) and isinstance(v, str) for k, v in lora.items())
     ):
         raise PlanError(f"{PLAN_ENV}[{index}].lora must map adapter names to sources")
+    chat_template = entry.get("chatTemplate")
+    if chat_template is not None and not isinstance(chat_template, str):
+        raise PlanError(f"{PLAN_ENV}[{index}].chatTemplate must be a string or null")
     return PlannedModel(
         name=name,
         source=str(fields["source"]),
@@ -164,6 +172,7 @@ def _planned_model(index: int, entry: object) -> PlannedModel:
         config_pbtxt=config,
         engine_args=engine_args,
         lora=lora,
+        chat_template=chat_template,
     )
 
 
@@ -333,6 +342,8 @@ def stage_vllm_model(
     if model.lora:
         paths = {adapter: str(path) for adapter, path in adapters.items()}
         (version / VLLM_MULTI_LORA_JSON).write_text(json.dumps(paths, indent=2) + "\n")
+    if model.chat_template is not None:
+        (staged / CHAT_TEMPLATE_FILE).write_text(model.chat_template)
 
 
 def link_cached_model(model: PlannedModel, cached: Path, staged: Path) -> None:
