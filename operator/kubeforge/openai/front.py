@@ -363,7 +363,7 @@ async def _tokens(
             continue
         event = json.loads(line[len(SSE_DATA) :])
         if "error" in event:
-            raise _model_error(str(event["error"]), generation)
+            raise model_error(str(event["error"]), generation.param)
         text = str(event.get("text_output") or "")
         finish = str(event.get("finish_reason") or "")
         finished = None if finish in NOT_FINISHED else finish
@@ -374,12 +374,12 @@ async def _tokens(
         yield text, finished
 
 
-def _model_error(message: str, generation: _Generation) -> OpenAIError:
+def model_error(message: str, param: str) -> OpenAIError:
     """An error the model answered with: an over-long prompt is OpenAI's context_length_exceeded;
     the vLLM backend's engine failures ("Error generating stream: ...") are the server's; the rest
     is the request's."""
     if TOO_LONG.search(message):
-        return OpenAIError(400, message, param=generation.param, code="context_length_exceeded")
+        return OpenAIError(400, message, param=param, code="context_length_exceeded")
     if message.startswith("Error generating stream"):
         return OpenAIError(500, message, kind="server_error")
     return OpenAIError(400, message)
@@ -391,7 +391,7 @@ def _upstream_error(status: int, body: str, generation: _Generation) -> OpenAIEr
     except (ValueError, AttributeError):
         message = body
     if status == 400:
-        return _model_error(message, generation)
+        return model_error(message, generation.param)
     return OpenAIError(503, f"the model server answered {status}: {message}", kind="server_error")
 
 
