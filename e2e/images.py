@@ -163,10 +163,12 @@ def _own(folder: Path, fs_group: int) -> None:
 
 
 def _mounts(
-    pod_spec: Mapping[str, Any], container: Mapping[str, Any], volumes: Mapping[str, Path]
+    pod_spec: Mapping[str, Any],
+    container: Mapping[str, Any],
+    volumes: Mapping[str, Path],
+    fs_group: int | None,
 ) -> list[Mount]:
     declared = {v["name"]: v for v in pod_spec.get("volumes") or ()}
-    fs_group = (pod_spec.get("securityContext") or {}).get("fsGroup")
     mounts = []
     for mount in container.get("volumeMounts") or ():
         volume = declared[mount["name"]]
@@ -177,7 +179,7 @@ def _mounts(
             source = source / mount["subPath"]
             source.mkdir(parents=True, exist_ok=True)
         if source is not None and fs_group is not None and not mount.get("readOnly"):
-            _own(source, int(fs_group))
+            _own(source, fs_group)
         mounts.append(Mount(mount["mountPath"], source, bool(mount.get("readOnly"))))
     return mounts
 
@@ -207,9 +209,10 @@ def from_pod(
     image_uid, _, image_gid = image.user.partition(":")
     uid = int(_security(pod_spec, container, "runAsUser") or image_uid or 0)
     gid = int(_security(pod_spec, container, "runAsGroup") or image_gid or 0)
-    fs_group = (pod_spec.get("securityContext") or {}).get("fsGroup")
+    fs_group_value = (pod_spec.get("securityContext") or {}).get("fsGroup")
+    fs_group = int(fs_group_value) if fs_group_value is not None else None
     drop = ((container.get("securityContext") or {}).get("capabilities") or {}).get("drop") or []
-    mounts = _mounts(pod_spec, container, volumes or {})
+    mounts = _mounts(pod_spec, container, volumes or {}, fs_group)
     if service_account is not None:
         mounts.append(Mount(SERVICE_ACCOUNT_DIR, service_account, read_only=True))
     return ContainerSpec(
@@ -218,7 +221,7 @@ def from_pod(
         env=_env(image, container, fields or {}, uid) | dict(env or {}),
         uid=uid,
         gid=gid,
-        groups=[int(fs_group)] if fs_group is not None else [],
+        groups=[fs_group] if fs_group is not None else [],
         cwd=container.get("workingDir") or image.working_dir,
         read_only_root=bool(_security(pod_spec, container, "readOnlyRootFilesystem")),
         no_new_privileges=_security(pod_spec, container, "allowPrivilegeEscalation") is False,
@@ -347,10 +350,8 @@ class Container:
 
 def run(spec: ContainerSpec, work: Path, timeout: float = 300.0) -> tuple[int, str]:
     """Run to completion: (exit code, output)."""
-    container = Container(spec, work)
-    container.start()
-    code = container.wait(timeout)
-    subprocess.run(container._runc("delete", "--force", container.id), capture_output=True, check=False)
+    with Container(spec, work).started() as container:
+        code = container.wait(timeout)
     return code, container.log()
 
 

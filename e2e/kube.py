@@ -146,17 +146,26 @@ def wait_condition(
     return wait_for(check, timeout=timeout, interval=0.25, message=describe)
 
 
+def create_namespaces(kubectl: Kubectl, *names: str) -> None:
+    """Create namespaces that can take pods at once: the ServiceAccount admission plugin refuses pods
+    until the controller has made each one's `default`."""
+    for name in names:
+        kubectl("create", "namespace", name)
+    wait_for(
+        lambda: all(
+            kubectl("get", "serviceaccount", "default", namespace=name, check=False).returncode == 0
+            for name in names
+        ),
+        timeout=30,
+        message=f"the default ServiceAccounts of {', '.join(names)}",
+    )
+
+
 @contextmanager
 def fresh_namespace(kubectl: Kubectl, name: str) -> Iterator[str]:
     """Create a labelled namespace that can take pods at once, and delete it afterwards (not waiting)."""
-    kubectl("create", "namespace", name)
+    create_namespaces(kubectl, name)
     kubectl("label", "namespace", name, "kubeforge.io/e2e=true")
-    # The ServiceAccount admission plugin refuses pods until the controller made `default`.
-    wait_for(
-        lambda: kubectl("get", "serviceaccount", "default", namespace=name, check=False).returncode == 0,
-        timeout=30,
-        message=f"ServiceAccount {name}/default",
-    )
     try:
         yield name
     finally:

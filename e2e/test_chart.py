@@ -24,7 +24,7 @@ import yaml
 
 from e2e.chart_support import Helm, can_i, service_account_kubeconfig
 from e2e.cluster import REPO_ROOT, Cluster, own_cluster
-from e2e.kube import Kubectl, wait_condition, wait_established, wait_for
+from e2e.kube import Kubectl, create_namespaces, wait_condition, wait_established, wait_for
 from e2e.operator_proc import OperatorProcess
 from e2e.storage import bound_claim
 
@@ -71,16 +71,7 @@ def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
 @pytest.fixture(scope="module")
 def kubectl(cluster: Cluster) -> Kubectl:
     kubectl = cluster.kubectl()
-    namespaces = (SERVE_NS, TRAIN_NS, OTHER_NS)
-    for namespace in namespaces:
-        kubectl("create", "namespace", namespace)
-
-    def service_accounts_exist() -> bool:  # the ServiceAccount admission plugin refuses pods until then
-        return all(
-            kubectl("get", "sa", "default", namespace=ns, check=False).returncode == 0 for ns in namespaces
-        )
-
-    wait_for(service_accounts_exist, timeout=30, message="the namespaces' default ServiceAccounts")
+    create_namespaces(kubectl, SERVE_NS, TRAIN_NS, OTHER_NS)
     return kubectl
 
 

@@ -35,7 +35,7 @@ from tritonclient import http as httpclient
 from e2e import images
 from e2e.chart_support import Helm, one
 from e2e.cluster import REPO_ROOT, Cluster, own_cluster
-from e2e.kube import Kubectl, wait_condition, wait_for
+from e2e.kube import Kubectl, create_namespaces, wait_condition, wait_for
 from e2e.net import free_ports, http_status
 from e2e.storage import bound_claim
 from kubeforge import __version__
@@ -204,16 +204,7 @@ def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
 @pytest.fixture(scope="module")
 def kubectl(cluster: Cluster) -> Kubectl:
     kubectl = cluster.kubectl()
-    for namespace in (SERVE_NS, TRAIN_NS):
-        kubectl("create", "namespace", namespace)
-    wait_for(
-        lambda: all(
-            kubectl("get", "sa", "default", namespace=ns, check=False).returncode == 0
-            for ns in (SERVE_NS, TRAIN_NS)
-        ),
-        timeout=30,
-        message="the namespaces' default ServiceAccounts",
-    )
+    create_namespaces(kubectl, SERVE_NS, TRAIN_NS)
     return kubectl
 
 
