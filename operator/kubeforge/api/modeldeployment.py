@@ -347,6 +347,10 @@ class ModelSpec(ApiModel):
         no_credential_rule("source", SOURCE_CREDENTIALS),
     )
 
+    def adapters(self) -> list[LoraAdapter]:
+        """Its LoRA adapters (none without llm)."""
+        return list(self.llm.lora_adapters or []) if self.llm else []
+
 
 # a list keyed by name: the API server refuses duplicate names itself (no CEL cost)
 ModelList = Annotated[
@@ -712,16 +716,15 @@ MAX_MULTI_NODE_NAME_LENGTH = 45
 
 
 def _unique_model_ids(models: list[ModelSpec]) -> bool:
-    ids = [m.name for m in models] + [
-        a.name for m in models for a in ((m.llm.lora_adapters or []) if m.llm else [])
-    ]
+    ids = [m.name for m in models] + [a.name for m in models for a in m.adapters()]
     return len(set(ids)) == len(ids)
 
 
 def _needs_credentials(model: ModelSpec) -> bool:
     """A model or one of its LoRA adapters is fetched from s3:// or gs://."""
-    adapters = (model.llm.lora_adapters or []) if model.llm else []
-    return any(uri.startswith(("s3://", "gs://")) for uri in (model.source, *(a.source for a in adapters)))
+    return any(
+        uri.startswith(("s3://", "gs://")) for uri in (model.source, *(a.source for a in model.adapters()))
+    )
 
 
 def _parallel(spec: ModelDeploymentSpec, model: ModelSpec) -> int:

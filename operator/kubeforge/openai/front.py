@@ -26,7 +26,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +72,7 @@ class _Generation:
     model: ServedModel
     payload: dict[str, Any]
     param: str  # the request field the prompt came from: prompt or messages
-    texts: list[str]
+    texts: list[str] = field(default_factory=list)
     prompt_tokens: int = 0
     completion_tokens: int = 0
     finish_reason: str | None = None
@@ -179,8 +179,7 @@ class Front:
                 for m in body.messages
             ]
             prompt = chat.render(model.chat_template, messages, special_tokens=model.special_tokens)
-            max_tokens = body.limit() or await self._max_tokens_limit(model)
-            generation = await self._generation(model, prompt, max_tokens, body)
+            generation = await self._generation(model, prompt, body.limit(), body)
             created, ident = int(time.time()), f"chatcmpl-{uuid.uuid4().hex}"
 
             def chunk(text: str, finish: str | None, first: bool = False) -> dict[str, Any]:
@@ -246,9 +245,14 @@ class Front:
             self._limits[model.triton_model] = int(entry.get("string_value") or DEFAULT_MAX_TOKENS_LIMIT)
         return self._limits[model.triton_model]
 
-    async def _generation(self, model: ServedModel, prompt: str, max_tokens: int, body: Any) -> _Generation:
+    async def _generation(
+        self, model: ServedModel, prompt: str, max_tokens: int | None, body: Any
+    ) -> _Generation:
+        """The call to Triton for a request; `max_tokens` None asks for the model's limit."""
         limit = await self._max_tokens_limit(model)
-        if max_tokens > limit:
+        if max_tokens is None:
+            max_tokens = limit
+        elif max_tokens > limit:
             param = "max_completion_tokens" if getattr(body, "max_completion_tokens", None) else "max_tokens"
             raise OpenAIError(
                 400, f"{param} is {max_tokens}, more than this model's limit of {limit}", param=param
@@ -261,7 +265,6 @@ class Front:
                 "sampling_parameters": sampling_parameters(model, max_tokens, body),
             },
             "messages" if isinstance(body, ChatCompletionRequest) else "prompt",
-            [],
         )
 
     @asynccontextmanager
@@ -274,7 +277,7 @@ class Front:
         try:
             async with self.session.post(url, json=generation.payload) as response:
                 if response.status != 200:
-                    raise _upstream_error(response.status, await response.text(), generation)
+                    raise _upstream_error(response.status, await response.text(), generation.param)
                 tokens = _tokens(response, generation)
                 try:
                     first = await anext(tokens)
@@ -385,13 +388,13 @@ def model_error(message: str, param: str) -> OpenAIError:
     return OpenAIError(400, message)
 
 
-def _upstream_error(status: int, body: str, generation: _Generation) -> OpenAIError:
+def _upstream_error(status: int, body: str, param: str) -> OpenAIError:
     try:
         message = str(json.loads(body).get("error") or body)
     except (ValueError, AttributeError):
         message = body
     if status == 400:
-        return model_error(message, generation.param)
+        return model_error(message, param)
     return OpenAIError(503, f"the model server answered {status}: {message}", kind="server_error")
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -115,10 +115,7 @@ def load(repository: Path, name: str) -> list[ServedModel]:
         created = int(model_json.stat().st_mtime)
         base = ServedModel(name, name, template, created, None, _context_length(engine, weights_dir), tokens)
         adapters = _json(folder / VLLM_VERSION / VLLM_MULTI_LORA_JSON)
-        return [base] + [
-            ServedModel(adapter, name, template, created, adapter, base.context_length, tokens)
-            for adapter in sorted(adapters)
-        ]
+        return [base] + [replace(base, name=adapter, lora=adapter) for adapter in sorted(adapters)]
     config = folder / TOKENIZER_CONFIG
     if not config.is_file():
         raise ValueError(

@@ -196,7 +196,7 @@ class ResponseStream:
         # the prompt goes before a non-streaming response's text when exclude_input_in_output is false
         self.collected: list[str] = (
             [request.prompt.decode("utf-8", errors="replace")]
-            if request is not None and not streaming and not flags.get(EXCLUDE_INPUT, True)
+            if request is not None and not streaming and not flags[EXCLUDE_INPUT]
             else []
         )
         self.input_tokens = len(request.prompt) if request and flags.get(RETURN_INPUT_TOKENS) else None

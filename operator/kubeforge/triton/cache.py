@@ -73,7 +73,7 @@ def cache_entries(models: Sequence[ModelSpec]) -> list[CacheEntry]:
     entries: list[CacheEntry] = []
     for m in models:
         entries.append(CacheEntry(f"{MODELS_DIR}/{m.name}", m.source))
-        for adapter in (m.llm.lora_adapters or []) if m.llm else []:
+        for adapter in m.adapters():
             entries.append(CacheEntry(f"{ADAPTERS_DIR}/{m.name}/{adapter.name}", adapter.source))
     return entries
 

@@ -193,7 +193,7 @@ def source_uris(models: Sequence[ModelSpec]) -> list[str]:
     uris: list[str] = []
     for m in models:
         uris.append(m.source)
-        uris += [a.source for a in (m.llm.lora_adapters or [] if m.llm else [])]
+        uris += [a.source for a in m.adapters()]
     return uris
 
 
