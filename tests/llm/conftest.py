@@ -3,7 +3,9 @@ machine on first use; a failed install fails the tests that need it, it never sk
 
 from __future__ import annotations
 
+import os
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -20,3 +22,18 @@ def vllm_python() -> Path:
         ["bash", str(ENV_SCRIPT)], stdout=subprocess.PIPE, text=True, check=True, timeout=INSTALL_TIMEOUT_S
     )
     return Path(result.stdout.strip().splitlines()[-1])
+
+
+def run_in_vllm(
+    python: Path, script: Path, args: Sequence[str], stdin: str | None
+) -> subprocess.CompletedProcess[str]:
+    """`script` under the vllm environment's python, with vllm's packages only (not the project's)."""
+    return subprocess.run(
+        [str(python), str(script), *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=CHECK_TIMEOUT_S,
+        env={**os.environ, "PYTHONPATH": ""},
+    )

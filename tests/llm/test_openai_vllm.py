@@ -20,8 +20,6 @@ What needs a GPU is not here: the engine generating through the front.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +31,7 @@ from kubeforge.openai.front import DEFAULT_COMPLETION_TOKENS, sampling_parameter
 from kubeforge.openai.models import ServedModel, served_models
 from kubeforge.openai.protocol import ChatCompletionRequest, CompletionRequest, OpenAIError, parse
 from kubeforge.triton.repository import assemble_repository, parse_plan, repository_plan
-from tests.llm.conftest import CHECK_TIMEOUT_S, INSTALL_TIMEOUT_S
+from tests.llm.conftest import CHECK_TIMEOUT_S, INSTALL_TIMEOUT_S, run_in_vllm
 
 CHECKER = Path(__file__).resolve().parent / "vllm_openai_check.py"
 STYLES = ("jinja", "tokenizer_config", "named")
@@ -56,15 +54,7 @@ pytestmark = pytest.mark.timeout(INSTALL_TIMEOUT_S + CHECK_TIMEOUT_S)
 
 
 def vllm(python: Path, command: str, request: Any) -> Any:
-    result = subprocess.run(
-        [str(python), str(CHECKER), command],
-        input=json.dumps(request),
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=CHECK_TIMEOUT_S,
-        env={**os.environ, "PYTHONPATH": ""},  # vllm's environment only, not the project's
-    )
+    result = run_in_vllm(python, CHECKER, [command], json.dumps(request))
     assert result.returncode == 0, result.stderr[-3000:]
     answer = json.loads(result.stdout.strip().splitlines()[-1])
     assert answer["vllm"] == "0.15.1"

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +25,7 @@ from kubeforge.api.modeldeployment import TYPED_ENGINE_ARGS, ModelDeployment, Mo
 from kubeforge.builders.modeldeployment import build_triton_deployment
 from kubeforge.settings import Settings
 from kubeforge.triton.repository import PLAN_ENV, assemble_repository, parse_plan
-from tests.llm.conftest import CHECK_TIMEOUT_S, INSTALL_TIMEOUT_S
+from tests.llm.conftest import CHECK_TIMEOUT_S, INSTALL_TIMEOUT_S, run_in_vllm
 
 HERE = Path(__file__).resolve().parent
 CHECKER = HERE / "vllm_check.py"
@@ -39,14 +38,11 @@ pytestmark = pytest.mark.timeout(INSTALL_TIMEOUT_S + CHECK_TIMEOUT_S)
 def run_checker(
     python: Path, *args: str | Path, batch: dict[str, Any] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(python), str(CHECKER), *map(str, args), *(["--batch"] if batch is not None else [])],
-        input=json.dumps(batch) if batch is not None else None,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=CHECK_TIMEOUT_S,
-        env={**os.environ, "PYTHONPATH": ""},  # vllm's environment only, not the project's
+    return run_in_vllm(
+        python,
+        CHECKER,
+        [*map(str, args), *(["--batch"] if batch is not None else [])],
+        json.dumps(batch) if batch is not None else None,
     )
 
 
