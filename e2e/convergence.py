@@ -21,6 +21,7 @@ from kubeforge.builders import autoscaling
 from kubeforge.builders.cache import build_cache_claim, build_cache_fill_job, model_cache_key
 from kubeforge.builders.leaderworkerset import build_leader_service, build_leaderworkerset
 from kubeforge.builders.modeldeployment import (
+    build_canary_deployment,
     build_pod_disruption_budget,
     build_service,
     build_triton_deployment,
@@ -30,6 +31,7 @@ from kubeforge.builders.network import (
     build_training_job_network_policy,
 )
 from kubeforge.builders.trainingjob import build_headless_service, build_worker_job
+from kubeforge.controllers.canary import CANARY_REVISION_ANNOTATION
 from kubeforge.controllers.rollout import ROLLOUT_CAUSE_ANNOTATION, WORKLOAD_TEMPLATE_ANNOTATION, annotated
 from kubeforge.k8s.semantic import applied_hash, controller_uid, stamped
 from kubeforge.settings import Settings
@@ -53,18 +55,39 @@ CHILD_KINDS = {
 # ... and where the LeaderWorkerSet CRD is installed (e2e/lws.py), the groups of multi-node replicas
 LEADER_WORKER_SETS = "leaderworkersets.leaderworkerset.x-k8s.io"
 Object = dict[str, Any]
+# status.rollout.phase while a canary runs, and while the stable keeps its template after a rollback
+CANARY_RUNNING = ("Progressing", "Paused")
+CANARY_HELD = (*CANARY_RUNNING, "RolledBack")
 
 
 def serves_current_spec(md_body: Object) -> bool:
     """Whether the operator applies the current spec's pods: always without a model cache, with one
     only once the fill of the spec's key is Ready (until then the Deployment is left as it was, and
     the Jobs and claims of earlier fills are kept)."""
+    if _rollout_phase(md_body) in CANARY_HELD:
+        return False  # the stable Deployment keeps its template beside a canary, or after a rollback
     md = ModelDeployment.model_validate(md_body)
     key = model_cache_key(md)
     if key is None:
         return True
     cache = (md_body.get("status") or {}).get("cache") or {}
     return bool(cache.get("key") == key and cache.get("state") == "Ready")
+
+
+def _rollout_phase(md_body: Object) -> str | None:
+    rollout = (md_body.get("status") or {}).get("rollout") or {}
+    phase: str | None = rollout.get("phase")
+    return phase
+
+
+def _canary(md: ModelDeployment, md_body: Object, settings: Settings) -> Object | None:
+    """The canary Deployment a running canary rollout wants: the current spec's, at its step's replicas."""
+    if _rollout_phase(md_body) not in CANARY_RUNNING:
+        return None
+    rollout = md_body["status"]["rollout"]
+    canary = build_canary_deployment(md, settings, rollout["canaryReplicas"])
+    canary["metadata"]["annotations"] = {CANARY_REVISION_ANNOTATION: rollout["canaryRevision"]}
+    return canary
 
 
 def desired_model_deployment_children(md_body: Object, settings: Settings) -> list[Object]:
@@ -81,7 +104,7 @@ def desired_model_deployment_children(md_body: Object, settings: Settings) -> li
         )
         # with what it was applied for (controllers/rollout.py): the generation, the template's hash
         children.insert(0, annotated(workload, md.metadata.generation, None))
-    children += [autoscaling.build_hpa(md), build_cache_claim(md)]
+    children += [autoscaling.build_hpa(md), build_cache_claim(md), _canary(md, md_body, settings)]
     if not _filled(md_body):
         children.append(build_cache_fill_job(md, settings))
     return [c for c in children if c is not None]

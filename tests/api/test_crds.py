@@ -72,6 +72,7 @@ def test_model_deployment_crd_has_scale_status_printer_columns_and_names() -> No
         "Ready",
         "Model",
         "GPU",
+        "Rollout",
         "Age",
     ]
     assert crd["spec"]["names"]["shortNames"] == ["md"]

@@ -57,6 +57,7 @@ KINDS = (
             {"name": "Ready", "type": "string", "jsonPath": ".status.ready"},
             {"name": "Model", "type": "string", "jsonPath": ".status.model"},
             {"name": "GPU", "type": "string", "jsonPath": ".status.gpu"},
+            {"name": "Rollout", "type": "string", "jsonPath": ".status.rollout.summary"},
             _AGE,
         ),
         max_name_length=MD_MAX_NAME,

@@ -684,6 +684,73 @@ class Monitoring(ApiModel):
     )
 
 
+class CanaryStep(ApiModel):
+    """One step of a canary rollout: the canary's share of the replicas, and how long it holds."""
+
+    weight: int = Field(
+        ge=1,
+        le=99,
+        description="Percent of the replicas the canary revision runs in this step (and so of the requests "
+        "the Service balances to it): ceil(weight x replicas / 100), at least 1; the stable revision keeps "
+        "the rest, at least 1.",
+    )
+    pause_seconds: int | None = Field(
+        default=None,
+        ge=0,
+        le=86400,
+        description="How long the step holds once the canary's pods are ready, before the next step (with "
+        "analysis: and a passed analysis). Unset: until promoted by hand (annotation "
+        "kubeforge.io/rollout-action=promote).",
+    )
+
+
+class CanaryAnalysis(ApiModel):
+    """Live comparison of the canary with the stable revision, on Triton's metrics in Prometheus
+    (the operator's --prometheus-address), over the same window."""
+
+    interval_seconds: int = Field(
+        default=60, ge=10, le=3600, description="The window each analysis reads, and how often it runs."
+    )
+    min_requests: int = Field(
+        default=20,
+        ge=1,
+        le=1_000_000,
+        description="Requests each revision must have served in the window; fewer makes the analysis "
+        "inconclusive, and the step holds.",
+    )
+    max_error_ratio_increase: float = Field(
+        default=0.01,
+        ge=0,
+        le=1,
+        description="How much the canary's failed/all request ratio may exceed the stable's.",
+    )
+    latency_quantile: Literal["0.5", "0.9", "0.95", "0.99"] = Field(
+        default="0.9",
+        description="The request latency quantile compared (from Triton's nv_inference_request_summary_us).",
+    )
+    max_latency_ratio: float = Field(
+        default=1.5,
+        ge=1,
+        le=100,
+        description="How many times the stable's latency quantile the canary's may be.",
+    )
+
+
+class Canary(ApiModel):
+    """Roll a new pod template (models, sources, runtime, image: any edit that changes the pods) out as a
+    canary Deployment `<name>-canary` beside the stable one, step by step, and promote it or roll it back."""
+
+    steps: list[CanaryStep] = Field(
+        min_length=1,
+        max_length=20,
+        description="The canary's weights, in order; the last step passed promotes.",
+    )
+    analysis: CanaryAnalysis | None = Field(
+        default=None,
+        description="Analysis between steps; unset: the steps advance on their pauses alone.",
+    )
+
+
 class Rollout(ApiModel):
     """Rolling update limits. With GPUs the default is maxSurge 0 so a rollout never waits for a spare GPU."""
 
@@ -692,6 +759,11 @@ class Rollout(ApiModel):
     )
     max_unavailable: Quantity | None = Field(
         default=None, description="Pods that may be down during a rollout (default 1 with GPUs, 25% without)."
+    )
+    canary: Canary | None = Field(
+        default=None,
+        description="Roll a changed pod template out as a canary, in steps with live analysis, instead of "
+        "a rolling update of every replica. Not with replicas spanning nodes.",
     )
 
 
@@ -713,6 +785,8 @@ _CEL_PARALLEL = _cel_parallel()
 # `<lws>-<group>-<worker>` with a 10-character revision label beside them: LWS gives a longer name's
 # group a leader and never its workers (kubeforge.builders.leaderworkerset)
 MAX_MULTI_NODE_NAME_LENGTH = 45
+# a pod's generated name keeps 58 characters: `<name>-canary-` + a 10-character hash + `-` fit in full
+MAX_CANARY_NAME_LENGTH = 39
 
 
 def _unique_model_ids(models: list[ModelSpec]) -> bool:
@@ -782,7 +856,9 @@ class ModelDeploymentSpec(ApiModel):
         default=None, description="Autoscaling rules; unset means fixed replicas."
     )
     monitoring: Monitoring | None = Field(default=None, description="Prometheus scraping.")
-    rollout: Rollout | None = Field(default=None, description="Rolling update limits.")
+    rollout: Rollout | None = Field(
+        default=None, description="Rolling update limits, or a canary rollout (rollout.canary)."
+    )
     placement: Placement | None = Field(
         default=None, description="Node selection, tolerations, affinity, priority."
     )
@@ -907,6 +983,15 @@ class ModelDeploymentSpec(ApiModel):
             ),
         ),
         Rule(
+            cel="!has(self.rollout) || !has(self.rollout.canary) || ((!has(self.nodesPerReplica) || "
+            "self.nodesPerReplica == 1) && (!has(self.gpu) || !has(self.models) || self.models.all(m, "
+            "!has(m.llm) || " + _CEL_PARALLEL + " <= " + _CEL_GPUS + ")))",
+            message="rollout.canary needs replicas on one node each: a replica spanning several nodes "
+            "(nodesPerReplica, or an llm larger than a pod) runs as a LeaderWorkerSet, which rolls its groups "
+            "itself",
+            check=lambda s: s.rollout is None or s.rollout.canary is None or s.replica_nodes == 1,
+        ),
+        Rule(
             cel="!has(self.nodesPerReplica) || self.nodesPerReplica == 1 || "
             "(has(self.gpu) && self.models.all(m, has(m.llm)))",
             message="nodesPerReplica > 1 needs gpu and a model of format vllm with llm: the nodes of a "
@@ -956,6 +1041,79 @@ class Endpoints(ApiModel):
         default=None,
         description="Base URL of the OpenAI-compatible API (spec.openai): /v1/models, /v1/completions, "
         "/v1/chat/completions.",
+    )
+
+
+class RolloutPhase(StrEnum):
+    PROGRESSING = "Progressing"
+    PAUSED = "Paused"
+    ROLLED_BACK = "RolledBack"
+    COMPLETE = "Complete"
+
+
+class AnalysisVerdict(StrEnum):
+    PASSED = "Passed"
+    FAILED = "Failed"
+    INCONCLUSIVE = "Inconclusive"
+
+
+class MetricResult(ApiModel):
+    """One metric of an analysis: both revisions' values over the window, and the PromQL that gave them."""
+
+    name: str = Field(description="requests, errorRatio or latencyP<quantile> (microseconds).")
+    canary: float | None = Field(
+        default=None, description="The canary's value; unset when Prometheus had none."
+    )
+    stable: float | None = Field(
+        default=None, description="The stable's value; unset when Prometheus had none."
+    )
+    limit: str = Field(description="What the canary's value must be, in words.")
+    verdict: AnalysisVerdict = Field(description="Passed, Failed, or Inconclusive (too little data).")
+    canary_query: str = Field(description="The PromQL of the canary's value, to paste into Prometheus.")
+    stable_query: str = Field(description="The PromQL of the stable's value.")
+
+
+class AnalysisResult(ApiModel):
+    """One analysis of a canary step."""
+
+    step: int = Field(description="The step (from 1) the analysis ran in.")
+    revision: str = Field(description="The canary revision analysed.")
+    at: datetime = Field(description="When it ran (the end of its window).")
+    window_seconds: int = Field(description="The window it read.")
+    verdict: AnalysisVerdict = Field(
+        description="Failed if any metric failed, else Inconclusive if any was, else Passed."
+    )
+    message: str = Field(description="The verdict in words, with the numbers.")
+    metrics: list[MetricResult] = Field(default_factory=list, description="Each metric's values.")
+
+
+class RolloutStatus(ApiModel):
+    """The canary rollout (spec.rollout.canary): revisions, the step, and the analyses."""
+
+    phase: RolloutPhase = Field(
+        description="Progressing, Paused, RolledBack, or Complete (one revision serves the spec)."
+    )
+    summary: str = Field(description="The step and weight in short, e.g. 'step 1/2 25%' (a printer column).")
+    message: str = Field(description="What the rollout does now, or why it stopped.")
+    stable_revision: str | None = Field(
+        default=None, description="The pod template hash the stable revision runs."
+    )
+    canary_revision: str | None = Field(default=None, description="The pod template hash the canary runs.")
+    step: int | None = Field(default=None, description="The current step, from 1.")
+    steps: int | None = Field(default=None, description="How many steps the canary has.")
+    weight: int | None = Field(default=None, description="The current step's weight (percent).")
+    canary_replicas: int | None = Field(default=None, description="Replicas the canary runs in this step.")
+    stable_replicas: int | None = Field(default=None, description="Replicas the stable revision keeps.")
+    step_started_at: datetime | None = Field(
+        default=None, description="When this step's canary pods were all ready: its pause counts from here."
+    )
+    analyses: list[AnalysisResult] | None = Field(
+        default=None, description="This canary's analyses, the latest last (at most 10)."
+    )
+    rolled_back_revision: str | None = Field(
+        default=None,
+        description="A revision rolled back: not tried again until the spec changes, or until "
+        "kubeforge.io/rollout-action=retry.",
     )
 
 
@@ -1048,6 +1206,9 @@ class ModelDeploymentStatus(ApiModel):
         default=None, description="The last scale-up from zero (autoscaling with minReplicas 0)."
     )
     cache: CacheStatus | None = Field(default=None, description="The model cache (spec.cache).")
+    rollout: RolloutStatus | None = Field(
+        default=None, description="The canary rollout (spec.rollout.canary)."
+    )
     conditions: ConditionList | None = Field(
         default=None,
         description="Ready, Available, Progressing, Degraded, ModelsReady, AutoscalingReady, "
@@ -1077,6 +1238,17 @@ class ModelDeployment(ApiModel):
             "spans several nodes (it names the LeaderWorkerSet, whose pod names and labels carry it)",
             check=lambda md: (
                 len(md.metadata.name) <= MAX_MULTI_NODE_NAME_LENGTH or md.spec.replica_nodes == 1
+            ),
+        ),
+        Rule(
+            cel=f"size(self.metadata.name) <= {MAX_CANARY_NAME_LENGTH} || !has(self.spec.rollout) || "
+            "!has(self.spec.rollout.canary)",
+            message=f"metadata.name must be at most {MAX_CANARY_NAME_LENGTH} characters with rollout.canary "
+            "(the canary's pods are named <name>-canary-<hash>-<suffix> in full, which its analysis reads)",
+            check=lambda md: (
+                len(md.metadata.name) <= MAX_CANARY_NAME_LENGTH
+                or md.spec.rollout is None
+                or md.spec.rollout.canary is None
             ),
         ),
     )

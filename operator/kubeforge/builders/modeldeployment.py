@@ -27,6 +27,10 @@ OPENAI_PORT = 9000
 MODEL_REPOSITORY = "/models"
 PVC_ROOT = DEFAULT_PVC_ROOT
 PROBE_PERIOD_SECONDS = 10
+# the canary revision (spec.rollout.canary): `<name>-canary`, its pods labelled as such
+CANARY_SUFFIX = "-canary"
+REVISION_LABEL = "kubeforge.io/revision"
+CANARY = "canary"
 # the model cache, read-only in every serving container (spec.cache)
 CACHE_MOUNT = {"name": CACHE_VOLUME, "mountPath": CACHE_ROOT, "readOnly": True}
 
@@ -330,6 +334,22 @@ def build_triton_deployment(md: ModelDeployment, settings: Settings) -> Object:
             },
         },
     }
+
+
+def canary_name(md: ModelDeployment) -> str:
+    return f"{md.metadata.name}{CANARY_SUFFIX}"
+
+
+def build_canary_deployment(md: ModelDeployment, settings: Settings, replicas: int) -> Object:
+    """The canary revision (spec.rollout.canary): the Deployment of the current spec, beside the stable
+    one. Its pods carry the Service's selector labels, so the Service balances over both revisions by
+    their ready pods; its own selector adds the revision label, so the two Deployments never share pods."""
+    deployment = build_triton_deployment(md, settings)
+    spec = deployment["spec"]
+    spec["replicas"] = replicas
+    spec["selector"] = {"matchLabels": {**selector(md), REVISION_LABEL: CANARY}}
+    spec["template"]["metadata"]["labels"][REVISION_LABEL] = CANARY
+    return {**deployment, "metadata": _meta(md, canary_name(md))}
 
 
 def build_service(md: ModelDeployment) -> Object:

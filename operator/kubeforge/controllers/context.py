@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from kubeforge.controllers.analysis import Prometheus
 from kubeforge.controllers.cache import ObjectCache
 from kubeforge.controllers.metrics import OperatorMetrics
 from kubeforge.controllers.modelprobe import ModelProber
@@ -77,6 +78,8 @@ class Context:
     now: Callable[[], datetime] = utcnow
     rollouts: OperatorRollouts | None = None
     prober: ModelProber = field(default_factory=ModelProber)
+    # canary analysis queries (controllers/analysis.py); made from the settings when not given
+    prometheus: Prometheus | None = None
     # (uid, fields) of objects whose unknown fields were reported (controllers/invalid.py)
     reported_unknown: set[tuple[str, str]] = field(default_factory=set)
     # the watches of these kinds that cover this namespace and have not listed yet (refused, or
@@ -87,6 +90,8 @@ class Context:
     def __post_init__(self) -> None:
         if self.rollouts is None:
             self.rollouts = OperatorRollouts(self.settings.operator_rollouts)
+        if self.prometheus is None:
+            self.prometheus = Prometheus(self.settings.prometheus_address)
         if self.metrics.cache_objects is None:
             self.metrics.cache_objects = self.cache.counts  # kubeforge_cache_objects, read at scrape time
 

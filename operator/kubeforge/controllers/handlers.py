@@ -256,6 +256,8 @@ class Runtime:
         if self.metrics_server is not None:
             self.metrics_server.close()
         await self.ctx.prober.close()
+        if self.ctx.prometheus is not None:
+            await self.ctx.prometheus.aclose()
         await self.ctx.flush_events()
         await self.ctx.kube.aclose()
 

@@ -4,11 +4,11 @@ autoscaler, ServiceMonitor; then status."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from kubeforge.api.common import ConditionStatus
-from kubeforge.api.modeldeployment import ModelDeployment, ModelDeploymentStatus, ModelState
+from kubeforge.api.modeldeployment import ModelDeployment, ModelDeploymentStatus, ModelState, RolloutStatus
 from kubeforge.builders import autoscaling
 from kubeforge.builders.leaderworkerset import (
     LEADER_INDEX,
@@ -22,15 +22,17 @@ from kubeforge.builders.modeldeployment import (
     build_pod_disruption_budget,
     build_service,
     build_triton_deployment,
+    canary_name,
     endpoints,
     restricted_apis,
 )
 from kubeforge.builders.network import build_model_deployment_network_policy
+from kubeforge.controllers import canary
 from kubeforge.controllers.context import Context
 from kubeforge.controllers.failures import settle
 from kubeforge.controllers.invalid import load_or_refuse
 from kubeforge.controllers.modelcache import FILL_POLL_SECONDS, observe_cache, sweep_cache
-from kubeforge.controllers.rollout import DEFERRED_RECHECK_SECONDS
+from kubeforge.controllers.rollout import DEFERRED_RECHECK_SECONDS, annotated, workload_template_hash
 from kubeforge.controllers.status_patch import write_status
 from kubeforge.controllers.workqueue import Surfaced
 from kubeforge.k8s import resources as r
@@ -90,6 +92,11 @@ class AppliedWorkload:
     failure: ReconcileFailure | None = None
     # why the live one keeps its template: it waits for an operator rollout slot (controllers/rollout.py)
     deferred: str | None = None
+    # the canary revision's Deployment and status.rollout (spec.rollout.canary; controllers/canary.py)
+    canary: dict[str, Any] | None = None
+    rollout: RolloutStatus | None = None
+    requeue: float | None = None
+    events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
 
 
 async def _apply_workload(
@@ -119,7 +126,9 @@ async def _apply_workload(
     return await ctx.ensure(decision.desired), None
 
 
-async def _workload(ctx: Context, md: ModelDeployment, observed_generation: int | None) -> AppliedWorkload:
+async def _workload(
+    ctx: Context, md: ModelDeployment, status: ModelDeploymentStatus | None
+) -> AppliedWorkload:
     """Apply the Deployment, or the LeaderWorkerSet when a replica spans nodes, and remove the other.
 
     The new one is applied before the old one is deleted, and the old one stays when the new one
@@ -127,6 +136,7 @@ async def _workload(ctx: Context, md: ModelDeployment, observed_generation: int 
     """
     ns, name, uid = md.metadata.namespace or "", md.metadata.name, md.metadata.uid
     assert uid is not None
+    observed_generation = status.observed_generation if status else None
     if md.spec.replica_nodes > 1:
         # a "no" is asked again at once (ttl 0): LWS installed a moment ago must not wait for the cache
         if not (await ctx.kube.api_group_served(LWS_API) or await ctx.kube.api_group_served(LWS_API, ttl=0)):
@@ -142,9 +152,66 @@ async def _workload(ctx: Context, md: ModelDeployment, observed_generation: int 
         await ctx.ensure_absent(r.DEPLOYMENT, ns, name, uid)
         return AppliedWorkload(leaderworkerset=lws, deferred=deferred)
     desired = build_triton_deployment(md, ctx.settings)
-    deployment, deferred = await _apply_workload(ctx, md, desired, observed_generation)
+    previous = status.rollout if status else None
+    live = _ours(ctx, md, r.DEPLOYMENT, name)
+    if canary.wanted(md, desired, live, previous, observed_generation):
+        assert live is not None
+        applied = await _canary_workload(ctx, md, desired, live, previous)
+    else:
+        deployment, deferred = await _apply_workload(ctx, md, desired, observed_generation)
+        await ctx.ensure_absent(r.DEPLOYMENT, ns, canary_name(md), uid)
+        rollout, events = canary.settled(md, previous, workload_template_hash(desired))
+        await _acted(ctx, md, _action(md))  # a verb with no canary to act on is dropped
+        applied = AppliedWorkload(deployment=deployment, deferred=deferred, rollout=rollout, events=events)
     await ctx.ensure_absent(r.LEADER_WORKER_SET, ns, leaderworkerset_name(md), uid)
-    return AppliedWorkload(deployment=deployment, deferred=deferred)
+    return applied
+
+
+def _action(md: ModelDeployment) -> str | None:
+    return (md.metadata.annotations or {}).get(canary.ACTION_ANNOTATION)
+
+
+async def _acted(ctx: Context, md: ModelDeployment, action: str | None) -> None:
+    if action is not None:
+        await ctx.kube.remove_annotation(
+            r.MODEL_DEPLOYMENT, md.metadata.namespace or "", md.metadata.name, canary.ACTION_ANNOTATION
+        )
+
+
+async def _canary_workload(
+    ctx: Context,
+    md: ModelDeployment,
+    desired: dict[str, Any],
+    live: dict[str, Any],
+    previous: RolloutStatus | None,
+) -> AppliedWorkload:
+    """One move of a canary rollout: the canary Deployment at its step's replicas, the stable at the rest."""
+    ns, name, uid = md.metadata.namespace or "", md.metadata.name, md.metadata.uid
+    assert uid is not None and ctx.prometheus is not None
+    live_canary = _ours(ctx, md, r.DEPLOYMENT, canary_name(md))
+    plan = await canary.plan(
+        md, ctx.settings, desired, live, live_canary, previous, ctx.prometheus.query, ctx.now()
+    )
+    canary_deployment = None
+    if plan.canary is None:
+        # first, so that a promoted stable's new pods find the GPUs the canary held
+        await ctx.ensure_absent(r.DEPLOYMENT, ns, canary_name(md), uid)
+    else:
+        canary_deployment = await ctx.ensure(plan.canary)
+    if plan.stable is not None:
+        deployment = await ctx.ensure(annotated(plan.stable, md.metadata.generation, None))
+    else:
+        deployment = live
+        if (live.get("spec") or {}).get("replicas") != plan.stable_replicas:
+            await ctx.kube.scale(r.DEPLOYMENT, ns, name, plan.stable_replicas)
+    await _acted(ctx, md, plan.acted)
+    return AppliedWorkload(
+        deployment=deployment,
+        canary=canary_deployment,
+        rollout=plan.status,
+        requeue=plan.requeue,
+        events=plan.events,
+    )
 
 
 def _ours(ctx: Context, md: ModelDeployment, resource: r.Resource, name: str) -> dict[str, Any] | None:
@@ -257,9 +324,7 @@ async def reconcile_model_deployment(ctx: Context, key: tuple[str, str]) -> floa
     multi_node = md.spec.replica_nodes > 1
     # the children do not depend on each other: apply them concurrently
     (workload, _, _, _, autoscaler, _), child_failure = await settle(
-        _workload(ctx, md, previous.observed_generation if previous else None)
-        if serve
-        else _withheld(ctx, md),
+        _workload(ctx, md, previous) if serve else _withheld(ctx, md),
         ctx.ensure(build_leader_service(md) if multi_node else build_service(md)),
         _ensure_optional(ctx, r.PDB, md, build_pod_disruption_budget(md)),
         _ensure_optional(ctx, r.NETWORK_POLICY, md, build_model_deployment_network_policy(md, ctx.settings)),
@@ -280,6 +345,8 @@ async def reconcile_model_deployment(ctx: Context, key: tuple[str, str]) -> floa
         workload = AppliedWorkload(
             deployment=_ours(ctx, md, r.DEPLOYMENT, name),
             leaderworkerset=_ours(ctx, md, r.LEADER_WORKER_SET, leaderworkerset_name(md)),
+            canary=_ours(ctx, md, r.DEPLOYMENT, canary_name(md)),
+            rollout=previous.rollout if previous else None,
         )
 
     pods = ctx.cache.owned(r.POD.kind, "modeldeployment", ns, name)
@@ -297,6 +364,8 @@ async def reconcile_model_deployment(ctx: Context, key: tuple[str, str]) -> floa
         failure=failure,
         cache=cache,
         rollout_deferred=workload.deferred,
+        canary=workload.canary,
+        rollout=workload.rollout,
     )
     now = ctx.now()
     status, transitions = compute_status(
@@ -304,6 +373,8 @@ async def reconcile_model_deployment(ctx: Context, key: tuple[str, str]) -> floa
     )
     await write_status(ctx, r.MODEL_DEPLOYMENT, body, status.wire())
     ctx.metrics.set_replicas(ns, name, status.desired_replicas or 0, status.ready_replicas or 0)
+    for type_, reason, message in workload.events:
+        ctx.announce(body, type_, reason, message)
     for transition in transitions:
         ctx.announce(body, transition.type, transition.reason, transition.message)
     if failure is not None and not missing_lws and not failure.waiting:
@@ -323,7 +394,10 @@ async def reconcile_model_deployment(ctx: Context, key: tuple[str, str]) -> floa
         # an API installed later, or a metric absent long enough, sends no watch event: look again
         requeue.append(MISSING_API_SECONDS)
     if workload.deferred is not None:
-        requeue.append(DEFERRED_RECHECK_SECONDS)  # a slot freed elsewhere sends no event here
+        requeue.append(DEFERRED_RECHECK_SECONDS)
+    requeue.append(
+        workload.requeue
+    )  # a step's pause and analysis interval end with no event  # a slot freed elsewhere sends no event here
     if ctx.settings.model_probe and states is not None:
         requeue.append(MODEL_PROBE_SECONDS)  # Triton's model state sends no watch events: look again soon
     return min((s for s in requeue if s is not None), default=None)

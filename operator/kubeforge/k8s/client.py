@@ -446,6 +446,19 @@ class Kube:
         )
         return result
 
+    async def remove_annotation(self, resource: Resource, namespace: str, name: str, key: str) -> Object:
+        """Remove one annotation (a merge patch of metadata alone): a one-shot verb acted on."""
+        result: Object = await self._call(
+            "patch",
+            "PATCH",
+            resource.path(namespace, name),
+            body={"metadata": {"annotations": {key: None}}},
+            content_type="application/merge-patch+json",
+            query=[("fieldManager", self.field_manager)],
+            describe=f"remove the annotation {key} of {resource.kind} {namespace}/{name}",
+        )
+        return result
+
     async def scale(self, resource: Resource, namespace: str, name: str, replicas: int) -> Object:
         """Set the replicas through the /scale subresource (a merge patch), leaving the rest as it is."""
         result: Object = await self._call(

@@ -15,6 +15,8 @@ from kubeforge.api.modeldeployment import (
     ModelDeploymentStatus,
     ModelState,
     Phase,
+    RolloutPhase,
+    RolloutStatus,
 )
 from kubeforge.builders.leaderworkerset import leader_selector_string
 from kubeforge.builders.modeldeployment import selector_string
@@ -62,6 +64,9 @@ class Observed:
     leaderworkerset: dict[str, Any] | None = None
     # the workload keeps its pod template: it waits for an operator rollout slot (why, in words)
     rollout_deferred: str | None = None
+    # the canary revision's Deployment and the canary rollout's status (spec.rollout.canary)
+    canary: dict[str, Any] | None = None
+    rollout: RolloutStatus | None = None
 
 
 @dataclass(frozen=True)
@@ -159,12 +164,19 @@ def compute_status(
     conditions: list[Condition] = list(previous.conditions or []) if previous else []
     desired = md.spec.replicas
     multi_node = md.spec.replica_nodes > 1
+    rollout = observed.rollout
+    # while a canary runs, the stable Deployment keeps its template at its share of the replicas
+    canary_running = rollout is not None and rollout.phase in (RolloutPhase.PROGRESSING, RolloutPhase.PAUSED)
+    stable_desired = rollout.stable_replicas if rollout is not None and canary_running else None
     workload = (
         leaderworkerset_workload(observed.leaderworkerset, observed.pods, desired)
         if multi_node
-        else deployment_workload(observed.deployment, desired)
+        else deployment_workload(observed.deployment, desired if stable_desired is None else stable_desired)
     )
     replicas, ready_replicas, updated = workload.replicas, workload.ready, workload.updated
+    if rollout is not None and canary_running:
+        canary = deployment_workload(observed.canary, rollout.canary_replicas or 0)
+        replicas, ready_replicas = replicas + canary.replicas, ready_replicas + canary.ready
     rolled_out = workload.rolled_out
     servers = "groups" if multi_node else "Triton servers"
     live_pods = [p for p in observed.pods if not p["metadata"].get("deletionTimestamp")]
@@ -186,7 +198,9 @@ def compute_status(
     # Degraded: pods stuck for a reason a person must act on
     problem = _first_problem(live_pods)
     held_up = fill_problem(observed.cache) if observed.cache is not None else None
-    if cache is not None and cache_failed:
+    if rollout is not None and rollout.phase == RolloutPhase.ROLLED_BACK:
+        put("Degraded", True, "RolledBack", rollout.message)
+    elif cache is not None and cache_failed:
         put("Degraded", True, "CacheFillFailed", f"the model cache fill failed: {cache.message}")
     elif held_up is not None:
         put("Degraded", True, held_up.reason, f"the model cache fill's pod {held_up.pod}: {held_up.message}")
@@ -219,6 +233,11 @@ def compute_status(
 
     if cache_waiting:
         put("Progressing", True, "CacheFilling", cache_message)
+    elif rollout is not None and canary_running:
+        reason = "CanaryPaused" if rollout.phase == RolloutPhase.PAUSED else "CanaryProgressing"
+        put("Progressing", True, reason, rollout.message)
+    elif rollout is not None and rollout.phase == RolloutPhase.ROLLED_BACK:
+        put("Progressing", False, "RolledBack", rollout.message)
     elif rolled_out:
         put(
             "Progressing",
@@ -329,6 +348,7 @@ def compute_status(
         models=models,
         cold_start=_cold_start(previous, desired, ready_replicas, now),
         cache=cache,
+        rollout=rollout,
         conditions=sorted(conditions, key=lambda c: c.type),
     )
     transitions = _transitions(previous, status)
@@ -370,7 +390,7 @@ def _gitops(
     elif degraded.status == ConditionStatus.TRUE:
         since = degraded.last_transition_time
         seconds = (now - since).total_seconds() if since else 0.0
-        if degraded.reason == "CacheFillFailed":  # a failed fill is not retried: stalled at once
+        if degraded.reason in ("CacheFillFailed", "RolledBack"):  # not retried by itself: stalled at once
             stalled = Verdict(True, degraded.reason, degraded.message)
         elif degraded.reason == "ProgressDeadlineExceeded" or seconds >= stall_seconds:
             bound = (

@@ -30,11 +30,18 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         self.step = float(params.get("step_ms", "4")) / 1000.0
+        self.error_every = int(params.get("error_every", "0"))
+        self.served = 0
 
     def execute(self, requests):
         time.sleep(self.step)
         responses = []
         for request in requests:
+            self.served += 1
+            if self.error_every and self.served % self.error_every == 0:
+                error = pb_utils.TritonError(f"request {self.served} failed on purpose (error_every)")
+                responses.append(pb_utils.InferenceResponse(error=error))
+                continue
             x = pb_utils.get_input_tensor_by_name(request, "INPUT").as_numpy()
             y = np.tanh(x).astype(np.float32)
             responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("OUTPUT", y)]))
@@ -42,14 +49,17 @@ class TritonPythonModel:
 """
 
 
-def fixed_cost_model(name: str, *, max_batch_size: int, batching: bool, step_ms: float = 4.0) -> ModelSpec:
-    """The spec of the model, as a ModelDeployment would carry it."""
+def fixed_cost_model(
+    name: str, *, max_batch_size: int, batching: bool, step_ms: float = 4.0, error_every: int = 0
+) -> ModelSpec:
+    """The spec of the model, as a ModelDeployment would carry it; with `error_every` N, every Nth
+    request an instance serves fails (a broken model for rollback tests)."""
     config: dict[str, object] = {
         "maxBatchSize": max_batch_size,
         "instanceGroups": [{"kind": "KIND_CPU", "count": 1}],
         "inputs": [{"name": "INPUT", "dataType": "TYPE_FP32", "dims": [16]}],
         "outputs": [{"name": "OUTPUT", "dataType": "TYPE_FP32", "dims": [16]}],
-        "parameters": {"step_ms": str(step_ms)},
+        "parameters": {"step_ms": str(step_ms), **({"error_every": str(error_every)} if error_every else {})},
     }
     if batching:
         config["dynamicBatching"] = {"maxQueueDelayMicroseconds": 500}

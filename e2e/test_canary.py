@@ -1,0 +1,229 @@
+"""Canary rollouts end to end (spec.rollout.canary, controllers/canary.py), on real Triton metrics.
+
+Each simulated serving pod, stable or canary, is backed by a real tritonserver started from the pod's
+own spec (e2e/podservers.py) and scraped by the real Prometheus under its `namespace` and `pod`
+labels. Requests go round-robin over every serving pod (e2e/front.py, a Service's balancing over
+its endpoints), so the canary takes its share of the replicas. The operator asks that Prometheus
+for its analyses. The step timing is shortened to the test's timescale (10 s pauses and windows).
+
+One ModelDeployment lives through the whole story:
+1. plain, then `rollout.canary` added (nothing rolls: the template is the same);
+2. a good new model: canary at step 1 (1 of 3 replicas), the operator restarted mid-step (the step
+   and its clock survive), step 2 (2 of 3), promoted; the children converge on the spec;
+3. a broken model (every 2nd request fails): rolled back by the first analysis, the numbers in
+   status, no canary left, the stable still serving the previous template;
+4. a third model, paused by annotation, then `rollout` removed: it settles on the current spec.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from e2e.cluster import Cluster
+from e2e.convergence import model_deployment_differences
+from e2e.front import IngressFront, Load
+from e2e.kube import Kubectl, find_condition, wait_for
+from e2e.operator_proc import OperatorProcess
+from e2e.podservers import PodServers
+from e2e.prometheus import Prometheus
+from kubeforge.api.modeldeployment import ModelSpec
+from kubeforge.controllers.rollout import WORKLOAD_TEMPLATE_ANNOTATION
+from kubeforge.settings import Settings
+from kubeforge.testing.workloads import fixed_cost_model, write_model
+
+pytestmark = [pytest.mark.e2e, pytest.mark.serial]
+NAME = "shop"
+MODEL = "fixed"
+STEPS = [{"weight": 30, "pauseSeconds": 10}, {"weight": 60, "pauseSeconds": 10}]
+ANALYSIS = {"intervalSeconds": 10, "minRequests": 20, "maxErrorRatioIncrease": 0.05, "maxLatencyRatio": 20}
+
+
+def _model(step_ms: float, error_every: int = 0) -> ModelSpec:
+    return fixed_cost_model(MODEL, max_batch_size=0, batching=False, step_ms=step_ms, error_every=error_every)
+
+
+@pytest.fixture
+def prometheus(cluster: Cluster) -> Iterator[Prometheus]:
+    server = Prometheus(cluster.state_dir / "canary-prometheus", scrape_interval=1.0).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _md(namespace: str, model: ModelSpec, rollout: dict[str, Any] | None) -> str:
+    spec: dict[str, Any] = {"replicas": 3, "models": [model.wire()]}
+    if rollout is not None:
+        spec["rollout"] = rollout
+    return json.dumps(
+        {
+            "apiVersion": "kubeforge.io/v1alpha1",
+            "kind": "ModelDeployment",
+            "metadata": {"name": NAME, "namespace": namespace},
+            "spec": spec,
+        }
+    )
+
+
+def _get(kubectl: Kubectl, namespace: str) -> dict[str, Any]:
+    md: dict[str, Any] = kubectl.json("get", "md", NAME, namespace=namespace)
+    return md
+
+
+def _rollout(kubectl: Kubectl, namespace: str) -> dict[str, Any]:
+    rollout: dict[str, Any] = (_get(kubectl, namespace).get("status") or {}).get("rollout") or {}
+    return rollout
+
+
+def _wait_rollout(
+    kubectl: Kubectl, namespace: str, what: str, timeout: float = 180, **want: Any
+) -> dict[str, Any]:
+    def check() -> dict[str, Any] | None:
+        rollout = _rollout(kubectl, namespace)
+        return rollout if all(rollout.get(k) == v for k, v in want.items()) else None
+
+    return wait_for(check, timeout=timeout, message=f"{what}: status.rollout with {want}")
+
+
+def _deployment(kubectl: Kubectl, namespace: str, name: str) -> dict[str, Any] | None:
+    found = kubectl("get", "deployment", name, "-o", "json", namespace=namespace, check=False)
+    return json.loads(found.stdout) if found.returncode == 0 else None
+
+
+def _converged(kubectl: Kubectl, namespace: str) -> None:
+    def check() -> list[str] | None:
+        md = _get(kubectl, namespace)
+        if (md.get("status") or {}).get("observedGeneration") != md["metadata"]["generation"]:
+            return None
+        problems = model_deployment_differences(kubectl, NAME, namespace, Settings())
+        return None if problems else []
+
+    try:
+        wait_for(check, timeout=60, message="the children equal what the builders make of the spec")
+    except TimeoutError:
+        problems = model_deployment_differences(kubectl, NAME, namespace, Settings())
+        raise AssertionError(f"not converged: {problems}") from None
+
+
+def _events(kubectl: Kubectl, namespace: str, reason: str) -> list[str]:
+    items = kubectl.json("get", "events", "--field-selector", f"reason={reason}", namespace=namespace)[
+        "items"
+    ]
+    return [e["message"] for e in items if e["involvedObject"].get("name") == NAME]
+
+
+def test_a_canary_is_analysed_promoted_and_a_broken_one_rolled_back(
+    kubectl: Kubectl,
+    namespace: str,
+    own_operator: OperatorProcess,
+    models_claim: str,
+    prometheus: Prometheus,
+    tmp_path: Path,
+) -> None:
+    env = {"KUBEFORGE_PROMETHEUS_ADDRESS": prometheus.url}
+    own_operator.start(env=env)
+    good, better, broken, third = _model(2.0), _model(3.0), _model(2.0, error_every=2), _model(4.0)
+    pvc = tmp_path / "pvc"
+    for model in (good, better, broken, third):
+        write_model(pvc / "models", model)  # one folder: the sources differ only in config
+
+    canary = {"canary": {"steps": STEPS, "analysis": ANALYSIS}}
+    kubectl.apply(_md(namespace, good, None))
+    servers = PodServers(kubectl, namespace, NAME, pvc, tmp_path / "servers", prometheus.set_targets)
+    with servers, IngressFront(namespace, NAME, servers.http_addresses) as front:
+        servers.wait_for_servers(3)
+        # 1. rollout.canary added: the same template, nothing rolls
+        kubectl.apply(_md(namespace, good, canary))
+        stable = _wait_rollout(kubectl, namespace, "canary configured", phase="Complete")
+        assert _deployment(kubectl, namespace, f"{NAME}-canary") is None
+        _converged(kubectl, namespace)
+
+        with Load(front, MODEL, clients=3, seconds=600):
+            # 2. a better model: canary steps, an operator restart mid-step, promotion
+            kubectl.apply(_md(namespace, better, canary))
+            step1 = _wait_rollout(kubectl, namespace, "step 1 under way", phase="Progressing", step=1)
+            assert step1["canaryRevision"] != stable["stableRevision"]
+            assert (step1["canaryReplicas"], step1["stableReplicas"]) == (1, 2)  # ceil(30% of 3), the rest
+            started = wait_for(
+                lambda: _rollout(kubectl, namespace).get("stepStartedAt"),
+                timeout=120,
+                message="the canary's pod ready: step 1's clock started",
+            )
+            _converged(kubectl, namespace)  # mid-step: the canary is what the builders make at 1 replica
+            own_operator.stop()
+            time.sleep(3)
+            own_operator.start(env=env)
+            resumed = _rollout(kubectl, namespace)
+            assert (resumed["step"], resumed["stepStartedAt"]) == (1, started)  # not repeated, same clock
+            step2 = _wait_rollout(kubectl, namespace, "step 2", timeout=120, step=2)
+            assert (step2["canaryReplicas"], step2["stableReplicas"]) == (2, 1)
+            promoted = _wait_rollout(kubectl, namespace, "promoted", timeout=180, phase="Complete")
+            assert promoted["stableRevision"] == step1["canaryRevision"]
+            passed = [a for a in promoted["analyses"] if a["verdict"] == "Passed"]
+            assert {a["step"] for a in passed} == {1, 2}, promoted["analyses"]
+            metrics = {m["name"]: m for m in passed[-1]["metrics"]}
+            assert metrics["requests"]["canary"] >= ANALYSIS["minRequests"]
+            assert metrics["errorRatio"]["canary"] == 0.0
+            assert 'pod=~"shop-canary-[a-z0-9]+-[a-z0-9]+"' in metrics["errorRatio"]["canaryQuery"]
+            # each step passed once: none skipped, none repeated across the restart
+            assert sorted(m for m in _events(kubectl, namespace, "CanaryStepPassed")) == [
+                f"step 1/2 of {step1['canaryRevision']} passed"
+            ]
+            wait_for(
+                lambda: _deployment(kubectl, namespace, f"{NAME}-canary") is None,
+                timeout=60,
+                message="the canary Deployment gone after promotion",
+            )
+            _converged(kubectl, namespace)
+
+            # 3. a broken model: rolled back by its first analysis
+            kubectl.apply(_md(namespace, broken, canary))
+            broken_step = _wait_rollout(kubectl, namespace, "the broken canary's step 1", phase="Progressing")
+            rolled_back = _wait_rollout(kubectl, namespace, "rolled back", timeout=120, phase="RolledBack")
+            failed = rolled_back["analyses"][-1]
+            assert failed["verdict"] == "Failed" and failed["step"] == 1, failed
+            error_ratio = next(m for m in failed["metrics"] if m["name"] == "errorRatio")
+            assert error_ratio["verdict"] == "Failed" and error_ratio["canary"] > 0.3, error_ratio
+            assert error_ratio["stable"] == 0.0
+            assert rolled_back["rolledBackRevision"] == broken_step["canaryRevision"]
+            md = _get(kubectl, namespace)
+            ready, degraded = find_condition(md, "Ready"), find_condition(md, "Degraded")
+            assert ready is not None and ready["status"] == "True"  # the stable serves throughout
+            assert (
+                degraded is not None and degraded["status"] == "True" and degraded["reason"] == "RolledBack"
+            )
+            assert "errorRatio canary" in degraded["message"]
+            wait_for(
+                lambda: _deployment(kubectl, namespace, f"{NAME}-canary") is None,
+                timeout=60,
+                message="no canary Deployment left after the rollback",
+            )
+            live = _deployment(kubectl, namespace, NAME)
+            assert live is not None
+            assert live["metadata"]["annotations"][WORKLOAD_TEMPLATE_ANNOTATION] == promoted["stableRevision"]
+            assert live["spec"]["replicas"] == 3
+            assert _events(kubectl, namespace, "RolledBack")
+            _converged(kubectl, namespace)
+
+            # 4. a third model paused at step 1, then rollout removed: the current spec takes over
+            kubectl.apply(_md(namespace, third, canary))
+            kubectl("annotate", "md", NAME, "kubeforge.io/rollout-paused=true", namespace=namespace)
+            _wait_rollout(kubectl, namespace, "paused", phase="Paused")
+            kubectl.apply(_md(namespace, third, None))
+            wait_for(
+                lambda: (
+                    not _rollout(kubectl, namespace)
+                    and _deployment(kubectl, namespace, f"{NAME}-canary") is None
+                ),
+                timeout=60,
+                message="rollout removed: no canary, no status.rollout",
+            )
+            _converged(kubectl, namespace)
+            assert _events(kubectl, namespace, "CanaryCancelled")
+    assert not servers.errors, servers.errors

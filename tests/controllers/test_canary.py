@@ -1,0 +1,238 @@
+"""The canary rollout's moves (controllers/canary.py): steps, their clock, analysis verdicts, verbs.
+
+Prometheus is answered here by a table of the queries' values; the real Prometheus, reading real
+tritonservers, answers the same queries in e2e/test_canary.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from kubeforge.api.modeldeployment import ModelDeployment, RolloutPhase, RolloutStatus
+from kubeforge.builders.modeldeployment import build_triton_deployment
+from kubeforge.controllers import canary
+from kubeforge.controllers.analysis import PrometheusError
+from kubeforge.controllers.rollout import annotated, workload_template_hash
+from kubeforge.settings import Settings
+
+NOW = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
+SETTINGS = Settings()
+STEPS = [{"weight": 30, "pauseSeconds": 60}, {"weight": 60, "pauseSeconds": 60}]
+ANALYSIS = {"intervalSeconds": 30, "minRequests": 20}
+
+
+def _md(
+    step_ms: str, *, generation: int = 2, annotations: dict[str, str] | None = None, **canary: Any
+) -> ModelDeployment:
+    return ModelDeployment.model_validate(
+        {
+            "metadata": {
+                "name": "shop",
+                "namespace": "ns",
+                "uid": "u1",
+                "generation": generation,
+                "annotations": annotations or {},
+            },
+            "spec": {
+                "replicas": 3,
+                "models": [
+                    {
+                        "name": "m",
+                        "source": "pvc://models/m",
+                        "format": "python",
+                        "config": {"parameters": {"s": step_ms}},
+                    }
+                ],
+                "rollout": {"canary": {"steps": STEPS, **canary}},
+            },
+        }
+    )
+
+
+def _stable(generation: int = 1) -> dict[str, Any]:
+    """The live stable Deployment: the first spec's template, serving 3 replicas."""
+    live = annotated(build_triton_deployment(_md("1", generation=generation), SETTINGS), generation, None)
+    live["status"] = {"availableReplicas": 3, "readyReplicas": 3, "replicas": 3}
+    return live
+
+
+def _canary_live(md: ModelDeployment, replicas: int, ready: int) -> dict[str, Any]:
+    desired = build_triton_deployment(md, SETTINGS)
+    live = canary.build_canary_deployment(md, SETTINGS, replicas)
+    live["metadata"]["annotations"] = {canary.CANARY_REVISION_ANNOTATION: workload_template_hash(desired)}
+    live["metadata"]["generation"] = 1
+    live["status"] = {
+        "observedGeneration": 1,
+        "replicas": replicas,
+        "updatedReplicas": replicas,
+        "readyReplicas": ready,
+        "availableReplicas": ready,
+    }
+    return live
+
+
+def _values(requests: float, canary_error_ratio: float, latency: tuple[float, float] = (2000, 2000)) -> Any:
+    async def query(promql: str) -> float | None:
+        is_canary = "shop-canary-" in promql
+        if promql.startswith("(sum(increase(nv_inference_request_failure"):
+            return canary_error_ratio if is_canary else 0.0
+        if "nv_inference_request_summary_us" in promql:
+            return latency[0] if is_canary else latency[1]
+        return requests
+
+    return query
+
+
+def _plan(
+    md: ModelDeployment,
+    previous: RolloutStatus | None,
+    live_canary: dict[str, Any] | None = None,
+    now: datetime = NOW,
+    query: Any = None,
+) -> canary.Plan:
+    desired = build_triton_deployment(md, SETTINGS)
+    return asyncio.run(
+        canary.plan(md, SETTINGS, desired, _stable(), live_canary, previous, query or _values(100, 0), now)
+    )
+
+
+@pytest.mark.parametrize(
+    ("total", "weight", "split"),
+    [(3, 30, (1, 2)), (3, 60, (2, 1)), (4, 25, (1, 3)), (1, 10, (1, 1)), (0, 50, (0, 0))],
+)
+def test_a_weight_splits_the_replicas_with_one_stable_kept(
+    total: int, weight: int, split: tuple[int, int]
+) -> None:
+    assert canary.split(total, weight) == split
+
+
+def test_only_a_users_edit_of_the_template_takes_the_canary_path() -> None:
+    md = _md("2")
+    desired = build_triton_deployment(md, SETTINGS)
+    assert canary.wanted(md, desired, _stable(), None, 1)
+    # the same template: nothing to roll
+    same = _md("1")
+    assert not canary.wanted(same, build_triton_deployment(same, SETTINGS), _stable(), None, 1)
+    # the operator renders the same generation differently (a new release): not a canary
+    assert not canary.wanted(md, desired, _stable(generation=2), None, 2)
+    # no canary configured
+    plain = md.model_copy(update={"spec": md.spec.model_copy(update={"rollout": None})})
+    assert not canary.wanted(plain, desired, _stable(), None, 1)
+
+
+def test_a_new_canary_starts_at_step_one_and_its_clock_waits_for_its_pods() -> None:
+    md = _md("2", analysis=ANALYSIS)
+    plan = _plan(md, None)
+    assert plan.status.phase == RolloutPhase.PROGRESSING
+    assert (plan.status.step, plan.status.canary_replicas, plan.stable_replicas) == (1, 1, 2)
+    assert plan.status.step_started_at is None and plan.stable is None
+    assert plan.canary is not None and plan.canary["spec"]["replicas"] == 1
+    assert [e[1] for e in plan.events] == ["CanaryStarted"]
+    ready = _plan(md, plan.status, _canary_live(md, 1, 1))
+    assert ready.status.step_started_at == NOW and ready.events == []
+
+
+def _running(md: ModelDeployment, step: int = 1, started: datetime = NOW) -> RolloutStatus:
+    first = _plan(md, None)
+    return first.status.model_copy(update={"step": step, "step_started_at": started})
+
+
+def test_a_step_waits_for_its_pause_and_a_passed_analysis_then_advances() -> None:
+    md = _md("2", analysis=ANALYSIS)
+    running = _running(md)
+    live = _canary_live(md, 1, 1)
+    early = _plan(md, running, live, now=NOW + timedelta(seconds=10))
+    assert early.status.step == 1 and not early.status.analyses and early.requeue == 20.0
+    analysed = _plan(md, running, live, now=NOW + timedelta(seconds=30))
+    assert analysed.status.analyses and analysed.status.analyses[-1].verdict == "Passed"
+    assert analysed.status.step == 1  # passed, but the 60 s pause holds
+    advanced = _plan(md, analysed.status, live, now=NOW + timedelta(seconds=60))
+    assert (advanced.status.step, advanced.status.step_started_at) == (2, None)
+    assert advanced.canary is not None and advanced.canary["spec"]["replicas"] == 2
+    assert [e[1] for e in advanced.events] == ["AnalysisPassed", "CanaryStepPassed"]
+
+
+def test_the_last_step_passed_promotes() -> None:
+    md = _md("2")  # no analysis: the pauses alone
+    last = _plan(md, _running(md, step=2), _canary_live(md, 2, 2), now=NOW + timedelta(seconds=61))
+    assert last.status.phase == RolloutPhase.COMPLETE and last.canary is None
+    assert last.stable is not None and last.stable_replicas == 3
+    assert last.status.stable_revision == workload_template_hash(build_triton_deployment(md, SETTINGS))
+    assert [e[1] for e in last.events] == ["Promoted"]
+
+
+def test_a_failed_analysis_rolls_back_with_its_numbers_and_is_not_tried_again() -> None:
+    md = _md("2", analysis=ANALYSIS)
+    failed = _plan(md, _running(md), _canary_live(md, 1, 1), NOW + timedelta(seconds=30), _values(100, 0.4))
+    assert failed.status.phase == RolloutPhase.ROLLED_BACK and failed.canary is None
+    assert failed.stable is None and failed.stable_replicas == 3
+    assert "errorRatio canary 0.4 vs stable 0" in failed.status.message
+    assert [e[1] for e in failed.events] == ["AnalysisFailed", "RolledBack"]
+    held = _plan(md, failed.status, None, NOW + timedelta(seconds=90))
+    assert held.status.phase == RolloutPhase.ROLLED_BACK and held.canary is None and held.events == []
+    retried = _plan(
+        _md("2", analysis=ANALYSIS, annotations={canary.ACTION_ANNOTATION: "retry"}), failed.status
+    )
+    assert retried.status.phase == RolloutPhase.PROGRESSING and retried.status.step == 1
+    assert retried.acted == "retry"
+
+
+def test_a_slower_canary_fails_on_latency_and_too_few_requests_hold_the_step() -> None:
+    md = _md("2", analysis=ANALYSIS)
+    live, later = _canary_live(md, 1, 1), NOW + timedelta(seconds=30)
+    slow = _plan(md, _running(md), live, later, _values(100, 0, latency=(9000, 2000)))
+    assert slow.status.phase == RolloutPhase.ROLLED_BACK
+    assert "latencyP90 canary 9000 vs stable 2000 (limit: <= 1.5 x stable)" in slow.status.message
+    few = _plan(md, _running(md), live, later, _values(5, 0))
+    assert few.status.phase == RolloutPhase.PROGRESSING
+    assert few.status.analyses and few.status.analyses[-1].verdict == "Inconclusive"
+    stuck = _plan(md, few.status, live, NOW + timedelta(seconds=61), _values(5, 0))
+    assert stuck.status.step == 1 and "waiting for an analysis to pass" in stuck.status.message
+
+
+def test_prometheus_unreachable_is_inconclusive_and_says_why() -> None:
+    async def down(_: str) -> float | None:
+        raise PrometheusError("http://prometheus:9090: connection refused")
+
+    md = _md("2", analysis=ANALYSIS)
+    plan = _plan(md, _running(md), _canary_live(md, 1, 1), NOW + timedelta(seconds=30), down)
+    assert plan.status.phase == RolloutPhase.PROGRESSING
+    assert plan.status.analyses and "connection refused" in plan.status.analyses[-1].message
+
+
+def test_verbs_promote_abort_and_pause() -> None:
+    running = _running(_md("2"))
+    promote = _plan(_md("2", annotations={canary.ACTION_ANNOTATION: "promote"}), running)
+    assert promote.status.phase == RolloutPhase.COMPLETE and promote.stable is not None
+    assert promote.acted == "promote"
+    abort = _plan(_md("2", annotations={canary.ACTION_ANNOTATION: "abort"}), running)
+    assert abort.status.phase == RolloutPhase.ROLLED_BACK and abort.acted == "abort"
+    paused_md = _md("2", annotations={canary.PAUSED_ANNOTATION: "true"})
+    paused = _plan(paused_md, running, _canary_live(paused_md, 1, 1), NOW + timedelta(hours=1))
+    assert paused.status.phase == RolloutPhase.PAUSED and paused.status.step == 1
+
+
+def test_an_edit_mid_rollout_replaces_the_canary_from_step_one() -> None:
+    md = _md("2")
+    running = _running(md, step=2)
+    newer = _plan(_md("3", generation=3), running)
+    assert newer.status.step == 1 and newer.status.canary_revision != running.canary_revision
+    assert [e[1] for e in newer.events] == ["CanaryReplaced", "CanaryStarted"]
+
+
+def test_settling_keeps_a_completed_status_and_announces_a_cancelled_canary() -> None:
+    md = _md("1")
+    revision = workload_template_hash(build_triton_deployment(md, SETTINGS))
+    status, events = canary.settled(md, _running(_md("2")), revision)
+    assert (
+        status is not None
+        and status.phase == RolloutPhase.COMPLETE
+        and [e[1] for e in events] == ["CanaryCancelled"]
+    )
+    assert canary.settled(md, status, revision) == (status, [])
+    plain = md.model_copy(update={"spec": md.spec.model_copy(update={"rollout": None})})
+    assert canary.settled(plain, None, revision) == (None, [])
