@@ -97,18 +97,25 @@ def _deployment(kubectl: Kubectl, namespace: str, name: str) -> dict[str, Any] |
 
 
 def _converged(kubectl: Kubectl, namespace: str) -> None:
-    def check() -> list[str] | None:
+    def check() -> bool:
         md = _get(kubectl, namespace)
         if (md.get("status") or {}).get("observedGeneration") != md["metadata"]["generation"]:
-            return None
-        problems = model_deployment_differences(kubectl, NAME, namespace, Settings())
-        return None if problems else []
+            return False
+        return not model_deployment_differences(kubectl, NAME, namespace, Settings())
 
     try:
         wait_for(check, timeout=60, message="the children equal what the builders make of the spec")
     except TimeoutError:
         problems = model_deployment_differences(kubectl, NAME, namespace, Settings())
         raise AssertionError(f"not converged: {problems}") from None
+
+
+def _ready(kubectl: Kubectl, namespace: str) -> None:
+    def check() -> bool:
+        condition = find_condition(_get(kubectl, namespace), "Ready")
+        return condition is not None and condition["status"] == "True"
+
+    wait_for(check, timeout=60, message="Ready=True")
 
 
 def _events(kubectl: Kubectl, namespace: str, reason: str) -> list[str]:
@@ -150,6 +157,7 @@ def test_a_canary_is_analysed_promoted_and_a_broken_one_rolled_back(
             step1 = _wait_rollout(kubectl, namespace, "step 1 under way", phase="Progressing", step=1)
             assert step1["canaryRevision"] != stable["stableRevision"]
             assert (step1["canaryReplicas"], step1["stableReplicas"]) == (1, 2)  # ceil(30% of 3), the rest
+            _ready(kubectl, namespace)  # on the stable revision, throughout the steps
             started = wait_for(
                 lambda: _rollout(kubectl, namespace).get("stepStartedAt"),
                 timeout=120,
@@ -163,6 +171,7 @@ def test_a_canary_is_analysed_promoted_and_a_broken_one_rolled_back(
             assert (resumed["step"], resumed["stepStartedAt"]) == (1, started)  # not repeated, same clock
             step2 = _wait_rollout(kubectl, namespace, "step 2", timeout=120, step=2)
             assert (step2["canaryReplicas"], step2["stableReplicas"]) == (2, 1)
+            _ready(kubectl, namespace)
             promoted = _wait_rollout(kubectl, namespace, "promoted", timeout=180, phase="Complete")
             assert promoted["stableRevision"] == step1["canaryRevision"]
             passed = [a for a in promoted["analyses"] if a["verdict"] == "Passed"]
@@ -192,12 +201,10 @@ def test_a_canary_is_analysed_promoted_and_a_broken_one_rolled_back(
             assert error_ratio["verdict"] == "Failed" and error_ratio["canary"] > 0.3, error_ratio
             assert error_ratio["stable"] == 0.0
             assert rolled_back["rolledBackRevision"] == broken_step["canaryRevision"]
-            md = _get(kubectl, namespace)
-            ready, degraded = find_condition(md, "Ready"), find_condition(md, "Degraded")
-            assert ready is not None and ready["status"] == "True"  # the stable serves throughout
-            assert (
-                degraded is not None and degraded["status"] == "True" and degraded["reason"] == "RolledBack"
-            )
+            degraded = find_condition(_get(kubectl, namespace), "Degraded")
+            assert degraded is not None and degraded["status"] == "True", degraded
+            assert degraded["reason"] == "RolledBack", degraded
+            _ready(kubectl, namespace)  # once the stable is back at 3 replicas
             assert "errorRatio canary" in degraded["message"]
             wait_for(
                 lambda: _deployment(kubectl, namespace, f"{NAME}-canary") is None,

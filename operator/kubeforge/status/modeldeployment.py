@@ -174,10 +174,12 @@ def compute_status(
         else deployment_workload(observed.deployment, desired if stable_desired is None else stable_desired)
     )
     replicas, ready_replicas, updated = workload.replicas, workload.ready, workload.updated
-    if rollout is not None and canary_running:
+    rolled_out = workload.rolled_out
+    if rollout is not None and canary_running and stable_desired is not None:
         canary = deployment_workload(observed.canary, rollout.canary_replicas or 0)
         replicas, ready_replicas = replicas + canary.replicas, ready_replicas + canary.ready
-    rolled_out = workload.rolled_out
+        # Ready stays on the stable revision: its share ready, even while a step scales it down
+        rolled_out = workload.ready >= max(stable_desired, 1)
     servers = "groups" if multi_node else "Triton servers"
     live_pods = [p for p in observed.pods if not p["metadata"].get("deletionTimestamp")]
     ready_pods = sum(1 for p in live_pods if pod_ready(p))

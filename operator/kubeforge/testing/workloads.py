@@ -35,13 +35,13 @@ class TritonPythonModel:
 
     def execute(self, requests):
         time.sleep(self.step)
+        self.served += 1
+        if self.error_every and self.served % self.error_every == 0:
+            # raised, not an error response: Triton's Python backend counts a response carrying an
+            # error as a success in nv_inference_request_success, and a raised one as a failure
+            raise pb_utils.TritonModelException(f"execution {self.served} failed on purpose (error_every)")
         responses = []
         for request in requests:
-            self.served += 1
-            if self.error_every and self.served % self.error_every == 0:
-                error = pb_utils.TritonError(f"request {self.served} failed on purpose (error_every)")
-                responses.append(pb_utils.InferenceResponse(error=error))
-                continue
             x = pb_utils.get_input_tensor_by_name(request, "INPUT").as_numpy()
             y = np.tanh(x).astype(np.float32)
             responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("OUTPUT", y)]))
@@ -53,7 +53,7 @@ def fixed_cost_model(
     name: str, *, max_batch_size: int, batching: bool, step_ms: float = 4.0, error_every: int = 0
 ) -> ModelSpec:
     """The spec of the model, as a ModelDeployment would carry it; with `error_every` N, every Nth
-    request an instance serves fails (a broken model for rollback tests)."""
+    execution of an instance fails (a broken model for rollback tests)."""
     config: dict[str, object] = {
         "maxBatchSize": max_batch_size,
         "instanceGroups": [{"kind": "KIND_CPU", "count": 1}],
