@@ -127,7 +127,12 @@ def test_output_model_deployment_gets_the_trained_source(tj_body: dict[str, Any]
         "name": "mnist-serving",
         "namespace": "team-a",
         "labels": {"kubeforge.io/trained-by": "mnist-ddp", "app.kubernetes.io/managed-by": "kubeforge"},
-        "annotations": {"kubeforge.io/trained-by-uid": tj.metadata.uid},
+        "annotations": {
+            "kubeforge.io/trained-by-uid": tj.metadata.uid,
+            # what the job recorded: no validation yet in this spec-only object
+            "kubeforge.io/proposal": '{"job":"mnist-ddp","uri":"pvc://model-store/run1/mnist",'
+            '"validationLoss":null,"model":"mnist"}',
+        },
     }
     assert md["spec"]["models"] == [
         {"name": "mnist", "source": "pvc://model-store/run1/mnist", "format": "python"}

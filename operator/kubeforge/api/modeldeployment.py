@@ -706,7 +706,7 @@ class CanaryStep(ApiModel):
 
 class CanaryAnalysis(ApiModel):
     """Live comparison of the canary with the stable revision, on Triton's metrics in Prometheus
-    (the operator's --prometheus-address), over the same window."""
+    (the operator's KUBEFORGE_PROMETHEUS_ADDRESS, the chart's prometheusAddress), over the same window."""
 
     interval_seconds: int = Field(
         default=60, ge=10, le=3600, description="The window each analysis reads, and how often it runs."
@@ -751,6 +751,43 @@ class Canary(ApiModel):
     )
 
 
+class ProposalGate(ApiModel):
+    """What a trained model's recorded evaluation (the TrainingJob's status.validation) must show."""
+
+    max_validation_loss: float | None = Field(
+        default=None, ge=0, description="Its validation loss must be at most this."
+    )
+    better_than_serving: bool = Field(
+        default=False,
+        description="Its validation loss must be lower than the one recorded for the model this "
+        "ModelDeployment serves (status.trainedModel); nothing recorded refuses it.",
+    )
+
+    rules = (
+        Rule(
+            cel="has(self.maxValidationLoss) || (has(self.betterThanServing) && self.betterThanServing)",
+            message="rollout.proposals.gate needs maxValidationLoss, betterThanServing: true, or both",
+            check=lambda g: g.max_validation_loss is not None or g.better_than_serving,
+        ),
+    )
+
+
+class Proposals(ApiModel):
+    """TrainingJobs that may propose their trained model to this ModelDeployment (their
+    spec.output.proposeTo): a proposal that passes the gate replaces the model's source, and so
+    rolls out like any edit (a canary with rollout.canary)."""
+
+    job_labels: dict[str, str] = Field(
+        min_length=1, description="A TrainingJob may propose when its labels include all of these."
+    )
+    model: str = Field(
+        pattern=MODEL_NAME_PATTERN,
+        max_length=128,  # bounds the CEL cost of comparing it with every model's name
+        description="The model of spec.models whose source a proposal replaces.",
+    )
+    gate: ProposalGate = Field(description="What the job's recorded evaluation must show.")
+
+
 class Rollout(ApiModel):
     """Rolling update limits. With GPUs the default is maxSurge 0 so a rollout never waits for a spare GPU."""
 
@@ -764,6 +801,9 @@ class Rollout(ApiModel):
         default=None,
         description="Roll a changed pod template out as a canary, in steps with live analysis, instead of "
         "a rolling update of every replica. Not with replicas spanning nodes.",
+    )
+    proposals: Proposals | None = Field(
+        default=None, description="Accept newly trained models from TrainingJobs, through a gate."
     )
 
 
@@ -806,6 +846,20 @@ def _parallel(spec: ModelDeploymentSpec, model: ModelSpec) -> int:
     if model.llm is None:
         return 0
     return model.llm.parallel_gpus(spec.gpu.resource_count if spec.gpu else 1)
+
+
+# a ModelDeployment's proposals replace the source of one of its models (a TrainingJob's template
+# has no such rule: the trained model joins its models at the hand-off)
+PROPOSED_MODEL_RULE = Rule(
+    cel="!has(self.rollout) || !has(self.rollout.proposals) || "
+    "self.models.exists(m, m.name == self.rollout.proposals.model)",
+    message="rollout.proposals.model must name a model of spec.models",
+    check=lambda s: (
+        s.rollout is None
+        or s.rollout.proposals is None
+        or any(m.name == s.rollout.proposals.model for m in s.models)
+    ),
+)
 
 
 class ModelDeploymentSpec(ApiModel):
@@ -870,7 +924,7 @@ class ModelDeploymentSpec(ApiModel):
         default=None, description="Names of Secrets to pull images with."
     )
 
-    rules = (
+    rules: ClassVar[tuple[Rule, ...]] = (
         Rule(
             cel="",  # the schema's list-map keyed by name refuses duplicates itself
             message="models: Duplicate value: models[].name must be unique",
@@ -982,6 +1036,7 @@ class ModelDeploymentSpec(ApiModel):
                 or s.replica_nodes == 1
             ),
         ),
+        PROPOSED_MODEL_RULE,
         Rule(
             cel="!has(self.rollout) || !has(self.rollout.canary) || ((!has(self.nodesPerReplica) || "
             "self.nodesPerReplica == 1) && (!has(self.gpu) || !has(self.models) || self.models.all(m, "
@@ -1087,6 +1142,14 @@ class AnalysisResult(ApiModel):
     metrics: list[MetricResult] = Field(default_factory=list, description="Each metric's values.")
 
 
+class TrainedModel(ApiModel):
+    """A trained model proposed by a TrainingJob, with the evaluation it recorded."""
+
+    job: str = Field(description="The TrainingJob that trained it.")
+    uri: str = Field(description="Its source.")
+    validation_loss: float | None = Field(default=None, description="Its recorded validation loss.")
+
+
 class RolloutStatus(ApiModel):
     """The canary rollout (spec.rollout.canary): revisions, the step, and the analyses."""
 
@@ -1109,6 +1172,9 @@ class RolloutStatus(ApiModel):
     )
     analyses: list[AnalysisResult] | None = Field(
         default=None, description="This canary's analyses, the latest last (at most 10)."
+    )
+    proposal: TrainedModel | None = Field(
+        default=None, description="The trained model the canary serves, when a TrainingJob proposed it."
     )
     rolled_back_revision: str | None = Field(
         default=None,
@@ -1208,6 +1274,11 @@ class ModelDeploymentStatus(ApiModel):
     cache: CacheStatus | None = Field(default=None, description="The model cache (spec.cache).")
     rollout: RolloutStatus | None = Field(
         default=None, description="The canary rollout (spec.rollout.canary)."
+    )
+    trained_model: TrainedModel | None = Field(
+        default=None,
+        description="The trained model the stable revision serves, with its recorded evaluation (what "
+        "rollout.proposals.gate.betterThanServing compares with).",
     )
     conditions: ConditionList | None = Field(
         default=None,

@@ -21,6 +21,7 @@ from kubeforge.api.common import (
 from kubeforge.api.modeldeployment import (
     MODEL_NAME_PATTERN,
     MODEL_URI_PATTERN,
+    PROPOSED_MODEL_RULE,
     ModelDeploymentSpec,
     ModelSpec,
 )
@@ -108,6 +109,8 @@ class Scheduling(ApiModel):
 class ModelDeploymentTemplateSpec(ModelDeploymentSpec):
     """A ModelDeployment spec whose model source the training output fills in."""
 
+    rules = tuple(rule for rule in ModelDeploymentSpec.rules if rule is not PROPOSED_MODEL_RULE)
+
     models: list[ModelSpec] = Field(
         default_factory=list,
         max_length=64,
@@ -144,8 +147,22 @@ class Output(ApiModel):
     model_deployment: ModelDeploymentTemplate | None = Field(
         default=None, description="Create or update this ModelDeployment when training succeeds."
     )
+    propose_to: str | None = Field(
+        default=None,
+        pattern=r"^[a-z]([-a-z0-9]*[a-z0-9])?$",
+        max_length=63,
+        description="Propose the trained model to this existing ModelDeployment (same namespace) when "
+        "training succeeds. It must accept this job (its spec.rollout.proposals.jobLabels), and the "
+        "job's status.validation must pass its gate; then the model rolls out there like any edit.",
+    )
 
     rules = (
+        Rule(
+            cel="!has(self.modelDeployment) || !has(self.proposeTo)",
+            message="output.modelDeployment (create one) and output.proposeTo (propose to an existing one) "
+            "exclude each other",
+            check=lambda o: o.model_deployment is None or o.propose_to is None,
+        ),
         no_credential_rule(
             "uri", "give the trainer its credentials from a Secret (env with valueFrom.secretKeyRef)"
         ),
@@ -252,6 +269,27 @@ class OutputModel(ApiModel):
     model_deployment: str | None = Field(default=None, description="The ModelDeployment serving it.")
 
 
+class ProposalPhase(StrEnum):
+    REFUSED = "Refused"
+    PROPOSED = "Proposed"
+    PROMOTED = "Promoted"
+    ROLLED_BACK = "RolledBack"
+    SUPERSEDED = "Superseded"
+
+
+class Proposal(ApiModel):
+    """The trained model proposed to an existing ModelDeployment (spec.output.proposeTo)."""
+
+    model_deployment: str = Field(description="The ModelDeployment proposed to.")
+    phase: ProposalPhase = Field(
+        description="Refused (by its opt-in or gate), Proposed (rolling out there), Promoted, RolledBack, or "
+        "Superseded (a later proposal replaced it first)."
+    )
+    message: str = Field(description="The gate's verdict with its numbers, or the outcome.")
+    uri: str = Field(description="The proposed model's source.")
+    time: datetime | None = Field(default=None, description="When the phase was reached.")
+
+
 class TrainingJobStatus(ApiModel):
     """The observed state of a TrainingJob; written only by the operator."""
 
@@ -302,6 +340,9 @@ class TrainingJobStatus(ApiModel):
     )
     output_model: OutputModel | None = Field(
         default=None, description="The exported model and its ModelDeployment."
+    )
+    proposal: Proposal | None = Field(
+        default=None, description="The proposal of the trained model (spec.output.proposeTo) and its outcome."
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from kubeforge import API_VERSION
@@ -12,6 +13,9 @@ from kubeforge.builders.meta import MANAGED_BY
 TRAINED_BY_LABEL = "kubeforge.io/trained-by"
 # the UID of the TrainingJob that created the ModelDeployment: a job hands off only to its own
 TRAINED_BY_UID_ANNOTATION = "kubeforge.io/trained-by-uid"
+# on a ModelDeployment: the trained model a TrainingJob handed off or proposed, with its evaluation
+# (JSON: job, uri, validationLoss, model); controllers/proposals.py
+PROPOSAL_ANNOTATION = "kubeforge.io/proposal"
 
 
 def output_model_uri(tj: TrainingJob) -> str | None:
@@ -60,7 +64,10 @@ def build_output_model_deployment(tj: TrainingJob) -> dict[str, Any] | None:
         TRAINED_BY_LABEL: tj.metadata.name,
         "app.kubernetes.io/managed-by": MANAGED_BY,
     }
-    annotations = {TRAINED_BY_UID_ANNOTATION: tj.metadata.uid or ""}
+    annotations = {
+        TRAINED_BY_UID_ANNOTATION: tj.metadata.uid or "",
+        PROPOSAL_ANNOTATION: proposal_record(tj, output.model_name),
+    }
     return {
         "apiVersion": API_VERSION,
         "kind": "ModelDeployment",
@@ -72,6 +79,18 @@ def build_output_model_deployment(tj: TrainingJob) -> dict[str, Any] | None:
         },
         "spec": spec,
     }
+
+
+def proposal_record(tj: TrainingJob, model: str) -> str:
+    """The PROPOSAL_ANNOTATION value for this job's trained model, served as `model`."""
+    validation = tj.status.validation if tj.status else None
+    record = {
+        "job": tj.metadata.name,
+        "uri": output_model_uri(tj),
+        "validationLoss": validation.loss if validation else None,
+        "model": model,
+    }
+    return json.dumps(record, separators=(",", ":"))
 
 
 def created_by(model_deployment: dict[str, Any], tj: TrainingJob) -> bool:

@@ -49,6 +49,7 @@ from kubeforge.api.modeldeployment import (
 )
 from kubeforge.builders.modeldeployment import build_canary_deployment, canary_name
 from kubeforge.controllers.analysis import Query, analyse
+from kubeforge.controllers.proposals import recorded_proposal
 from kubeforge.controllers.rollout import (
     WORKLOAD_TEMPLATE_ANNOTATION,
     applied_generation,
@@ -192,6 +193,7 @@ def _rollback(
         stable_replicas=total,
         canary_replicas=0,
         analyses=current.analyses,
+        proposal=current.proposal,
         rolled_back_revision=revision,
     )
     return Plan(stable=None, stable_replicas=total, canary=None, status=status, events=events)
@@ -254,6 +256,7 @@ async def plan(
             canary_revision=revision,
             step=1,
             steps=len(spec.steps),
+            proposal=recorded_proposal(md),
         )
 
     if action == "abort":

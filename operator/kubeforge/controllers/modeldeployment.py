@@ -32,6 +32,7 @@ from kubeforge.controllers.context import Context
 from kubeforge.controllers.failures import settle
 from kubeforge.controllers.invalid import load_or_refuse
 from kubeforge.controllers.modelcache import FILL_POLL_SECONDS, observe_cache, sweep_cache
+from kubeforge.controllers.proposals import trained_model
 from kubeforge.controllers.rollout import DEFERRED_RECHECK_SECONDS, annotated, workload_template_hash
 from kubeforge.controllers.status_patch import write_status
 from kubeforge.controllers.workqueue import Surfaced
@@ -371,6 +372,8 @@ async def reconcile_model_deployment(ctx: Context, key: tuple[str, str]) -> floa
     status, transitions = compute_status(
         md, observed, previous, now, ctx.settings.stall_seconds, ctx.settings.metric_absent_seconds
     )
+    earlier = previous.trained_model if previous else None
+    status.trained_model = trained_model(md, earlier, workload.rollout) if serve and applied else earlier
     await write_status(ctx, r.MODEL_DEPLOYMENT, body, status.wire())
     ctx.metrics.set_replicas(ns, name, status.desired_replicas or 0, status.ready_replicas or 0)
     for type_, reason, message in workload.events:

@@ -53,6 +53,7 @@ from kubeforge.controllers.context import ChildConflict, Context
 from kubeforge.controllers.crashpoints import crash_point
 from kubeforge.controllers.failures import abandoned, as_failure
 from kubeforge.controllers.invalid import load_or_refuse
+from kubeforge.controllers.proposals import propose
 from kubeforge.controllers.status_patch import write_status
 from kubeforge.controllers.workqueue import Surfaced
 from kubeforge.k8s import resources as r
@@ -220,7 +221,8 @@ async def _hand_off(ctx: Context, step: _Step) -> None:
     anything) stays. A ModelDeployment of that name that this job did not create is left alone
     and reported as a conflict.
     """
-    tj, output = step.tj, step.tj.spec.output
+    # with the status this reconcile builds: the validation the finished workers reported
+    tj, output = step.tj.model_copy(update={"status": step.status}), step.tj.spec.output
     if output is None:
         return
     md = build_output_model_deployment(tj)
@@ -494,9 +496,13 @@ async def _finished(ctx: Context, step: _Step, jobs: dict[int, Object]) -> float
     job = jobs.get(step.status.attempt or 0)
     if job is not None and not _job_finished(job) and step.status.phase == TrainingPhase.FAILED:
         await ctx.delete_child(r.JOB, job)  # e.g. a deadline: the decision was written, the delete not done
+    follow = None
     if step.status.phase == TrainingPhase.SUCCEEDED:
         await _hand_off(ctx, step)
-    return await _finish_ttl(ctx, step, jobs)
+        tj = step.tj.model_copy(update={"status": step.status})  # with the validation just reported
+        step.status.proposal, follow = await propose(ctx, tj, step.status.proposal, step.now, step.events)
+    ttl = await _finish_ttl(ctx, step, jobs)
+    return min((s for s in (follow, ttl) if s is not None), default=None)
 
 
 async def _reconcile(ctx: Context, step: _Step) -> float | None:

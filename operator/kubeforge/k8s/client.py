@@ -12,7 +12,7 @@ import json
 import logging
 import ssl
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
@@ -443,6 +443,21 @@ class Kube:
             body=body,
             content_type="application/merge-patch+json",
             describe=f"update the status of {resource.kind} {namespace}/{name}",
+        )
+        return result
+
+    async def json_patch(
+        self, resource: Resource, namespace: str, name: str, ops: Sequence[Object]
+    ) -> Object:
+        """A JSON patch (RFC 6902): its `test` operations make it refused (422) when the object changed."""
+        result: Object = await self._call(
+            "patch",
+            "PATCH",
+            resource.path(namespace, name),
+            body=ops,
+            content_type="application/json-patch+json",
+            query=[("fieldManager", self.field_manager)],
+            describe=f"patch {resource.kind} {namespace}/{name}",
         )
         return result
 
