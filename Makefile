@@ -92,6 +92,7 @@ bench: install torch binaries ## the benchmarks; results into bench/results/
 	$(PY) -m bench.language_model
 	$(PY) -m bench.multinode
 	$(PY) -m bench.model_cache
+	$(PY) -m bench.rollout
 
 bench-smoke: install torch binaries ## a tiny run of the benchmark harness
 	$(PY) -m bench.run --smoke

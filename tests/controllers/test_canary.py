@@ -194,6 +194,32 @@ def test_a_slower_canary_fails_on_latency_and_too_few_requests_hold_the_step() -
     assert stuck.status.step == 1 and "waiting for an analysis to pass" in stuck.status.message
 
 
+def test_a_streaming_models_canary_is_judged_on_time_to_first_token_too() -> None:
+    async def query(promql: str) -> float | None:
+        if "time_to_first_token" in promql:
+            return 900.0 if "shop-canary-" in promql else 300.0
+        return 0.0 if promql.startswith("(sum(increase(nv_inference_request_failure") else 100.0
+
+    streaming = _md("2", analysis=ANALYSIS)
+    first = streaming.spec.models[0]
+    assert first.config is not None
+    model = first.model_copy(update={"config": first.config.model_copy(update={"decoupled": True})})
+    streaming = streaming.model_copy(update={"spec": streaming.spec.model_copy(update={"models": [model]})})
+    plan = _plan(
+        streaming, _running(streaming), _canary_live(streaming, 1, 1), NOW + timedelta(seconds=30), query
+    )
+    assert plan.status.phase == RolloutPhase.ROLLED_BACK
+    assert "timeToFirstTokenMs canary 900 vs stable 300 (limit: <= 1.5 x stable)" in plan.status.message
+    # a model that does not stream is not judged on it
+    plain = _md("2", analysis=ANALYSIS)
+    passed = _plan(plain, _running(plain), _canary_live(plain, 1, 1), NOW + timedelta(seconds=30), query)
+    assert passed.status.analyses and [m.name for m in passed.status.analyses[-1].metrics] == [
+        "requests",
+        "errorRatio",
+        "latencyP90",
+    ]
+
+
 def test_prometheus_unreachable_is_inconclusive_and_says_why() -> None:
     async def down(_: str) -> float | None:
         raise PrometheusError("http://prometheus:9090: connection refused")

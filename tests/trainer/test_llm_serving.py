@@ -14,6 +14,7 @@ import pytest
 
 from kubeforge.api import ModelDeployment
 from kubeforge.builders.autoscaling import ACTIVE_STREAMS, TIME_TO_FIRST_TOKEN, keda_query
+from kubeforge.controllers.analysis import Revision, ttft_query
 from kubeforge.testing.streaming import (
     Stream,
     StreamError,
@@ -203,6 +204,22 @@ def test_the_autoscaling_queries_read_the_streaming_metrics(server: TritonServer
     mean_ttft_ms = sum(evaluate(keda_query(md, TIME_TO_FIRST_TOKEN), window).values())
     # the model's clock starts when Triton hands it the request, the client's when it sends it
     assert 0 < mean_ttft_ms <= 1000 * max(s.time_to_first_token for s in streams), mean_ttft_ms
+
+
+def test_the_canary_analysis_reads_each_revisions_time_to_first_token(server: TritonServer) -> None:
+    """The pod is the stable revision of `resnet50` by its name; the canary's pods are other names."""
+    before = _scrape(server)
+    started = time.monotonic()
+    streams = [
+        stream_sse(server.http_url, MODEL, {"text_input": PROMPT, "max_tokens": 8, "seed": s})
+        for s in range(3)
+    ]
+    window = Scrapes(before, _scrape(server), time.monotonic() - started)
+    stable = evaluate(ttft_query(Revision("team-a", "resnet50"), 60), window)
+    mean_ms = sum(stable.values())
+    # the model's clock starts when Triton hands it the request, the client's when it sends it
+    assert 0 < mean_ms <= 1000 * max(s.time_to_first_token for s in streams), mean_ms
+    assert evaluate(ttft_query(Revision("team-a", "resnet50-canary"), 60), window) == {}
 
 
 def test_the_model_reports_its_metrics(server: TritonServer) -> None:

@@ -734,6 +734,13 @@ class CanaryAnalysis(ApiModel):
         le=100,
         description="How many times the stable's latency quantile the canary's may be.",
     )
+    max_time_to_first_token_ratio: float = Field(
+        default=1.5,
+        ge=1,
+        le=100,
+        description="With a streaming (language) model: how many times the stable's mean time to first "
+        "token the canary's may be.",
+    )
 
 
 class Canary(ApiModel):

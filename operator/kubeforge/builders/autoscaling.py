@@ -41,10 +41,10 @@ class TritonMetric:
         """prometheus-adapter's seriesQuery: every pod-level series of any of the names."""
         if len(self.series) == 1:
             return f'{self.series[0]}{{namespace!="",pod!=""}}'
-        return f'{{{_any_of(self.series)},namespace!="",pod!=""}}'
+        return f'{{{any_of(self.series)},namespace!="",pod!=""}}'
 
 
-def _any_of(names: tuple[str, ...]) -> str:
+def any_of(names: tuple[str, ...]) -> str:
     """A label matcher selecting series of any of these metric names."""
     return f'__name__=~"{"|".join(names)}"'
 
@@ -83,14 +83,14 @@ ACTIVE_STREAMS = TritonMetric(
     "or rate(vllm:e2e_request_latency_seconds_sum{{{sel}}}[{w}]))",
     additive=True,
 )
-_TTFT_SUM = ("kubeforge_time_to_first_token_seconds_sum", "vllm:time_to_first_token_seconds_sum")
-_TTFT_COUNT = ("kubeforge_time_to_first_token_seconds_count", "vllm:time_to_first_token_seconds_count")
+TTFT_SUM = ("kubeforge_time_to_first_token_seconds_sum", "vllm:time_to_first_token_seconds_sum")
+TTFT_COUNT = ("kubeforge_time_to_first_token_seconds_count", "vllm:time_to_first_token_seconds_count")
 TIME_TO_FIRST_TOKEN = TritonMetric(
     name="kubeforge_time_to_first_token_milliseconds",
-    series=_TTFT_COUNT,
+    series=TTFT_COUNT,
     # the mean of the histogram's observations in the window; an idle server reads 0, not NaN
-    template=f"sum by ({{by}}) (rate({{{{{_any_of(_TTFT_SUM)},{{sel}}}}}}[{{w}}])) / "
-    f"clamp_min(sum by ({{by}}) (rate({{{{{_any_of(_TTFT_COUNT)},{{sel}}}}}}[{{w}}])), 0.001) * 1000",
+    template=f"sum by ({{by}}) (rate({{{{{any_of(TTFT_SUM)},{{sel}}}}}}[{{w}}])) / "
+    f"clamp_min(sum by ({{by}}) (rate({{{{{any_of(TTFT_COUNT)},{{sel}}}}}}[{{w}}])), 0.001) * 1000",
     additive=False,
 )
 # Queue depth: requests Triton holds until a model instance starts on them. A vLLM model takes every

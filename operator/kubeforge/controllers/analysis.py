@@ -9,7 +9,10 @@ the queries are written into status as they were sent, so a person can paste the
   either side makes the analysis inconclusive (the step holds, the next interval asks again);
 - errorRatio: failed / all requests; the canary's may exceed the stable's by `maxErrorRatioIncrease`;
 - latencyP<q>: the worst pod's request latency quantile (Triton's summary, `summary_latencies`) over
-  the window, in microseconds; the canary's may be `maxLatencyRatio` times the stable's.
+  the window, in microseconds; the canary's may be `maxLatencyRatio` times the stable's;
+- timeToFirstTokenMs, when the ModelDeployment serves a streaming model: the mean time to first
+  token over the window (the model's own histogram); the canary's may be
+  `maxTimeToFirstTokenRatio` times the stable's. No stream on either side is no objection.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from datetime import datetime
 import aiohttp
 
 from kubeforge.api.modeldeployment import AnalysisResult, AnalysisVerdict, CanaryAnalysis, MetricResult
+from kubeforge.builders.autoscaling import TTFT_COUNT, TTFT_SUM, any_of
 
 log = logging.getLogger(__name__)
 QUERY_TIMEOUT_SECONDS = 5.0
@@ -70,6 +74,16 @@ def latency_query(rev: Revision, window: int, quantile: str) -> str:
     return f"max(max_over_time(nv_inference_request_summary_us{{{selector}}}[{window}s]) > -1)"
 
 
+def ttft_query(rev: Revision, window: int) -> str:
+    """Mean time to first token (ms) of a streaming model: its own histogram (the python-llm model's,
+    or vLLM's through Triton's vLLM backend), as the autoscaler reads it."""
+    sums, counts = any_of(TTFT_SUM), any_of(TTFT_COUNT)
+    return (
+        f"sum(rate({{{sums},{rev.selector()}}}[{window}s])) / "
+        f"sum(rate({{{counts},{rev.selector()}}}[{window}s])) * 1000"
+    )
+
+
 def _number(value: float | None) -> float | None:
     return None if value is None or math.isnan(value) or math.isinf(value) else value
 
@@ -89,6 +103,7 @@ async def analyse(
     revision: str,
     window: int,
     now: datetime,
+    streaming: bool = False,
 ) -> AnalysisResult:
     """Compare the canary with the stable revision over the last `window` seconds."""
     stable, canary = Revision(namespace, name), Revision(namespace, canary_deployment)
@@ -99,6 +114,8 @@ async def analyse(
         ("errorRatio", lambda rev: error_ratio_query(rev, window)),
         (latency_name, lambda rev: latency_query(rev, window, quantile)),
     )
+    if streaming:
+        builders += (("timeToFirstTokenMs", lambda rev: ttft_query(rev, window)),)
     queries = [(metric, build(canary), build(stable)) for metric, build in builders]
     try:
         values = await asyncio.gather(*(query(q) for _, c, s in queries for q in (c, s)))
@@ -170,6 +187,14 @@ def _judge(
         if canary is None or stable is None:
             return limit, AnalysisVerdict.INCONCLUSIVE
         ok = canary <= stable + spec.max_error_ratio_increase
+        return limit, AnalysisVerdict.PASSED if ok else AnalysisVerdict.FAILED
+    if metric == "timeToFirstTokenMs":
+        limit = f"<= {spec.max_time_to_first_token_ratio:g} x stable"
+        if canary is None and stable is None:
+            return limit, AnalysisVerdict.PASSED  # no stream answered in the window: nothing to compare
+        if canary is None or stable is None:
+            return limit, AnalysisVerdict.INCONCLUSIVE
+        ok = canary <= stable * spec.max_time_to_first_token_ratio
         return limit, AnalysisVerdict.PASSED if ok else AnalysisVerdict.FAILED
     limit = f"<= {spec.max_latency_ratio:g} x stable"
     if canary is None or stable is None:

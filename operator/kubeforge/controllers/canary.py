@@ -47,7 +47,7 @@ from kubeforge.api.modeldeployment import (
     RolloutPhase,
     RolloutStatus,
 )
-from kubeforge.builders.modeldeployment import build_canary_deployment, canary_name
+from kubeforge.builders.modeldeployment import build_canary_deployment, canary_name, streams
 from kubeforge.controllers.analysis import Query, analyse
 from kubeforge.controllers.proposals import recorded_proposal
 from kubeforge.controllers.rollout import (
@@ -292,6 +292,7 @@ async def plan(
                     revision=revision,
                     window=interval,
                     now=now,
+                    streaming=any(streams(m) for m in md.spec.models),
                 )
                 analyses = [*analyses, result][-KEPT_ANALYSES:]
                 step_analyses.append(result)
