@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 with servers, IngressFront(NS, MD, servers.http_addresses) as front:
                     servers.wait_for_servers(4, timeout=300)
-                    with Load(front, MODEL.name, clients=3, seconds=3600):
+                    with Load(front, MODEL.name, clients=2, seconds=1800, max_requests=2_000_000):
                         results["seconds"] = [
                             _measure(kubectl, job, 2.0 - 0.1 * (i + 1)) for i, job in enumerate(jobs[1:])
                         ]

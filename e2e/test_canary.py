@@ -12,7 +12,8 @@ One ModelDeployment lives through the whole story:
    and its clock survive), step 2 (2 of 3), promoted; the children converge on the spec;
 3. a broken model (every 2nd request fails): rolled back by the first analysis, the numbers in
    status, no canary left, the stable still serving the previous template;
-4. a third model, paused by annotation, then `rollout` removed: it settles on the current spec.
+4. a third model, paused by annotation, aborted and retried by the verbs, then `rollout` removed:
+   it settles on the current spec.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.serial]
 NAME = "shop"
 MODEL = "fixed"
 STEPS = [{"weight": 30, "pauseSeconds": 10}, {"weight": 60, "pauseSeconds": 10}]
+ACTION = "kubeforge.io/rollout-action"
 ANALYSIS = {"intervalSeconds": 10, "minRequests": 20, "maxErrorRatioIncrease": 0.05, "maxLatencyRatio": 20}
 
 
@@ -151,7 +153,8 @@ def test_a_canary_is_analysed_promoted_and_a_broken_one_rolled_back(
         assert _deployment(kubectl, namespace, f"{NAME}-canary") is None
         _converged(kubectl, namespace)
 
-        with Load(front, MODEL, clients=3, seconds=600):
+        # bounded in time and count; 2 clients give the analyses far more than minRequests per window
+        with Load(front, MODEL, clients=2, seconds=600, max_requests=300_000):
             # 2. a better model: canary steps, an operator restart mid-step, promotion
             kubectl.apply(_md(namespace, better, canary))
             step1 = _wait_rollout(kubectl, namespace, "step 1 under way", phase="Progressing", step=1)
@@ -218,10 +221,23 @@ def test_a_canary_is_analysed_promoted_and_a_broken_one_rolled_back(
             assert _events(kubectl, namespace, "RolledBack")
             _converged(kubectl, namespace)
 
-            # 4. a third model paused at step 1, then rollout removed: the current spec takes over
+            # 4. a third model paused at step 1; aborted and retried by verb; then rollout removed:
+            # the current spec takes over
             kubectl.apply(_md(namespace, third, canary))
             kubectl("annotate", "md", NAME, "kubeforge.io/rollout-paused=true", namespace=namespace)
-            _wait_rollout(kubectl, namespace, "paused", phase="Paused")
+            paused = _wait_rollout(kubectl, namespace, "paused", phase="Paused")
+            kubectl("annotate", "md", NAME, f"{ACTION}=abort", namespace=namespace)
+            aborted = _wait_rollout(kubectl, namespace, "aborted by verb", timeout=60, phase="RolledBack")
+            assert aborted["rolledBackRevision"] == paused["canaryRevision"]
+            assert f"aborted by {ACTION}=abort" in aborted["message"]
+            wait_for(
+                lambda: ACTION not in (_get(kubectl, namespace)["metadata"].get("annotations") or {}),
+                timeout=30,
+                message="the verb's annotation removed once acted on",
+            )
+            kubectl("annotate", "md", NAME, f"{ACTION}=retry", namespace=namespace)
+            retried = _wait_rollout(kubectl, namespace, "retried by verb", timeout=60, phase="Paused", step=1)
+            assert retried["canaryRevision"] == paused["canaryRevision"]
             kubectl.apply(_md(namespace, third, None))
             wait_for(
                 lambda: (

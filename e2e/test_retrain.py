@@ -158,7 +158,8 @@ def test_retrained_models_are_gated_canaried_promoted_or_rolled_back(
         servers.wait_for_servers(3)
         _converged(kubectl, namespace)
 
-        with Load(front, MODEL.name, clients=3, seconds=600):
+        # bounded in time and count; 2 clients give the analyses far more than minRequests per window
+        with Load(front, MODEL.name, clients=2, seconds=600, max_requests=300_000):
             # 2. job-2 is worse: refused by the gate, in both objects' Events
             kubectl.apply(_job(namespace, "job-2", 1.8, {"proposeTo": MD}))
             refused = _proposal(kubectl, namespace, "job-2", "Refused")

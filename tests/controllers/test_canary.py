@@ -242,6 +242,18 @@ def test_verbs_promote_abort_and_pause() -> None:
     assert paused.status.phase == RolloutPhase.PAUSED and paused.status.step == 1
 
 
+def test_an_unknown_verb_is_dropped_and_said_so() -> None:
+    typo = _plan(_md("2", annotations={canary.ACTION_ANNOTATION: "promte"}), _running(_md("2")))
+    assert typo.status.phase == RolloutPhase.PROGRESSING and typo.acted == "promte"
+    assert typo.events == [
+        (
+            "Warning",
+            "RolloutActionIgnored",
+            "kubeforge.io/rollout-action=promte ignored: the verbs are promote, abort, retry",
+        )
+    ]
+
+
 def test_an_edit_mid_rollout_replaces_the_canary_from_step_one() -> None:
     md = _md("2")
     running = _running(md, step=2)

@@ -220,6 +220,10 @@ async def plan(
     revision = workload_template_hash(desired)
     stable_revision = (live["metadata"].get("annotations") or {}).get(WORKLOAD_TEMPLATE_ANNOTATION)
     events: list[tuple[str, str, str]] = []
+    if raw_action is not None and action is None:
+        allowed = ", ".join(ACTIONS)
+        why = f"{ACTION_ANNOTATION}={raw_action} ignored: the verbs are {allowed}"
+        events.append(("Warning", "RolloutActionIgnored", why))
 
     if (
         previous is not None

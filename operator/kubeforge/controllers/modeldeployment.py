@@ -162,7 +162,11 @@ async def _workload(
         deployment, deferred = await _apply_workload(ctx, md, desired, observed_generation)
         await ctx.ensure_absent(r.DEPLOYMENT, ns, canary_name(md), uid)
         rollout, events = canary.settled(md, previous, workload_template_hash(desired))
-        await _acted(ctx, md, _action(md))  # a verb with no canary to act on is dropped
+        action = _action(md)
+        if action is not None:  # a verb with no canary to act on is dropped, and said so
+            why = f"{canary.ACTION_ANNOTATION}={action} ignored: no canary rollout is under way"
+            events.append(("Warning", "RolloutActionIgnored", why))
+            await _acted(ctx, md, action)
         applied = AppliedWorkload(deployment=deployment, deferred=deferred, rollout=rollout, events=events)
     await ctx.ensure_absent(r.LEADER_WORKER_SET, ns, leaderworkerset_name(md), uid)
     return applied
