@@ -31,6 +31,7 @@ from e2e.cluster import REPO_ROOT, TOOLS, Cluster, ensure_binaries
 from e2e.kube import Kubectl, fresh_namespace, wait_condition, wait_established, wait_for
 from e2e.lws import LeaderWorkerSetController
 from e2e.operator_proc import OperatorProcess, operator_available
+from e2e.prometheus import Prometheus
 from e2e.storage import bound_claim
 from tests.harness import missing
 
@@ -220,6 +221,19 @@ def models_claim(kubectl: Kubectl, namespace: str) -> str:
     """A bound claim `models` in the test's namespace: where the examples' model sources live."""
     bound_claim(kubectl, namespace, "models")
     return "models"
+
+
+@pytest.fixture
+def analysis_prometheus(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[Prometheus]:
+    """A real Prometheus scraping every second, for one test (`set_targets` gives it the pod servers):
+    what the operator's canary analysis queries (KUBEFORGE_PROMETHEUS_ADDRESS)."""
+    server = Prometheus(
+        cluster.state_dir / f"prometheus-{request.node.name[:40]}", scrape_interval=1.0
+    ).start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture

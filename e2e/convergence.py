@@ -31,7 +31,6 @@ from kubeforge.builders.network import (
     build_training_job_network_policy,
 )
 from kubeforge.builders.trainingjob import build_headless_service, build_worker_job
-from kubeforge.controllers.canary import CANARY_REVISION_ANNOTATION
 from kubeforge.controllers.rollout import ROLLOUT_CAUSE_ANNOTATION, WORKLOAD_TEMPLATE_ANNOTATION, annotated
 from kubeforge.k8s.semantic import applied_hash, controller_uid, stamped
 from kubeforge.settings import Settings
@@ -85,9 +84,7 @@ def _canary(md: ModelDeployment, md_body: Object, settings: Settings) -> Object 
     if _rollout_phase(md_body) not in CANARY_RUNNING:
         return None
     rollout = md_body["status"]["rollout"]
-    canary = build_canary_deployment(md, settings, rollout["canaryReplicas"])
-    canary["metadata"]["annotations"] = {CANARY_REVISION_ANNOTATION: rollout["canaryRevision"]}
-    return canary
+    return build_canary_deployment(md, settings, rollout["canaryReplicas"], rollout["canaryRevision"])
 
 
 def desired_model_deployment_children(md_body: Object, settings: Settings) -> list[Object]:

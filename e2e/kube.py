@@ -109,6 +109,18 @@ def wait_for(
         time.sleep(interval)
 
 
+def event_messages(kubectl: Kubectl, namespace: str, kind: str, name: str, reason: str) -> list[str]:
+    """The messages of the Events with this reason about one object."""
+    items = kubectl.json("get", "events", "--field-selector", f"reason={reason}", namespace=namespace)[
+        "items"
+    ]
+    return [
+        e["message"]
+        for e in items
+        if (e["involvedObject"]["kind"], e["involvedObject"]["name"]) == (kind, name)
+    ]
+
+
 def find_condition(obj: dict[str, Any], condition_type: str) -> dict[str, Any] | None:
     """The `status.conditions` entry of the given type, or None."""
     for condition in (obj.get("status") or {}).get("conditions") or []:

@@ -20,16 +20,14 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from e2e.cluster import Cluster
 from e2e.convergence import model_deployment_differences
 from e2e.front import IngressFront, Load
-from e2e.kube import Kubectl, find_condition, wait_for
+from e2e.kube import Kubectl, event_messages, find_condition, wait_for
 from e2e.operator_proc import OperatorProcess
 from e2e.podservers import PodServers
 from e2e.prometheus import Prometheus
@@ -48,15 +46,6 @@ ANALYSIS = {"intervalSeconds": 10, "minRequests": 20, "maxErrorRatioIncrease": 0
 
 def _model(step_ms: float, error_every: int = 0) -> ModelSpec:
     return fixed_cost_model(MODEL, max_batch_size=0, batching=False, step_ms=step_ms, error_every=error_every)
-
-
-@pytest.fixture
-def prometheus(cluster: Cluster) -> Iterator[Prometheus]:
-    server = Prometheus(cluster.state_dir / "canary-prometheus", scrape_interval=1.0).start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def _md(namespace: str, model: ModelSpec, rollout: dict[str, Any] | None) -> str:
@@ -120,21 +109,15 @@ def _ready(kubectl: Kubectl, namespace: str) -> None:
     wait_for(check, timeout=60, message="Ready=True")
 
 
-def _events(kubectl: Kubectl, namespace: str, reason: str) -> list[str]:
-    items = kubectl.json("get", "events", "--field-selector", f"reason={reason}", namespace=namespace)[
-        "items"
-    ]
-    return [e["message"] for e in items if e["involvedObject"].get("name") == NAME]
-
-
 def test_a_canary_is_analysed_promoted_and_a_broken_one_rolled_back(
     kubectl: Kubectl,
     namespace: str,
     own_operator: OperatorProcess,
     models_claim: str,
-    prometheus: Prometheus,
+    analysis_prometheus: Prometheus,
     tmp_path: Path,
 ) -> None:
+    prometheus = analysis_prometheus
     env = {"KUBEFORGE_PROMETHEUS_ADDRESS": prometheus.url}
     own_operator.start(env=env)
     good, better, broken, third = _model(2.0), _model(3.0), _model(2.0, error_every=2), _model(4.0)
@@ -184,9 +167,9 @@ def test_a_canary_is_analysed_promoted_and_a_broken_one_rolled_back(
             assert metrics["errorRatio"]["canary"] == 0.0
             assert 'pod=~"shop-canary-[a-z0-9]+-[a-z0-9]+"' in metrics["errorRatio"]["canaryQuery"]
             # each step passed once: none skipped, none repeated across the restart
-            assert sorted(m for m in _events(kubectl, namespace, "CanaryStepPassed")) == [
-                f"step 1/2 of {step1['canaryRevision']} passed"
-            ]
+            assert sorted(
+                m for m in event_messages(kubectl, namespace, "ModelDeployment", NAME, "CanaryStepPassed")
+            ) == [f"step 1/2 of {step1['canaryRevision']} passed"]
             wait_for(
                 lambda: _deployment(kubectl, namespace, f"{NAME}-canary") is None,
                 timeout=60,
@@ -218,7 +201,7 @@ def test_a_canary_is_analysed_promoted_and_a_broken_one_rolled_back(
             assert live is not None
             assert live["metadata"]["annotations"][WORKLOAD_TEMPLATE_ANNOTATION] == promoted["stableRevision"]
             assert live["spec"]["replicas"] == 3
-            assert _events(kubectl, namespace, "RolledBack")
+            assert event_messages(kubectl, namespace, "ModelDeployment", NAME, "RolledBack")
             _converged(kubectl, namespace)
 
             # 4. a third model paused at step 1; aborted and retried by verb; then rollout removed:
@@ -248,5 +231,5 @@ def test_a_canary_is_analysed_promoted_and_a_broken_one_rolled_back(
                 message="rollout removed: no canary, no status.rollout",
             )
             _converged(kubectl, namespace)
-            assert _events(kubectl, namespace, "CanaryCancelled")
+            assert event_messages(kubectl, namespace, "ModelDeployment", NAME, "CanaryCancelled")
     assert not servers.errors, servers.errors

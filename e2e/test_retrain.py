@@ -18,16 +18,14 @@ Events), a real tritonserver behind every serving pod, and the real Prometheus t
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from e2e.cluster import Cluster
 from e2e.convergence import model_deployment_differences
 from e2e.front import IngressFront, Load
-from e2e.kube import Kubectl, wait_condition, wait_for
+from e2e.kube import Kubectl, event_messages, wait_condition, wait_for
 from e2e.operator_proc import OperatorProcess
 from e2e.podservers import PodServers
 from e2e.prometheus import Prometheus
@@ -51,15 +49,6 @@ ROLLOUT = {
     },
     "proposals": {"jobLabels": PIPELINE, "model": "shop", "gate": {"betterThanServing": True}},
 }
-
-
-@pytest.fixture
-def prometheus(cluster: Cluster) -> Iterator[Prometheus]:
-    server = Prometheus(cluster.state_dir / "retrain-prometheus", scrape_interval=1.0).start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def _job(namespace: str, name: str, loss: float, output: dict[str, Any]) -> str:
@@ -102,17 +91,6 @@ def _source(kubectl: Kubectl, namespace: str) -> str:
     return source
 
 
-def _events(kubectl: Kubectl, namespace: str, kind: str, name: str, reason: str) -> list[str]:
-    items = kubectl.json("get", "events", "--field-selector", f"reason={reason}", namespace=namespace)[
-        "items"
-    ]
-    return [
-        e["message"]
-        for e in items
-        if (e["involvedObject"]["kind"], e["involvedObject"]["name"]) == (kind, name)
-    ]
-
-
 def _converged(kubectl: Kubectl, namespace: str) -> None:
     wait_for(
         lambda: not model_deployment_differences(kubectl, MD, namespace, Settings()),
@@ -135,9 +113,10 @@ def test_retrained_models_are_gated_canaried_promoted_or_rolled_back(
     namespace: str,
     own_operator: OperatorProcess,
     models_claim: str,
-    prometheus: Prometheus,
+    analysis_prometheus: Prometheus,
     tmp_path: Path,
 ) -> None:
+    prometheus = analysis_prometheus
     own_operator.start(env={"KUBEFORGE_PROMETHEUS_ADDRESS": prometheus.url})
     pvc = tmp_path / "pvc"
     _write_models(pvc)
@@ -165,8 +144,8 @@ def test_retrained_models_are_gated_canaried_promoted_or_rolled_back(
             refused = _proposal(kubectl, namespace, "job-2", "Refused")
             assert "validation loss 1.8 is not lower than 1.5" in refused["message"], refused
             assert _source(kubectl, namespace) == "pvc://models/job-1/shop"
-            assert _events(kubectl, namespace, "ModelDeployment", MD, "ProposalRefused")
-            assert _events(kubectl, namespace, "TrainingJob", "job-2", "ProposalRefused")
+            assert event_messages(kubectl, namespace, "ModelDeployment", MD, "ProposalRefused")
+            assert event_messages(kubectl, namespace, "TrainingJob", "job-2", "ProposalRefused")
 
             # 3. job-3 is better: proposed, a canary, analysed, promoted
             kubectl.apply(_job(namespace, "job-3", 1.2, {"proposeTo": MD}))
@@ -182,8 +161,8 @@ def test_retrained_models_are_gated_canaried_promoted_or_rolled_back(
             md = _get(kubectl, "md", MD, namespace)
             assert md["status"]["trainedModel"]["job"] == "job-3"
             assert [a["verdict"] for a in md["status"]["rollout"]["analyses"]][-1] == "Passed"
-            assert _events(kubectl, namespace, "ModelDeployment", MD, "ProposalAccepted")
-            assert _events(kubectl, namespace, "TrainingJob", "job-3", "ProposalPromoted")
+            assert event_messages(kubectl, namespace, "ModelDeployment", MD, "ProposalAccepted")
+            assert event_messages(kubectl, namespace, "TrainingJob", "job-3", "ProposalPromoted")
             _converged(kubectl, namespace)
 
             # 4. job-4's model is broken: the gate passes it (1.0 < 1.2), the live analysis does not
@@ -193,6 +172,6 @@ def test_retrained_models_are_gated_canaried_promoted_or_rolled_back(
             md = _get(kubectl, "md", MD, namespace)
             assert md["status"]["rollout"]["phase"] == "RolledBack"
             assert md["status"]["trainedModel"]["job"] == "job-3"  # the stable still serves job-3's model
-            assert _events(kubectl, namespace, "TrainingJob", "job-4", "ProposalRolledBack")
+            assert event_messages(kubectl, namespace, "TrainingJob", "job-4", "ProposalRolledBack")
             _converged(kubectl, namespace)
     assert not servers.errors, servers.errors

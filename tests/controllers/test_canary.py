@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from kubeforge.api.modeldeployment import ModelDeployment, RolloutPhase, RolloutStatus
-from kubeforge.builders.modeldeployment import build_triton_deployment
+from kubeforge.builders.modeldeployment import build_canary_deployment, build_triton_deployment
 from kubeforge.controllers import canary
 from kubeforge.controllers.analysis import PrometheusError
 from kubeforge.controllers.rollout import annotated, workload_template_hash
@@ -62,8 +62,7 @@ def _stable(generation: int = 1) -> dict[str, Any]:
 
 def _canary_live(md: ModelDeployment, replicas: int, ready: int) -> dict[str, Any]:
     desired = build_triton_deployment(md, SETTINGS)
-    live = canary.build_canary_deployment(md, SETTINGS, replicas)
-    live["metadata"]["annotations"] = {canary.CANARY_REVISION_ANNOTATION: workload_template_hash(desired)}
+    live = build_canary_deployment(md, SETTINGS, replicas, workload_template_hash(desired))
     live["metadata"]["generation"] = 1
     live["status"] = {
         "observedGeneration": 1,

@@ -31,6 +31,7 @@ PROBE_PERIOD_SECONDS = 10
 CANARY_SUFFIX = "-canary"
 REVISION_LABEL = "kubeforge.io/revision"
 CANARY = "canary"
+CANARY_REVISION_ANNOTATION = "kubeforge.io/canary-revision"
 # the model cache, read-only in every serving container (spec.cache)
 CACHE_MOUNT = {"name": CACHE_VOLUME, "mountPath": CACHE_ROOT, "readOnly": True}
 
@@ -340,16 +341,19 @@ def canary_name(md: ModelDeployment) -> str:
     return f"{md.metadata.name}{CANARY_SUFFIX}"
 
 
-def build_canary_deployment(md: ModelDeployment, settings: Settings, replicas: int) -> Object:
+def build_canary_deployment(md: ModelDeployment, settings: Settings, replicas: int, revision: str) -> Object:
     """The canary revision (spec.rollout.canary): the Deployment of the current spec, beside the stable
-    one. Its pods carry the Service's selector labels, so the Service balances over both revisions by
-    their ready pods; its own selector adds the revision label, so the two Deployments never share pods."""
+    one, annotated with the revision (the stable's template hash of this spec) it runs. Its pods carry
+    the Service's selector labels, so the Service balances over both revisions by their ready pods; its
+    own selector adds the revision label, so the two Deployments never share pods."""
     deployment = build_triton_deployment(md, settings)
     spec = deployment["spec"]
     spec["replicas"] = replicas
     spec["selector"] = {"matchLabels": {**selector(md), REVISION_LABEL: CANARY}}
     spec["template"]["metadata"]["labels"][REVISION_LABEL] = CANARY
-    return {**deployment, "metadata": _meta(md, canary_name(md))}
+    meta = _meta(md, canary_name(md))
+    meta["annotations"] = {CANARY_REVISION_ANNOTATION: revision}
+    return {**deployment, "metadata": meta}
 
 
 def build_service(md: ModelDeployment) -> Object:

@@ -47,7 +47,12 @@ from kubeforge.api.modeldeployment import (
     RolloutPhase,
     RolloutStatus,
 )
-from kubeforge.builders.modeldeployment import build_canary_deployment, canary_name, streams
+from kubeforge.builders.modeldeployment import (
+    CANARY_REVISION_ANNOTATION,
+    build_canary_deployment,
+    canary_name,
+    streams,
+)
 from kubeforge.controllers.analysis import Query, analyse
 from kubeforge.controllers.proposals import recorded_proposal
 from kubeforge.controllers.rollout import (
@@ -65,8 +70,6 @@ Object = dict[str, Any]
 ACTION_ANNOTATION = "kubeforge.io/rollout-action"
 PAUSED_ANNOTATION = "kubeforge.io/rollout-paused"
 ACTIONS = ("promote", "abort", "retry")
-# on the canary Deployment: the revision (template hash of the spec) it runs
-CANARY_REVISION_ANNOTATION = "kubeforge.io/canary-revision"
 KEPT_ANALYSES = 10
 # while the canary's pods start, look again this often (their readiness also sends events)
 POD_WAIT_SECONDS = 10.0
@@ -346,8 +349,7 @@ async def plan(
             "analyses": analyses or None,
         }
     )
-    canary = build_canary_deployment(md, settings, canary_replicas)
-    canary["metadata"]["annotations"] = {CANARY_REVISION_ANNOTATION: revision}
+    canary = build_canary_deployment(md, settings, canary_replicas, revision)
     return Plan(
         stable=None,
         stable_replicas=stable_replicas,
