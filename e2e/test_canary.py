@@ -9,7 +9,8 @@ for its analyses. The step timing is shortened to the test's timescale (10 s pau
 One ModelDeployment lives through the whole story:
 1. plain, then `rollout.canary` added (nothing rolls: the template is the same);
 2. a good new model: canary at step 1 (1 of 3 replicas), the operator restarted mid-step (the step
-   and its clock survive), step 2 (2 of 3), promoted; the children converge on the spec;
+   and its clock survive), step 2 (2 of 3), paused and scaled to 5 through /scale (the autoscaler's
+   way: 3 canary, 2 stable), resumed, promoted; the children converge on the spec;
 3. a broken model (every 2nd request fails): rolled back by the first analysis, the numbers in
    status, no canary left, the stable still serving the previous template;
 4. a third model, paused by annotation, aborted and retried by the verbs, then `rollout` removed:
@@ -155,9 +156,27 @@ def test_a_canary_is_analysed_promoted_and_a_broken_one_rolled_back(
             own_operator.start(env=env)
             resumed = _rollout(kubectl, namespace)
             assert (resumed["step"], resumed["stepStartedAt"]) == (1, started)  # not repeated, same clock
-            step2 = _wait_rollout(kubectl, namespace, "step 2", timeout=120, step=2)
+            _wait_rollout(kubectl, namespace, "step 2", timeout=120, step=2)
+            # paused at once: step 2 holds at least its 10 s pause from its second canary pod's readiness
+            kubectl("annotate", "md", NAME, "kubeforge.io/rollout-paused=true", namespace=namespace)
+            step2 = _wait_rollout(kubectl, namespace, "step 2, paused", timeout=30, step=2, phase="Paused")
             assert (step2["canaryReplicas"], step2["stableReplicas"]) == (2, 1)
             _ready(kubectl, namespace)
+            # the autoscaler's way (/scale) scales the whole; the step splits it: ceil(60% of 5), the rest
+            kubectl("scale", "md", NAME, "--replicas=5", namespace=namespace)
+            _wait_rollout(kubectl, namespace, "5 replicas split", canaryReplicas=3, stableReplicas=2)
+            wait_for(
+                lambda: (
+                    [
+                        (_deployment(kubectl, namespace, d) or {}).get("spec", {}).get("replicas")
+                        for d in (NAME, f"{NAME}-canary")
+                    ]
+                    == [2, 3]
+                ),
+                timeout=30,
+                message="the Deployments at 2 stable and 3 canary replicas",
+            )
+            kubectl("annotate", "md", NAME, "kubeforge.io/rollout-paused-", namespace=namespace)
             promoted = _wait_rollout(kubectl, namespace, "promoted", timeout=180, phase="Complete")
             assert promoted["stableRevision"] == step1["canaryRevision"]
             passed = [a for a in promoted["analyses"] if a["verdict"] == "Passed"]
@@ -175,6 +194,9 @@ def test_a_canary_is_analysed_promoted_and_a_broken_one_rolled_back(
                 timeout=60,
                 message="the canary Deployment gone after promotion",
             )
+            assert (_deployment(kubectl, namespace, NAME) or {})["spec"]["replicas"] == 5
+            _converged(kubectl, namespace)
+            kubectl("scale", "md", NAME, "--replicas=3", namespace=namespace)
             _converged(kubectl, namespace)
 
             # 3. a broken model: rolled back by its first analysis
