@@ -35,6 +35,7 @@ from kubeforge.api.modeldeployment import ModelDeployment, RolloutPhase, Rollout
 from kubeforge.api.trainingjob import Proposal, ProposalPhase, TrainingJob
 from kubeforge.builders.output import PROPOSAL_ANNOTATION, output_model_uri, proposal_record
 from kubeforge.controllers.context import Context
+from kubeforge.controllers.invalid import read_tolerantly
 from kubeforge.k8s import resources as r
 
 Object = dict[str, Any]
@@ -163,7 +164,7 @@ async def propose(
         refusal = f"ModelDeployment {name} does not exist"
     else:
         try:
-            md = ModelDeployment.model_validate(body)
+            md, _ = read_tolerantly(ModelDeployment, body)  # a newer release's fields are ignored
         except ValidationError as err:
             refusal = f"ModelDeployment {name} is invalid: {err.errors()[0]['msg']}"
     if current is not None:  # Proposed: follow it
