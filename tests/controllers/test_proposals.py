@@ -126,6 +126,9 @@ def test_the_serving_models_evaluation_is_recorded_only_when_the_stable_serves_i
     md = _md({"betterThanServing": True}, annotation=proposal_record(job, "shop"))
     recorded = TrainedModel(job="job-1", uri="pvc://models/v1/shop", validation_loss=1.2)
     assert proposals.trained_model(md, None, None) == recorded
+    # a newer release's record, with more in it, is read the same
+    newer = json.dumps({**json.loads(proposal_record(job, "shop")), "evaluatedAt": "2027-01-01T00:00:00Z"})
+    assert proposals.trained_model(_md({"betterThanServing": True}, annotation=newer), None, None) == recorded
     # a record of another source (the spec moved on by hand) is not what is served
     other = _md(
         {"betterThanServing": True}, annotation=proposal_record(_job("job-9", 0.1, version="v9"), "shop")

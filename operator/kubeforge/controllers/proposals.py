@@ -50,7 +50,10 @@ def recorded_proposal(md: ModelDeployment) -> TrainedModel | None:
         return None
     try:
         record = json.loads(raw)
-        proposal = TrainedModel.model_validate({k: v for k, v in record.items() if k != "model"})
+        # a newer release may record more: ignored
+        proposal = TrainedModel.model_validate(
+            {k: v for k, v in record.items() if k != "model"}, extra="ignore"
+        )
         model = str(record["model"])
     except (ValueError, KeyError, TypeError, ValidationError):
         return None
