@@ -171,6 +171,23 @@ MD_SAMPLES: dict[str, tuple[Patch, Patch | None]] = {
         {"rollout": {"maxUnavailable": 0, "maxSurge": 1}},
         {"rollout": {"maxUnavailable": None}},
     ),
+    # a canary configured while the template stays: nothing rolls (e2e/test_canary.py rolls one)
+    "rollout.canary": (
+        {"rollout": {"canary": {"steps": [{"weight": 50, "pauseSeconds": 30}]}}},
+        {"rollout": {"canary": None}},
+    ),
+    "rollout.proposals": (
+        {
+            "rollout": {
+                "proposals": {
+                    "jobLabels": {"pipeline": "a"},
+                    "model": MODEL["name"],
+                    "gate": {"maxValidationLoss": 2},
+                }
+            }
+        },
+        {"rollout": {"proposals": None}},
+    ),
     "placement": ({"placement": {"nodeSelector": {"pool": "inference"}}}, None),
     "placement.nodeSelector": (
         {"placement": {"nodeSelector": {"pool": "inference"}}},
@@ -276,6 +293,7 @@ TJ_SAMPLES: dict[str, tuple[Patch, Patch | None]] = {
         {"output": {**OUTPUT, "modelDeployment": {"name": "mlp-serving", "spec": {"replicas": 1}}}},
         {"output": {"modelDeployment": None}},
     ),
+    "output.proposeTo": ({"output": {**OUTPUT, "proposeTo": "mlp-serving"}}, {"output": {"proposeTo": None}}),
     "podMetadata": ({"podMetadata": {"labels": {"team": "a"}}}, None),
     "podMetadata.labels": ({"podMetadata": {"labels": {"team": "a"}}}, {"podMetadata": {"labels": None}}),
     "podMetadata.annotations": (
