@@ -94,9 +94,69 @@ def _plan(
     query: Any = None,
 ) -> canary.Plan:
     desired = build_triton_deployment(md, SETTINGS)
+    pods = _pods(workload_template_hash(desired))
     return asyncio.run(
-        canary.plan(md, SETTINGS, desired, _stable(), live_canary, previous, query or _values(100, 0), now)
+        canary.plan(
+            md, SETTINGS, desired, _stable(), live_canary, previous, pods, query or _values(100, 0), now
+        )
     )
+
+
+def _pod(name: str, labels: dict[str, str], phase: str = "Running", deleting: bool = False) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, "labels": labels}
+    if deleting:
+        meta["deletionTimestamp"] = "2026-12-04T11:59:00Z"
+    return {"metadata": meta, "status": {"phase": phase}}
+
+
+def _pods(revision: str) -> list[dict[str, Any]]:
+    canary_labels = {"kubeforge.io/revision": "canary", "kubeforge.io/canary-revision": revision}
+    return [
+        _pod("shop-7d9f-a", {}),
+        _pod("shop-7d9f-b", {}),
+        _pod("shop-canary-5c2e-c", canary_labels),
+        # a previous canary's pod, and one going away: the analysis names neither
+        _pod("shop-canary-0a1b-d", {**canary_labels, "kubeforge.io/canary-revision": "an-earlier-revision"}),
+        _pod("shop-canary-5c2e-e", canary_labels, deleting=True),
+        _pod("shop-7d9f-f", {}, phase="Pending"),
+    ]
+
+
+def test_the_analysis_names_the_running_pods_of_each_revision() -> None:
+    assert canary.revision_pods(_pods("r1"), "r1") == (["shop-7d9f-a", "shop-7d9f-b"], ["shop-canary-5c2e-c"])
+    queries: list[str] = []
+
+    async def record(promql: str) -> float | None:
+        queries.append(promql)
+        return 100.0
+
+    md = _md("2", analysis=ANALYSIS)
+    _plan(md, _running(md), _canary_live(md, 1, 1), NOW + timedelta(seconds=30), record)
+    canary_queries = [q for q in queries if "shop-canary-5c2e-c" in q]
+    assert canary_queries and all('pod=~"shop-canary-5c2e-c"' in q for q in canary_queries), queries
+    assert all("shop-canary-0a1b-d" not in q and "shop-canary-5c2e-e" not in q for q in queries)
+    assert any('pod=~"shop-7d9f-a|shop-7d9f-b"' in q for q in queries)
+
+
+def test_no_running_canary_pod_is_inconclusive() -> None:
+    md = _md("2", analysis=ANALYSIS)
+    desired = build_triton_deployment(md, SETTINGS)
+    stable_only = [_pod("shop-7d9f-a", {})]
+    plan = asyncio.run(
+        canary.plan(
+            md,
+            SETTINGS,
+            desired,
+            _stable(),
+            _canary_live(md, 1, 1),
+            _running(md),
+            stable_only,
+            _values(100, 0),
+            NOW + timedelta(seconds=30),
+        )
+    )
+    assert plan.status.analyses and plan.status.analyses[-1].verdict == "Inconclusive"
+    assert plan.status.analyses[-1].message == "no pod of the canary revision is running"
 
 
 @pytest.mark.parametrize(

@@ -207,7 +207,7 @@ def test_the_autoscaling_queries_read_the_streaming_metrics(server: TritonServer
 
 
 def test_the_canary_analysis_reads_each_revisions_time_to_first_token(server: TritonServer) -> None:
-    """The pod is the stable revision of `resnet50` by its name; the canary's pods are other names."""
+    """The query names a revision's pods: the served pod's series for the stable's, none for another's."""
     before = _scrape(server)
     started = time.monotonic()
     streams = [
@@ -215,11 +215,11 @@ def test_the_canary_analysis_reads_each_revisions_time_to_first_token(server: Tr
         for s in range(3)
     ]
     window = Scrapes(before, _scrape(server), time.monotonic() - started)
-    stable = evaluate(ttft_query(Revision("team-a", "resnet50"), 60), window)
+    stable = evaluate(ttft_query(Revision("team-a", (POD["pod"],)), 60), window)
     mean_ms = sum(stable.values())
     # the model's clock starts when Triton hands it the request, the client's when it sends it
     assert 0 < mean_ms <= 1000 * max(s.time_to_first_token for s in streams), mean_ms
-    assert evaluate(ttft_query(Revision("team-a", "resnet50-canary"), 60), window) == {}
+    assert evaluate(ttft_query(Revision("team-a", ("resnet50-canary-6c8f9d7b5-x2x9q",)), 60), window) == {}
 
 
 def test_the_model_reports_its_metrics(server: TritonServer) -> None:

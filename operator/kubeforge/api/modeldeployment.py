@@ -832,8 +832,6 @@ _CEL_PARALLEL = _cel_parallel()
 # `<lws>-<group>-<worker>` with a 10-character revision label beside them: LWS gives a longer name's
 # group a leader and never its workers (kubeforge.builders.leaderworkerset)
 MAX_MULTI_NODE_NAME_LENGTH = 45
-# a pod's generated name keeps 58 characters: `<name>-canary-` + a 10-character hash + `-` fit in full
-MAX_CANARY_NAME_LENGTH = 39
 
 
 def _unique_model_ids(models: list[ModelSpec]) -> bool:
@@ -1316,17 +1314,6 @@ class ModelDeployment(ApiModel):
             "spans several nodes (it names the LeaderWorkerSet, whose pod names and labels carry it)",
             check=lambda md: (
                 len(md.metadata.name) <= MAX_MULTI_NODE_NAME_LENGTH or md.spec.replica_nodes == 1
-            ),
-        ),
-        Rule(
-            cel=f"size(self.metadata.name) <= {MAX_CANARY_NAME_LENGTH} || !has(self.spec.rollout) || "
-            "!has(self.spec.rollout.canary)",
-            message=f"metadata.name must be at most {MAX_CANARY_NAME_LENGTH} characters with rollout.canary "
-            "(the canary's pods are named <name>-canary-<hash>-<suffix> in full, which its analysis reads)",
-            check=lambda md: (
-                len(md.metadata.name) <= MAX_CANARY_NAME_LENGTH
-                or md.spec.rollout is None
-                or md.spec.rollout.canary is None
             ),
         ),
     )

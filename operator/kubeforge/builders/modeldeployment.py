@@ -351,6 +351,9 @@ def build_canary_deployment(md: ModelDeployment, settings: Settings, replicas: i
     spec["replicas"] = replicas
     spec["selector"] = {"matchLabels": {**selector(md), REVISION_LABEL: CANARY}}
     spec["template"]["metadata"]["labels"][REVISION_LABEL] = CANARY
+    spec["template"]["metadata"]["labels"][CANARY_REVISION_ANNOTATION] = (
+        revision  # which pods the analysis reads
+    )
     meta = _meta(md, canary_name(md))
     meta["annotations"] = {CANARY_REVISION_ANNOTATION: revision}
     return {**deployment, "metadata": meta}

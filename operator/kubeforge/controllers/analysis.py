@@ -1,9 +1,11 @@
 """Canary analysis: the canary revision against the stable one, on Triton's metrics in Prometheus.
 
-Each revision's pods are told apart by name (Prometheus' Kubernetes discovery labels every series
-with `namespace` and `pod`): the stable Deployment's pods are `<name>-<hash>-<suffix>`, the
-canary's `<name>-canary-<hash>-<suffix>`. Every value is read over the same window for both, and
-the queries are written into status as they were sent, so a person can paste them into Prometheus.
+Each revision's pods are named in the queries (Prometheus' Kubernetes discovery labels every series
+with `namespace` and `pod`): the canary's are the running pods labelled with its revision
+(`kubeforge.io/canary-revision`), the stable's the running pods without a revision label. Naming
+them, not matching a name pattern, keeps out a previous canary's pods whose last samples are still
+in the window. Every value is read over the same window for both, and the queries are written into
+status as they were sent, so a person can paste them into Prometheus.
 
 - requests: successful plus failed inference requests in the window; fewer than `minRequests` on
   either side makes the analysis inconclusive (the step holds, the next interval asks again);
@@ -31,8 +33,6 @@ from kubeforge.builders.autoscaling import TTFT_COUNT, TTFT_SUM, any_of
 
 log = logging.getLogger(__name__)
 QUERY_TIMEOUT_SECONDS = 5.0
-# pod names after the Deployment's: `<deployment>-<pod-template-hash>-<suffix>`
-POD_SUFFIX = "-[a-z0-9]+-[a-z0-9]+"
 
 # PromQL -> its value (None: no series), or raises PrometheusError
 Query = Callable[[str], Awaitable[float | None]]
@@ -44,13 +44,13 @@ class PrometheusError(RuntimeError):
 
 @dataclass(frozen=True)
 class Revision:
-    """A revision's pods, as a PromQL label selector."""
+    """A revision's pods, by name, as a PromQL label selector."""
 
     namespace: str
-    deployment: str
+    pods: tuple[str, ...]
 
     def selector(self, extra: str = "") -> str:
-        return f'namespace="{self.namespace}",pod=~"{self.deployment}{POD_SUFFIX}"{extra}'
+        return f'namespace="{self.namespace}",pod=~"{"|".join(self.pods)}"{extra}'
 
 
 def requests_query(rev: Revision, window: int) -> str:
@@ -96,8 +96,8 @@ async def analyse(
     query: Query,
     spec: CanaryAnalysis,
     namespace: str,
-    name: str,
-    canary_deployment: str,
+    stable_pods: list[str],
+    canary_pods: list[str],
     *,
     step: int,
     revision: str,
@@ -106,7 +106,17 @@ async def analyse(
     streaming: bool = False,
 ) -> AnalysisResult:
     """Compare the canary with the stable revision over the last `window` seconds."""
-    stable, canary = Revision(namespace, name), Revision(namespace, canary_deployment)
+    stable, canary = Revision(namespace, tuple(stable_pods)), Revision(namespace, tuple(canary_pods))
+    if not canary_pods or not stable_pods:
+        missing = "canary" if not canary_pods else "stable"
+        return AnalysisResult(
+            step=step,
+            revision=revision,
+            at=now,
+            window_seconds=window,
+            verdict=AnalysisVerdict.INCONCLUSIVE,
+            message=f"no pod of the {missing} revision is running",
+        )
     quantile = spec.latency_quantile
     latency_name = f"latencyP{quantile[2:].ljust(2, '0')}"
     builders: tuple[tuple[str, Callable[[Revision], str]], ...] = (

@@ -49,8 +49,8 @@ from kubeforge.api.modeldeployment import (
 )
 from kubeforge.builders.modeldeployment import (
     CANARY_REVISION_ANNOTATION,
+    REVISION_LABEL,
     build_canary_deployment,
-    canary_name,
     streams,
 )
 from kubeforge.controllers.analysis import Query, analyse
@@ -160,6 +160,21 @@ def _ready(live_canary: Object | None, revision: str, replicas: int) -> bool:
     return deployment_workload(live_canary, replicas).rolled_out
 
 
+def revision_pods(pods: list[Object], revision: str) -> tuple[list[str], list[str]]:
+    """The names of the running pods of the stable revision and of this canary revision."""
+    stable, canary = [], []
+    for pod in pods:
+        meta = pod["metadata"]
+        if meta.get("deletionTimestamp") or (pod.get("status") or {}).get("phase") != "Running":
+            continue
+        labels = meta.get("labels") or {}
+        if REVISION_LABEL not in labels:
+            stable.append(meta["name"])
+        elif labels.get(CANARY_REVISION_ANNOTATION) == revision:
+            canary.append(meta["name"])
+    return sorted(stable), sorted(canary)
+
+
 def _analysis_event(result: AnalysisResult) -> tuple[str, str, str]:
     kind = "Warning" if result.verdict == AnalysisVerdict.FAILED else "Normal"
     return kind, f"Analysis{result.verdict.value}", f"step {result.step}: {result.message}"
@@ -209,6 +224,7 @@ async def plan(
     live: Object,
     live_canary: Object | None,
     previous: RolloutStatus | None,
+    pods: list[Object],
     query: Query,
     now: datetime,
 ) -> Plan:
@@ -289,12 +305,13 @@ async def plan(
             interval = spec.analysis.interval_seconds
             due = (step_analyses[-1].at if step_analyses else started) + timedelta(seconds=interval)
             if now >= due:
+                stable_pods, canary_pods = revision_pods(pods, revision)
                 result = await analyse(
                     query,
                     spec.analysis,
                     md.metadata.namespace or "",
-                    md.metadata.name,
-                    canary_name(md),
+                    stable_pods,
+                    canary_pods,
                     step=step,
                     revision=revision,
                     window=interval,

@@ -194,8 +194,9 @@ async def _canary_workload(
     ns, name, uid = md.metadata.namespace or "", md.metadata.name, md.metadata.uid
     assert uid is not None and ctx.prometheus is not None
     live_canary = _ours(ctx, md, r.DEPLOYMENT, canary_name(md))
+    pods = ctx.cache.owned(r.POD.kind, "modeldeployment", ns, name)
     plan = await canary.plan(
-        md, ctx.settings, desired, live, live_canary, previous, ctx.prometheus.query, ctx.now()
+        md, ctx.settings, desired, live, live_canary, previous, pods, ctx.prometheus.query, ctx.now()
     )
     canary_deployment = None
     if plan.canary is None:
