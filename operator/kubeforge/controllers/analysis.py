@@ -107,16 +107,19 @@ async def analyse(
 ) -> AnalysisResult:
     """Compare the canary with the stable revision over the last `window` seconds."""
     stable, canary = Revision(namespace, tuple(stable_pods)), Revision(namespace, tuple(canary_pods))
-    if not canary_pods or not stable_pods:
-        missing = "canary" if not canary_pods else "stable"
+
+    def inconclusive(message: str) -> AnalysisResult:
         return AnalysisResult(
             step=step,
             revision=revision,
             at=now,
             window_seconds=window,
             verdict=AnalysisVerdict.INCONCLUSIVE,
-            message=f"no pod of the {missing} revision is running",
+            message=message,
         )
+
+    if not canary_pods or not stable_pods:
+        return inconclusive(f"no pod of the {'canary' if not canary_pods else 'stable'} revision is running")
     quantile = spec.latency_quantile
     latency_name = f"latencyP{quantile[2:].ljust(2, '0')}"
     builders: tuple[tuple[str, Callable[[Revision], str]], ...] = (
@@ -130,14 +133,7 @@ async def analyse(
     try:
         values = await asyncio.gather(*(query(q) for _, c, s in queries for q in (c, s)))
     except PrometheusError as err:
-        return AnalysisResult(
-            step=step,
-            revision=revision,
-            at=now,
-            window_seconds=window,
-            verdict=AnalysisVerdict.INCONCLUSIVE,
-            message=f"Prometheus could not be read: {err}",
-        )
+        return inconclusive(f"Prometheus could not be read: {err}")
     numbers = [_number(v) for v in values]
     results: list[MetricResult] = []
     for index, (metric, canary_query, stable_query) in enumerate(queries):
