@@ -1187,6 +1187,11 @@ class RolloutStatus(ApiModel):
         "kubeforge.io/rollout-action=retry.",
     )
 
+    @property
+    def running(self) -> bool:
+        """Whether a canary runs (progressing or paused) beside the stable revision."""
+        return self.phase in (RolloutPhase.PROGRESSING, RolloutPhase.PAUSED)
+
 
 class Phase(StrEnum):
     PENDING = "Pending"

@@ -181,6 +181,17 @@ async def analyse(
     )
 
 
+def _at_most(
+    limit: str, canary: float | None, bound: float | None, *, absent_passes: bool = False
+) -> tuple[str, AnalysisVerdict]:
+    """The canary's value against a bound made of the stable's (None: the stable had no value);
+    inconclusive without both, unless `absent_passes` and neither side had one."""
+    if canary is None or bound is None:
+        absent = absent_passes and canary is None and bound is None
+        return limit, AnalysisVerdict.PASSED if absent else AnalysisVerdict.INCONCLUSIVE
+    return limit, AnalysisVerdict.PASSED if canary <= bound else AnalysisVerdict.FAILED
+
+
 def _judge(
     metric: str, spec: CanaryAnalysis, canary: float | None, stable: float | None
 ) -> tuple[str, AnalysisVerdict]:
@@ -189,24 +200,12 @@ def _judge(
         enough = canary is not None and stable is not None and min(canary, stable) >= spec.min_requests
         return limit, AnalysisVerdict.PASSED if enough else AnalysisVerdict.INCONCLUSIVE
     if metric == "errorRatio":
-        limit = f"<= stable + {spec.max_error_ratio_increase:g}"
-        if canary is None or stable is None:
-            return limit, AnalysisVerdict.INCONCLUSIVE
-        ok = canary <= stable + spec.max_error_ratio_increase
-        return limit, AnalysisVerdict.PASSED if ok else AnalysisVerdict.FAILED
-    if metric == "timeToFirstTokenMs":
-        limit = f"<= {spec.max_time_to_first_token_ratio:g} x stable"
-        if canary is None and stable is None:
-            return limit, AnalysisVerdict.PASSED  # no stream answered in the window: nothing to compare
-        if canary is None or stable is None:
-            return limit, AnalysisVerdict.INCONCLUSIVE
-        ok = canary <= stable * spec.max_time_to_first_token_ratio
-        return limit, AnalysisVerdict.PASSED if ok else AnalysisVerdict.FAILED
-    limit = f"<= {spec.max_latency_ratio:g} x stable"
-    if canary is None or stable is None:
-        return limit, AnalysisVerdict.INCONCLUSIVE
-    ok = canary <= stable * spec.max_latency_ratio
-    return limit, AnalysisVerdict.PASSED if ok else AnalysisVerdict.FAILED
+        increase = spec.max_error_ratio_increase
+        return _at_most(f"<= stable + {increase:g}", canary, None if stable is None else stable + increase)
+    ratio = spec.max_time_to_first_token_ratio if metric == "timeToFirstTokenMs" else spec.max_latency_ratio
+    bound = None if stable is None else stable * ratio
+    # time to first token: no stream answered in the window on either side is nothing to compare
+    return _at_most(f"<= {ratio:g} x stable", canary, bound, absent_passes=metric == "timeToFirstTokenMs")
 
 
 class Prometheus:

@@ -116,7 +116,7 @@ def settled(
     """status.rollout and Events when the stable takes the spec's template (no canary path)."""
     configured = md.spec.rollout is not None and md.spec.rollout.canary is not None
     events = []
-    if previous is not None and previous.phase in (RolloutPhase.PROGRESSING, RolloutPhase.PAUSED):
+    if previous is not None and previous.running:
         why = (
             f"the spec's template is the stable's ({revision}) again"
             if configured
@@ -255,17 +255,15 @@ async def plan(
         events.append(("Normal", "CanaryRetried", f"revision {revision} is tried again from step 1"))
         previous = None
 
-    in_progress = previous is not None and previous.phase in (RolloutPhase.PROGRESSING, RolloutPhase.PAUSED)
-    current = (
-        previous if in_progress and previous is not None and previous.canary_revision == revision else None
-    )
+    running = previous if previous is not None and previous.running else None
+    current = running if running is not None and running.canary_revision == revision else None
     if current is None:
-        if in_progress and previous is not None:
+        if running is not None:
             events.append(
                 (
                     "Normal",
                     "CanaryReplaced",
-                    f"canary {previous.canary_revision} replaced by {revision}: from step 1",
+                    f"canary {running.canary_revision} replaced by {revision}: from step 1",
                 )
             )
         events.append(

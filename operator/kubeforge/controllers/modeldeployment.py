@@ -402,10 +402,8 @@ async def reconcile_model_deployment(ctx: Context, key: tuple[str, str]) -> floa
         # an API installed later, or a metric absent long enough, sends no watch event: look again
         requeue.append(MISSING_API_SECONDS)
     if workload.deferred is not None:
-        requeue.append(DEFERRED_RECHECK_SECONDS)
-    requeue.append(
-        workload.requeue
-    )  # a step's pause and analysis interval end with no event  # a slot freed elsewhere sends no event here
+        requeue.append(DEFERRED_RECHECK_SECONDS)  # a slot freed elsewhere sends no event here
+    requeue.append(workload.requeue)  # a canary step's pause and analysis interval end with no event
     if ctx.settings.model_probe and states is not None:
         requeue.append(MODEL_PROBE_SECONDS)  # Triton's model state sends no watch events: look again soon
     return min((s for s in requeue if s is not None), default=None)

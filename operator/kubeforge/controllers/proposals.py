@@ -43,13 +43,21 @@ Object = dict[str, Any]
 FOLLOW_SECONDS = 5.0
 
 
+def _record(md: ModelDeployment) -> dict[str, Any]:
+    """The ModelDeployment's PROPOSAL_ANNOTATION as JSON ({} when absent or unreadable)."""
+    try:
+        record = json.loads((md.metadata.annotations or {}).get(PROPOSAL_ANNOTATION) or "{}")
+    except ValueError:
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
 def recorded_proposal(md: ModelDeployment) -> TrainedModel | None:
     """The proposal the ModelDeployment's annotation records, if it is what the spec serves now."""
-    raw = (md.metadata.annotations or {}).get(PROPOSAL_ANNOTATION)
-    if raw is None:
+    record = _record(md)
+    if not record:
         return None
     try:
-        record = json.loads(raw)
         # a newer release may record more: ignored
         proposal = TrainedModel.model_validate(
             {k: v for k, v in record.items() if k != "model"}, extra="ignore"
@@ -138,11 +146,7 @@ def _outcome(md: ModelDeployment | None, tj: TrainingJob, uri: str) -> tuple[Pro
         and (rollout.proposal.job, rollout.proposal.uri) == (tj.metadata.name, uri)
     ):
         return ProposalPhase.ROLLED_BACK, rollout.message
-    raw = (md.metadata.annotations or {}).get(PROPOSAL_ANNOTATION) or "{}"
-    try:
-        latest = json.loads(raw)
-    except ValueError:
-        latest = {}
+    latest = _record(md)
     if (latest.get("job"), latest.get("uri")) != (tj.metadata.name, uri):
         return ProposalPhase.SUPERSEDED, f"ModelDeployment {md.metadata.name} took a later model first"
     return None

@@ -214,15 +214,14 @@ async def _finish_ttl(ctx: Context, step: _Step, jobs: dict[int, Object]) -> flo
     return None
 
 
-async def _hand_off(ctx: Context, step: _Step) -> None:
+async def _hand_off(ctx: Context, step: _Step, tj: TrainingJob) -> None:
     """Train -> serve: create the ModelDeployment named by spec.output, once.
 
     It is created, never updated: what a user or an autoscaler changes afterwards (replicas,
     anything) stays. A ModelDeployment of that name that this job did not create is left alone
     and reported as a conflict.
     """
-    # with the status this reconcile builds: the validation the finished workers reported
-    tj, output = step.tj.model_copy(update={"status": step.status}), step.tj.spec.output
+    output = tj.spec.output
     if output is None:
         return
     md = build_output_model_deployment(tj)
@@ -498,8 +497,9 @@ async def _finished(ctx: Context, step: _Step, jobs: dict[int, Object]) -> float
         await ctx.delete_child(r.JOB, job)  # e.g. a deadline: the decision was written, the delete not done
     follow = None
     if step.status.phase == TrainingPhase.SUCCEEDED:
-        await _hand_off(ctx, step)
-        tj = step.tj.model_copy(update={"status": step.status})  # with the validation just reported
+        # the job with the status this reconcile builds: the validation its workers just reported
+        tj = step.tj.model_copy(update={"status": step.status})
+        await _hand_off(ctx, step, tj)
         step.status.proposal, follow = await propose(ctx, tj, step.status.proposal, step.now, step.events)
     ttl = await _finish_ttl(ctx, step, jobs)
     return min((s for s in (follow, ttl) if s is not None), default=None)

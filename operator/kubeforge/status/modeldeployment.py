@@ -166,8 +166,8 @@ def compute_status(
     multi_node = md.spec.replica_nodes > 1
     rollout = observed.rollout
     # while a canary runs, the stable Deployment keeps its template at its share of the replicas
-    canary_running = rollout is not None and rollout.phase in (RolloutPhase.PROGRESSING, RolloutPhase.PAUSED)
-    stable_desired = rollout.stable_replicas if rollout is not None and canary_running else None
+    running = rollout if rollout is not None and rollout.running else None
+    stable_desired = running.stable_replicas if running is not None else None
     workload = (
         leaderworkerset_workload(observed.leaderworkerset, observed.pods, desired)
         if multi_node
@@ -175,8 +175,8 @@ def compute_status(
     )
     replicas, ready_replicas, updated = workload.replicas, workload.ready, workload.updated
     rolled_out = workload.rolled_out
-    if rollout is not None and canary_running and stable_desired is not None:
-        canary = deployment_workload(observed.canary, rollout.canary_replicas or 0)
+    if running is not None and stable_desired is not None:
+        canary = deployment_workload(observed.canary, running.canary_replicas or 0)
         replicas, ready_replicas = replicas + canary.replicas, ready_replicas + canary.ready
         # Ready stays on the stable revision: its share ready, even while a step scales it down
         rolled_out = workload.ready >= max(stable_desired, 1)
@@ -235,9 +235,9 @@ def compute_status(
 
     if cache_waiting:
         put("Progressing", True, "CacheFilling", cache_message)
-    elif rollout is not None and canary_running:
-        reason = "CanaryPaused" if rollout.phase == RolloutPhase.PAUSED else "CanaryProgressing"
-        put("Progressing", True, reason, rollout.message)
+    elif running is not None:
+        reason = "CanaryPaused" if running.phase == RolloutPhase.PAUSED else "CanaryProgressing"
+        put("Progressing", True, reason, running.message)
     elif rollout is not None and rollout.phase == RolloutPhase.ROLLED_BACK:
         put("Progressing", False, "RolledBack", rollout.message)
     elif rolled_out:
