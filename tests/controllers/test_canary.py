@@ -313,6 +313,14 @@ def test_an_unknown_verb_is_dropped_and_said_so() -> None:
     ]
 
 
+def test_an_unknown_verb_on_a_rolled_back_revision_is_said_too() -> None:
+    md = _md("2", analysis=ANALYSIS)
+    failed = _plan(md, _running(md), _canary_live(md, 1, 1), NOW + timedelta(seconds=30), _values(100, 0.4))
+    typo = _plan(_md("2", analysis=ANALYSIS, annotations={canary.ACTION_ANNOTATION: "rety"}), failed.status)
+    assert typo.status.phase == RolloutPhase.ROLLED_BACK and typo.acted == "rety"
+    assert [e[1] for e in typo.events] == ["RolloutActionIgnored"]
+
+
 def test_an_edit_mid_rollout_replaces_the_canary_from_step_one() -> None:
     md = _md("2")
     running = _running(md, step=2)

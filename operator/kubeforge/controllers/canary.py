@@ -251,7 +251,9 @@ async def plan(
     ):
         if action != "retry":
             held = previous.model_copy(update={"stable_replicas": total})
-            return Plan(stable=None, stable_replicas=total, canary=None, status=held, acted=raw_action)
+            return Plan(
+                stable=None, stable_replicas=total, canary=None, status=held, events=events, acted=raw_action
+            )
         events.append(("Normal", "CanaryRetried", f"revision {revision} is tried again from step 1"))
         previous = None
 
