@@ -12,14 +12,14 @@ export KUBEFORGE_CACHE := $(CACHE)
 PYTEST_ARGS ?=
 # The Go parts (e2e/binaries.sh components), longest first: `make dev` builds only what it runs.
 DEV_PARTS := kubernetes etcd kwok lws
-E2E_PARTS := $(DEV_PARTS) helm kueue kstatus netpol prometheus prometheus-adapter keda syft
+E2E_PARTS := $(DEV_PARTS) helm kueue kstatus netpol prometheus prometheus-adapter keda syft traefik
 # e2e runs on this many local clusters at once (pytest-xdist): each file on one worker, and the tests
 # marked `serial` together on one, longest first (e2e/groups.py, e2e/durations.tsv).
 E2E_WORKERS ?= 3
 # Every run writes each test's time to .times/<suite>.tsv (tests/harness.py); the slowest are printed.
 DURATIONS := --durations=15 --durations-min=5
 
-.PHONY: help install torch binaries dev-binaries images image-store manifests lint test test-unit test-e2e e2e-durations dev dev-down run bench bench-smoke clean
+.PHONY: help install torch binaries dev-binaries images image-store manifests lint test test-unit test-e2e test-e2e-netns e2e-durations dev dev-down run bench bench-smoke clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -66,8 +66,11 @@ lint: install torch ## pip check, ruff, mypy, import contracts, hadolint, action
 test-unit: install torch ## unit and integration tests (real Triton, torch on CPU); no cluster
 	$(BIN)/pytest tests $(DURATIONS) $(PYTEST_ARGS)
 
-test-e2e: install torch binaries image-store ## end-to-end tests on E2E_WORKERS local clusters at once (a file, or the serial tests, per worker)
-	$(BIN)/pytest e2e -n $(E2E_WORKERS) --dist loadfile --no-loadscope-reorder $(DURATIONS) $(PYTEST_ARGS)
+test-e2e: install torch binaries image-store ## end-to-end tests on E2E_WORKERS local clusters at once (a file, or the serial tests, per worker); not the netns ones
+	$(BIN)/pytest e2e -m "not netns" -n $(E2E_WORKERS) --dist loadfile --no-loadscope-reorder $(DURATIONS) $(PYTEST_ARGS)
+
+test-e2e-netns: install torch binaries ## the e2e tests that need pods with real IPs (a Gateway routing to them), in a network namespace of their own (hack/netns.sh)
+	hack/netns.sh $(BIN)/pytest e2e -m netns $(DURATIONS) $(PYTEST_ARGS)
 
 e2e-durations: install ## write e2e/durations.tsv (the order groups go to the e2e workers) from the last e2e run
 	$(PY) -m e2e.durations

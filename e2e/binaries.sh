@@ -36,6 +36,10 @@ SYFT_VERSION=${SYFT_VERSION:-v1.57.2}
 ACTIONLINT_VERSION=${ACTIONLINT_VERSION:-v1.7.12}
 # LeaderWorkerSet; also the version of its CRDs and webhooks the e2e tests install (e2e/lws.py).
 LWS_VERSION=${LWS_VERSION:-v0.7.0}
+# The Gateway API implementation of the canary e2e (e2e/gateway.py): Traefik v3, pure Go. Its
+# go.mod pins the Gateway API version whose standard-channel CRDs the tests install.
+TRAEFIK_VERSION=${TRAEFIK_VERSION:-v3.6.12}
+GATEWAY_API_VERSION=${GATEWAY_API_VERSION:-v1.4.0} # sigs.k8s.io/gateway-api in Traefik's go.mod
 
 CACHE=${KUBEFORGE_CACHE:-$HOME/.cache/kubeforge}
 BIN="$CACHE/bin"
@@ -186,6 +190,19 @@ build_keda() {
     "-X github.com/kedacore/keda/v2/version.Version=${KEDA_VERSION#v}" keda=./cmd/operator keda-adapter=./cmd/adapter
 }
 
+build_traefik() {
+  # Its go.mod has replace directives, so it builds in its own module (as its Makefile does).
+  go_build_in_module github.com/traefik/traefik/v3 "$TRAEFIK_VERSION" \
+    "-X github.com/traefik/traefik/v3/pkg/version.Version=$TRAEFIK_VERSION" traefik=./cmd/traefik
+  # ... and the Gateway API's standard-channel CRDs, from the same module version Traefik is built on
+  local src
+  src=$(go mod download -json "sigs.k8s.io/gateway-api@$GATEWAY_API_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
+  rm -rf "$BIN/gateway-api-crds" && mkdir -p "$BIN/gateway-api-crds"
+  cp "$src"/config/crd/standard/*.yaml "$BIN/gateway-api-crds/"
+  chmod -R u+w "$BIN/gateway-api-crds"
+  stamp gateway-api-crds "$TRAEFIK_VERSION"
+}
+
 build_lws() {
   # The manager's main package is the module's ./cmd (LWS's Makefile: go build cmd/main.go), so
   # `go install` would name the binary "cmd"; built in the module, named as its image names it.
@@ -209,6 +226,7 @@ component_binaries() {
   case "$1" in
     kubernetes) echo kube-apiserver kube-controller-manager kube-scheduler ;;
     keda) echo keda keda-adapter ;;
+    traefik) echo traefik gateway-api-crds ;;
     *) echo "$1" ;;
   esac
 }
@@ -225,6 +243,7 @@ component_stamp() {
     prometheus-adapter) echo "$PROMETHEUS_ADAPTER_VERSION" ;;
     keda) echo "$KEDA_VERSION" ;;
     lws) echo "$LWS_VERSION" ;;
+    traefik) echo "$TRAEFIK_VERSION" ;; # its go.mod pins GATEWAY_API_VERSION
     syft) echo "$SYFT_VERSION" ;;
     actionlint) echo "$ACTIONLINT_VERSION" ;;
     *) return 1 ;;
@@ -252,6 +271,7 @@ build() { # component: the build itself; its output goes to the component's log
       prometheus-adapter=./cmd/adapter ;;
     keda) build_keda ;;
     lws) build_lws ;;
+    traefik) build_traefik ;;
     syft) go_install syft github.com/anchore/syft/cmd/syft "$SYFT_VERSION" "-X main.version=${SYFT_VERSION#v}" ;;
     actionlint) go_install actionlint github.com/rhysd/actionlint/cmd/actionlint "$ACTIONLINT_VERSION" \
       "-X github.com/rhysd/actionlint.version=$ACTIONLINT_VERSION" ;;

@@ -67,6 +67,7 @@ TOOLS: dict[str, tuple[str, ...]] = {
     "prometheus": ("prometheus",),
     "prometheus-adapter": ("prometheus-adapter",),
     "keda": ("keda", "keda-adapter"),
+    "traefik": ("traefik",),  # and beside it the Gateway API's CRDs (e2e/gateway.py)
 }
 # The cluster's own files under the state directory; anything else there (e.g. the dev
 # operator's log) is left alone when a cluster is recreated.

@@ -16,13 +16,16 @@ from typing import Any
 
 from e2e.kube import Kubectl
 from kubeforge.api import ModelDeployment
+from kubeforge.api.modeldeployment import RolloutStatus
 from kubeforge.api.trainingjob import TrainingJob
 from kubeforge.builders import autoscaling
 from kubeforge.builders.cache import build_cache_claim, build_cache_fill_job, model_cache_key
+from kubeforge.builders.gateway import build_http_route
 from kubeforge.builders.leaderworkerset import build_leader_service, build_leaderworkerset
 from kubeforge.builders.modeldeployment import (
     build_canary_deployment,
     build_pod_disruption_budget,
+    build_revision_services,
     build_service,
     build_triton_deployment,
 )
@@ -53,6 +56,9 @@ CHILD_KINDS = {
 }
 # ... and where the LeaderWorkerSet CRD is installed (e2e/lws.py), the groups of multi-node replicas
 LEADER_WORKER_SETS = "leaderworkersets.leaderworkerset.x-k8s.io"
+# ... and where the Gateway API's CRDs are (e2e/gateway.py), the routes of canaries split by a Gateway
+HTTP_ROUTES = "httproutes.gateway.networking.k8s.io"
+OPTIONAL_KINDS = (LEADER_WORKER_SETS, HTTP_ROUTES)
 Object = dict[str, Any]
 # status.rollout.phase while a canary runs, and while the stable keeps its template after a rollback
 CANARY_RUNNING = ("Progressing", "Paused")
@@ -102,6 +108,11 @@ def desired_model_deployment_children(md_body: Object, settings: Settings) -> li
         # with what it was applied for (controllers/rollout.py): the generation, the template's hash
         children.insert(0, annotated(workload, md.metadata.generation, None))
     children += [autoscaling.build_hpa(md), build_cache_claim(md), _canary(md, md_body, settings)]
+    rollout = (md_body.get("status") or {}).get("rollout")
+    children += [
+        *build_revision_services(md),
+        build_http_route(md, RolloutStatus.model_validate(rollout) if rollout else None),
+    ]
     if not _filled(md_body):
         children.append(build_cache_fill_job(md, settings))
     return [c for c in children if c is not None]
@@ -222,11 +233,8 @@ def _group(obj: Object) -> str:
 
 def _child_kinds(kubectl: Kubectl, owner_kinds: tuple[str, ...]) -> str:
     kinds = sorted({k for owner_kind in owner_kinds for k in CHILD_KINDS[owner_kind]})
-    if (
-        "modeldeployment" in owner_kinds
-        and kubectl("get", "crd", LEADER_WORKER_SETS, check=False).returncode == 0
-    ):
-        kinds.append(LEADER_WORKER_SETS)
+    if "modeldeployment" in owner_kinds:
+        kinds += [k for k in OPTIONAL_KINDS if kubectl("get", "crd", k, check=False).returncode == 0]
     return ",".join(kinds)
 
 

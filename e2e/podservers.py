@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from e2e.kube import Kubectl
+from e2e.netns import add_pod_address
 from kubeforge.testing.triton import TritonServer
 from kubeforge.testing.triton_pod import run_init_container, run_triton_container
 
@@ -57,9 +58,16 @@ class PodServers:
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    # the server of a gone pod, by address, while it stops (a new pod may get the same IP)
+    _stopping: dict[str, threading.Thread] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     # where the claims the pods mount elsewhere live (e.g. the model cache at /cache: `<claims_root>/<claim>`)
     claims_root: Path | None = None
+    # bind each server to its pod's IP on the container's own ports (inside hack/netns.sh only,
+    # e2e/netns.py), instead of free loopback ports: reachable at the pod's EndpointSlice address
+    pod_ips: bool = False
+    # pod name -> its labels, of every pod that has a server
+    pod_labels: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def __enter__(self) -> PodServers:
         self._thread = threading.Thread(target=self._run, name=f"pod servers {self.name}", daemon=True)
@@ -73,7 +81,19 @@ class PodServers:
         with self._lock:
             for pod in list(self.servers):
                 self._stop_server(pod)
+        for stopping in self._stopping.values():
+            stopping.join(timeout=60)
         self.publish([])
+
+    def pod_labels_now(self) -> list[dict[str, str]]:
+        """The labels of each pod whose server serves now."""
+        with self._lock:
+            return [self.pod_labels[pod] for pod in self.servers]
+
+    def metrics_urls(self) -> dict[str, str]:
+        """pod name -> its server's metrics URL."""
+        with self._lock:
+            return {pod: s.server.metrics_url for pod, s in self.servers.items()}
 
     def http_addresses(self) -> list[str]:
         """host:port of every ready server's HTTP API (what a Service would balance over)."""
@@ -110,7 +130,13 @@ class PodServers:
         changed = False
         for gone in set(self.servers) - set(pods):
             with self._lock:
-                self._stop_server(gone)
+                served = self.servers.pop(gone, None)
+            if served is not None:
+                # in the background: a server still taking requests waits out its exit timeout, and the
+                # servers of new pods must not wait for that
+                stopping = threading.Thread(target=served.stack.close, name=f"stop {gone}", daemon=True)
+                stopping.start()
+                self._stopping[served.server.host] = stopping
             changed = True
         for name, pod in pods.items():
             if name not in self.servers and not self._stop.is_set():
@@ -168,8 +194,18 @@ class PodServers:
             if done.returncode != 0:
                 raise RuntimeError(f"init container of {name} failed: {done.stdout}{done.stderr}")
         triton = next(c for c in spec["containers"] if c["name"] == "triton")
+        pod_ip = pod["status"]["podIP"] if self.pod_ips else None
+        options: dict[str, Any] = {}
+        if pod_ip is not None:
+            add_pod_address(pod_ip)
+            previous = self._stopping.pop(pod_ip, None)
+            if previous is not None:  # kwok gave a gone pod's IP to this one: its server must let go
+                previous.join(timeout=60)
+            # a gone pod's server stops at once rather than waiting for its in-flight requests
+            options = {"pod_ip": pod_ip, "stop_timeout": 2.0}
         stack = ExitStack()
-        server = stack.enter_context(run_triton_container(triton, paths=paths))
+        server = stack.enter_context(run_triton_container(triton, paths=paths, **options))
+        self.pod_labels[name] = dict(pod["metadata"].get("labels") or {})
         server.wait_until("ready", timeout=120)
         log.info("pod servers: %s/%s serves on %s", self.namespace, name, server.http_url)
         return _Served(server, stack)

@@ -26,15 +26,14 @@ from typing import Any
 
 import pytest
 
-from e2e.convergence import model_deployment_differences
 from e2e.front import IngressFront, Load
 from e2e.kube import Kubectl, event_messages, find_condition, wait_for
 from e2e.operator_proc import OperatorProcess
 from e2e.podservers import PodServers
 from e2e.prometheus import Prometheus
+from e2e.rollouts import converged, deployment, md_body, ready, rollout_status, wait_rollout
 from kubeforge.api.modeldeployment import ModelSpec
 from kubeforge.controllers.rollout import WORKLOAD_TEMPLATE_ANNOTATION
-from kubeforge.settings import Settings
 from kubeforge.testing.workloads import fixed_cost_model, write_model
 
 pytestmark = [pytest.mark.e2e, pytest.mark.serial]
@@ -63,53 +62,6 @@ def _md(namespace: str, model: ModelSpec, rollout: dict[str, Any] | None) -> str
     )
 
 
-def _get(kubectl: Kubectl, namespace: str) -> dict[str, Any]:
-    md: dict[str, Any] = kubectl.json("get", "md", NAME, namespace=namespace)
-    return md
-
-
-def _rollout(kubectl: Kubectl, namespace: str) -> dict[str, Any]:
-    rollout: dict[str, Any] = (_get(kubectl, namespace).get("status") or {}).get("rollout") or {}
-    return rollout
-
-
-def _wait_rollout(
-    kubectl: Kubectl, namespace: str, what: str, timeout: float = 180, **want: Any
-) -> dict[str, Any]:
-    def check() -> dict[str, Any] | None:
-        rollout = _rollout(kubectl, namespace)
-        return rollout if all(rollout.get(k) == v for k, v in want.items()) else None
-
-    return wait_for(check, timeout=timeout, message=f"{what}: status.rollout with {want}")
-
-
-def _deployment(kubectl: Kubectl, namespace: str, name: str) -> dict[str, Any] | None:
-    found = kubectl("get", "deployment", name, "-o", "json", namespace=namespace, check=False)
-    return json.loads(found.stdout) if found.returncode == 0 else None
-
-
-def _converged(kubectl: Kubectl, namespace: str) -> None:
-    def check() -> bool:
-        md = _get(kubectl, namespace)
-        if (md.get("status") or {}).get("observedGeneration") != md["metadata"]["generation"]:
-            return False
-        return not model_deployment_differences(kubectl, NAME, namespace, Settings())
-
-    try:
-        wait_for(check, timeout=60, message="the children equal what the builders make of the spec")
-    except TimeoutError:
-        problems = model_deployment_differences(kubectl, NAME, namespace, Settings())
-        raise AssertionError(f"not converged: {problems}") from None
-
-
-def _ready(kubectl: Kubectl, namespace: str) -> None:
-    def check() -> bool:
-        condition = find_condition(_get(kubectl, namespace), "Ready")
-        return condition is not None and condition["status"] == "True"
-
-    wait_for(check, timeout=60, message="Ready=True")
-
-
 def test_a_canary_is_analysed_promoted_and_a_broken_one_rolled_back(
     kubectl: Kubectl,
     namespace: str,
@@ -133,42 +85,44 @@ def test_a_canary_is_analysed_promoted_and_a_broken_one_rolled_back(
         servers.wait_for_servers(3)
         # 1. rollout.canary added: the same template, nothing rolls
         kubectl.apply(_md(namespace, good, canary))
-        stable = _wait_rollout(kubectl, namespace, "canary configured", phase="Complete")
-        assert _deployment(kubectl, namespace, f"{NAME}-canary") is None
-        _converged(kubectl, namespace)
+        stable = wait_rollout(kubectl, namespace, NAME, "canary configured", phase="Complete")
+        assert deployment(kubectl, namespace, f"{NAME}-canary") is None
+        converged(kubectl, namespace, NAME)
 
         # bounded in time and count; 2 clients give the analyses far more than minRequests per window
         with Load(front, MODEL, clients=2, seconds=600, max_requests=300_000):
             # 2. a better model: canary steps, an operator restart mid-step, promotion
             kubectl.apply(_md(namespace, better, canary))
-            step1 = _wait_rollout(kubectl, namespace, "step 1 under way", phase="Progressing", step=1)
+            step1 = wait_rollout(kubectl, namespace, NAME, "step 1 under way", phase="Progressing", step=1)
             assert step1["canaryRevision"] != stable["stableRevision"]
             assert (step1["canaryReplicas"], step1["stableReplicas"]) == (1, 2)  # ceil(30% of 3), the rest
-            _ready(kubectl, namespace)  # on the stable revision, throughout the steps
+            ready(kubectl, namespace, NAME)  # on the stable revision, throughout the steps
             started = wait_for(
-                lambda: _rollout(kubectl, namespace).get("stepStartedAt"),
+                lambda: rollout_status(kubectl, namespace, NAME).get("stepStartedAt"),
                 timeout=120,
                 message="the canary's pod ready: step 1's clock started",
             )
-            _converged(kubectl, namespace)  # mid-step: the canary is what the builders make at 1 replica
+            converged(kubectl, namespace, NAME)  # mid-step: the canary is what the builders make at 1 replica
             own_operator.stop()
             time.sleep(3)
             own_operator.start(env=env)
-            resumed = _rollout(kubectl, namespace)
+            resumed = rollout_status(kubectl, namespace, NAME)
             assert (resumed["step"], resumed["stepStartedAt"]) == (1, started)  # not repeated, same clock
-            _wait_rollout(kubectl, namespace, "step 2", timeout=120, step=2)
+            wait_rollout(kubectl, namespace, NAME, "step 2", timeout=120, step=2)
             # paused at once: step 2 holds at least its 10 s pause from its second canary pod's readiness
             kubectl("annotate", "md", NAME, "kubeforge.io/rollout-paused=true", namespace=namespace)
-            step2 = _wait_rollout(kubectl, namespace, "step 2, paused", timeout=30, step=2, phase="Paused")
+            step2 = wait_rollout(
+                kubectl, namespace, NAME, "step 2, paused", timeout=30, step=2, phase="Paused"
+            )
             assert (step2["canaryReplicas"], step2["stableReplicas"]) == (2, 1)
-            _ready(kubectl, namespace)
+            ready(kubectl, namespace, NAME)
             # the autoscaler's way (/scale) scales the whole; the step splits it: ceil(60% of 5), the rest
             kubectl("scale", "md", NAME, "--replicas=5", namespace=namespace)
-            _wait_rollout(kubectl, namespace, "5 replicas split", canaryReplicas=3, stableReplicas=2)
+            wait_rollout(kubectl, namespace, NAME, "5 replicas split", canaryReplicas=3, stableReplicas=2)
             wait_for(
                 lambda: (
                     [
-                        (_deployment(kubectl, namespace, d) or {}).get("spec", {}).get("replicas")
+                        (deployment(kubectl, namespace, d) or {}).get("spec", {}).get("replicas")
                         for d in (NAME, f"{NAME}-canary")
                     ]
                     == [2, 3]
@@ -177,7 +131,7 @@ def test_a_canary_is_analysed_promoted_and_a_broken_one_rolled_back(
                 message="the Deployments at 2 stable and 3 canary replicas",
             )
             kubectl("annotate", "md", NAME, "kubeforge.io/rollout-paused-", namespace=namespace)
-            promoted = _wait_rollout(kubectl, namespace, "promoted", timeout=180, phase="Complete")
+            promoted = wait_rollout(kubectl, namespace, NAME, "promoted", timeout=180, phase="Complete")
             assert promoted["stableRevision"] == step1["canaryRevision"]
             passed = [a for a in promoted["analyses"] if a["verdict"] == "Passed"]
             assert {a["step"] for a in passed} == {1, 2}, promoted["analyses"]
@@ -190,19 +144,23 @@ def test_a_canary_is_analysed_promoted_and_a_broken_one_rolled_back(
                 m for m in event_messages(kubectl, namespace, "ModelDeployment", NAME, "CanaryStepPassed")
             ) == [f"step 1/2 of {step1['canaryRevision']} passed"]
             wait_for(
-                lambda: _deployment(kubectl, namespace, f"{NAME}-canary") is None,
+                lambda: deployment(kubectl, namespace, f"{NAME}-canary") is None,
                 timeout=60,
                 message="the canary Deployment gone after promotion",
             )
-            assert (_deployment(kubectl, namespace, NAME) or {})["spec"]["replicas"] == 5
-            _converged(kubectl, namespace)
+            assert (deployment(kubectl, namespace, NAME) or {})["spec"]["replicas"] == 5
+            converged(kubectl, namespace, NAME)
             kubectl("scale", "md", NAME, "--replicas=3", namespace=namespace)
-            _converged(kubectl, namespace)
+            converged(kubectl, namespace, NAME)
 
             # 3. a broken model: rolled back by its first analysis
             kubectl.apply(_md(namespace, broken, canary))
-            broken_step = _wait_rollout(kubectl, namespace, "the broken canary's step 1", phase="Progressing")
-            rolled_back = _wait_rollout(kubectl, namespace, "rolled back", timeout=120, phase="RolledBack")
+            broken_step = wait_rollout(
+                kubectl, namespace, NAME, "the broken canary's step 1", phase="Progressing"
+            )
+            rolled_back = wait_rollout(
+                kubectl, namespace, NAME, "rolled back", timeout=120, phase="RolledBack"
+            )
             failed = rolled_back["analyses"][-1]
             summary = [
                 (a["step"], a["revision"], a["verdict"], a["message"]) for a in rolled_back["analyses"]
@@ -212,49 +170,55 @@ def test_a_canary_is_analysed_promoted_and_a_broken_one_rolled_back(
             assert error_ratio["verdict"] == "Failed" and error_ratio["canary"] > 0.3, error_ratio
             assert error_ratio["stable"] == 0.0
             assert rolled_back["rolledBackRevision"] == broken_step["canaryRevision"]
-            degraded = find_condition(_get(kubectl, namespace), "Degraded")
+            degraded = find_condition(md_body(kubectl, namespace, NAME), "Degraded")
             assert degraded is not None and degraded["status"] == "True", degraded
             assert degraded["reason"] == "RolledBack", degraded
-            _ready(kubectl, namespace)  # once the stable is back at 3 replicas
+            ready(kubectl, namespace, NAME)  # once the stable is back at 3 replicas
             assert "errorRatio canary" in degraded["message"]
             wait_for(
-                lambda: _deployment(kubectl, namespace, f"{NAME}-canary") is None,
+                lambda: deployment(kubectl, namespace, f"{NAME}-canary") is None,
                 timeout=60,
                 message="no canary Deployment left after the rollback",
             )
-            live = _deployment(kubectl, namespace, NAME)
+            live = deployment(kubectl, namespace, NAME)
             assert live is not None
             assert live["metadata"]["annotations"][WORKLOAD_TEMPLATE_ANNOTATION] == promoted["stableRevision"]
             assert live["spec"]["replicas"] == 3
             assert event_messages(kubectl, namespace, "ModelDeployment", NAME, "RolledBack")
-            _converged(kubectl, namespace)
+            converged(kubectl, namespace, NAME)
 
             # 4. a third model paused at step 1; aborted and retried by verb; then rollout removed:
             # the current spec takes over
             kubectl.apply(_md(namespace, third, canary))
             kubectl("annotate", "md", NAME, "kubeforge.io/rollout-paused=true", namespace=namespace)
-            paused = _wait_rollout(kubectl, namespace, "paused", phase="Paused")
+            paused = wait_rollout(kubectl, namespace, NAME, "paused", phase="Paused")
             kubectl("annotate", "md", NAME, f"{ACTION}=abort", namespace=namespace)
-            aborted = _wait_rollout(kubectl, namespace, "aborted by verb", timeout=60, phase="RolledBack")
+            aborted = wait_rollout(
+                kubectl, namespace, NAME, "aborted by verb", timeout=60, phase="RolledBack"
+            )
             assert aborted["rolledBackRevision"] == paused["canaryRevision"]
             assert f"aborted by {ACTION}=abort" in aborted["message"]
             wait_for(
-                lambda: ACTION not in (_get(kubectl, namespace)["metadata"].get("annotations") or {}),
+                lambda: (
+                    ACTION not in (md_body(kubectl, namespace, NAME)["metadata"].get("annotations") or {})
+                ),
                 timeout=30,
                 message="the verb's annotation removed once acted on",
             )
             kubectl("annotate", "md", NAME, f"{ACTION}=retry", namespace=namespace)
-            retried = _wait_rollout(kubectl, namespace, "retried by verb", timeout=60, phase="Paused", step=1)
+            retried = wait_rollout(
+                kubectl, namespace, NAME, "retried by verb", timeout=60, phase="Paused", step=1
+            )
             assert retried["canaryRevision"] == paused["canaryRevision"]
             kubectl.apply(_md(namespace, third, None))
             wait_for(
                 lambda: (
-                    not _rollout(kubectl, namespace)
-                    and _deployment(kubectl, namespace, f"{NAME}-canary") is None
+                    not rollout_status(kubectl, namespace, NAME)
+                    and deployment(kubectl, namespace, f"{NAME}-canary") is None
                 ),
                 timeout=60,
                 message="rollout removed: no canary, no status.rollout",
             )
-            _converged(kubectl, namespace)
+            converged(kubectl, namespace, NAME)
             assert event_messages(kubectl, namespace, "ModelDeployment", NAME, "CanaryCancelled")
     assert not servers.errors, servers.errors

@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 MAKE=${MAKE:-make}
 BUDGETS=.ci/budgets.tsv
 TIMES=.times
-E2E_PARTS=(${KUBEFORGE_E2E_PARTS:-kubernetes etcd kwok lws helm kueue kstatus netpol prometheus prometheus-adapter keda syft})
+E2E_PARTS=(${KUBEFORGE_E2E_PARTS:-kubernetes etcd kwok lws helm kueue kstatus netpol prometheus prometheus-adapter keda syft traefik})
 mkdir -p "$TIMES"
 : >"$TIMES/phases.tsv"
 started=$SECONDS
@@ -111,4 +111,5 @@ phase unit "$MAKE" --no-print-directory test-unit
 await go-builds "the [binaries] lines above name the part and its log"
 await images "the [images] lines above name the image and its build log"
 phase e2e "$MAKE" --no-print-directory test-e2e
+phase e2e-netns "$MAKE" --no-print-directory test-e2e-netns
 finish 0

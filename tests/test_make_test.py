@@ -72,7 +72,7 @@ def _phases(root: Path) -> dict[str, int]:
 
 GENEROUS = (
     "venv 60\ngo-builds 60\ntools 60\ntools-wait 60\nimages 60\nimages-wait 60\nlint 60\nunit 60\n"
-    "go-builds-wait 60\ne2e 60\n"
+    "go-builds-wait 60\ne2e 60\ne2e-netns 60\n"
 )
 
 
@@ -83,7 +83,7 @@ def test_every_phase_is_timed_and_e2e_starts_only_after_the_go_builds(tmp_path: 
     phases = _phases(root)
     assert list(phases) == [
         "venv", "lint", "tools", "tools-wait", "unit", "go-builds", "go-builds-wait", "images", "images-wait",
-        "e2e",
+        "e2e", "e2e-netns",
     ]  # fmt: skip
     assert phases["go-builds"] >= 3
     calls = (root / "calls.log").read_text().splitlines()

@@ -32,6 +32,7 @@ OPERATOR_USES: dict[r.Resource, frozenset[str]] = {
     r.SCALED_OBJECT: WRITE,  # rbac.keda
     r.SERVICE_MONITOR: WRITE,  # rbac.prometheusOperator
     r.LEADER_WORKER_SET: WRITE,  # multi-node replicas
+    r.HTTP_ROUTE: WRITE,  # a canary split by a Gateway
     r.LEASE: frozenset(),  # not in these rules: the leader-election Role (LEASE_RULES) grants it
 }
 LEASE_ROLE = "kubeforge-leader-election"

@@ -341,3 +341,49 @@ def test_settling_keeps_a_completed_status_and_announces_a_cancelled_canary() ->
     assert canary.settled(md, status, revision) == (status, [])
     plain = md.model_copy(update={"spec": md.spec.model_copy(update={"rollout": None})})
     assert canary.settled(plain, None, revision) == (None, [])
+
+
+def test_naming_a_gateway_rolls_the_stable_for_its_label_rather_than_as_a_canary() -> None:
+    """Naming (or no longer naming) a Gateway changes only the stable pods' revision label: a
+    rolling update; with a new model as well it is a canary."""
+    routed = _md("1", gateway={"name": "edge"})
+    desired = build_triton_deployment(routed, SETTINGS)
+    assert desired["spec"]["template"]["metadata"]["labels"]["kubeforge.io/revision"] == "stable"
+    assert canary.routing_label_only(desired, _stable())
+    assert not canary.wanted(routed, desired, _stable(), None, 1)
+    # and back: the stable runs the labelled template, the spec names no Gateway
+    labelled = annotated(desired, 1, None)
+    labelled["status"] = {"availableReplicas": 3, "readyReplicas": 3, "replicas": 3}
+    plain = _md("1", generation=2)
+    assert not canary.wanted(plain, build_triton_deployment(plain, SETTINGS), labelled, None, 1)
+    # a new model beside the label: a canary
+    both = _md("2", gateway={"name": "edge"})
+    both_desired = build_triton_deployment(both, SETTINGS)
+    assert not canary.routing_label_only(both_desired, _stable())
+    assert canary.wanted(both, both_desired, _stable(), None, 1)
+
+
+def test_the_gateway_routes_a_steps_weight_once_its_pods_are_ready() -> None:
+    md = _md("2", analysis=ANALYSIS, gateway={"name": "edge"})
+    starting = _plan(md, None)
+    assert starting.status.routed_weight == 0  # no canary pod ready: nothing routed to it
+    ready = _plan(md, starting.status, _canary_live(md, 1, 1))
+    assert ready.status.routed_weight == 30
+    # step 1 passed: step 2's pods start, the route keeps step 1's weight until they are ready
+    later = NOW + timedelta(seconds=61)
+    passed = _plan(md, ready.status, _canary_live(md, 1, 1), later, _values(100, 0))
+    assert passed.status.step == 2 and passed.status.step_started_at is None
+    assert passed.status.routed_weight == 30
+    assert _plan(md, passed.status, _canary_live(md, 2, 2), later).status.routed_weight == 60
+    # the split of the replicas is the same with a Gateway
+    assert (passed.status.canary_replicas, passed.stable_replicas) == (2, 1)
+    # without a Gateway nothing is routed by weight
+    assert _plan(_md("2"), None).status.routed_weight is None
+
+
+def test_stable_pods_labelled_for_a_gateway_are_the_stables_in_the_analysis() -> None:
+    pods = [
+        _pod("shop-7d9f-a", {"kubeforge.io/revision": "stable"}),
+        _pod("shop-canary-5c2e-c", {"kubeforge.io/revision": "canary", "kubeforge.io/canary-revision": "r1"}),
+    ]
+    assert canary.revision_pods(pods, "r1") == (["shop-7d9f-a"], ["shop-canary-5c2e-c"])

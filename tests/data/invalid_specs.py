@@ -77,6 +77,24 @@ INVALID_SPECS = [
         "gpu.count and gpu.mig are mutually exclusive",
     ),
     InvalidSpec("md-name-too-long", MD, _set("metadata.name", "m" * 64), "metadata.name"),
+    InvalidSpec(
+        "md-gateway-name-too-long",
+        MD,
+        _all(
+            _set("metadata.name", "m" * 57),
+            _set("spec.rollout", {"canary": {"steps": [{"weight": 10}], "gateway": {"name": "edge"}}}),
+        ),
+        "metadata.name must be at most 56 characters with rollout.canary.gateway",
+    ),
+    InvalidSpec(
+        "md-gateway-bad-hostname",
+        MD,
+        _set(
+            "spec.rollout",
+            {"canary": {"steps": [{"weight": 10}], "gateway": {"name": "edge", "hostnames": ["Shop_1"]}}},
+        ),
+        "spec.rollout.canary.gateway.hostnames[0]",
+    ),
     InvalidSpec("md-zero-gpus", MD, _set("spec.gpu.count", 0), "spec.gpu.count"),
     InvalidSpec(
         "md-scale-to-zero-without-keda",

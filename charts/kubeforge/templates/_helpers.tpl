@@ -116,6 +116,11 @@ it is a Role of its own in the release namespace (rbac.yaml).
 - apiGroups: ["leaderworkerset.x-k8s.io"]
   resources: ["leaderworkersets"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# A canary split by a Gateway (spec.rollout.canary.gateway): the HTTPRoute the operator weights, only
+# where gateway.networking.k8s.io is served.
+- apiGroups: ["gateway.networking.k8s.io"]
+  resources: ["httproutes"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 # ... and, while a model cache of new sources fills, it follows the replicas through /scale.
 - apiGroups: ["leaderworkerset.x-k8s.io"]
   resources: ["leaderworkersets/scale"]

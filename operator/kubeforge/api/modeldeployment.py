@@ -18,6 +18,7 @@ from kubeforge.api.base import (
     object_name_rules,
 )
 from kubeforge.api.common import (
+    DNS_LABEL_PATTERN,
     GPU,
     ConditionList,
     EnvVar,
@@ -32,6 +33,11 @@ KIND = "ModelDeployment"
 PLURAL = "modeldeployments"
 # Children are named after the ModelDeployment and the Service name must be a DNS-1035 label.
 MAX_NAME_LENGTH = 63
+# with rollout.canary.gateway it also names the Services `<name>-stable` and `<name>-canary`
+MAX_GATEWAY_NAME_LENGTH = MAX_NAME_LENGTH - len("-stable")
+# the Gateway API's names of objects and listeners, and its hostnames (a leading wildcard label allowed)
+DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+HOSTNAME_PATTERN = r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 # a chat template rides in the init container's plan (an env var): the largest published ones are ~20 KB
 MAX_CHAT_TEMPLATE = 65536
 MODEL_URI_PATTERN = r"^(s3://[a-z0-9][a-z0-9.-]{1,62}(/[^\s]*)?|gs://[a-z0-9][a-z0-9._-]{1,221}(/[^\s]*)?|https?://[^\s/]+(/[^\s]*)?|pvc://[a-z0-9]([-a-z0-9.]*[a-z0-9])?(/[^\s]*)?)$"
@@ -743,9 +749,43 @@ class CanaryAnalysis(ApiModel):
     )
 
 
+class CanaryGateway(ApiModel):
+    """The Gateway (Gateway API, standard channel v1.4 or later) whose traffic the canary's weights split."""
+
+    name: str = Field(
+        pattern=DNS_SUBDOMAIN_PATTERN, max_length=253, description="The Gateway's name (its parentRef)."
+    )
+    namespace: str | None = Field(
+        default=None,
+        pattern=DNS_LABEL_PATTERN,
+        max_length=63,
+        description="The Gateway's namespace; default: this ModelDeployment's. Its listener must allow "
+        "routes from this namespace (allowedRoutes).",
+    )
+    section_name: str | None = Field(
+        default=None,
+        pattern=DNS_SUBDOMAIN_PATTERN,
+        max_length=253,
+        description="The Gateway's listener to attach to; default: every listener that allows the route.",
+    )
+    hostnames: list[Annotated[str, Field(max_length=253, pattern=HOSTNAME_PATTERN)]] | None = Field(
+        default=None,
+        max_length=16,
+        description="The HTTPRoute's hostnames; default: every hostname of the listener.",
+    )
+
+
 class Canary(ApiModel):
     """Roll a new pod template (models, sources, runtime, image: any edit that changes the pods) out as a
     canary Deployment `<name>-canary` beside the stable one, step by step, and promote it or roll it back."""
+
+    gateway: CanaryGateway | None = Field(
+        default=None,
+        description="Split the traffic by an HTTPRoute `<name>` on this Gateway, to the Services "
+        "`<name>-stable` and `<name>-canary`, with exactly each step's weight (unset: by the ratio of ready "
+        "replicas behind the one Service). Without a canary running, the route sends everything to the "
+        "Service `<name>`.",
+    )
 
     steps: list[CanaryStep] = Field(
         min_length=1,
@@ -1171,9 +1211,19 @@ class RolloutStatus(ApiModel):
     steps: int | None = Field(default=None, description="How many steps the canary has.")
     weight: int | None = Field(default=None, description="The current step's weight (percent).")
     canary_replicas: int | None = Field(default=None, description="Replicas the canary runs in this step.")
+    routed_weight: int | None = Field(
+        default=None,
+        description="With rollout.canary.gateway: percent of the Gateway's requests the HTTPRoute sends to "
+        "the canary now (the step's weight once its pods are ready; until then the previous step's).",
+    )
     stable_replicas: int | None = Field(default=None, description="Replicas the stable revision keeps.")
     step_started_at: datetime | None = Field(
         default=None, description="When this step's canary pods were all ready: its pause counts from here."
+    )
+    route: str | None = Field(
+        default=None,
+        description="With rollout.canary.gateway: the HTTPRoute's backends, and whether its Gateway "
+        "accepted it (as the Gateway's controller reports in the route's status).",
     )
     analyses: list[AnalysisResult] | None = Field(
         default=None, description="This canary's analyses, the latest last (at most 10)."
@@ -1312,6 +1362,13 @@ class ModelDeployment(ApiModel):
     rules: ClassVar[tuple[Rule, ...]] = (
         *object_name_rules(MAX_NAME_LENGTH, "it names the Service, which must be a DNS-1035 label"),
         Rule(
+            cel=f"size(self.metadata.name) <= {MAX_GATEWAY_NAME_LENGTH} || !has(self.spec.rollout) || "
+            "!has(self.spec.rollout.canary) || !has(self.spec.rollout.canary.gateway)",
+            message=f"metadata.name must be at most {MAX_GATEWAY_NAME_LENGTH} characters with "
+            "rollout.canary.gateway (it names the Services <name>-stable and <name>-canary, DNS-1035 labels)",
+            check=lambda md: len(md.metadata.name) <= MAX_GATEWAY_NAME_LENGTH or gateway_of(md) is None,
+        ),
+        Rule(
             cel=f"size(self.metadata.name) <= {MAX_MULTI_NODE_NAME_LENGTH} || "
             "((!has(self.spec.nodesPerReplica) || self.spec.nodesPerReplica == 1) && (!has(self.spec.gpu) || "
             f"self.spec.models.all(m, !has(m.llm) || {_cel_parallel('self.spec')} <= {_cel_gpus('self.spec')})))",
@@ -1322,3 +1379,9 @@ class ModelDeployment(ApiModel):
             ),
         ),
     )
+
+
+def gateway_of(md: ModelDeployment) -> CanaryGateway | None:
+    """The Gateway whose HTTPRoute splits the canary's traffic (spec.rollout.canary.gateway), if any."""
+    canary = md.spec.rollout.canary if md.spec.rollout is not None else None
+    return canary.gateway if canary is not None else None

@@ -14,8 +14,8 @@ from typing import Any
 
 from kubeforge import API_VERSION
 from kubeforge.api.modeldeployment import Autoscaling, AutoscalingEngine, ModelDeployment
-from kubeforge.builders.meta import Object, object_meta, owner_reference
-from kubeforge.builders.modeldeployment import KIND, labels
+from kubeforge.builders.meta import Object
+from kubeforge.builders.modeldeployment import KIND, child_meta, labels
 from kubeforge.builders.quantity import canonical_quantity
 from kubeforge.settings import Settings
 
@@ -126,12 +126,6 @@ def targets(autoscaling: Autoscaling) -> list[tuple[TritonMetric | None, int]]:
     return out
 
 
-def _meta(md: ModelDeployment) -> dict[str, Any]:
-    assert md.metadata.uid is not None and md.metadata.namespace is not None
-    owner = owner_reference(KIND, md.metadata.name, md.metadata.uid)
-    return object_meta(md.metadata.name, md.metadata.namespace, labels(md), owner)
-
-
 def _scale_target(md: ModelDeployment) -> dict[str, str]:
     # the ModelDeployment's /scale, never the Deployment: the operator and the autoscaler never fight
     return {"apiVersion": API_VERSION, "kind": KIND, "name": md.metadata.name}
@@ -194,7 +188,7 @@ def build_hpa(md: ModelDeployment) -> Object | None:
     return {
         "apiVersion": "autoscaling/v2",
         "kind": "HorizontalPodAutoscaler",
-        "metadata": _meta(md),
+        "metadata": child_meta(md),
         "spec": {
             "scaleTargetRef": _scale_target(md),
             "minReplicas": autoscaling.min_replicas,
@@ -272,7 +266,7 @@ def build_scaled_object(md: ModelDeployment, settings: Settings) -> Object | Non
     return {
         "apiVersion": "keda.sh/v1alpha1",
         "kind": "ScaledObject",
-        "metadata": _meta(md),
+        "metadata": child_meta(md),
         "spec": {
             "scaleTargetRef": _scale_target(md),
             "minReplicaCount": autoscaling.min_replicas,
@@ -293,7 +287,7 @@ def build_service_monitor(md: ModelDeployment) -> Object | None:
     return {
         "apiVersion": "monitoring.coreos.com/v1",
         "kind": "ServiceMonitor",
-        "metadata": _meta(md),
+        "metadata": child_meta(md),
         "spec": {
             "selector": {"matchLabels": labels(md)},
             "endpoints": [{"port": "metrics", "path": "/metrics", "interval": "15s"}],

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from kubeforge.api.modeldeployment import ModelControlMode, ModelDeployment, ModelFormat, ModelSpec
+from kubeforge.api.modeldeployment import (
+    ModelControlMode,
+    ModelDeployment,
+    ModelFormat,
+    ModelSpec,
+    gateway_of,
+)
 from kubeforge.builders import pods
 from kubeforge.builders.cache import (
     CACHE_ROOT,
@@ -31,6 +37,9 @@ PROBE_PERIOD_SECONDS = 10
 CANARY_SUFFIX = "-canary"
 REVISION_LABEL = "kubeforge.io/revision"
 CANARY = "canary"
+# with rollout.canary.gateway the stable pods carry REVISION_LABEL=stable, and the route's Services
+STABLE = "stable"
+STABLE_SUFFIX = "-stable"
 CANARY_REVISION_ANNOTATION = "kubeforge.io/canary-revision"
 # the model cache, read-only in every serving container (spec.cache)
 CACHE_MOUNT = {"name": CACHE_VOLUME, "mountPath": CACHE_ROOT, "readOnly": True}
@@ -49,7 +58,8 @@ def selector_string(md: ModelDeployment) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(selector(md).items()))
 
 
-def _meta(md: ModelDeployment, name: str | None = None) -> dict[str, Any]:
+def child_meta(md: ModelDeployment, name: str | None = None) -> dict[str, Any]:
+    """A child's metadata: named after the ModelDeployment (or `name`), its labels, owned by it."""
     assert md.metadata.uid is not None and md.metadata.namespace is not None
     owner = owner_reference(KIND, md.metadata.name, md.metadata.uid)
     return object_meta(name or md.metadata.name, md.metadata.namespace, labels(md), owner)
@@ -287,6 +297,8 @@ def build_triton_deployment(md: ModelDeployment, settings: Settings) -> Object:
     """The Deployment running tritonserver for a ModelDeployment."""
     spec = md.spec
     pod_labels = dict(labels(md))
+    if gateway_of(md) is not None:  # what the Service `<name>-stable` selects (build_revision_services)
+        pod_labels[REVISION_LABEL] = STABLE
     if spec.pod_metadata and spec.pod_metadata.labels:
         pod_labels = {**spec.pod_metadata.labels, **pod_labels}
     volumes: list[dict[str, Any]] = [{"name": "models", "emptyDir": {}}, pods.shm_volume(spec.shm_size)]
@@ -323,7 +335,7 @@ def build_triton_deployment(md: ModelDeployment, settings: Settings) -> Object:
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": _meta(md),
+        "metadata": child_meta(md),
         "spec": {
             "replicas": spec.replicas,
             "selector": {"matchLabels": selector(md)},
@@ -354,22 +366,39 @@ def build_canary_deployment(md: ModelDeployment, settings: Settings, replicas: i
     spec["template"]["metadata"]["labels"][CANARY_REVISION_ANNOTATION] = (
         revision  # which pods the analysis reads
     )
-    meta = _meta(md, canary_name(md))
+    meta = child_meta(md, canary_name(md))
     meta["annotations"] = {CANARY_REVISION_ANNOTATION: revision}
     return {**deployment, "metadata": meta}
 
 
-def build_service(md: ModelDeployment) -> Object:
+def stable_name(md: ModelDeployment) -> str:
+    return f"{md.metadata.name}{STABLE_SUFFIX}"
+
+
+def build_revision_services(md: ModelDeployment) -> list[Object]:
+    """With rollout.canary.gateway: a Service per revision, `<name>-stable` and `<name>-canary`, that
+    the HTTPRoute weights (builders/gateway.py); none otherwise."""
+    if gateway_of(md) is None:
+        return []
+    return [
+        build_service(md, stable_name(md), {REVISION_LABEL: STABLE}),
+        build_service(md, canary_name(md), {REVISION_LABEL: CANARY}),
+    ]
+
+
+def build_service(
+    md: ModelDeployment, name: str | None = None, revision: dict[str, str] | None = None
+) -> Object:
     """A ClusterIP Service in front of the servers: KServe v2 HTTP and gRPC, metrics, and OpenAI's API
-    where the pods have the front."""
+    where the pods have the front. `name` and `revision` (selector labels added): one revision's."""
     openai = [{"name": "openai", "port": OPENAI_PORT, "targetPort": "openai", "protocol": "TCP"}]
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": _meta(md),
+        "metadata": child_meta(md, name),
         "spec": {
             "type": "ClusterIP",
-            "selector": selector(md),
+            "selector": {**selector(md), **(revision or {})},
             "ports": [
                 {"name": "http", "port": HTTP_PORT, "targetPort": "http", "protocol": "TCP"},
                 {
@@ -393,7 +422,7 @@ def build_pod_disruption_budget(md: ModelDeployment) -> Object | None:
     return {
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
-        "metadata": _meta(md),
+        "metadata": child_meta(md),
         "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector(md)}},
     }
 

@@ -67,7 +67,7 @@ def build_model_deployment_network_policy(md: ModelDeployment, settings: Setting
         "from": [*(dict(p) for p in settings.metrics_from), *operator],
     }
     group = {"from": [{"podSelector": {"matchLabels": own}}]}
-    return _policy(mdb._meta(md), own, [inference, metrics, group])
+    return _policy(mdb.child_meta(md), own, [inference, metrics, group])
 
 
 def build_training_job_network_policy(tj: TrainingJob, settings: Settings) -> Object | None:

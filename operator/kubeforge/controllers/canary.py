@@ -9,6 +9,13 @@ of them, so the weight is only as fine as one replica in `replicas` (with 4, 25 
 stable keeps the rest, and always at least one pod: Ready stays true on it throughout. The HPA or
 KEDA scales the whole (`spec.replicas`, through /scale); each step splits that number.
 
+With `gateway`, the requests that come through that Gateway are split exactly: an HTTPRoute
+(builders/gateway.py) weights the Services `<name>-stable` and `<name>-canary` with the step's
+weight once the step's canary pods are ready (`status.rollout.routedWeight`); the replicas are
+split as above all the same, so each side has the capacity for its share. The stable pods then
+carry `kubeforge.io/revision=stable`; naming (or no longer naming) a Gateway changes only that
+label, which rolls the stable like an operator's change rather than as a canary.
+
 A step starts when the canary's pods for its weight are all ready; it holds `pauseSeconds`, and
 with `analysis` also until an analysis in it passed. An analysis runs every `intervalSeconds` of
 the step on the last interval's metrics (controllers/analysis.py): a failed one rolls back at
@@ -35,6 +42,7 @@ release) is not a canary: it takes the operator rollout path (controllers/rollou
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -48,8 +56,10 @@ from kubeforge.api.modeldeployment import (
     RolloutStatus,
 )
 from kubeforge.builders.modeldeployment import (
+    CANARY,
     CANARY_REVISION_ANNOTATION,
     REVISION_LABEL,
+    STABLE,
     build_canary_deployment,
     streams,
 )
@@ -146,9 +156,23 @@ def wanted(
     canary = md.spec.rollout.canary if md.spec.rollout else None
     if canary is None or live is None or template_unchanged(desired, live) or not serving(live):
         return False
+    if routing_label_only(desired, live):
+        return False
     if previous is not None and previous.phase != RolloutPhase.COMPLETE:
         return True
     return applied_generation(live, observed_generation) != md.metadata.generation
+
+
+def routing_label_only(desired: Object, live: Object) -> bool:
+    """Whether the stable runs the spec's template but for the label `kubeforge.io/revision=stable` that
+    naming a Gateway adds (and no longer naming one removes): a rolling update of the stable, not a
+    canary of identical pods."""
+    recorded = (live["metadata"].get("annotations") or {}).get(WORKLOAD_TEMPLATE_ANNOTATION)
+    flipped = copy.deepcopy(desired)
+    labels = flipped["spec"]["template"]["metadata"]["labels"]
+    if labels.pop(REVISION_LABEL, None) is None:
+        labels[REVISION_LABEL] = STABLE
+    return recorded is not None and recorded == workload_template_hash(flipped)
 
 
 def _ready(live_canary: Object | None, revision: str, replicas: int) -> bool:
@@ -168,7 +192,7 @@ def revision_pods(pods: list[Object], revision: str) -> tuple[list[str], list[st
         if meta.get("deletionTimestamp") or (pod.get("status") or {}).get("phase") != "Running":
             continue
         labels = meta.get("labels") or {}
-        if REVISION_LABEL not in labels:
+        if labels.get(REVISION_LABEL) != CANARY:  # unlabelled, or `stable` with a Gateway
             stable.append(meta["name"])
         elif labels.get(CANARY_REVISION_ANNOTATION) == revision:
             canary.append(meta["name"])
@@ -352,6 +376,8 @@ async def plan(
     elif paused:
         note = f", paused ({PAUSED_ANNOTATION}=true)"
     weight = spec.steps[step - 1].weight
+    # a Gateway sends the step's weight once its pods are ready: until then the previous step's
+    routed = weight if started is not None else (spec.steps[step - 2].weight if step > 1 else 0)
     status = current.model_copy(
         update={
             "phase": RolloutPhase.PAUSED if paused else RolloutPhase.PROGRESSING,
@@ -362,6 +388,7 @@ async def plan(
             "weight": weight,
             "canary_replicas": canary_replicas,
             "stable_replicas": stable_replicas,
+            "routed_weight": routed if spec.gateway is not None else None,
             "step_started_at": started,
             "analyses": analyses or None,
         }

@@ -16,6 +16,7 @@ from typing import Any
 
 import kopf
 
+from kubeforge.builders.gateway import GATEWAY_API
 from kubeforge.builders.meta import OWNER_KIND_LABEL, OWNER_NAME_LABEL
 from kubeforge.controllers.cache import DROPPED_ANNOTATIONS
 from kubeforge.controllers.context import Context
@@ -44,11 +45,13 @@ OWNERS = (r.MODEL_DEPLOYMENT, r.TRAINING_JOB)
 CHILDREN = (r.DEPLOYMENT, r.SERVICE, r.PDB, r.NETWORK_POLICY, r.HPA, r.JOB, r.PVC, r.POD)
 # startup waits this long at most for the first list of every kind
 STARTUP_SYNC_SECONDS = 60.0
-# children whose API exists only where KEDA / the Prometheus operator / LeaderWorkerSet is installed
+# children whose API exists only where KEDA / the Prometheus operator / LeaderWorkerSet / the Gateway
+# API is installed
 OPTIONAL_CHILDREN = (
     (r.SCALED_OBJECT, KEDA_API),
     (r.SERVICE_MONITOR, MONITORING_API),
     (r.LEADER_WORKER_SET, LWS_API),
+    (r.HTTP_ROUTE, GATEWAY_API),
 )
 
 

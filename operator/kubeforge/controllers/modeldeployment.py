@@ -4,12 +4,13 @@ autoscaler, ServiceMonitor; then status."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from kubeforge.api.common import ConditionStatus
 from kubeforge.api.modeldeployment import ModelDeployment, ModelDeploymentStatus, ModelState, RolloutStatus
 from kubeforge.builders import autoscaling
+from kubeforge.builders.gateway import GATEWAY_API, build_http_route
 from kubeforge.builders.leaderworkerset import (
     LEADER_INDEX,
     WORKER_INDEX_LABEL,
@@ -20,11 +21,13 @@ from kubeforge.builders.leaderworkerset import (
 from kubeforge.builders.modeldeployment import (
     HTTP_PORT,
     build_pod_disruption_budget,
+    build_revision_services,
     build_service,
     build_triton_deployment,
     canary_name,
     endpoints,
     restricted_apis,
+    stable_name,
 )
 from kubeforge.builders.network import build_model_deployment_network_policy
 from kubeforge.controllers import canary
@@ -63,6 +66,13 @@ LWS_NOT_INSTALLED = ReconcileFailure(
     "tensorParallelSize x pipelineParallelSize over gpu.count), which runs as a LeaderWorkerSet, but the "
     f"{LWS_API} API is not served: install LeaderWorkerSet (https://lws.sigs.k8s.io), or fit a replica on "
     "one node",
+)
+
+GATEWAY_API_NOT_INSTALLED = ReconcileFailure(
+    "GatewayApiNotInstalled",
+    f"rollout.canary.gateway names a Gateway, but the {GATEWAY_API} API is not served: install the "
+    "Gateway API's CRDs (standard channel v1.4 or later) and an implementation, or remove "
+    "rollout.canary.gateway (a canary then splits by replicas)",
 )
 
 
@@ -220,6 +230,52 @@ async def _canary_workload(
     )
 
 
+async def _route(
+    ctx: Context, md: ModelDeployment, rollout: RolloutStatus | None
+) -> tuple[str | None, ReconcileFailure | None]:
+    """The revision Services and the HTTPRoute of rollout.canary.gateway (or their removal): what the
+    route's Gateway says of it, and why it cannot be applied."""
+    ns, uid = md.metadata.namespace or "", md.metadata.uid
+    assert uid is not None
+    services = build_revision_services(md)
+    for service in services:
+        await ctx.ensure(service)
+    if not services:
+        for name in (stable_name(md), canary_name(md)):
+            await ctx.ensure_absent(r.SERVICE, ns, name, uid)
+    route = build_http_route(md, rollout)
+    if not await ctx.kube.api_group_served(GATEWAY_API):
+        served = route is not None and await ctx.kube.api_group_served(GATEWAY_API, ttl=0)
+        if not served:
+            return None, GATEWAY_API_NOT_INSTALLED if route is not None else None
+    await _ensure_optional(ctx, r.HTTP_ROUTE, md, route)
+    if route is None:
+        return None, None
+    live = _ours(ctx, md, r.HTTP_ROUTE, md.metadata.name)
+    return route_summary(route, live), None
+
+
+def route_summary(route: dict[str, Any], live: dict[str, Any] | None) -> str:
+    """status.rollout.route: where the HTTPRoute sends requests, and its Gateway's verdict on it."""
+    backends = ", ".join(f"{b['name']} {b['weight']}" for b in route["spec"]["rules"][0]["backendRefs"])
+    parent = route["spec"]["parentRefs"][0]
+    gateway = f"{parent.get('namespace', route['metadata']['namespace'])}/{parent['name']}"
+    said = [
+        condition
+        for p in ((live or {}).get("status") or {}).get("parents") or []
+        if p.get("parentRef", {}).get("name") == parent["name"]
+        for condition in p.get("conditions") or []
+        if condition.get("type") in ("Accepted", "ResolvedRefs")
+    ]
+    refused = [c for c in said if c.get("status") != "True"]
+    if refused:
+        why = "; ".join(f"{c['type']} {c.get('reason', '')}: {c.get('message', '')}" for c in refused)
+        return f"HTTPRoute {route['metadata']['name']} ({backends}) not accepted by Gateway {gateway}: {why}"
+    if not said:
+        return f"HTTPRoute {route['metadata']['name']} ({backends}): Gateway {gateway} has not reported on it"
+    return f"HTTPRoute {route['metadata']['name']} ({backends}) accepted by Gateway {gateway}"
+
+
 def _ours(ctx: Context, md: ModelDeployment, resource: r.Resource, name: str) -> dict[str, Any] | None:
     cached = ctx.cache.get(resource.kind, md.metadata.namespace or "", name)
     return cached if cached is not None and controller_uid(cached) == md.metadata.uid else None
@@ -342,7 +398,6 @@ async def reconcile_model_deployment(ctx: Context, key: tuple[str, str]) -> floa
     if workload is not None and workload.failure is not None:
         # the workload of the previous spec, if any, keeps serving meanwhile
         failure = failure or workload.failure
-    missing_lws = failure is LWS_NOT_INSTALLED
     if serve and applied:
         # the current spec's pods are applied: earlier fills (or the whole cache) can go
         (_,), sweep_failure = await settle(sweep_cache(ctx, md))
@@ -354,6 +409,16 @@ async def reconcile_model_deployment(ctx: Context, key: tuple[str, str]) -> floa
             canary=_ours(ctx, md, r.DEPLOYMENT, canary_name(md)),
             rollout=previous.rollout if previous else None,
         )
+
+    (route_result,), route_failure = await settle(_route(ctx, md, workload.rollout))
+    if route_result is not None:
+        summary, missing_gateway_api = route_result
+        failure = failure or route_failure or missing_gateway_api
+        if workload.rollout is not None:  # None clears what an earlier route left there
+            workload = replace(workload, rollout=workload.rollout.model_copy(update={"route": summary}))
+    else:
+        failure = failure or route_failure
+    missing_api = failure in (LWS_NOT_INSTALLED, GATEWAY_API_NOT_INSTALLED)
 
     pods = ctx.cache.owned(r.POD.kind, "modeldeployment", ns, name)
     # a group's workers run no Triton: only leaders are asked for their models
@@ -385,13 +450,14 @@ async def reconcile_model_deployment(ctx: Context, key: tuple[str, str]) -> floa
         ctx.announce(body, type_, reason, message)
     for transition in transitions:
         ctx.announce(body, transition.type, transition.reason, transition.message)
-    if failure is not None and not missing_lws and not failure.waiting:
+    if failure is not None and not missing_api and not failure.waiting:
         raise Surfaced(f"{failure.reason}: {failure.message}", reason=failure.reason)
     requeue = [stall_check_in(status, now, ctx.settings.stall_seconds)]
     if failure is not None and failure.waiting:
         requeue.append(PREDECESSOR_RECHECK_SECONDS)
-    if missing_lws:
-        # like a missing KEDA: LWS installed later sends no event here, so look again (no backoff)
+    if missing_api:
+        # like a missing KEDA: LWS or the Gateway API installed later sends no event here, so look
+        # again (no backoff)
         requeue.append(MISSING_API_SECONDS)
     if cache is not None and not cache.filled and not job_finished(cache.job):
         requeue.append(FILL_POLL_SECONDS)  # what holds the fill up sends no event we watch

@@ -47,6 +47,7 @@ HPA = Resource("autoscaling/v2", "HorizontalPodAutoscaler", "horizontalpodautosc
 SCALED_OBJECT = Resource("keda.sh/v1alpha1", "ScaledObject", "scaledobjects")
 SERVICE_MONITOR = Resource("monitoring.coreos.com/v1", "ServiceMonitor", "servicemonitors")
 LEADER_WORKER_SET = Resource("leaderworkerset.x-k8s.io/v1", "LeaderWorkerSet", "leaderworkersets")
+HTTP_ROUTE = Resource("gateway.networking.k8s.io/v1", "HTTPRoute", "httproutes")
 LEASE = Resource("coordination.k8s.io/v1", "Lease", "leases")
 
 _ALL = (
@@ -65,6 +66,7 @@ _ALL = (
     SCALED_OBJECT,
     SERVICE_MONITOR,
     LEADER_WORKER_SET,
+    HTTP_ROUTE,
     LEASE,
 )
 _BY_KIND = {(r.api_version, r.kind): r for r in _ALL}

@@ -149,14 +149,17 @@ def run_triton_container(
     paths: Mapping[str, str | os.PathLike[str]],
     env: Mapping[str, str] | None = None,
     install: TritonInstall | None = None,
+    pod_ip: str | None = None,
     **kwargs: Any,
 ) -> Iterator[TritonServer]:
     """Run a Kubernetes container spec (as the Deployment builder produces it) as a local tritonserver.
 
     `paths` maps container paths to local ones (e.g. `{"/models": repo}`); the Triton image's
     backend and cache folders map to the local install's. Every port the container declares, or
-    sets with a `--*-port` flag, and Triton's defaults 8000-8002, get free local ports:
-    `server.port_map` says which. Other keyword arguments go to `run_tritonserver`.
+    sets with a `--*-port` flag, and Triton's defaults 8000-8002, get free loopback ports:
+    `server.port_map` says which. With `pod_ip` (an address of this host that stands for the pod,
+    e2e/netns.py) it binds there on the container's own ports, as the pod would. Other keyword
+    arguments go to `run_tritonserver`.
     """
     install = install or find_tritonserver()
     path_map = {
@@ -170,9 +173,15 @@ def run_triton_container(
     declared |= {
         int(v) for f in PORT_FLAGS.values() if (v := flag_value(argv, f)) is not None and v.isdigit()
     }
-    port_map = {port: free_port() for port in sorted(declared)}
+    port_map = {port: port if pod_ip else free_port() for port in sorted(declared)}
+    if pod_ip is not None:
+        kwargs["host"] = pod_ip
     args = localize_container_command(
-        command, [*(container.get("args") or ()), *extra], paths=path_map, ports=port_map
+        command,
+        [*(container.get("args") or ()), *extra],
+        paths=path_map,
+        ports=port_map,
+        host=pod_ip or LOOPBACK,
     )
     # the container's defaults (8000-8002) when it sets no port flag, renumbered like the rest
     args = with_defaults(

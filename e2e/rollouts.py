@@ -1,0 +1,62 @@
+"""What the canary e2e tests ask of one ModelDeployment and its rollout (e2e/test_canary.py,
+e2e/test_gateway.py): its body, status.rollout, its Deployments, convergence, Ready."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from e2e.convergence import model_deployment_differences
+from e2e.kube import Kubectl, find_condition, wait_for
+from kubeforge.settings import Settings
+
+
+def md_body(kubectl: Kubectl, namespace: str, name: str) -> dict[str, Any]:
+    md: dict[str, Any] = kubectl.json("get", "md", name, namespace=namespace)
+    return md
+
+
+def rollout_status(kubectl: Kubectl, namespace: str, name: str) -> dict[str, Any]:
+    rollout: dict[str, Any] = (md_body(kubectl, namespace, name).get("status") or {}).get("rollout") or {}
+    return rollout
+
+
+def wait_rollout(
+    kubectl: Kubectl, namespace: str, name: str, what: str, timeout: float = 180, **want: Any
+) -> dict[str, Any]:
+    """Wait until status.rollout has every field of `want` at its value; returns it."""
+
+    def check() -> dict[str, Any] | None:
+        rollout = rollout_status(kubectl, namespace, name)
+        return rollout if all(rollout.get(k) == v for k, v in want.items()) else None
+
+    return wait_for(check, timeout=timeout, message=f"{what}: status.rollout with {want}")
+
+
+def deployment(kubectl: Kubectl, namespace: str, name: str) -> dict[str, Any] | None:
+    found = kubectl("get", "deployment", name, "-o", "json", namespace=namespace, check=False)
+    return json.loads(found.stdout) if found.returncode == 0 else None
+
+
+def converged(kubectl: Kubectl, namespace: str, name: str) -> None:
+    """Wait until the generation is observed and the children are what the builders make of the spec."""
+
+    def check() -> bool:
+        md = md_body(kubectl, namespace, name)
+        if (md.get("status") or {}).get("observedGeneration") != md["metadata"]["generation"]:
+            return False
+        return not model_deployment_differences(kubectl, name, namespace, Settings())
+
+    try:
+        wait_for(check, timeout=60, message="the children equal what the builders make of the spec")
+    except TimeoutError:
+        problems = model_deployment_differences(kubectl, name, namespace, Settings())
+        raise AssertionError(f"not converged: {problems}") from None
+
+
+def ready(kubectl: Kubectl, namespace: str, name: str) -> None:
+    def check() -> bool:
+        condition = find_condition(md_body(kubectl, namespace, name), "Ready")
+        return condition is not None and condition["status"] == "True"
+
+    wait_for(check, timeout=60, message="Ready=True")

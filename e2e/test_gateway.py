@@ -1,0 +1,331 @@
+"""A canary split by a real Gateway (spec.rollout.canary.gateway): Traefik routing real HTTP by the
+operator's HTTPRoute weights to real tritonservers at their pods' IPs.
+
+Runs only in the network namespace of hack/netns.sh (`make test-e2e-netns`): there each simulated
+pod's IP (kwok's, from its node's podCIDR) is on the loopback and the pod's tritonserver binds it on
+the container's own ports (e2e/netns.py, e2e/podservers.py). Traefik (e2e/gateway.py) reads the
+HTTPRoute, the Services and their EndpointSlices from the cluster and sends each request to a pod
+IP; the real Prometheus scrapes the same servers for the operator's analysis.
+
+One ModelDeployment of 4 replicas, one step of 10 % held until promoted:
+1. created with the Gateway named: the stable pods carry kubeforge.io/revision=stable, the route
+   sends everything to the Service `<name>`, and Traefik accepts it;
+2. a new model: 1 canary pod of 4 (25 % of the replicas) but 10 % +- 3 of 2,000 requests through
+   the Gateway; the operator restarted mid-step keeps the weights; promoted by verb;
+3. a model that fails every second execution: rolled back within one analysis interval, the
+   numbers in status, the route back on the one Service;
+4. day 2: hostnames added and removed, then the Gateway no longer named: the route and the
+   revision Services go, and the stable pods lose their label by a rolling update, not a canary.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from e2e import netns
+from e2e.cluster import Cluster
+from e2e.front import INFER_BODY
+from e2e.gateway import Traefik, gateway_manifests, install_gateway_api
+from e2e.kube import Kubectl, wait_for
+from e2e.operator_proc import OperatorProcess
+from e2e.podservers import PodServers
+from e2e.prometheus import Prometheus
+from e2e.rollouts import converged, deployment, md_body, ready, rollout_status, wait_rollout
+from kubeforge.api.modeldeployment import ModelSpec
+from kubeforge.testing.workloads import fixed_cost_model, write_model
+
+pytestmark = [pytest.mark.e2e, pytest.mark.netns]
+NAME = "shop"
+GATEWAY = "edge"
+MODEL = "fixed"
+ACTION = "kubeforge.io/rollout-action"
+REVISION = "kubeforge.io/revision"
+STEPS = [{"weight": 10}]  # held until promoted
+ANALYSIS = {"intervalSeconds": 10, "minRequests": 10, "maxErrorRatioIncrease": 0.05, "maxLatencyRatio": 20}
+REQUESTS = 2000
+SUCCESSES = re.compile(r'^nv_inference_request_success\{model="fixed",version="1"\} (\S+)$', re.MULTILINE)
+
+
+@pytest.fixture
+def traefik(cluster: Cluster, kubectl: Kubectl) -> Iterator[Traefik]:
+    why = netns.inside()
+    if why is not None:  # never skipped: pods need real IPs, which only that namespace may have
+        pytest.fail(f"this test runs in the network namespace of hack/netns.sh (make test-e2e-netns): {why}")
+    install_gateway_api(kubectl)
+    with Traefik(cluster, cluster.state_dir / "traefik") as server:
+        yield server
+
+
+def _model(step_ms: float, error_every: int = 0) -> ModelSpec:
+    return fixed_cost_model(MODEL, max_batch_size=0, batching=False, step_ms=step_ms, error_every=error_every)
+
+
+def _md(namespace: str, model: ModelSpec, gateway: dict[str, Any] | None) -> str:
+    canary: dict[str, Any] = {"steps": STEPS, "analysis": ANALYSIS}
+    if gateway is not None:
+        canary["gateway"] = gateway
+    return json.dumps(
+        {
+            "apiVersion": "kubeforge.io/v1alpha1",
+            "kind": "ModelDeployment",
+            "metadata": {"name": NAME, "namespace": namespace},
+            "spec": {"replicas": 4, "models": [model.wire()], "rollout": {"canary": canary}},
+        }
+    )
+
+
+def _route(kubectl: Kubectl, namespace: str) -> dict[str, Any] | None:
+    found = kubectl("get", "httproute", NAME, "-o", "json", namespace=namespace, check=False)
+    return json.loads(found.stdout) if found.returncode == 0 else None
+
+
+def _backends(kubectl: Kubectl, namespace: str) -> list[tuple[str, int]] | None:
+    route = _route(kubectl, namespace)
+    if route is None:
+        return None
+    return [(b["name"], b.get("weight", 1)) for b in route["spec"]["rules"][0]["backendRefs"]]
+
+
+def _wait_backends(kubectl: Kubectl, namespace: str, want: list[tuple[str, int]] | None) -> None:
+    wait_for(
+        lambda: _backends(kubectl, namespace) == want, timeout=60, message=f"the HTTPRoute's backends {want}"
+    )
+
+
+def _send(url: str, count: int, clients: int, host: str | None = None) -> Counter[int]:
+    """`count` inference requests through the Gateway from `clients` threads: their HTTP statuses."""
+    statuses: Counter[int] = Counter()
+    left = [count]
+    lock = threading.Lock()
+    headers = {"Content-Type": "application/json", **({"Host": host} if host else {})}
+
+    def loop() -> None:
+        while True:
+            with lock:
+                if left[0] == 0:
+                    return
+                left[0] -= 1
+            request = urllib.request.Request(url, data=INFER_BODY, method="POST", headers=headers)
+            try:
+                with urllib.request.urlopen(request, timeout=30) as response:
+                    response.read()
+                    status = int(response.status)
+            except urllib.error.HTTPError as error:
+                status = error.code
+            except OSError:
+                status = 0
+            with lock:
+                statuses[status] += 1
+
+    threads = [threading.Thread(target=loop, daemon=True) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    return statuses
+
+
+def _successes(servers: PodServers) -> dict[str, float]:
+    """pod -> the requests its tritonserver executed successfully (Triton's own counter)."""
+    counts = {}
+    for pod, url in servers.metrics_urls().items():
+        with urllib.request.urlopen(url, timeout=10) as response:
+            found = SUCCESSES.search(response.read().decode())
+        counts[pod] = float(found.group(1)) if found else 0.0
+    return counts
+
+
+def _pod_labels(kubectl: Kubectl, namespace: str) -> list[dict[str, str]]:
+    selector = f"kubeforge.io/owner-kind=modeldeployment,kubeforge.io/owner-name={NAME}"
+    pods = kubectl.json("get", "pods", "-l", selector, namespace=namespace)["items"]
+    return [p["metadata"].get("labels") or {} for p in pods if not p["metadata"].get("deletionTimestamp")]
+
+
+def test_a_gateway_splits_the_canary_by_its_weight_and_a_broken_one_is_rolled_back(
+    kubectl: Kubectl,
+    namespace: str,
+    own_operator: OperatorProcess,
+    models_claim: str,
+    analysis_prometheus: Prometheus,
+    traefik: Traefik,
+    tmp_path: Path,
+) -> None:
+    prometheus = analysis_prometheus
+    env = {"KUBEFORGE_PROMETHEUS_ADDRESS": prometheus.url}
+    own_operator.start(env=env)
+    kubectl.apply(gateway_manifests(namespace, GATEWAY, traefik.port))
+    good, better, broken = _model(2.0), _model(3.0), _model(2.0, error_every=2)
+    pvc = tmp_path / "pvc"
+    for model in (good, better, broken):
+        write_model(pvc / "models", model)  # one folder: the sources differ only in config
+    url = f"{traefik.url}/v2/models/{MODEL}/infer"
+    gateway = {"name": GATEWAY}
+
+    kubectl.apply(_md(namespace, good, gateway))
+    servers = PodServers(
+        kubectl, namespace, NAME, pvc, tmp_path / "servers", prometheus.set_targets, pod_ips=True
+    )
+    with servers:
+        # 1. the route on the one Service, accepted by Traefik; the stable pods labelled for theirs
+        servers.wait_for_servers(4)
+        _wait_backends(kubectl, namespace, [(NAME, 1)])
+        stable = wait_rollout(kubectl, namespace, NAME, "created", phase="Complete")
+        wait_for(
+            lambda: "accepted by Gateway" in rollout_status(kubectl, namespace, NAME).get("route", ""),
+            timeout=60,
+            message="status.rollout.route: accepted by the Gateway",
+        )
+        assert all(labels.get(REVISION) == "stable" for labels in _pod_labels(kubectl, namespace))
+        assert _send(url, 20, 2) == Counter({200: 20})
+        converged(kubectl, namespace, NAME)
+
+        # 2. a new model: one canary pod of four, a tenth of the Gateway's requests
+        kubectl.apply(_md(namespace, better, gateway))
+        step = wait_rollout(kubectl, namespace, NAME, "step 1 routed", phase="Progressing", routedWeight=10)
+        assert (step["canaryReplicas"], step["stableReplicas"]) == (1, 3)
+        _wait_backends(kubectl, namespace, [(f"{NAME}-stable", 90), (f"{NAME}-canary", 10)])
+        ready(kubectl, namespace, NAME)
+        converged(kubectl, namespace, NAME)
+        own_operator.stop()
+        time.sleep(2)
+        own_operator.start(env=env)
+        resumed = rollout_status(kubectl, namespace, NAME)
+        assert (resumed["routedWeight"], resumed["stepStartedAt"]) == (10, step["stepStartedAt"])
+        converged(kubectl, namespace, NAME)  # the restarted operator wants the same route
+
+        def settled() -> bool:  # a server for each of the 4 pods, none for a pod that has gone
+            servers.wait_for_servers(4)
+            pods = set(servers.metrics_urls())
+            revisions = Counter(servers.pod_labels[p].get(REVISION) for p in pods)
+            return len(pods) == 4 and revisions == Counter({"stable": 3, "canary": 1})
+
+        wait_for(settled, timeout=120, message="servers for 3 stable pods and 1 canary pod")
+        wait_for(
+            lambda: "accepted by Gateway" in rollout_status(kubectl, namespace, NAME).get("route", ""),
+            timeout=60,
+            message="the weighted route accepted",
+        )
+        before = _successes(servers)
+        statuses = _send(url, REQUESTS, 4)
+        after = _successes(servers)
+        assert statuses == Counter({200: REQUESTS}), statuses
+        served = {pod: after[pod] - before.get(pod, 0.0) for pod in after}
+        canary = sum(n for pod, n in served.items() if servers.pod_labels[pod].get(REVISION) == "canary")
+        share = canary / sum(served.values())
+        # by replicas the canary would take 25 %; the Gateway gives it the step's weight
+        assert 0.07 <= share <= 0.13, (share, served)
+        print(f"\ncanary share through the Gateway: {share:.3f} of {sum(served.values()):.0f} requests")
+
+        kubectl("annotate", "md", NAME, f"{ACTION}=promote", namespace=namespace)
+        promoted = wait_rollout(kubectl, namespace, NAME, "promoted", timeout=60, phase="Complete")
+        assert promoted["stableRevision"] == step["canaryRevision"]
+        _wait_backends(kubectl, namespace, [(NAME, 1)])
+        wait_for(
+            lambda: deployment(kubectl, namespace, f"{NAME}-canary") is None,
+            timeout=60,
+            message="the canary Deployment gone after promotion",
+        )
+        converged(kubectl, namespace, NAME)
+
+        # 3. a broken model under load through the Gateway: rolled back by its first analysis
+        stop = threading.Event()
+
+        def load() -> None:
+            while not stop.is_set():
+                _send(url, 50, 2)
+
+        loader = threading.Thread(target=load, daemon=True)
+        loader.start()
+        try:
+            kubectl.apply(_md(namespace, broken, gateway))
+            routed = wait_rollout(kubectl, namespace, NAME, "the broken canary routed", routedWeight=10)
+
+            def canary_serving() -> bool:
+                return any(labels.get(REVISION) == "canary" for labels in servers.pod_labels_now())
+
+            # a kwok pod is ready before its server is: the canary serves from here on
+            wait_for(canary_serving, timeout=120, message="the broken canary's server up")
+            serving = datetime.now(UTC)
+            rolled_back = wait_rollout(
+                kubectl, namespace, NAME, "rolled back", timeout=120, phase="RolledBack"
+            )
+        finally:
+            stop.set()
+            loader.join(timeout=60)
+        analyses = [a for a in rolled_back["analyses"] if a["revision"] == routed["canaryRevision"]]
+        failed = analyses[-1]
+        assert failed["verdict"] == "Failed" and failed["step"] == 1, analyses
+        assert all(a["verdict"] == "Inconclusive" for a in analyses[:-1]), analyses  # none passed it
+        # within one analysis interval of its server's first request (plus a scrape and a reconcile)
+        judged = datetime.fromisoformat(failed["at"])
+        assert (judged - serving).total_seconds() <= ANALYSIS["intervalSeconds"] + 5, (serving, judged)
+        error_ratio = next(m for m in failed["metrics"] if m["name"] == "errorRatio")
+        assert error_ratio["verdict"] == "Failed" and error_ratio["canary"] > 0.3, error_ratio
+        assert error_ratio["stable"] == 0.0, error_ratio
+        _wait_backends(kubectl, namespace, [(NAME, 1)])
+        wait_for(
+            lambda: deployment(kubectl, namespace, f"{NAME}-canary") is None,
+            timeout=60,
+            message="no canary Deployment left after the rollback",
+        )
+        assert _send(url, 40, 2) == Counter({200: 40})  # the stable serves every request again
+        converged(kubectl, namespace, NAME)
+
+        # 4. day 2: back to the stable's model; hostnames added and removed; the Gateway unnamed
+        kubectl.apply(_md(namespace, better, {**gateway, "hostnames": ["shop.example"]}))
+        wait_for(
+            lambda: (
+                ((_route(kubectl, namespace) or {}).get("spec") or {}).get("hostnames") == ["shop.example"]
+            ),
+            timeout=60,
+            message="the route's hostnames",
+        )
+        wait_rollout(kubectl, namespace, NAME, "settled on the stable", phase="Complete")
+        converged(kubectl, namespace, NAME)
+        wait_for(  # Traefik follows the route: only the route's hostname finds it
+            lambda: (
+                _send(url, 5, 1, host="shop.example") == Counter({200: 5})
+                and _send(url, 5, 1, host="other.example") == Counter({404: 5})
+            ),
+            timeout=30,
+            message="requests for shop.example routed, and only those",
+        )
+        kubectl.apply(_md(namespace, better, gateway))
+        wait_for(
+            lambda: "hostnames" not in ((_route(kubectl, namespace) or {}).get("spec") or {}),
+            timeout=60,
+            message="the route's hostnames removed",
+        )
+        converged(kubectl, namespace, NAME)
+
+        kubectl.apply(_md(namespace, better, None))
+        wait_for(lambda: _route(kubectl, namespace) is None, timeout=60, message="the HTTPRoute deleted")
+        wait_for(
+            lambda: (
+                all(REVISION not in labels for labels in _pod_labels(kubectl, namespace))
+                and len(_pod_labels(kubectl, namespace)) == 4
+            ),
+            timeout=120,
+            message="the stable pods rolled without the revision label",
+        )
+        assert deployment(kubectl, namespace, f"{NAME}-canary") is None  # a rolling update, not a canary
+        final = rollout_status(kubectl, namespace, NAME)
+        assert final["phase"] == "Complete" and final.get("stableRevision") != stable["stableRevision"], final
+        for service in (f"{NAME}-stable", f"{NAME}-canary"):
+            assert kubectl("get", "service", service, namespace=namespace, check=False).returncode != 0
+        converged(kubectl, namespace, NAME)
+        ready(kubectl, namespace, NAME)
+        assert md_body(kubectl, namespace, NAME)["status"]["rollout"].get("route") is None
+    assert not servers.errors, servers.errors

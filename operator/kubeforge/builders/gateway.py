@@ -1,0 +1,51 @@
+"""The HTTPRoute of a canary split by a Gateway (spec.rollout.canary.gateway; Gateway API v1).
+
+One route, `<name>`, attached to the named Gateway. While a canary runs it weights the two revision
+Services (`<name>-stable`, `<name>-canary`: builders/modeldeployment.build_revision_services) with
+the weight the rollout routes now (status.rollout.routedWeight: a step's weight once its pods are
+ready). Otherwise it sends everything to the Service `<name>`, which selects every serving pod: the
+route never waits on a label the stable pods may not carry yet.
+"""
+
+from __future__ import annotations
+
+from kubeforge.api.modeldeployment import ModelDeployment, RolloutStatus, gateway_of
+from kubeforge.builders.meta import Object
+from kubeforge.builders.modeldeployment import HTTP_PORT, canary_name, child_meta, stable_name
+
+GATEWAY_API = "gateway.networking.k8s.io/v1"
+
+
+def routed_weight(rollout: RolloutStatus | None) -> int | None:
+    """The canary's percent of the route's requests, or None: no canary runs."""
+    if rollout is None or not rollout.running or rollout.routed_weight is None:
+        return None
+    return rollout.routed_weight
+
+
+def build_http_route(md: ModelDeployment, rollout: RolloutStatus | None) -> Object | None:
+    """The HTTPRoute for the current spec and rollout, or None: no Gateway is named."""
+    gateway = gateway_of(md)
+    if gateway is None:
+        return None
+    parent: dict[str, str] = {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": gateway.name}
+    if gateway.namespace is not None:
+        parent["namespace"] = gateway.namespace
+    if gateway.section_name is not None:
+        parent["sectionName"] = gateway.section_name
+    weight = routed_weight(rollout)
+    if weight is None:
+        backends = [_backend(md.metadata.name, 1)]
+    else:
+        backends = [_backend(stable_name(md), 100 - weight), _backend(canary_name(md), weight)]
+    spec: Object = {
+        "parentRefs": [parent],
+        "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/"}}], "backendRefs": backends}],
+    }
+    if gateway.hostnames:
+        spec["hostnames"] = list(gateway.hostnames)
+    return {"apiVersion": GATEWAY_API, "kind": "HTTPRoute", "metadata": child_meta(md), "spec": spec}
+
+
+def _backend(service: str, weight: int) -> Object:
+    return {"group": "", "kind": "Service", "name": service, "port": HTTP_PORT, "weight": weight}

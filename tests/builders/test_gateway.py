@@ -1,0 +1,132 @@
+"""The HTTPRoute and revision Services of a canary split by a Gateway (builders/gateway.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kubeforge.api.modeldeployment import ModelDeployment, RolloutPhase, RolloutStatus
+from kubeforge.builders.gateway import build_http_route
+from kubeforge.builders.modeldeployment import (
+    build_canary_deployment,
+    build_revision_services,
+    build_triton_deployment,
+)
+from kubeforge.controllers.modeldeployment import route_summary
+from kubeforge.settings import Settings
+
+REVISION = "kubeforge.io/revision"
+
+
+def _md(gateway: dict[str, Any] | None) -> ModelDeployment:
+    canary: dict[str, Any] = {"steps": [{"weight": 10}]}
+    if gateway is not None:
+        canary["gateway"] = gateway
+    return ModelDeployment.model_validate(
+        {
+            "metadata": {"name": "shop", "namespace": "ns", "uid": "u1", "generation": 1},
+            "spec": {
+                "replicas": 4,
+                "models": [{"name": "m", "source": "pvc://models/m", "format": "onnx"}],
+                "rollout": {"canary": canary},
+            },
+        }
+    )
+
+
+def _running(routed: int | None) -> RolloutStatus:
+    return RolloutStatus(
+        phase=RolloutPhase.PROGRESSING,
+        summary="step 1/1 10%",
+        message="",
+        step=1,
+        weight=10,
+        routed_weight=routed,
+    )
+
+
+def _backends(route: dict[str, Any] | None) -> list[tuple[str, int]]:
+    assert route is not None
+    return [(b["name"], b["weight"]) for b in route["spec"]["rules"][0]["backendRefs"]]
+
+
+def test_without_a_gateway_there_is_no_route_no_revision_service_and_no_stable_label() -> None:
+    md = _md(None)
+    assert build_http_route(md, _running(10)) is None
+    assert build_revision_services(md) == []
+    assert REVISION not in build_triton_deployment(md, Settings())["spec"]["template"]["metadata"]["labels"]
+
+
+def test_the_route_sends_everything_to_the_one_service_unless_a_canary_is_routed() -> None:
+    md = _md({"name": "edge"})
+    assert _backends(build_http_route(md, None)) == [("shop", 1)]
+    assert _backends(build_http_route(md, _running(None))) == [("shop", 1)]
+    complete = RolloutStatus(phase=RolloutPhase.COMPLETE, summary="stable", message="", routed_weight=10)
+    assert _backends(build_http_route(md, complete)) == [("shop", 1)]
+    assert _backends(build_http_route(md, _running(0))) == [("shop-stable", 100), ("shop-canary", 0)]
+    assert _backends(build_http_route(md, _running(10))) == [("shop-stable", 90), ("shop-canary", 10)]
+
+
+def test_the_route_names_its_gateway_listener_and_hostnames() -> None:
+    route = build_http_route(
+        _md({"name": "edge", "namespace": "gateways", "sectionName": "web", "hostnames": ["shop.example"]}),
+        None,
+    )
+    assert route is not None
+    assert route["apiVersion"] == "gateway.networking.k8s.io/v1" and route["metadata"]["name"] == "shop"
+    assert route["metadata"]["ownerReferences"][0]["uid"] == "u1"
+    assert route["spec"]["parentRefs"] == [
+        {
+            "group": "gateway.networking.k8s.io",
+            "kind": "Gateway",
+            "name": "edge",
+            "namespace": "gateways",
+            "sectionName": "web",
+        }
+    ]
+    assert route["spec"]["hostnames"] == ["shop.example"]
+    assert "hostnames" not in (build_http_route(_md({"name": "edge"}), None) or {})["spec"]
+
+
+def test_each_revision_service_selects_only_its_own_pods() -> None:
+    md = _md({"name": "edge"})
+    stable, canary = build_revision_services(md)
+    assert (stable["metadata"]["name"], canary["metadata"]["name"]) == ("shop-stable", "shop-canary")
+    assert (
+        stable["spec"]["selector"][REVISION] == "stable" and canary["spec"]["selector"][REVISION] == "canary"
+    )
+    pods = build_triton_deployment(md, Settings())["spec"]["template"]["metadata"]["labels"]
+    canary_pods = build_canary_deployment(md, Settings(), 1, "r2")["spec"]["template"]["metadata"]["labels"]
+    for service, labels in ((stable, pods), (canary, canary_pods)):
+        assert service["spec"]["selector"].items() <= labels.items()
+    assert not stable["spec"]["selector"].items() <= canary_pods.items()
+    assert not canary["spec"]["selector"].items() <= pods.items()
+
+
+def test_the_route_summary_says_what_its_gateway_reported() -> None:
+    route = build_http_route(_md({"name": "edge"}), _running(10))
+    assert route is not None
+    waiting = route_summary(route, None)
+    assert (
+        waiting == "HTTPRoute shop (shop-stable 90, shop-canary 10): Gateway ns/edge has not reported on it"
+    )
+
+    def reported(*conditions: dict[str, str]) -> dict[str, Any]:
+        return {
+            **route,
+            "status": {"parents": [{"parentRef": {"name": "edge"}, "conditions": list(conditions)}]},
+        }
+
+    accepted = {"type": "Accepted", "status": "True"}
+    assert route_summary(route, reported(accepted, {"type": "ResolvedRefs", "status": "True"})).endswith(
+        "accepted by Gateway ns/edge"
+    )
+    refused = {
+        "type": "ResolvedRefs",
+        "status": "False",
+        "reason": "BackendNotFound",
+        "message": "no shop-canary",
+    }
+    assert route_summary(route, reported(accepted, refused)) == (
+        "HTTPRoute shop (shop-stable 90, shop-canary 10) not accepted by Gateway ns/edge: "
+        "ResolvedRefs BackendNotFound: no shop-canary"
+    )
