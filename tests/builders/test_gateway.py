@@ -11,8 +11,8 @@ from kubeforge.builders.modeldeployment import (
     build_revision_services,
     build_triton_deployment,
 )
-from kubeforge.controllers.modeldeployment import route_summary
 from kubeforge.settings import Settings
+from kubeforge.status.gateway import route_summary
 
 REVISION = "kubeforge.io/revision"
 

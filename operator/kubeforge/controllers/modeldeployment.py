@@ -44,6 +44,7 @@ from kubeforge.k8s.client import ApiError
 from kubeforge.k8s.semantic import controller_uid
 from kubeforge.status.cache import cache_ready, job_finished
 from kubeforge.status.conditions import get_condition
+from kubeforge.status.gateway import route_summary
 from kubeforge.status.gitops import ReconcileFailure
 from kubeforge.status.modeldeployment import AutoscalerObservation, Observed, compute_status, stall_check_in
 from kubeforge.status.pods import pod_ready
@@ -253,27 +254,6 @@ async def _route(
         return None, None
     live = _ours(ctx, md, r.HTTP_ROUTE, md.metadata.name)
     return route_summary(route, live), None
-
-
-def route_summary(route: dict[str, Any], live: dict[str, Any] | None) -> str:
-    """status.rollout.route: where the HTTPRoute sends requests, and its Gateway's verdict on it."""
-    backends = ", ".join(f"{b['name']} {b['weight']}" for b in route["spec"]["rules"][0]["backendRefs"])
-    parent = route["spec"]["parentRefs"][0]
-    gateway = f"{parent.get('namespace', route['metadata']['namespace'])}/{parent['name']}"
-    said = [
-        condition
-        for p in ((live or {}).get("status") or {}).get("parents") or []
-        if p.get("parentRef", {}).get("name") == parent["name"]
-        for condition in p.get("conditions") or []
-        if condition.get("type") in ("Accepted", "ResolvedRefs")
-    ]
-    refused = [c for c in said if c.get("status") != "True"]
-    if refused:
-        why = "; ".join(f"{c['type']} {c.get('reason', '')}: {c.get('message', '')}" for c in refused)
-        return f"HTTPRoute {route['metadata']['name']} ({backends}) not accepted by Gateway {gateway}: {why}"
-    if not said:
-        return f"HTTPRoute {route['metadata']['name']} ({backends}): Gateway {gateway} has not reported on it"
-    return f"HTTPRoute {route['metadata']['name']} ({backends}) accepted by Gateway {gateway}"
 
 
 def _ours(ctx: Context, md: ModelDeployment, resource: r.Resource, name: str) -> dict[str, Any] | None:
