@@ -141,6 +141,13 @@ def _tolerated(md_body: Object, child: Object) -> bool:
     claims and fill Jobs of earlier caches."""
     if _fill_job_of_a_filled_cache(md_body, child):
         return True
+    rollout = (md_body.get("status") or {}).get("rollout") or {}
+    if (
+        rollout.get("canaryDrainUntil")
+        and child["kind"] == "Deployment"
+        and child["metadata"]["name"].endswith("-canary")
+    ):
+        return True  # an ended canary's pods drain (a Gateway's route moved off them a moment ago)
     if serves_current_spec(md_body):
         return False
     labels = child["metadata"].get("labels") or {}

@@ -1,5 +1,6 @@
 """What the canary e2e tests ask of one ModelDeployment and its rollout (e2e/test_canary.py,
-e2e/test_gateway.py): its body, status.rollout, its Deployments, convergence, Ready."""
+e2e/test_gateway.py): its manifest and model, its body, status.rollout, its Deployments,
+convergence, Ready."""
 
 from __future__ import annotations
 
@@ -8,7 +9,28 @@ from typing import Any
 
 from e2e.convergence import model_deployment_differences
 from e2e.kube import Kubectl, find_condition, wait_for
+from kubeforge.api.modeldeployment import ModelSpec
 from kubeforge.settings import Settings
+from kubeforge.testing.workloads import fixed_cost_model
+
+MODEL = "fixed"
+
+
+def fixed_model(step_ms: float, error_every: int = 0) -> ModelSpec:
+    """The model a canary rolls out: its step time (and, with `error_every` N, a failing Nth execution)
+    is all that differs between revisions, so they share one folder on the claim."""
+    return fixed_cost_model(MODEL, max_batch_size=0, batching=False, step_ms=step_ms, error_every=error_every)
+
+
+def manifest(namespace: str, name: str, spec: dict[str, Any]) -> str:
+    return json.dumps(
+        {
+            "apiVersion": "kubeforge.io/v1alpha1",
+            "kind": "ModelDeployment",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": spec,
+        }
+    )
 
 
 def md_body(kubectl: Kubectl, namespace: str, name: str) -> dict[str, Any]:

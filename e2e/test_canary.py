@@ -19,7 +19,6 @@ One ModelDeployment lives through the whole story:
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -31,35 +30,31 @@ from e2e.kube import Kubectl, event_messages, find_condition, wait_for
 from e2e.operator_proc import OperatorProcess
 from e2e.podservers import PodServers
 from e2e.prometheus import Prometheus
-from e2e.rollouts import converged, deployment, md_body, ready, rollout_status, wait_rollout
+from e2e.rollouts import (
+    MODEL,
+    converged,
+    deployment,
+    fixed_model,
+    manifest,
+    md_body,
+    ready,
+    rollout_status,
+    wait_rollout,
+)
 from kubeforge.api.modeldeployment import ModelSpec
 from kubeforge.controllers.rollout import WORKLOAD_TEMPLATE_ANNOTATION
-from kubeforge.testing.workloads import fixed_cost_model, write_model
+from kubeforge.testing.workloads import write_model
 
 pytestmark = [pytest.mark.e2e, pytest.mark.serial]
 NAME = "shop"
-MODEL = "fixed"
 STEPS = [{"weight": 30, "pauseSeconds": 10}, {"weight": 60, "pauseSeconds": 10}]
 ACTION = "kubeforge.io/rollout-action"
 ANALYSIS = {"intervalSeconds": 10, "minRequests": 20, "maxErrorRatioIncrease": 0.05, "maxLatencyRatio": 20}
 
 
-def _model(step_ms: float, error_every: int = 0) -> ModelSpec:
-    return fixed_cost_model(MODEL, max_batch_size=0, batching=False, step_ms=step_ms, error_every=error_every)
-
-
 def _md(namespace: str, model: ModelSpec, rollout: dict[str, Any] | None) -> str:
     spec: dict[str, Any] = {"replicas": 3, "models": [model.wire()]}
-    if rollout is not None:
-        spec["rollout"] = rollout
-    return json.dumps(
-        {
-            "apiVersion": "kubeforge.io/v1alpha1",
-            "kind": "ModelDeployment",
-            "metadata": {"name": NAME, "namespace": namespace},
-            "spec": spec,
-        }
-    )
+    return manifest(namespace, NAME, {**spec, "rollout": rollout} if rollout is not None else spec)
 
 
 def test_a_canary_is_analysed_promoted_and_a_broken_one_rolled_back(
@@ -73,7 +68,12 @@ def test_a_canary_is_analysed_promoted_and_a_broken_one_rolled_back(
     prometheus = analysis_prometheus
     env = {"KUBEFORGE_PROMETHEUS_ADDRESS": prometheus.url}
     own_operator.start(env=env)
-    good, better, broken, third = _model(2.0), _model(3.0), _model(2.0, error_every=2), _model(4.0)
+    good, better, broken, third = (
+        fixed_model(2.0),
+        fixed_model(3.0),
+        fixed_model(2.0, error_every=2),
+        fixed_model(4.0),
+    )
     pvc = tmp_path / "pvc"
     for model in (good, better, broken, third):
         write_model(pvc / "models", model)  # one folder: the sources differ only in config

@@ -42,19 +42,29 @@ from e2e.kube import Kubectl, wait_for
 from e2e.operator_proc import OperatorProcess
 from e2e.podservers import PodServers
 from e2e.prometheus import Prometheus
-from e2e.rollouts import converged, deployment, md_body, ready, rollout_status, wait_rollout
+from e2e.rollouts import (
+    MODEL,
+    converged,
+    deployment,
+    fixed_model,
+    manifest,
+    md_body,
+    ready,
+    rollout_status,
+    wait_rollout,
+)
 from kubeforge.api.modeldeployment import ModelSpec
-from kubeforge.testing.workloads import fixed_cost_model, write_model
+from kubeforge.testing.workloads import write_model
 
 pytestmark = [pytest.mark.e2e, pytest.mark.netns]
 NAME = "shop"
 GATEWAY = "edge"
-MODEL = "fixed"
 ACTION = "kubeforge.io/rollout-action"
 REVISION = "kubeforge.io/revision"
 STEPS = [{"weight": 10}]  # held until promoted
 ANALYSIS = {"intervalSeconds": 10, "minRequests": 10, "maxErrorRatioIncrease": 0.05, "maxLatencyRatio": 20}
 REQUESTS = 2000
+DRAIN = 15  # seconds an ended canary's pods keep running, unrouted (Traefik applies a route seconds later)
 SUCCESSES = re.compile(r'^nv_inference_request_success\{model="fixed",version="1"\} (\S+)$', re.MULTILINE)
 
 
@@ -68,22 +78,11 @@ def traefik(cluster: Cluster, kubectl: Kubectl) -> Iterator[Traefik]:
         yield server
 
 
-def _model(step_ms: float, error_every: int = 0) -> ModelSpec:
-    return fixed_cost_model(MODEL, max_batch_size=0, batching=False, step_ms=step_ms, error_every=error_every)
-
-
 def _md(namespace: str, model: ModelSpec, gateway: dict[str, Any] | None) -> str:
     canary: dict[str, Any] = {"steps": STEPS, "analysis": ANALYSIS}
     if gateway is not None:
         canary["gateway"] = gateway
-    return json.dumps(
-        {
-            "apiVersion": "kubeforge.io/v1alpha1",
-            "kind": "ModelDeployment",
-            "metadata": {"name": NAME, "namespace": namespace},
-            "spec": {"replicas": 4, "models": [model.wire()], "rollout": {"canary": canary}},
-        }
-    )
+    return manifest(namespace, NAME, {"replicas": 4, "models": [model.wire()], "rollout": {"canary": canary}})
 
 
 def _route(kubectl: Kubectl, namespace: str) -> dict[str, Any] | None:
@@ -166,12 +165,12 @@ def test_a_gateway_splits_the_canary_by_its_weight_and_a_broken_one_is_rolled_ba
     env = {"KUBEFORGE_PROMETHEUS_ADDRESS": prometheus.url}
     own_operator.start(env=env)
     kubectl.apply(gateway_manifests(namespace, GATEWAY, traefik.port))
-    good, better, broken = _model(2.0), _model(3.0), _model(2.0, error_every=2)
+    good, better, broken = fixed_model(2.0), fixed_model(3.0), fixed_model(2.0, error_every=2)
     pvc = tmp_path / "pvc"
     for model in (good, better, broken):
         write_model(pvc / "models", model)  # one folder: the sources differ only in config
     url = f"{traefik.url}/v2/models/{MODEL}/infer"
-    gateway = {"name": GATEWAY}
+    gateway = {"name": GATEWAY, "drainSeconds": DRAIN}
 
     kubectl.apply(_md(namespace, good, gateway))
     servers = PodServers(
@@ -231,6 +230,7 @@ def test_a_gateway_splits_the_canary_by_its_weight_and_a_broken_one_is_rolled_ba
         kubectl("annotate", "md", NAME, f"{ACTION}=promote", namespace=namespace)
         promoted = wait_rollout(kubectl, namespace, NAME, "promoted", timeout=60, phase="Complete")
         assert promoted["stableRevision"] == step["canaryRevision"]
+        assert promoted["routedWeight"] == 0 and promoted["canaryDrainUntil"], promoted  # drains first
         _wait_backends(kubectl, namespace, [(NAME, 1)])
         wait_for(
             lambda: deployment(kubectl, namespace, f"{NAME}-canary") is None,
@@ -274,13 +274,21 @@ def test_a_gateway_splits_the_canary_by_its_weight_and_a_broken_one_is_rolled_ba
         error_ratio = next(m for m in failed["metrics"] if m["name"] == "errorRatio")
         assert error_ratio["verdict"] == "Failed" and error_ratio["canary"] > 0.3, error_ratio
         assert error_ratio["stable"] == 0.0, error_ratio
+        # the route moved off the canary at once; its pods drain, then go, and the route is the one Service
+        assert rolled_back["routedWeight"] == 0 and rolled_back["canaryDrainUntil"], rolled_back
+        wait_for(  # Traefik applies the route a few seconds later; the canary's pods serve meanwhile
+            lambda: _send(url, 40, 2) == Counter({200: 40}),
+            timeout=DRAIN,
+            message="the Gateway sends the broken canary nothing",
+        )
+        assert deployment(kubectl, namespace, f"{NAME}-canary") is not None  # still there, unrouted
         _wait_backends(kubectl, namespace, [(NAME, 1)])
         wait_for(
             lambda: deployment(kubectl, namespace, f"{NAME}-canary") is None,
             timeout=60,
             message="no canary Deployment left after the rollback",
         )
-        assert _send(url, 40, 2) == Counter({200: 40})  # the stable serves every request again
+        assert _send(url, 40, 2) == Counter({200: 40})  # the stable serves every request, still
         converged(kubectl, namespace, NAME)
 
         # 4. day 2: back to the stable's model; hostnames added and removed; the Gateway unnamed

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from kubeforge.api.modeldeployment import ModelDeployment, RolloutPhase, RolloutStatus
@@ -64,6 +65,15 @@ def test_the_route_sends_everything_to_the_one_service_unless_a_canary_is_routed
     assert _backends(build_http_route(md, complete)) == [("shop", 1)]
     assert _backends(build_http_route(md, _running(0))) == [("shop-stable", 100), ("shop-canary", 0)]
     assert _backends(build_http_route(md, _running(10))) == [("shop-stable", 90), ("shop-canary", 10)]
+    # an ended canary drains: nothing for it, until it is gone
+    draining = RolloutStatus(
+        phase=RolloutPhase.ROLLED_BACK,
+        summary="rolled back",
+        message="",
+        routed_weight=0,
+        canary_drain_until=datetime(2026, 12, 4, tzinfo=UTC),
+    )
+    assert _backends(build_http_route(md, draining)) == [("shop-stable", 100), ("shop-canary", 0)]
 
 
 def test_the_route_names_its_gateway_listener_and_hostnames() -> None:

@@ -23,6 +23,7 @@ NOW = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
 SETTINGS = Settings()
 STEPS = [{"weight": 30, "pauseSeconds": 60}, {"weight": 60, "pauseSeconds": 60}]
 ANALYSIS = {"intervalSeconds": 30, "minRequests": 20}
+ABORT = {canary.ACTION_ANNOTATION: "abort"}
 
 
 def _md(
@@ -332,15 +333,15 @@ def test_an_edit_mid_rollout_replaces_the_canary_from_step_one() -> None:
 def test_settling_keeps_a_completed_status_and_announces_a_cancelled_canary() -> None:
     md = _md("1")
     revision = workload_template_hash(build_triton_deployment(md, SETTINGS))
-    status, events = canary.settled(md, _running(_md("2")), revision)
+    status, events = canary.settled(md, _running(_md("2")), revision, NOW)
     assert (
         status is not None
         and status.phase == RolloutPhase.COMPLETE
         and [e[1] for e in events] == ["CanaryCancelled"]
     )
-    assert canary.settled(md, status, revision) == (status, [])
+    assert canary.settled(md, status, revision, NOW) == (status, [])
     plain = md.model_copy(update={"spec": md.spec.model_copy(update={"rollout": None})})
-    assert canary.settled(plain, None, revision) == (None, [])
+    assert canary.settled(plain, None, revision, NOW) == (None, [])
 
 
 def test_naming_a_gateway_rolls_the_stable_for_its_label_rather_than_as_a_canary() -> None:
@@ -387,3 +388,37 @@ def test_stable_pods_labelled_for_a_gateway_are_the_stables_in_the_analysis() ->
         _pod("shop-canary-5c2e-c", {"kubeforge.io/revision": "canary", "kubeforge.io/canary-revision": "r1"}),
     ]
     assert canary.revision_pods(pods, "r1") == (["shop-7d9f-a"], ["shop-canary-5c2e-c"])
+
+
+def test_with_a_gateway_an_ended_canary_drains_before_it_goes() -> None:
+    """Promoted, rolled back or cancelled: the route sends the canary nothing at once (weight 0) and its
+    pods keep running for gateway.drainSeconds, as the gateway follows the route some seconds later."""
+    md = _md("2", analysis=ANALYSIS, gateway={"name": "edge", "drainSeconds": 20})
+    running = _plan(md, _running(md), _canary_live(md, 1, 1)).status
+    assert running.routed_weight == 30
+    aborted = _md("2", analysis=ANALYSIS, gateway={"name": "edge", "drainSeconds": 20}, annotations=ABORT)
+    ended = _plan(aborted, running, _canary_live(md, 1, 1))
+    assert ended.status.phase == RolloutPhase.ROLLED_BACK and ended.canary is None
+    assert (ended.status.routed_weight, ended.status.canary_drain_until) == (0, NOW + timedelta(seconds=20))
+    assert canary.drain_left(ended.status, NOW + timedelta(seconds=5)) == 15
+    assert canary.drain_left(ended.status, NOW + timedelta(seconds=20)) is None
+    gone = canary.drained(ended.status)
+    assert gone is not None and (gone.routed_weight, gone.canary_drain_until) == (None, None)
+    assert gone.phase == RolloutPhase.ROLLED_BACK
+    # no canary Deployment left to drain (a restart found it gone): nothing to wait for
+    assert _plan(aborted, running, None).status.canary_drain_until is None
+    # cancelled by an edit back to the stable's template: drains too
+    back = _md("1", gateway={"name": "edge", "drainSeconds": 20})
+    revision = workload_template_hash(build_triton_deployment(back, SETTINGS))
+    cancelled, _ = canary.settled(back, running, revision, NOW)
+    assert cancelled is not None and cancelled.canary_drain_until == NOW + timedelta(seconds=20)
+    # without a Gateway there is no route to move first: the canary goes at once
+    plain = _plan(_md("2", annotations=ABORT), _running(_md("2")), _canary_live(_md("2"), 1, 1))
+    assert plain.status.canary_drain_until is None and plain.status.routed_weight is None
+
+
+def test_a_drained_canarys_pods_are_counted_until_the_last_is_gone() -> None:
+    """The route keeps an ended canary out until none of its pods is left, terminating ones included."""
+    pods = _pods("r1")
+    assert canary.canary_pods(pods) == ["shop-canary-5c2e-c", "shop-canary-0a1b-d", "shop-canary-5c2e-e"]
+    assert canary.canary_pods([p for p in pods if "canary" not in p["metadata"]["name"]]) == []

@@ -773,6 +773,14 @@ class CanaryGateway(ApiModel):
         max_length=16,
         description="The HTTPRoute's hostnames; default: every hostname of the listener.",
     )
+    drain_seconds: int = Field(
+        default=30,
+        ge=0,
+        le=600,
+        description="When a canary ends (promoted, rolled back, cancelled), how long its pods keep running "
+        "after the route stops sending them requests, before they go: a gateway applies a route change "
+        "some seconds later (Argo Rollouts' scaleDownDelaySeconds).",
+    )
 
 
 class Canary(ApiModel):
@@ -1214,11 +1222,17 @@ class RolloutStatus(ApiModel):
     routed_weight: int | None = Field(
         default=None,
         description="With rollout.canary.gateway: percent of the Gateway's requests the HTTPRoute sends to "
-        "the canary now (the step's weight once its pods are ready; until then the previous step's).",
+        "the canary now (the step's weight once its pods are ready; until then the previous step's; 0 "
+        "while an ended canary drains).",
     )
     stable_replicas: int | None = Field(default=None, description="Replicas the stable revision keeps.")
     step_started_at: datetime | None = Field(
         default=None, description="When this step's canary pods were all ready: its pause counts from here."
+    )
+    canary_drain_until: datetime | None = Field(
+        default=None,
+        description="With rollout.canary.gateway, after a canary ended: its pods keep running until then, "
+        "with no request routed to them (rollout.canary.gateway.drainSeconds).",
     )
     route: str | None = Field(
         default=None,

@@ -3,8 +3,9 @@
 One route, `<name>`, attached to the named Gateway. While a canary runs it weights the two revision
 Services (`<name>-stable`, `<name>-canary`: builders/modeldeployment.build_revision_services) with
 the weight the rollout routes now (status.rollout.routedWeight: a step's weight once its pods are
-ready). Otherwise it sends everything to the Service `<name>`, which selects every serving pod: the
-route never waits on a label the stable pods may not carry yet.
+ready), and while an ended canary drains it sends it nothing (weight 0). Otherwise it sends
+everything to the Service `<name>`, which selects every serving pod: the route never waits on a
+label the stable pods may not carry yet.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ GATEWAY_API = "gateway.networking.k8s.io/v1"
 
 
 def routed_weight(rollout: RolloutStatus | None) -> int | None:
-    """The canary's percent of the route's requests, or None: no canary runs."""
-    if rollout is None or not rollout.running or rollout.routed_weight is None:
+    """The canary's percent of the route's requests, or None: no canary runs or drains."""
+    if rollout is None or not (rollout.running or rollout.canary_drain_until is not None):
         return None
     return rollout.routed_weight
 

@@ -54,6 +54,7 @@ from kubeforge.api.modeldeployment import (
     ModelDeployment,
     RolloutPhase,
     RolloutStatus,
+    gateway_of,
 )
 from kubeforge.builders.modeldeployment import (
     CANARY,
@@ -121,11 +122,12 @@ def complete(revision: str | None) -> RolloutStatus:
 
 
 def settled(
-    md: ModelDeployment, previous: RolloutStatus | None, revision: str
+    md: ModelDeployment, previous: RolloutStatus | None, revision: str, now: datetime
 ) -> tuple[RolloutStatus | None, list[tuple[str, str, str]]]:
     """status.rollout and Events when the stable takes the spec's template (no canary path)."""
     configured = md.spec.rollout is not None and md.spec.rollout.canary is not None
     events = []
+    cancelled = previous is not None and previous.running
     if previous is not None and previous.running:
         why = (
             f"the spec's template is the stable's ({revision}) again"
@@ -141,7 +143,32 @@ def settled(
         and previous.stable_revision == revision
     ):
         return previous, events
-    return complete(revision), events
+    status = complete(revision)
+    return (_draining(md, status, now) if cancelled else status), events
+
+
+def _draining(md: ModelDeployment, status: RolloutStatus, now: datetime) -> RolloutStatus:
+    """An ended canary's status: with a Gateway, none of its requests routed, its pods kept for the
+    drain (the gateway follows the route some seconds later)."""
+    gateway = gateway_of(md)
+    if gateway is None or gateway.drain_seconds == 0:
+        return status
+    until = now + timedelta(seconds=gateway.drain_seconds)
+    return status.model_copy(update={"routed_weight": 0, "canary_drain_until": until})
+
+
+def drain_left(rollout: RolloutStatus | None, now: datetime) -> float | None:
+    """Seconds an ended canary's pods still drain, or None: they may go."""
+    if rollout is None or rollout.canary_drain_until is None or now >= rollout.canary_drain_until:
+        return None
+    return (rollout.canary_drain_until - now).total_seconds()
+
+
+def drained(rollout: RolloutStatus | None) -> RolloutStatus | None:
+    """The status once an ended canary's pods are gone: the route back on the one Service."""
+    if rollout is None or rollout.canary_drain_until is None:
+        return rollout
+    return rollout.model_copy(update={"routed_weight": None, "canary_drain_until": None})
 
 
 def wanted(
@@ -199,6 +226,15 @@ def revision_pods(pods: list[Object], revision: str) -> tuple[list[str], list[st
     return sorted(stable), sorted(canary)
 
 
+def canary_pods(pods: list[Object]) -> list[str]:
+    """The names of the pods of any canary revision still there, terminating ones included."""
+    return [
+        p["metadata"]["name"]
+        for p in pods
+        if (p["metadata"].get("labels") or {}).get(REVISION_LABEL) == CANARY
+    ]
+
+
 def _analysis_event(result: AnalysisResult) -> tuple[str, str, str]:
     kind = "Warning" if result.verdict == AnalysisVerdict.FAILED else "Normal"
     return kind, f"Analysis{result.verdict.value}", f"step {result.step}: {result.message}"
@@ -252,7 +288,26 @@ async def plan(
     query: Query,
     now: datetime,
 ) -> Plan:
-    """The next move of a canary rollout (when `wanted`)."""
+    """The next move of a canary rollout (when `wanted`); a canary that ends here drains first (with a
+    Gateway: `_draining`)."""
+    move = await _move(md, settings, desired, live, live_canary, previous, pods, query, now)
+    ended = previous is not None and previous.running and not move.status.running
+    if ended and live_canary is not None:
+        move.status = _draining(md, move.status, now)
+    return move
+
+
+async def _move(
+    md: ModelDeployment,
+    settings: Settings,
+    desired: Object,
+    live: Object,
+    live_canary: Object | None,
+    previous: RolloutStatus | None,
+    pods: list[Object],
+    query: Query,
+    now: datetime,
+) -> Plan:
     spec = md.spec.rollout.canary if md.spec.rollout else None
     assert spec is not None
     annotations = md.metadata.annotations or {}

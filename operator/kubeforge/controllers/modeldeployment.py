@@ -56,6 +56,8 @@ CUSTOM_METRICS_API = "custom.metrics.k8s.io/v1beta1"
 RESOURCE_METRICS_API = "metrics.k8s.io/v1beta1"
 EXTERNAL_METRICS_API = "external.metrics.k8s.io/v1beta1"
 MODEL_PROBE_SECONDS = 30.0
+# a drained canary's pods are being deleted (their deletion also sends events)
+CANARY_PODS_GONE_SECONDS = 2.0
 MISSING_API_SECONDS = 30.0
 # a predecessor's child (same name, deleted owner) is being removed by the garbage collector
 PREDECESSOR_RECHECK_SECONDS = 1.0
@@ -171,14 +173,16 @@ async def _workload(
         applied = await _canary_workload(ctx, md, desired, live, previous)
     else:
         deployment, deferred = await _apply_workload(ctx, md, desired, observed_generation)
-        await ctx.ensure_absent(r.DEPLOYMENT, ns, canary_name(md), uid)
-        rollout, events = canary.settled(md, previous, workload_template_hash(desired))
+        rollout, events = canary.settled(md, previous, workload_template_hash(desired), ctx.now())
+        rollout, requeue = await _retire_canary(ctx, md, rollout)
         action = _action(md)
         if action is not None:  # a verb with no canary to act on is dropped, and said so
             why = f"{canary.ACTION_ANNOTATION}={action} ignored: no canary rollout is under way"
             events.append(("Warning", "RolloutActionIgnored", why))
             await _acted(ctx, md, action)
-        applied = AppliedWorkload(deployment=deployment, deferred=deferred, rollout=rollout, events=events)
+        applied = AppliedWorkload(
+            deployment=deployment, deferred=deferred, rollout=rollout, requeue=requeue, events=events
+        )
     await ctx.ensure_absent(r.LEADER_WORKER_SET, ns, leaderworkerset_name(md), uid)
     return applied
 
@@ -209,10 +213,13 @@ async def _canary_workload(
     plan = await canary.plan(
         md, ctx.settings, desired, live, live_canary, previous, pods, ctx.prometheus.query, ctx.now()
     )
-    canary_deployment = None
+    canary_deployment, status, requeue = None, plan.status, plan.requeue
     if plan.canary is None:
         # first, so that a promoted stable's new pods find the GPUs the canary held
-        await ctx.ensure_absent(r.DEPLOYMENT, ns, canary_name(md), uid)
+        retired, draining = await _retire_canary(ctx, md, plan.status)
+        status = retired or plan.status
+        if draining is not None:
+            requeue = draining if requeue is None else min(requeue, draining)
     else:
         canary_deployment = await ctx.ensure(plan.canary)
     if plan.stable is not None:
@@ -223,12 +230,26 @@ async def _canary_workload(
             await ctx.kube.scale(r.DEPLOYMENT, ns, name, plan.stable_replicas)
     await _acted(ctx, md, plan.acted)
     return AppliedWorkload(
-        deployment=deployment,
-        canary=canary_deployment,
-        rollout=plan.status,
-        requeue=plan.requeue,
-        events=plan.events,
+        deployment=deployment, canary=canary_deployment, rollout=status, requeue=requeue, events=plan.events
     )
+
+
+async def _retire_canary(
+    ctx: Context, md: ModelDeployment, rollout: RolloutStatus | None
+) -> tuple[RolloutStatus | None, float | None]:
+    """No canary runs: delete its Deployment, unless its pods still drain (a Gateway's route moved off
+    them a moment ago; controllers/canary.py `_draining`): (status.rollout, seconds to look again).
+    The route keeps them out until the last of them is gone: the Service `<name>` selects them too."""
+    left = canary.drain_left(rollout, ctx.now())
+    if left is not None:
+        return rollout, left
+    ns, uid = md.metadata.namespace or "", md.metadata.uid
+    assert uid is not None
+    await ctx.ensure_absent(r.DEPLOYMENT, ns, canary_name(md), uid)
+    pods = ctx.cache.owned(r.POD.kind, "modeldeployment", ns, md.metadata.name)
+    if rollout is not None and rollout.canary_drain_until is not None and canary.canary_pods(pods):
+        return rollout, CANARY_PODS_GONE_SECONDS
+    return canary.drained(rollout), None
 
 
 async def _route(
