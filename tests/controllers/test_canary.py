@@ -96,11 +96,12 @@ def _plan(
 ) -> canary.Plan:
     desired = build_triton_deployment(md, SETTINGS)
     pods = _pods(workload_template_hash(desired))
-    return asyncio.run(
+    move = asyncio.run(
         canary.plan(
             md, SETTINGS, desired, _stable(), live_canary, previous, pods, query or _values(100, 0), now
         )
     )
+    return canary.ended(md, previous, move, live_canary, now)
 
 
 def _pod(name: str, labels: dict[str, str], phase: str = "Running", deleting: bool = False) -> dict[str, Any]:

@@ -157,6 +157,15 @@ def _draining(md: ModelDeployment, status: RolloutStatus, now: datetime) -> Roll
     return status.model_copy(update={"routed_weight": 0, "canary_drain_until": until})
 
 
+def ended(
+    md: ModelDeployment, previous: RolloutStatus | None, move: Plan, live_canary: Object | None, now: datetime
+) -> Plan:
+    """A move that ends a running canary whose Deployment is there: with a Gateway, it drains first."""
+    if previous is not None and previous.running and not move.status.running and live_canary is not None:
+        move.status = _draining(md, move.status, now)
+    return move
+
+
 def drain_left(rollout: RolloutStatus | None, now: datetime) -> float | None:
     """Seconds an ended canary's pods still drain, or None: they may go."""
     if rollout is None or rollout.canary_drain_until is None or now >= rollout.canary_drain_until:
@@ -288,26 +297,7 @@ async def plan(
     query: Query,
     now: datetime,
 ) -> Plan:
-    """The next move of a canary rollout (when `wanted`); a canary that ends here drains first (with a
-    Gateway: `_draining`)."""
-    move = await _move(md, settings, desired, live, live_canary, previous, pods, query, now)
-    ended = previous is not None and previous.running and not move.status.running
-    if ended and live_canary is not None:
-        move.status = _draining(md, move.status, now)
-    return move
-
-
-async def _move(
-    md: ModelDeployment,
-    settings: Settings,
-    desired: Object,
-    live: Object,
-    live_canary: Object | None,
-    previous: RolloutStatus | None,
-    pods: list[Object],
-    query: Query,
-    now: datetime,
-) -> Plan:
+    """The next move of a canary rollout (when `wanted`); see `ended` for a canary that ends in it."""
     spec = md.spec.rollout.canary if md.spec.rollout else None
     assert spec is not None
     annotations = md.metadata.annotations or {}

@@ -210,9 +210,11 @@ async def _canary_workload(
     assert uid is not None and ctx.prometheus is not None
     live_canary = _ours(ctx, md, r.DEPLOYMENT, canary_name(md))
     pods = ctx.cache.owned(r.POD.kind, "modeldeployment", ns, name)
-    plan = await canary.plan(
-        md, ctx.settings, desired, live, live_canary, previous, pods, ctx.prometheus.query, ctx.now()
+    now = ctx.now()
+    move = await canary.plan(
+        md, ctx.settings, desired, live, live_canary, previous, pods, ctx.prometheus.query, now
     )
+    plan = canary.ended(md, previous, move, live_canary, now)
     canary_deployment, status, requeue = None, plan.status, plan.requeue
     if plan.canary is None:
         # first, so that a promoted stable's new pods find the GPUs the canary held
