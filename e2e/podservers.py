@@ -58,8 +58,8 @@ class PodServers:
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
-    # the server of a gone pod, by address, while it stops (a new pod may get the same IP)
-    _stopping: dict[str, threading.Thread] = field(default_factory=dict)
+    # the servers of gone pods while they stop, with their addresses (a new pod may get the same IP)
+    _stopping: list[tuple[str, threading.Thread]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     # where the claims the pods mount elsewhere live (e.g. the model cache at /cache: `<claims_root>/<claim>`)
     claims_root: Path | None = None
@@ -81,7 +81,7 @@ class PodServers:
         with self._lock:
             for pod in list(self.servers):
                 self._stop_server(pod)
-        for stopping in self._stopping.values():
+        for _, stopping in self._stopping:
             stopping.join(timeout=60)
         self.publish([])
 
@@ -130,13 +130,7 @@ class PodServers:
         changed = False
         for gone in set(self.servers) - set(pods):
             with self._lock:
-                served = self.servers.pop(gone, None)
-            if served is not None:
-                # in the background: a server still taking requests waits out its exit timeout, and the
-                # servers of new pods must not wait for that
-                stopping = threading.Thread(target=served.stack.close, name=f"stop {gone}", daemon=True)
-                stopping.start()
-                self._stopping[served.server.host] = stopping
+                self._stop_server(gone)
             changed = True
         for name, pod in pods.items():
             if name not in self.servers and not self._stop.is_set():
@@ -198,9 +192,9 @@ class PodServers:
         options: dict[str, Any] = {}
         if pod_ip is not None:
             add_pod_address(pod_ip)
-            previous = self._stopping.pop(pod_ip, None)
-            if previous is not None:  # kwok gave a gone pod's IP to this one: its server must let go
-                previous.join(timeout=60)
+            for host, stopping in self._stopping:
+                if host == pod_ip:  # kwok gave a gone pod's IP to this one: its server must let go
+                    stopping.join(timeout=60)
             # a gone pod's server stops at once rather than waiting for its in-flight requests
             options = {"pod_ip": pod_ip, "stop_timeout": 2.0}
         stack = ExitStack()
@@ -211,9 +205,13 @@ class PodServers:
         return _Served(server, stack)
 
     def _stop_server(self, pod: str) -> None:
+        """Stop a pod's server in the background (under the lock): a server still taking requests
+        waits out its exit timeout, and the servers of new pods must not wait for that."""
         served = self.servers.pop(pod, None)
         if served is not None:
-            served.stack.close()
+            stopping = threading.Thread(target=served.stack.close, name=f"stop {pod}", daemon=True)
+            stopping.start()
+            self._stopping.append((served.server.host, stopping))
 
     def wait_for_servers(self, count: int, timeout: float = 180) -> None:
         deadline = time.monotonic() + timeout

@@ -101,7 +101,11 @@ def _plan(
             md, SETTINGS, desired, _stable(), live_canary, previous, pods, query or _values(100, 0), now
         )
     )
-    return canary.ended(md, previous, move, live_canary, now)
+    # what the reconcile does with a canary that ends in this move (controllers/modeldeployment.py)
+    ended = canary.ended(md, previous, move.status, live_canary, now)
+    assert ended is not None
+    move.status = ended
+    return move
 
 
 def _pod(name: str, labels: dict[str, str], phase: str = "Running", deleting: bool = False) -> dict[str, Any]:
@@ -334,15 +338,15 @@ def test_an_edit_mid_rollout_replaces_the_canary_from_step_one() -> None:
 def test_settling_keeps_a_completed_status_and_announces_a_cancelled_canary() -> None:
     md = _md("1")
     revision = workload_template_hash(build_triton_deployment(md, SETTINGS))
-    status, events = canary.settled(md, _running(_md("2")), revision, NOW)
+    status, events = canary.settled(md, _running(_md("2")), revision)
     assert (
         status is not None
         and status.phase == RolloutPhase.COMPLETE
         and [e[1] for e in events] == ["CanaryCancelled"]
     )
-    assert canary.settled(md, status, revision, NOW) == (status, [])
+    assert canary.settled(md, status, revision) == (status, [])
     plain = md.model_copy(update={"spec": md.spec.model_copy(update={"rollout": None})})
-    assert canary.settled(plain, None, revision, NOW) == (None, [])
+    assert canary.settled(plain, None, revision) == (None, [])
 
 
 def test_naming_a_gateway_rolls_the_stable_for_its_label_rather_than_as_a_canary() -> None:
@@ -411,7 +415,8 @@ def test_with_a_gateway_an_ended_canary_drains_before_it_goes() -> None:
     # cancelled by an edit back to the stable's template: drains too
     back = _md("1", gateway={"name": "edge", "drainSeconds": 20})
     revision = workload_template_hash(build_triton_deployment(back, SETTINGS))
-    cancelled, _ = canary.settled(back, running, revision, NOW)
+    settled, _ = canary.settled(back, running, revision)
+    cancelled = canary.ended(back, running, settled, _canary_live(md, 1, 1), NOW)
     assert cancelled is not None and cancelled.canary_drain_until == NOW + timedelta(seconds=20)
     # without a Gateway there is no route to move first: the canary goes at once
     plain = _plan(_md("2", annotations=ABORT), _running(_md("2")), _canary_live(_md("2"), 1, 1))

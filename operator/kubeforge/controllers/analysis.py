@@ -2,7 +2,7 @@
 
 Each revision's pods are named in the queries (Prometheus' Kubernetes discovery labels every series
 with `namespace` and `pod`): the canary's are the running pods labelled with its revision
-(`kubeforge.io/canary-revision`), the stable's the running pods without a revision label. Naming
+(`kubeforge.io/canary-revision`), the stable's the running pods not labelled canary. Naming
 them, not matching a name pattern, keeps out a previous canary's pods whose last samples are still
 in the window. Every value is read over the same window for both, and the queries are written into
 status as they were sent, so a person can paste them into Prometheus.

@@ -14,7 +14,9 @@ With `gateway`, the requests that come through that Gateway are split exactly: a
 weight once the step's canary pods are ready (`status.rollout.routedWeight`); the replicas are
 split as above all the same, so each side has the capacity for its share. The stable pods then
 carry `kubeforge.io/revision=stable`; naming (or no longer naming) a Gateway changes only that
-label, which rolls the stable like an operator's change rather than as a canary.
+label, which rolls the stable in a plain rolling update rather than as a canary. A canary that
+ends drains first (`ended`): the route sends it nothing, and its pods go only after
+`gateway.drainSeconds`.
 
 A step starts when the canary's pods for its weight are all ready; it holds `pauseSeconds`, and
 with `analysis` also until an analysis in it passed. An analysis runs every `intervalSeconds` of
@@ -122,12 +124,11 @@ def complete(revision: str | None) -> RolloutStatus:
 
 
 def settled(
-    md: ModelDeployment, previous: RolloutStatus | None, revision: str, now: datetime
+    md: ModelDeployment, previous: RolloutStatus | None, revision: str
 ) -> tuple[RolloutStatus | None, list[tuple[str, str, str]]]:
     """status.rollout and Events when the stable takes the spec's template (no canary path)."""
     configured = md.spec.rollout is not None and md.spec.rollout.canary is not None
     events = []
-    cancelled = previous is not None and previous.running
     if previous is not None and previous.running:
         why = (
             f"the spec's template is the stable's ({revision}) again"
@@ -143,27 +144,26 @@ def settled(
         and previous.stable_revision == revision
     ):
         return previous, events
-    status = complete(revision)
-    return (_draining(md, status, now) if cancelled else status), events
-
-
-def _draining(md: ModelDeployment, status: RolloutStatus, now: datetime) -> RolloutStatus:
-    """An ended canary's status: with a Gateway, none of its requests routed, its pods kept for the
-    drain (the gateway follows the route some seconds later)."""
-    gateway = gateway_of(md)
-    if gateway is None or gateway.drain_seconds == 0:
-        return status
-    until = now + timedelta(seconds=gateway.drain_seconds)
-    return status.model_copy(update={"routed_weight": 0, "canary_drain_until": until})
+    return complete(revision), events
 
 
 def ended(
-    md: ModelDeployment, previous: RolloutStatus | None, move: Plan, live_canary: Object | None, now: datetime
-) -> Plan:
-    """A move that ends a running canary whose Deployment is there: with a Gateway, it drains first."""
-    if previous is not None and previous.running and not move.status.running and live_canary is not None:
-        move.status = _draining(md, move.status, now)
-    return move
+    md: ModelDeployment,
+    previous: RolloutStatus | None,
+    rollout: RolloutStatus | None,
+    live_canary: Object | None,
+    now: datetime,
+) -> RolloutStatus | None:
+    """status.rollout once a running canary ended (promoted, rolled back, cancelled) with its Deployment
+    still there: with a Gateway, none of its requests routed and its pods kept for the drain (the
+    gateway follows the route some seconds later); otherwise `rollout` as it is."""
+    gateway = gateway_of(md)
+    ending = previous is not None and previous.running and rollout is not None and not rollout.running
+    if not ending or live_canary is None or gateway is None or gateway.drain_seconds == 0:
+        return rollout
+    assert rollout is not None
+    until = now + timedelta(seconds=gateway.drain_seconds)
+    return rollout.model_copy(update={"routed_weight": 0, "canary_drain_until": until})
 
 
 def drain_left(rollout: RolloutStatus | None, now: datetime) -> float | None:

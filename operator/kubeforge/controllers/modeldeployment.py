@@ -173,8 +173,8 @@ async def _workload(
         applied = await _canary_workload(ctx, md, desired, live, previous)
     else:
         deployment, deferred = await _apply_workload(ctx, md, desired, observed_generation)
-        rollout, events = canary.settled(md, previous, workload_template_hash(desired), ctx.now())
-        rollout, requeue = await _retire_canary(ctx, md, rollout)
+        rollout, events = canary.settled(md, previous, workload_template_hash(desired))
+        rollout, requeue = await _retire_canary(ctx, md, previous, rollout)
         action = _action(md)
         if action is not None:  # a verb with no canary to act on is dropped, and said so
             why = f"{canary.ACTION_ANNOTATION}={action} ignored: no canary rollout is under way"
@@ -210,15 +210,13 @@ async def _canary_workload(
     assert uid is not None and ctx.prometheus is not None
     live_canary = _ours(ctx, md, r.DEPLOYMENT, canary_name(md))
     pods = ctx.cache.owned(r.POD.kind, "modeldeployment", ns, name)
-    now = ctx.now()
-    move = await canary.plan(
-        md, ctx.settings, desired, live, live_canary, previous, pods, ctx.prometheus.query, now
+    plan = await canary.plan(
+        md, ctx.settings, desired, live, live_canary, previous, pods, ctx.prometheus.query, ctx.now()
     )
-    plan = canary.ended(md, previous, move, live_canary, now)
     canary_deployment, status, requeue = None, plan.status, plan.requeue
     if plan.canary is None:
         # first, so that a promoted stable's new pods find the GPUs the canary held
-        retired, draining = await _retire_canary(ctx, md, plan.status)
+        retired, draining = await _retire_canary(ctx, md, previous, plan.status)
         status = retired or plan.status
         if draining is not None:
             requeue = draining if requeue is None else min(requeue, draining)
@@ -237,16 +235,17 @@ async def _canary_workload(
 
 
 async def _retire_canary(
-    ctx: Context, md: ModelDeployment, rollout: RolloutStatus | None
+    ctx: Context, md: ModelDeployment, previous: RolloutStatus | None, rollout: RolloutStatus | None
 ) -> tuple[RolloutStatus | None, float | None]:
     """No canary runs: delete its Deployment, unless its pods still drain (a Gateway's route moved off
-    them a moment ago; controllers/canary.py `_draining`): (status.rollout, seconds to look again).
+    them a moment ago; controllers/canary.py `ended`): (status.rollout, seconds to look again).
     The route keeps them out until the last of them is gone: the Service `<name>` selects them too."""
-    left = canary.drain_left(rollout, ctx.now())
+    ns, uid, now = md.metadata.namespace or "", md.metadata.uid, ctx.now()
+    assert uid is not None
+    rollout = canary.ended(md, previous, rollout, _ours(ctx, md, r.DEPLOYMENT, canary_name(md)), now)
+    left = canary.drain_left(rollout, now)
     if left is not None:
         return rollout, left
-    ns, uid = md.metadata.namespace or "", md.metadata.uid
-    assert uid is not None
     await ctx.ensure_absent(r.DEPLOYMENT, ns, canary_name(md), uid)
     pods = ctx.cache.owned(r.POD.kind, "modeldeployment", ns, md.metadata.name)
     if rollout is not None and rollout.canary_drain_until is not None and canary.canary_pods(pods):
