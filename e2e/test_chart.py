@@ -52,6 +52,8 @@ CHART_KINDS = (
     "poddisruptionbudgets",
 )
 DENIED = re.compile(r"\b403\b|forbidden", re.IGNORECASE)
+# A log line starts with its time, milliseconds after a comma ("00:18:10,403"): never read as a status.
+LOG_TIME = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ")
 LEASE = f"{RELEASE}-leader"
 LEASES = "leases.coordination.k8s.io"
 # A standby only fills and keeps its cache, looks for the optional APIs and reads the Lease (Kube.calls verbs).
@@ -111,7 +113,8 @@ def _operator(
 
 
 def _denials(operator: OperatorProcess, offset: int = 0) -> list[str]:
-    return [line for line in operator.log_text(offset).splitlines() if DENIED.search(line)]
+    lines = operator.log_text(offset).splitlines()
+    return [line for line in lines if DENIED.search(LOG_TIME.sub("", line))]
 
 
 def _model_deployment(namespace: str, name: str = "resnet50") -> str:
