@@ -18,18 +18,18 @@ from kubeforge.status.gateway import route_summary
 REVISION = "kubeforge.io/revision"
 
 
-def _md(gateway: dict[str, Any] | None) -> ModelDeployment:
+MODEL = {"name": "m", "source": "pvc://models/m", "format": "onnx"}
+LANGUAGE_MODEL = {"name": "m", "source": "pvc://models/m", "format": "python", "config": {"decoupled": True}}
+
+
+def _md(gateway: dict[str, Any] | None, model: dict[str, Any] = MODEL, **spec: Any) -> ModelDeployment:
     canary: dict[str, Any] = {"steps": [{"weight": 10}]}
     if gateway is not None:
         canary["gateway"] = gateway
     return ModelDeployment.model_validate(
         {
             "metadata": {"name": "shop", "namespace": "ns", "uid": "u1", "generation": 1},
-            "spec": {
-                "replicas": 4,
-                "models": [{"name": "m", "source": "pvc://models/m", "format": "onnx"}],
-                "rollout": {"canary": canary},
-            },
+            "spec": {"replicas": 4, "models": [model], "rollout": {"canary": canary}, **spec},
         }
     )
 
@@ -140,3 +140,27 @@ def test_the_route_summary_says_what_its_gateway_reported() -> None:
         "HTTPRoute shop (shop-stable 90, shop-canary 10) not accepted by Gateway ns/edge: "
         "ResolvedRefs BackendNotFound: no shop-canary"
     )
+
+
+def _rules(route: dict[str, Any] | None) -> list[tuple[str, list[tuple[str, int, int]]]]:
+    assert route is not None
+    return [
+        (
+            rule["matches"][0]["path"]["value"],
+            [(b["name"], b["port"], b["weight"]) for b in rule["backendRefs"]],
+        )
+        for rule in route["spec"]["rules"]
+    ]
+
+
+def test_a_language_model_gets_the_openai_api_on_v1_with_the_same_weights() -> None:
+    lm = _md({"name": "edge"}, LANGUAGE_MODEL)
+    assert _rules(build_http_route(lm, _running(10))) == [
+        ("/v1", [("shop-stable", 9000, 90), ("shop-canary", 9000, 10)]),
+        ("/", [("shop-stable", 8000, 90), ("shop-canary", 8000, 10)]),
+    ]
+    assert _rules(build_http_route(lm, None)) == [("/v1", [("shop", 9000, 1)]), ("/", [("shop", 8000, 1)])]
+    # the front turned off: no /v1 rule (Triton has no such path); a model that is not a language model: none
+    off = _md({"name": "edge"}, LANGUAGE_MODEL, openai={"enabled": False})
+    assert _rules(build_http_route(off, None)) == [("/", [("shop", 8000, 1)])]
+    assert _rules(build_http_route(_md({"name": "edge"}), None)) == [("/", [("shop", 8000, 1)])]

@@ -6,15 +6,27 @@ the weight the rollout routes now (status.rollout.routedWeight: a step's weight 
 ready), and while an ended canary drains it sends it nothing (weight 0). Otherwise it sends
 everything to the Service `<name>`, which selects every serving pod: the route never waits on a
 label the stable pods may not carry yet.
+
+Its rules: `/v1` to the OpenAI front's port (9000) when the pods run one (a language model), and
+everything else to Triton's HTTP port (8000). The Gateway API gives the longest matching prefix the
+request, and Triton serves nothing under `/v1`; both rules carry the same weights.
 """
 
 from __future__ import annotations
 
 from kubeforge.api.modeldeployment import ModelDeployment, RolloutStatus, gateway_of
 from kubeforge.builders.meta import Object
-from kubeforge.builders.modeldeployment import HTTP_PORT, canary_name, child_meta, stable_name
+from kubeforge.builders.modeldeployment import (
+    HTTP_PORT,
+    OPENAI_PORT,
+    canary_name,
+    child_meta,
+    openai_models,
+    stable_name,
+)
 
 GATEWAY_API = "gateway.networking.k8s.io/v1"
+OPENAI_PATH = "/v1"  # the OpenAI API's paths: /v1/models, /v1/completions, /v1/chat/completions
 
 
 def routed_weight(rollout: RolloutStatus | None) -> int | None:
@@ -36,17 +48,23 @@ def build_http_route(md: ModelDeployment, rollout: RolloutStatus | None) -> Obje
         parent["sectionName"] = gateway.section_name
     weight = routed_weight(rollout)
     if weight is None:
-        backends = [_backend(md.metadata.name, 1)]
+        services = [(md.metadata.name, 1)]
     else:
-        backends = [_backend(stable_name(md), 100 - weight), _backend(canary_name(md), weight)]
-    spec: Object = {
-        "parentRefs": [parent],
-        "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/"}}], "backendRefs": backends}],
-    }
+        services = [(stable_name(md), 100 - weight), (canary_name(md), weight)]
+    ports = [(OPENAI_PATH, OPENAI_PORT)] if openai_models(md) else []
+    ports.append(("/", HTTP_PORT))
+    rules = [
+        {
+            "matches": [{"path": {"type": "PathPrefix", "value": path}}],
+            "backendRefs": [_backend(service, port, w) for service, w in services],
+        }
+        for path, port in ports
+    ]
+    spec: Object = {"parentRefs": [parent], "rules": rules}
     if gateway.hostnames:
         spec["hostnames"] = list(gateway.hostnames)
     return {"apiVersion": GATEWAY_API, "kind": "HTTPRoute", "metadata": child_meta(md), "spec": spec}
 
 
-def _backend(service: str, weight: int) -> Object:
-    return {"group": "", "kind": "Service", "name": service, "port": HTTP_PORT, "weight": weight}
+def _backend(service: str, port: int, weight: int) -> Object:
+    return {"group": "", "kind": "Service", "name": service, "port": port, "weight": weight}
