@@ -3,7 +3,8 @@
 kwok runs no containers, so the autoscaling loop would have nothing to measure. `PodServers`
 follows a ModelDeployment's pods: for each pod that is Running it runs the pod template's own init
 container (the repository assembly) and tritonserver container locally (kubeforge.testing.triton_pod,
-with the operator's rendered config, on free loopback ports), and publishes the server's metrics
+with the operator's rendered config, on free loopback ports), and its `openai` container (the OpenAI
+front over that server) when it has one, and publishes the server's metrics
 port as a Prometheus scrape target labelled with the pod's `namespace` and `pod`, exactly the labels
 Prometheus' Kubernetes discovery gives a real pod. When a pod goes, its server stops and its target
 is removed. Everything downstream of the scrape (Prometheus, the adapter or KEDA, the HPA, /scale)
@@ -23,6 +24,7 @@ from typing import Any
 
 from e2e.kube import Kubectl
 from e2e.netns import add_pod_address
+from kubeforge.testing.openai_front import RunningFront, running_front, with_flag_values
 from kubeforge.testing.triton import TritonServer
 from kubeforge.testing.triton_pod import run_init_container, run_triton_container
 
@@ -34,6 +36,7 @@ Target = tuple[str, dict[str, str]]  # (host:port, labels)
 class _Served:
     server: TritonServer
     stack: ExitStack
+    front: RunningFront | None = None  # the pod's `openai` container, when it has one
 
 
 @dataclass
@@ -81,7 +84,7 @@ class PodServers:
         with self._lock:
             for pod in list(self.servers):
                 self._stop_server(pod)
-        for _, stopping in self._stopping:
+        for _host, stopping in self._stopping:
             stopping.join(timeout=60)
         self.publish([])
 
@@ -198,11 +201,25 @@ class PodServers:
             # a gone pod's server stops at once rather than waiting for its in-flight requests
             options = {"pod_ip": pod_ip, "stop_timeout": 2.0}
         stack = ExitStack()
-        server = stack.enter_context(run_triton_container(triton, paths=paths, **options))
-        self.pod_labels[name] = dict(pod["metadata"].get("labels") or {})
-        server.wait_until("ready", timeout=120)
+        try:
+            server = stack.enter_context(run_triton_container(triton, paths=paths, **options))
+            self.pod_labels[name] = dict(pod["metadata"].get("labels") or {})
+            server.wait_until("ready", timeout=120)
+            front = None
+            openai = next((c for c in spec["containers"] if c["name"] == "openai"), None)
+            if openai is not None:  # the OpenAI front over this pod's tritonserver, on the pod's address
+                args = with_flag_values(
+                    openai["args"], {"--triton": server.http_url, "--repository": str(repository)}
+                )
+                port = int(openai["ports"][0]["containerPort"]) if pod_ip is not None else None
+                front = stack.enter_context(
+                    running_front(args, self.work_dir / name / "openai.log", host=server.host, port=port)
+                )
+        except BaseException:
+            stack.close()  # what started of this pod's servers
+            raise
         log.info("pod servers: %s/%s serves on %s", self.namespace, name, server.http_url)
-        return _Served(server, stack)
+        return _Served(server, stack, front)
 
     def _stop_server(self, pod: str) -> None:
         """Stop a pod's server in the background (under the lock): a server still taking requests

@@ -39,6 +39,7 @@ from e2e.cluster import Cluster
 from e2e.front import INFER_BODY
 from e2e.gateway import Traefik, gateway_manifests, install_gateway_api
 from e2e.kube import Kubectl, wait_for
+from e2e.net import http_status
 from e2e.operator_proc import OperatorProcess
 from e2e.podservers import PodServers
 from e2e.prometheus import Prometheus
@@ -54,7 +55,7 @@ from e2e.rollouts import (
     wait_rollout,
 )
 from kubeforge.api.modeldeployment import ModelSpec
-from kubeforge.testing.workloads import write_model
+from kubeforge.testing.workloads import streaming_text_model, write_model
 
 pytestmark = [pytest.mark.e2e, pytest.mark.netns]
 NAME = "shop"
@@ -65,7 +66,6 @@ STEPS = [{"weight": 10}]  # held until promoted
 ANALYSIS = {"intervalSeconds": 10, "minRequests": 10, "maxErrorRatioIncrease": 0.05, "maxLatencyRatio": 20}
 REQUESTS = 2000
 DRAIN = 15  # seconds an ended canary's pods keep running, unrouted (Traefik applies a route seconds later)
-SUCCESSES = re.compile(r'^nv_inference_request_success\{model="fixed",version="1"\} (\S+)$', re.MULTILINE)
 
 
 @pytest.fixture
@@ -103,8 +103,11 @@ def _wait_backends(kubectl: Kubectl, namespace: str, want: list[tuple[str, int]]
     )
 
 
-def _send(url: str, count: int, clients: int, host: str | None = None) -> Counter[int]:
-    """`count` inference requests through the Gateway from `clients` threads: their HTTP statuses."""
+def _send(
+    url: str, count: int, clients: int, host: str | None = None, body: bytes = INFER_BODY
+) -> Counter[int]:
+    """`count` POSTs of `body` (an inference request) through the Gateway from `clients` threads:
+    their HTTP statuses."""
     statuses: Counter[int] = Counter()
     left = [count]
     lock = threading.Lock()
@@ -116,7 +119,7 @@ def _send(url: str, count: int, clients: int, host: str | None = None) -> Counte
                 if left[0] == 0:
                     return
                 left[0] -= 1
-            request = urllib.request.Request(url, data=INFER_BODY, method="POST", headers=headers)
+            request = urllib.request.Request(url, data=body, method="POST", headers=headers)
             try:
                 with urllib.request.urlopen(request, timeout=30) as response:
                     response.read()
@@ -136,14 +139,25 @@ def _send(url: str, count: int, clients: int, host: str | None = None) -> Counte
     return statuses
 
 
-def _successes(servers: PodServers) -> dict[str, float]:
-    """pod -> the requests its tritonserver executed successfully (Triton's own counter)."""
+def _successes(servers: PodServers, model: str = MODEL) -> dict[str, float]:
+    """pod -> the requests of `model` its tritonserver executed successfully (Triton's own counter)."""
+    successes = re.compile(
+        rf'^nv_inference_request_success\{{model="{model}",version="1"\}} (\S+)$', re.MULTILINE
+    )
     counts = {}
     for pod, url in servers.metrics_urls().items():
         with urllib.request.urlopen(url, timeout=10) as response:
-            found = SUCCESSES.search(response.read().decode())
+            found = successes.search(response.read().decode())
         counts[pod] = float(found.group(1)) if found else 0.0
     return counts
+
+
+def _canary_share(servers: PodServers, before: dict[str, float], model: str = MODEL) -> float:
+    after = _successes(servers, model)
+    served = {pod: after[pod] - before.get(pod, 0.0) for pod in after}
+    canary = sum(n for pod, n in served.items() if servers.pod_labels[pod].get(REVISION) == "canary")
+    print(f"\n{model}: the canary served {canary:.0f} of {sum(served.values()):.0f} requests: {served}")
+    return canary / sum(served.values())
 
 
 def _pod_labels(kubectl: Kubectl, namespace: str) -> list[dict[str, str]]:
@@ -218,14 +232,10 @@ def test_a_gateway_splits_the_canary_by_its_weight_and_a_broken_one_is_rolled_ba
         )
         before = _successes(servers)
         statuses = _send(url, REQUESTS, 4)
-        after = _successes(servers)
         assert statuses == Counter({200: REQUESTS}), statuses
-        served = {pod: after[pod] - before.get(pod, 0.0) for pod in after}
-        canary = sum(n for pod, n in served.items() if servers.pod_labels[pod].get(REVISION) == "canary")
-        share = canary / sum(served.values())
+        share = _canary_share(servers, before)
         # by replicas the canary would take 25 %; the Gateway gives it the step's weight
-        assert 0.07 <= share <= 0.13, (share, served)
-        print(f"\ncanary share through the Gateway: {share:.3f} of {sum(served.values()):.0f} requests")
+        assert 0.07 <= share <= 0.13, share
 
         kubectl("annotate", "md", NAME, f"{ACTION}=promote", namespace=namespace)
         promoted = wait_rollout(kubectl, namespace, NAME, "promoted", timeout=60, phase="Complete")
@@ -336,4 +346,215 @@ def test_a_gateway_splits_the_canary_by_its_weight_and_a_broken_one_is_rolled_ba
         converged(kubectl, namespace, NAME)
         ready(kubectl, namespace, NAME)
         assert md_body(kubectl, namespace, NAME)["status"]["rollout"].get("route") is None
+    assert not servers.errors, servers.errors
+
+
+LANGUAGE_MODEL = "chat"
+# The time to first token decides: the slow canary's requests take longer too, but within 100 times.
+# Each of its requests holds a client 300 ms, so it gets fewer than the fast one's: 5 suffice for a mean
+# of 300 ms against 5 (the Gateway applies its weight some seconds into the analysis' window).
+LM_ANALYSIS = {**ANALYSIS, "minRequests": 5, "maxLatencyRatio": 100, "maxTimeToFirstTokenRatio": 3}
+COMPLETION = json.dumps(
+    {"model": LANGUAGE_MODEL, "prompt": "Of the Refraction of Light", "max_tokens": 2}
+).encode()
+LM_REQUESTS = 500
+
+
+def _lm_md(namespace: str, model: ModelSpec, openai: bool = True) -> str:
+    gateway = {"name": GATEWAY, "drainSeconds": DRAIN}
+    spec: dict[str, Any] = {
+        "replicas": 4,
+        "models": [model.wire()],
+        "rollout": {"canary": {"steps": STEPS, "analysis": LM_ANALYSIS, "gateway": gateway}},
+    }
+    if not openai:
+        spec["openai"] = {"enabled": False}
+    return manifest(namespace, NAME, spec)
+
+
+def _rules(kubectl: Kubectl, namespace: str) -> list[tuple[str, list[int]]]:
+    """The route's rules: (path prefix, the backends' ports)."""
+    route = _route(kubectl, namespace) or {"spec": {"rules": []}}
+    return [
+        (rule["matches"][0]["path"]["value"], [b["port"] for b in rule["backendRefs"]])
+        for rule in route["spec"]["rules"]
+    ]
+
+
+def _stream(url: str) -> tuple[str, str]:
+    """One streamed chat completion through the Gateway: (Content-Type, the events)."""
+    body = {
+        "model": LANGUAGE_MODEL,
+        "messages": [{"role": "user", "content": "Hi"}],
+        "max_tokens": 3,
+        "stream": True,
+    }
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), method="POST", headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return response.headers["Content-Type"], response.read().decode()
+
+
+def test_a_language_models_openai_api_is_split_too_and_a_slow_first_token_is_rolled_back(
+    kubectl: Kubectl,
+    namespace: str,
+    own_operator: OperatorProcess,
+    models_claim: str,
+    analysis_prometheus: Prometheus,
+    traefik: Traefik,
+    tmp_path: Path,
+) -> None:
+    """A language model's pods run the OpenAI front (port 9000) beside Triton: the route sends `/v1`
+    there, with the canary's weight like every other path. 1. created: /v1 and / routed, a streamed
+    chat completion through the Gateway; 2. a new model: 10 % +- 3 of the completions on the canary
+    pod; 3. replaced while it runs by a model whose first token comes 60 times later: rolled back by
+    the time-to-first-token analysis, with both means in status; 4. day 2: the front turned off while
+    the operator is down: the /v1 rule goes with it once the change is promoted."""
+    prometheus = analysis_prometheus
+    env = {"KUBEFORGE_PROMETHEUS_ADDRESS": prometheus.url}
+    own_operator.start(env=env)
+    kubectl.apply(gateway_manifests(namespace, GATEWAY, traefik.port))
+    fast, faster, slow = (streaming_text_model(LANGUAGE_MODEL, first_token_ms=ms) for ms in (5.0, 4.0, 300.0))
+    pvc = tmp_path / "pvc"
+    write_model(pvc / "models", fast)  # one folder: the sources differ only in config
+    completions = f"{traefik.url}/v1/completions"
+
+    kubectl.apply(_lm_md(namespace, fast))
+    servers = PodServers(
+        kubectl, namespace, NAME, pvc, tmp_path / "servers", prometheus.set_targets, pod_ips=True
+    )
+    with servers:
+        # 1. both APIs routed to the one Service: OpenAI's on the front's port, Triton's on its own
+        servers.wait_for_servers(4)
+        _wait_backends(kubectl, namespace, [(NAME, 1)])
+        assert _rules(kubectl, namespace) == [("/v1", [9000]), ("/", [8000])]
+        wait_rollout(kubectl, namespace, NAME, "created", phase="Complete")
+        wait_for(
+            lambda: _send(completions, 10, 2, body=COMPLETION) == Counter({200: 10}),
+            timeout=30,
+            message="completions through the Gateway",
+        )
+        content_type, events = _stream(f"{traefik.url}/v1/chat/completions")
+        assert content_type.startswith("text/event-stream") and events.endswith("data: [DONE]\n\n"), events
+        status = http_status(f"{traefik.url}/v2/models/{LANGUAGE_MODEL}/ready")
+        assert status == 200, status  # Triton's own API, beside OpenAI's
+        converged(kubectl, namespace, NAME)
+
+        # 2. a new model: a tenth of the completions on the one canary pod of four
+        kubectl.apply(_lm_md(namespace, faster))
+        step = wait_rollout(kubectl, namespace, NAME, "step 1 routed", phase="Progressing", routedWeight=10)
+        _wait_backends(kubectl, namespace, [(f"{NAME}-stable", 90), (f"{NAME}-canary", 10)])
+        assert _rules(kubectl, namespace) == [("/v1", [9000, 9000]), ("/", [8000, 8000])]
+        wait_for(
+            lambda: (
+                Counter(servers.pod_labels[p].get(REVISION) for p in servers.metrics_urls())
+                == Counter({"stable": 3, "canary": 1})
+            ),
+            timeout=120,
+            message="servers for 3 stable pods and 1 canary pod",
+        )
+        wait_for(
+            lambda: "accepted by Gateway" in rollout_status(kubectl, namespace, NAME).get("route", ""),
+            timeout=60,
+            message="the weighted route accepted",
+        )
+        converged(kubectl, namespace, NAME)
+        wait_for(  # Traefik applies an accepted route a few seconds later (its providers' throttle)
+            lambda: _send(completions, 20, 2, body=COMPLETION) == Counter({200: 20}),
+            timeout=30,
+            message="completions through the weighted route",
+        )
+        before = _successes(servers, LANGUAGE_MODEL)
+        statuses = _send(completions, LM_REQUESTS, 4, body=COMPLETION)
+        assert statuses == Counter({200: LM_REQUESTS}), statuses
+        share = _canary_share(servers, before, LANGUAGE_MODEL)
+        assert 0.07 <= share <= 0.13, share
+
+        # 3. replaced mid-step by a model with a slow first token, under load: rolled back on it
+        stop = threading.Event()
+
+        def load() -> None:
+            while not stop.is_set():
+                _send(completions, 80, 8, body=COMPLETION)
+
+        loader = threading.Thread(target=load, daemon=True)
+        loader.start()
+        try:
+            kubectl.apply(_lm_md(namespace, slow))
+            replaced = wait_for(
+                lambda: (
+                    rollout
+                    if (rollout := rollout_status(kubectl, namespace, NAME)).get("canaryRevision")
+                    not in (None, step["canaryRevision"])
+                    else None
+                ),
+                timeout=60,
+                message="the slow model replaces the canary",
+            )
+
+            def slow_serving() -> bool:
+                return any(
+                    labels.get("kubeforge.io/canary-revision") == replaced["canaryRevision"]
+                    for labels in servers.pod_labels_now()
+                )
+
+            wait_for(slow_serving, timeout=120, message="the slow canary's server up")
+            serving = datetime.now(UTC)
+            try:
+                rolled_back = wait_rollout(
+                    kubectl, namespace, NAME, "rolled back", timeout=120, phase="RolledBack"
+                )
+            except TimeoutError:
+                raise AssertionError(f"not rolled back: {rollout_status(kubectl, namespace, NAME)}") from None
+        finally:
+            stop.set()
+            loader.join(timeout=60)
+        failed = next(
+            a for a in reversed(rolled_back["analyses"]) if a["revision"] == replaced["canaryRevision"]
+        )
+        assert failed["verdict"] == "Failed", failed
+        ttft = next(m for m in failed["metrics"] if m["name"] == "timeToFirstTokenMs")
+        assert ttft["verdict"] == "Failed" and ttft["canary"] > 3 * ttft["stable"], ttft
+        assert ttft["canary"] >= 300 and "kubeforge_time_to_first_token_seconds" in ttft["canaryQuery"], ttft
+        judged = (datetime.fromisoformat(failed["at"]) - serving).total_seconds()
+        assert judged <= LM_ANALYSIS["intervalSeconds"] + 5, (
+            judged,
+            serving,
+            [(a["at"], a["revision"][:6], a["verdict"], a.get("message")) for a in rolled_back["analyses"]],
+        )
+        print(
+            f"time to first token: canary {ttft['canary']:.1f} ms, stable {ttft['stable']:.1f} ms; "
+            f"rolled back {judged:.1f} s after its server was up"
+        )
+        _wait_backends(kubectl, namespace, [(NAME, 1)])
+        wait_for(
+            lambda: deployment(kubectl, namespace, f"{NAME}-canary") is None,
+            timeout=60,
+            message="no canary Deployment left after the rollback",
+        )
+        assert _send(completions, 20, 2, body=COMPLETION) == Counter({200: 20})
+        converged(kubectl, namespace, NAME)
+
+        # 4. day 2: the front turned off while the operator is down; the change promoted; no /v1 rule
+        own_operator.stop()
+        kubectl.apply(_lm_md(namespace, fast, openai=False))
+        own_operator.start(env=env)
+        wait_rollout(kubectl, namespace, NAME, "the front's removal as a canary", phase="Progressing")
+        wait_for(  # the route is the current spec's: no /v1, though the stable pods still run the front
+            lambda: _rules(kubectl, namespace) == [("/", [8000, 8000])],
+            timeout=30,
+            message="the route without /v1",
+        )
+        kubectl("annotate", "md", NAME, f"{ACTION}=promote", namespace=namespace)
+        wait_rollout(kubectl, namespace, NAME, "promoted", timeout=60, phase="Complete")
+        _wait_backends(kubectl, namespace, [(NAME, 1)])
+        assert _rules(kubectl, namespace) == [("/", [8000])]
+        wait_for(
+            lambda: deployment(kubectl, namespace, f"{NAME}-canary") is None,
+            timeout=60,
+            message="the canary Deployment gone after promotion",
+        )
+        converged(kubectl, namespace, NAME)
+        ready(kubectl, namespace, NAME)
     assert not servers.errors, servers.errors

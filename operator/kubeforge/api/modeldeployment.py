@@ -792,7 +792,8 @@ class Canary(ApiModel):
         description="Split the traffic by an HTTPRoute `<name>` on this Gateway, to the Services "
         "`<name>-stable` and `<name>-canary`, with exactly each step's weight (unset: by the ratio of ready "
         "replicas behind the one Service). Without a canary running, the route sends everything to the "
-        "Service `<name>`.",
+        "Service `<name>`. It routes Triton's HTTP API (`/`, port 8000) and, for a language model, the OpenAI "
+        "API (`/v1`, port 9000); not gRPC.",
     )
 
     steps: list[CanaryStep] = Field(

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kubeforge.testing.triton import free_port
+from kubeforge.testing.triton import LOOPBACK, free_port
 
 
 def with_flag_values(args: Sequence[str], values: Mapping[str, str]) -> list[str]:
@@ -50,16 +50,22 @@ class RunningFront:
 
 @contextmanager
 def running_front(
-    args: Sequence[str], log: Path, *, ready: bool = True, timeout: float = 30
+    args: Sequence[str],
+    log: Path,
+    *,
+    ready: bool = True,
+    timeout: float = 30,
+    host: str = LOOPBACK,
+    port: int | None = None,
 ) -> Iterator[RunningFront]:
-    """The front with `args` (its `--port` is replaced by a free one), once /health answers: 200 when
-    `ready`, else any status (no Triton behind it)."""
-    port = free_port()
-    argv = [sys.executable, "-m", "kubeforge", "openai-front", "--host", "127.0.0.1",
+    """The front with `args` on `host` (its `--port` is replaced by `port`, else a free one), once
+    /health answers: 200 when `ready`, else any status (no Triton behind it)."""
+    port = port or free_port()
+    argv = [sys.executable, "-m", "kubeforge", "openai-front", "--host", host,
             *with_flag_values(["--port", "0", *args], {"--port": str(port)})]  # fmt: skip
     with log.open("wb") as out:
         process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
-    front = RunningFront(f"http://127.0.0.1:{port}", process, log)
+    front = RunningFront(f"http://{host}:{port}", process, log)
     try:
         deadline = time.monotonic() + timeout
         while True:
