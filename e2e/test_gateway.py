@@ -28,6 +28,7 @@ import urllib.error
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -55,7 +56,7 @@ from e2e.rollouts import (
     wait_rollout,
 )
 from kubeforge.api.modeldeployment import ModelSpec
-from kubeforge.testing.workloads import streaming_text_model, write_model
+from kubeforge.testing.workloads import in_threads, streaming_text_model, write_model
 
 pytestmark = [pytest.mark.e2e, pytest.mark.netns]
 NAME = "shop"
@@ -108,35 +109,38 @@ def _send(
 ) -> Counter[int]:
     """`count` POSTs of `body` (an inference request) through the Gateway from `clients` threads:
     their HTTP statuses."""
-    statuses: Counter[int] = Counter()
-    left = [count]
-    lock = threading.Lock()
     headers = {"Content-Type": "application/json", **({"Host": host} if host else {})}
 
-    def loop() -> None:
-        while True:
-            with lock:
-                if left[0] == 0:
-                    return
-                left[0] -= 1
-            request = urllib.request.Request(url, data=body, method="POST", headers=headers)
-            try:
-                with urllib.request.urlopen(request, timeout=30) as response:
-                    response.read()
-                    status = int(response.status)
-            except urllib.error.HTTPError as error:
-                status = error.code
-            except OSError:
-                status = 0
-            with lock:
-                statuses[status] += 1
+    def one() -> int:
+        request = urllib.request.Request(url, data=body, method="POST", headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                response.read()
+                return int(response.status)
+        except urllib.error.HTTPError as error:
+            return error.code
+        except OSError:
+            return 0
 
-    threads = [threading.Thread(target=loop, daemon=True) for _ in range(clients)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=300)
-    return statuses
+    return in_threads(count, clients, one)
+
+
+@contextmanager
+def _under_load(url: str, clients: int, body: bytes = INFER_BODY) -> Iterator[None]:
+    """Requests through the Gateway from `clients` threads, one after another, until the block ends."""
+    stop = threading.Event()
+
+    def load() -> None:
+        while not stop.is_set():
+            _send(url, 10 * clients, clients, body=body)
+
+    loader = threading.Thread(target=load, daemon=True)
+    loader.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        loader.join(timeout=60)
 
 
 def _successes(servers: PodServers, model: str = MODEL) -> dict[str, float]:
@@ -250,15 +254,7 @@ def test_a_gateway_splits_the_canary_by_its_weight_and_a_broken_one_is_rolled_ba
         converged(kubectl, namespace, NAME)
 
         # 3. a broken model under load through the Gateway: rolled back by its first analysis
-        stop = threading.Event()
-
-        def load() -> None:
-            while not stop.is_set():
-                _send(url, 50, 2)
-
-        loader = threading.Thread(target=load, daemon=True)
-        loader.start()
-        try:
+        with _under_load(url, 2):
             kubectl.apply(_md(namespace, broken, gateway))
             routed = wait_rollout(kubectl, namespace, NAME, "the broken canary routed", routedWeight=10)
 
@@ -271,9 +267,6 @@ def test_a_gateway_splits_the_canary_by_its_weight_and_a_broken_one_is_rolled_ba
             rolled_back = wait_rollout(
                 kubectl, namespace, NAME, "rolled back", timeout=120, phase="RolledBack"
             )
-        finally:
-            stop.set()
-            loader.join(timeout=60)
         analyses = [a for a in rolled_back["analyses"] if a["revision"] == routed["canaryRevision"]]
         failed = analyses[-1]
         assert failed["verdict"] == "Failed" and failed["step"] == 1, analyses
@@ -472,15 +465,7 @@ def test_a_language_models_openai_api_is_split_too_and_a_slow_first_token_is_rol
         assert 0.07 <= share <= 0.13, share
 
         # 3. replaced mid-step by a model with a slow first token, under load: rolled back on it
-        stop = threading.Event()
-
-        def load() -> None:
-            while not stop.is_set():
-                _send(completions, 80, 8, body=COMPLETION)
-
-        loader = threading.Thread(target=load, daemon=True)
-        loader.start()
-        try:
+        with _under_load(completions, 8, COMPLETION):
             kubectl.apply(_lm_md(namespace, slow))
             replaced = wait_for(
                 lambda: (
@@ -507,9 +492,6 @@ def test_a_language_models_openai_api_is_split_too_and_a_slow_first_token_is_rol
                 )
             except TimeoutError:
                 raise AssertionError(f"not rolled back: {rollout_status(kubectl, namespace, NAME)}") from None
-        finally:
-            stop.set()
-            loader.join(timeout=60)
         failed = next(
             a for a in reversed(rolled_back["analyses"]) if a["revision"] == replaced["canaryRevision"]
         )

@@ -5,7 +5,6 @@ with the tokens asked for, and its time to first token is in the histogram the a
 from __future__ import annotations
 
 import json
-import threading
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
@@ -15,7 +14,7 @@ import pytest
 from kubeforge.testing.openai_front import RunningFront, call, running_front
 from kubeforge.testing.streaming import model_metrics
 from kubeforge.testing.triton import TritonServer, run_tritonserver
-from kubeforge.testing.workloads import streaming_text_model, write_model
+from kubeforge.testing.workloads import in_threads, streaming_text_model, write_model
 
 pytestmark = pytest.mark.triton
 FIRST_TOKEN_MS = 200.0
@@ -34,29 +33,12 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TritonSer
 
 def _complete(front: RunningFront, model: str, count: int, clients: int) -> Counter[tuple[int, str]]:
     """`count` completions of 3 tokens from `clients` threads: (status, text) of each."""
-    answers: Counter[tuple[int, str]] = Counter()
-    lock = threading.Lock()
-    left = [count]
 
-    def loop() -> None:
-        while True:
-            with lock:
-                if left[0] == 0:
-                    return
-                left[0] -= 1
-            status, body = call(
-                f"{front.url}/v1/completions", {"model": model, "prompt": "Hi", "max_tokens": 3}
-            )
-            text = json.loads(body)["choices"][0]["text"] if status == 200 else body.decode()
-            with lock:
-                answers[(status, text)] += 1
+    def one() -> tuple[int, str]:
+        status, body = call(f"{front.url}/v1/completions", {"model": model, "prompt": "Hi", "max_tokens": 3})
+        return status, json.loads(body)["choices"][0]["text"] if status == 200 else body.decode()
 
-    threads = [threading.Thread(target=loop) for _ in range(clients)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-    return answers
+    return in_threads(count, clients, one)
 
 
 def test_concurrent_completions_are_all_answered(served: tuple[TritonServer, RunningFront]) -> None:

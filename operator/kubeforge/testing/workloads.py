@@ -13,9 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
+from collections import Counter
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -192,6 +196,33 @@ def fixed_cost_model(
         format=ModelFormat.PYTHON,
         config=TritonModelConfig.model_validate(config),
     )
+
+
+R = TypeVar("R", bound=Hashable)
+
+
+def in_threads(count: int, clients: int, call: Callable[[], R], timeout: float = 300) -> Counter[R]:
+    """Make `call` `count` times from `clients` threads at once: how many times each result came."""
+    results: Counter[R] = Counter()
+    left = [count]
+    lock = threading.Lock()
+
+    def loop() -> None:
+        while True:
+            with lock:
+                if left[0] == 0:
+                    return
+                left[0] -= 1
+            result = call()
+            with lock:
+                results[result] += 1
+
+    threads = [threading.Thread(target=loop, daemon=True) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=timeout)
+    return results
 
 
 def write_model(repository: Path, model: ModelSpec) -> Path:
