@@ -24,7 +24,7 @@ from typing import Any
 
 from e2e.kube import Kubectl
 from e2e.netns import add_pod_address
-from kubeforge.testing.openai_front import RunningFront, running_front, with_flag_values
+from kubeforge.testing.openai_front import running_front, with_flag_values
 from kubeforge.testing.triton import TritonServer
 from kubeforge.testing.triton_pod import run_init_container, run_triton_container
 
@@ -35,8 +35,7 @@ Target = tuple[str, dict[str, str]]  # (host:port, labels)
 @dataclass
 class _Served:
     server: TritonServer
-    stack: ExitStack
-    front: RunningFront | None = None  # the pod's `openai` container, when it has one
+    stack: ExitStack  # the pod's tritonserver, and its OpenAI front when it has an `openai` container
 
 
 @dataclass
@@ -205,21 +204,20 @@ class PodServers:
             server = stack.enter_context(run_triton_container(triton, paths=paths, **options))
             self.pod_labels[name] = dict(pod["metadata"].get("labels") or {})
             server.wait_until("ready", timeout=120)
-            front = None
             openai = next((c for c in spec["containers"] if c["name"] == "openai"), None)
             if openai is not None:  # the OpenAI front over this pod's tritonserver, on the pod's address
                 args = with_flag_values(
                     openai["args"], {"--triton": server.http_url, "--repository": str(repository)}
                 )
                 port = int(openai["ports"][0]["containerPort"]) if pod_ip is not None else None
-                front = stack.enter_context(
+                stack.enter_context(
                     running_front(args, self.work_dir / name / "openai.log", host=server.host, port=port)
                 )
         except BaseException:
             stack.close()  # what started of this pod's servers
             raise
         log.info("pod servers: %s/%s serves on %s", self.namespace, name, server.http_url)
-        return _Served(server, stack, front)
+        return _Served(server, stack)
 
     def _stop_server(self, pod: str) -> None:
         """Stop a pod's server in the background (under the lock): a server still taking requests

@@ -105,12 +105,13 @@ class TritonPythonModel:
     def _serve(self):
         due, order = [], itertools.count()
         while True:
+            while due and due[0][0] <= time.monotonic():  # what is due first, however busy the queue
+                _, _, arrived, request = heapq.heappop(due)
+                self._answer(request, arrived)
             wait = max(0.0, due[0][0] - time.monotonic()) if due else None
             try:
                 arrived, request = self.arrivals.get(timeout=wait)
             except queue.Empty:
-                _, _, arrived, request = heapq.heappop(due)
-                self._answer(request, arrived)
                 continue
             if request is None:
                 return
