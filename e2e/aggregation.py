@@ -29,8 +29,8 @@ from typing import Any
 from e2e.cluster import Cluster
 from e2e.kube import Kubectl, find_condition, wait_for
 from e2e.pki import write_token_kubeconfig
+from kubeforge.testing.triton import LOOPBACK
 
-LOOPBACK = "127.0.0.1"
 # The port of the Service the APIService names; the EndpointSlice maps it to the real one.
 SERVICE_PORT = 443
 _PORT_NAME = "https"

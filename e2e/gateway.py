@@ -21,8 +21,8 @@ from e2e.cluster import Cluster, ClusterError, tool_binary
 from e2e.kube import Kubectl, wait_established
 from e2e.net import free_ports, http_status
 from e2e.procs import BackgroundService
+from kubeforge.testing.triton import LOOPBACK
 
-LOOPBACK = "127.0.0.1"
 CONTROLLER_NAME = "traefik.io/gateway-controller"
 GATEWAY_CLASS = "traefik"
 

@@ -28,8 +28,7 @@ from e2e.cluster import tool_binary
 from e2e.kube import wait_for
 from e2e.net import free_ports, http_status
 from e2e.procs import BackgroundService
-
-LOOPBACK = "127.0.0.1"
+from kubeforge.testing.triton import LOOPBACK
 
 
 class PrometheusQueryError(RuntimeError):

@@ -14,6 +14,7 @@ from kubeforge.settings import Settings
 from kubeforge.testing.workloads import fixed_cost_model
 
 MODEL = "fixed"
+ACTION = "kubeforge.io/rollout-action"  # the rollout verbs' annotation: promote, abort, retry
 
 
 def fixed_model(step_ms: float, error_every: int = 0) -> ModelSpec:

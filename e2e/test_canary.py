@@ -31,6 +31,7 @@ from e2e.operator_proc import OperatorProcess
 from e2e.podservers import PodServers
 from e2e.prometheus import Prometheus
 from e2e.rollouts import (
+    ACTION,
     MODEL,
     converged,
     deployment,
@@ -48,7 +49,6 @@ from kubeforge.testing.workloads import write_model
 pytestmark = [pytest.mark.e2e, pytest.mark.serial]
 NAME = "shop"
 STEPS = [{"weight": 30, "pauseSeconds": 10}, {"weight": 60, "pauseSeconds": 10}]
-ACTION = "kubeforge.io/rollout-action"
 ANALYSIS = {"intervalSeconds": 10, "minRequests": 20, "maxErrorRatioIncrease": 0.05, "maxLatencyRatio": 20}
 
 

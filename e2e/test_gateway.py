@@ -45,6 +45,7 @@ from e2e.operator_proc import OperatorProcess
 from e2e.podservers import PodServers
 from e2e.prometheus import Prometheus
 from e2e.rollouts import (
+    ACTION,
     MODEL,
     converged,
     deployment,
@@ -61,7 +62,6 @@ from kubeforge.testing.workloads import in_threads, streaming_text_model, write_
 pytestmark = [pytest.mark.e2e, pytest.mark.netns]
 NAME = "shop"
 GATEWAY = "edge"
-ACTION = "kubeforge.io/rollout-action"
 REVISION = "kubeforge.io/revision"
 STEPS = [{"weight": 10}]  # held until promoted
 ANALYSIS = {"intervalSeconds": 10, "minRequests": 10, "maxErrorRatioIncrease": 0.05, "maxLatencyRatio": 20}

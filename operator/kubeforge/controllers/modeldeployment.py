@@ -413,13 +413,10 @@ async def reconcile_model_deployment(ctx: Context, key: tuple[str, str]) -> floa
         )
 
     (route_result,), route_failure = await settle(_route(ctx, md, workload.rollout))
-    if route_result is not None:
-        summary, missing_gateway_api = route_result
-        failure = failure or route_failure or missing_gateway_api
-        if workload.rollout is not None:  # None clears what an earlier route left there
-            workload = replace(workload, rollout=workload.rollout.model_copy(update={"route": summary}))
-    else:
-        failure = failure or route_failure
+    summary, missing_gateway_api = route_result or (None, None)
+    failure = failure or route_failure or missing_gateway_api
+    if route_result is not None and workload.rollout is not None:  # None clears an earlier route's summary
+        workload = replace(workload, rollout=workload.rollout.model_copy(update={"route": summary}))
     missing_api = failure in (LWS_NOT_INSTALLED, GATEWAY_API_NOT_INSTALLED)
 
     pods = ctx.cache.owned(r.POD.kind, "modeldeployment", ns, name)
