@@ -267,13 +267,7 @@ def test_a_gateway_splits_the_canary_by_its_weight_and_a_broken_one_is_rolled_ba
             rolled_back = wait_rollout(
                 kubectl, namespace, NAME, "rolled back", timeout=120, phase="RolledBack"
             )
-        analyses = [a for a in rolled_back["analyses"] if a["revision"] == routed["canaryRevision"]]
-        failed = analyses[-1]
-        assert failed["verdict"] == "Failed" and failed["step"] == 1, analyses
-        assert all(a["verdict"] == "Inconclusive" for a in analyses[:-1]), analyses  # none passed it
-        # within one analysis interval of its server's first request (plus a scrape and a reconcile)
-        judged = datetime.fromisoformat(failed["at"])
-        assert (judged - serving).total_seconds() <= ANALYSIS["intervalSeconds"] + 5, (serving, judged)
+        failed, _ = _judged_in_one_interval(rolled_back, routed["canaryRevision"], serving)
         error_ratio = next(m for m in failed["metrics"] if m["name"] == "errorRatio")
         assert error_ratio["verdict"] == "Failed" and error_ratio["canary"] > 0.3, error_ratio
         assert error_ratio["stable"] == 0.0, error_ratio
@@ -363,6 +357,24 @@ def _lm_md(namespace: str, model: ModelSpec, openai: bool = True) -> str:
     if not openai:
         spec["openai"] = {"enabled": False}
     return manifest(namespace, NAME, spec)
+
+
+def _judged_in_one_interval(
+    rolled_back: dict[str, Any], revision: str, serving: datetime
+) -> tuple[dict[str, Any], float]:
+    """The failed analysis that rolled `revision` back, and how long after its server came up it was
+    judged: within one analysis interval (plus a scrape and a reconcile), and none passed it before."""
+    analyses = [a for a in rolled_back["analyses"] if a["revision"] == revision]
+    timeline = "\n".join(
+        [f"the canary's server up at {serving.isoformat()}; its analyses:"]
+        + [f"{a['at']} step {a['step']} {a['verdict']}: {a.get('message')}" for a in analyses]
+    )
+    print(timeline)
+    assert analyses and analyses[-1]["verdict"] == "Failed" and analyses[-1]["step"] == 1, timeline
+    assert all(a["verdict"] == "Inconclusive" for a in analyses[:-1]), timeline
+    judged = (datetime.fromisoformat(analyses[-1]["at"]) - serving).total_seconds()
+    assert judged <= ANALYSIS["intervalSeconds"] + 5, f"judged {judged:.1f} s after; {timeline}"
+    return analyses[-1], judged
 
 
 def _rules(kubectl: Kubectl, namespace: str) -> list[tuple[str, list[int]]]:
@@ -492,19 +504,10 @@ def test_a_language_models_openai_api_is_split_too_and_a_slow_first_token_is_rol
                 )
             except TimeoutError:
                 raise AssertionError(f"not rolled back: {rollout_status(kubectl, namespace, NAME)}") from None
-        failed = next(
-            a for a in reversed(rolled_back["analyses"]) if a["revision"] == replaced["canaryRevision"]
-        )
-        assert failed["verdict"] == "Failed", failed
+        failed, judged = _judged_in_one_interval(rolled_back, replaced["canaryRevision"], serving)
         ttft = next(m for m in failed["metrics"] if m["name"] == "timeToFirstTokenMs")
         assert ttft["verdict"] == "Failed" and ttft["canary"] > 3 * ttft["stable"], ttft
         assert ttft["canary"] >= 300 and "kubeforge_time_to_first_token_seconds" in ttft["canaryQuery"], ttft
-        judged = (datetime.fromisoformat(failed["at"]) - serving).total_seconds()
-        assert judged <= LM_ANALYSIS["intervalSeconds"] + 5, (
-            judged,
-            serving,
-            [(a["at"], a["revision"][:6], a["verdict"], a.get("message")) for a in rolled_back["analyses"]],
-        )
         print(
             f"time to first token: canary {ttft['canary']:.1f} ms, stable {ttft['stable']:.1f} ms; "
             f"rolled back {judged:.1f} s after its server was up"

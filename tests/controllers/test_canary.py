@@ -259,6 +259,30 @@ def test_a_slower_canary_fails_on_latency_and_too_few_requests_hold_the_step() -
     assert stuck.status.step == 1 and "waiting for an analysis to pass" in stuck.status.message
 
 
+def test_a_steps_first_analysis_waits_for_the_canarys_samples_for_one_more_interval_at_most() -> None:
+    async def unscraped(promql: str) -> float | None:
+        return None if "shop-canary-" in promql else await _values(100, 0)(promql)
+
+    md = _md("2", analysis=ANALYSIS)
+    live, due = _canary_live(md, 1, 1), NOW + timedelta(seconds=30)
+    # Prometheus has not scraped the new pod twice yet: nothing recorded, asked again soon
+    waiting = _plan(md, _running(md), live, due, unscraped)
+    assert waiting.status.phase == RolloutPhase.PROGRESSING and not waiting.status.analyses
+    assert waiting.requeue == canary.SAMPLES_WAIT_SECONDS and waiting.events == []
+    assert "its first analysis waiting for the canary's samples in Prometheus" in waiting.status.message
+    # its samples are there: judged then, and the next one an interval later
+    judged = _plan(md, waiting.status, live, due + timedelta(seconds=4), _values(100, 0.4))
+    assert judged.status.phase == RolloutPhase.ROLLED_BACK
+    # still none an interval later: recorded inconclusive, and the usual cadence from there
+    late = NOW + timedelta(seconds=60)
+    recorded = _plan(md, waiting.status, live, late, unscraped)
+    assert recorded.status.analyses and recorded.status.analyses[-1].verdict == "Inconclusive"
+    assert "requests canary no data" in recorded.status.analyses[-1].message
+    assert recorded.requeue == 30.0 and [e[1] for e in recorded.events] == ["AnalysisInconclusive"]
+    again = _plan(md, recorded.status, live, late + timedelta(seconds=30), unscraped)
+    assert again.status.analyses and len(again.status.analyses) == 2 and again.requeue == 30.0
+
+
 def test_a_streaming_models_canary_is_judged_on_time_to_first_token_too() -> None:
     async def query(promql: str) -> float | None:
         if "time_to_first_token" in promql:

@@ -21,7 +21,10 @@ ends drains first (`ended`): the route sends it nothing, and its pods go only af
 A step starts when the canary's pods for its weight are all ready; it holds `pauseSeconds`, and
 with `analysis` also until an analysis in it passed. An analysis runs every `intervalSeconds` of
 the step on the last interval's metrics (controllers/analysis.py): a failed one rolls back at
-once, an inconclusive one (too few requests) holds the step. The last step passed promotes: the
+once, an inconclusive one (too few requests) holds the step. Prometheus finds a ready pod seconds
+later and needs two scrapes of it for a rate, so a step's first analysis that finds no samples of
+the canary yet is not recorded: it asks again every `SAMPLES_WAIT_SECONDS`, for up to one more
+interval (then it is recorded inconclusive, as any other). The last step passed promotes: the
 canary is deleted and the stable Deployment takes the current template (a rolling update of its
 own, never waiting for the GPUs the canary held). A rollback deletes the canary and scales the
 stable back; the spec stays unserved, and is not tried again, until the next edit or the retry
@@ -86,6 +89,8 @@ ACTIONS = ("promote", "abort", "retry")
 KEPT_ANALYSES = 10
 # while the canary's pods start, look again this often (their readiness also sends events)
 POD_WAIT_SECONDS = 10.0
+# while Prometheus has no samples of a step's new canary pods yet, ask again this often
+SAMPLES_WAIT_SECONDS = 2.0
 
 
 def split(total: int, weight: int) -> tuple[int, int]:
@@ -244,6 +249,12 @@ def canary_pods(pods: list[Object]) -> list[str]:
     ]
 
 
+def _unsampled(result: AnalysisResult) -> bool:
+    """The canary's pods run but Prometheus has no rate of their requests yet (under two samples)."""
+    requests = next((m for m in result.metrics if m.name == "requests"), None)
+    return requests is not None and requests.canary is None
+
+
 def _analysis_event(result: AnalysisResult) -> tuple[str, str, str]:
     kind = "Warning" if result.verdict == AnalysisVerdict.FAILED else "Normal"
     return kind, f"Analysis{result.verdict.value}", f"step {result.step}: {result.message}"
@@ -368,6 +379,7 @@ async def plan(
         started = now
     requeue: float | None = None
     note = ""
+    waiting = False
     if started is not None and not paused:
         step_analyses = [a for a in analyses if a.step == step and a.revision == revision]
         if spec.analysis is not None:
@@ -387,14 +399,21 @@ async def plan(
                     now=now,
                     streaming=any(streams(m) for m in md.spec.models),
                 )
-                analyses = [*analyses, result][-KEPT_ANALYSES:]
-                step_analyses.append(result)
-                events.append(_analysis_event(result))
-                if result.verdict == AnalysisVerdict.FAILED:
-                    failed = current.model_copy(update={"analyses": analyses})
-                    why = f"the analysis of step {step} failed: {result.message}"
-                    return _rollback(failed, revision, why, events, total)
-                due = now + timedelta(seconds=interval)
+                if (
+                    _unsampled(result)
+                    and not step_analyses
+                    and now < started + timedelta(seconds=2 * interval)
+                ):
+                    due, waiting = now + timedelta(seconds=SAMPLES_WAIT_SECONDS), True
+                else:
+                    analyses = [*analyses, result][-KEPT_ANALYSES:]
+                    step_analyses.append(result)
+                    events.append(_analysis_event(result))
+                    if result.verdict == AnalysisVerdict.FAILED:
+                        failed = current.model_copy(update={"analyses": analyses})
+                        why = f"the analysis of step {step} failed: {result.message}"
+                        return _rollback(failed, revision, why, events, total)
+                    due = now + timedelta(seconds=interval)
             requeue = (due - now).total_seconds()
         passed = spec.analysis is None or any(a.verdict == AnalysisVerdict.PASSED for a in step_analyses)
         pause = spec.steps[step - 1].pause_seconds
@@ -416,6 +435,8 @@ async def plan(
             requeue = left if requeue is None else min(requeue, left)
         else:
             note = ", waiting for an analysis to pass"
+        if waiting:
+            note += ", its first analysis waiting for the canary's samples in Prometheus"
     if started is None:
         note, requeue = ", waiting for its pods to be ready", POD_WAIT_SECONDS
     elif paused:
