@@ -29,6 +29,7 @@ import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -170,7 +171,15 @@ def _pod_labels(kubectl: Kubectl, namespace: str) -> list[dict[str, str]]:
     return [p["metadata"].get("labels") or {} for p in pods if not p["metadata"].get("deletionTimestamp")]
 
 
-def test_a_gateway_splits_the_canary_by_its_weight_and_a_broken_one_is_rolled_back(
+@dataclass(frozen=True)
+class Stage:
+    env: dict[str, str]  # the operator's, for its restarts
+    models: Path  # the `models` claim's folder
+    servers: PodServers  # a server per pod, on its IP (entered by the test)
+
+
+@pytest.fixture
+def stage(
     kubectl: Kubectl,
     namespace: str,
     own_operator: OperatorProcess,
@@ -178,22 +187,30 @@ def test_a_gateway_splits_the_canary_by_its_weight_and_a_broken_one_is_rolled_ba
     analysis_prometheus: Prometheus,
     traefik: Traefik,
     tmp_path: Path,
-) -> None:
-    prometheus = analysis_prometheus
-    env = {"KUBEFORGE_PROMETHEUS_ADDRESS": prometheus.url}
+) -> Stage:
+    """The operator reading the analysis Prometheus, the Gateway on Traefik's port, and the pods'
+    servers (not yet started), which that Prometheus scrapes."""
+    env = {"KUBEFORGE_PROMETHEUS_ADDRESS": analysis_prometheus.url}
     own_operator.start(env=env)
     kubectl.apply(gateway_manifests(namespace, GATEWAY, traefik.port))
-    good, better, broken = fixed_model(2.0), fixed_model(3.0), fixed_model(2.0, error_every=2)
     pvc = tmp_path / "pvc"
+    servers = PodServers(
+        kubectl, namespace, NAME, pvc, tmp_path / "servers", analysis_prometheus.set_targets, pod_ips=True
+    )
+    return Stage(env, pvc / models_claim, servers)
+
+
+def test_a_gateway_splits_the_canary_by_its_weight_and_a_broken_one_is_rolled_back(
+    kubectl: Kubectl, namespace: str, own_operator: OperatorProcess, traefik: Traefik, stage: Stage
+) -> None:
+    good, better, broken = fixed_model(2.0), fixed_model(3.0), fixed_model(2.0, error_every=2)
     for model in (good, better, broken):
-        write_model(pvc / "models", model)  # one folder: the sources differ only in config
+        write_model(stage.models, model)  # one folder: the sources differ only in config
     url = f"{traefik.url}/v2/models/{MODEL}/infer"
     gateway = {"name": GATEWAY, "drainSeconds": DRAIN}
 
     kubectl.apply(_md(namespace, good, gateway))
-    servers = PodServers(
-        kubectl, namespace, NAME, pvc, tmp_path / "servers", prometheus.set_targets, pod_ips=True
-    )
+    servers, env = stage.servers, stage.env
     with servers:
         # 1. the route on the one Service, accepted by Traefik; the stable pods labelled for theirs
         servers.wait_for_servers(4)
@@ -402,13 +419,7 @@ def _stream(url: str) -> tuple[str, str]:
 
 
 def test_a_language_models_openai_api_is_split_too_and_a_slow_first_token_is_rolled_back(
-    kubectl: Kubectl,
-    namespace: str,
-    own_operator: OperatorProcess,
-    models_claim: str,
-    analysis_prometheus: Prometheus,
-    traefik: Traefik,
-    tmp_path: Path,
+    kubectl: Kubectl, namespace: str, own_operator: OperatorProcess, traefik: Traefik, stage: Stage
 ) -> None:
     """A language model's pods run the OpenAI front (port 9000) beside Triton: the route sends `/v1`
     there, with the canary's weight like every other path. 1. created: /v1 and / routed, a streamed
@@ -416,19 +427,12 @@ def test_a_language_models_openai_api_is_split_too_and_a_slow_first_token_is_rol
     pod; 3. replaced while it runs by a model whose first token comes 60 times later: rolled back by
     the time-to-first-token analysis, with both means in status; 4. day 2: the front turned off while
     the operator is down: the /v1 rule goes with it once the change is promoted."""
-    prometheus = analysis_prometheus
-    env = {"KUBEFORGE_PROMETHEUS_ADDRESS": prometheus.url}
-    own_operator.start(env=env)
-    kubectl.apply(gateway_manifests(namespace, GATEWAY, traefik.port))
     fast, faster, slow = (streaming_text_model(LANGUAGE_MODEL, first_token_ms=ms) for ms in (5.0, 4.0, 300.0))
-    pvc = tmp_path / "pvc"
-    write_model(pvc / "models", fast)  # one folder: the sources differ only in config
+    write_model(stage.models, fast)  # one folder: the sources differ only in config
     completions = f"{traefik.url}/v1/completions"
 
     kubectl.apply(_lm_md(namespace, fast))
-    servers = PodServers(
-        kubectl, namespace, NAME, pvc, tmp_path / "servers", prometheus.set_targets, pod_ips=True
-    )
+    servers, env = stage.servers, stage.env
     with servers:
         # 1. both APIs routed to the one Service: OpenAI's on the front's port, Triton's on its own
         servers.wait_for_servers(4)
